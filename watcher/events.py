@@ -1,0 +1,67 @@
+"""Events: stable ids derived from what happened, and the `standard` body (SPEC §6)."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable
+from typing import Any
+
+from watcher.clock import iso_utc
+from watcher.models import Event, FinalState, Watch
+
+# Fixed forever: changing it would change every event id and break receivers' de-duplication.
+EVENT_NAMESPACE = uuid.UUID("5f0c4a53-9d0e-4c47-8a3b-6f1f2b0a7e11")
+
+
+def event_id(job_id: str, kind: str, updated_at: str | None = None) -> str:
+    """The id of an event: a UUIDv5 of job id, status (or `expired`/`missing`) and upstream `updatedAt`.
+
+    The same transition always yields the same id, even when it is detected twice or after a restart.
+    """
+    return str(uuid.uuid5(EVENT_NAMESPACE, f"{job_id}|{kind}|{updated_at or ''}"))
+
+
+def _data(watch: Watch, job: dict[str, Any] | None, previous_status: str | None, now: float) -> dict[str, Any]:
+    return {
+        "job": job,
+        "previous_status": previous_status,
+        "workspace": watch.workspace,
+        "labels": dict(watch.labels),
+        "detected_at": iso_utc(now),
+        "polls": watch.polls,
+    }
+
+
+def transition_event(watch: Watch, body: dict[str, Any], previous_status: str | None, now: float) -> Event:
+    """The event for an observed status change; `body` is the upstream JSON as received."""
+    status = str(body["status"])
+    updated = body.get("updatedAt")
+    eid = event_id(watch.job_id, status, updated if isinstance(updated, str) else None)
+    etype = f"job.{status}"
+    payload = {"type": etype, "timestamp": iso_utc(now), "data": _data(watch, body, previous_status, now)}
+    return Event(id=eid, job_id=watch.job_id, workspace=watch.workspace, type=etype, created_at=now, payload=payload)
+
+
+def verdict_event(watch: Watch, verdict: FinalState, now: float, reason: str) -> Event:
+    """The watcher's own `job.expired` or `job.missing` event."""
+    etype = f"job.{verdict.value}"
+    job = {"id": watch.job_id, "status": watch.status, "updatedAt": watch.upstream_updated_at}
+    data = _data(watch, job, watch.status, now)
+    data["reason"] = reason
+    payload = {"type": etype, "timestamp": iso_utc(now), "data": data}
+    return Event(
+        id=event_id(watch.job_id, verdict.value),
+        job_id=watch.job_id,
+        workspace=watch.workspace,
+        type=etype,
+        created_at=now,
+        payload=payload,
+    )
+
+
+def route(event_type: str, watch: Watch, webhook_filters: Iterable[tuple[str, frozenset[str]]]) -> tuple[str, ...]:
+    """Names of the webhooks an event goes to: the watch's choice (all if None) whose filter matches."""
+    chosen = None if watch.webhooks is None else set(watch.webhooks)
+    return tuple(
+        name for name, types in webhook_filters if event_type in types and (chosen is None or name in chosen)
+    )

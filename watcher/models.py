@@ -1,0 +1,190 @@
+"""The data every module shares: job statuses, watches, poll results, events and deliveries.
+
+These are plain slotted dataclasses so that a million of them stay cheap; the store persists them and the
+pure decision functions in `watcher.policy` compute their next state.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import IntFlag, StrEnum
+from typing import Any
+
+
+class JobStatus(StrEnum):
+    """A status the upstream API reports for a job (SPEC §2)."""
+
+    CREATED = "created"
+    QUEUED = "queued"
+    ACTIVE = "active"
+    SUCCESS = "success"
+    FAILED = "failed"
+    RETRYING = "retrying"
+
+
+TERMINAL_STATUSES: frozenset[str] = frozenset({JobStatus.SUCCESS, JobStatus.FAILED})
+KNOWN_STATUSES: frozenset[str] = frozenset(s.value for s in JobStatus)
+
+
+class FinalState(StrEnum):
+    """Why a watch stopped polling: the upstream's terminal status or the watcher's own verdict."""
+
+    SUCCESS = "success"
+    FAILED = "failed"
+    EXPIRED = "expired"
+    MISSING = "missing"
+
+
+EVENT_TYPES: tuple[str, ...] = (
+    *(f"job.{s.value}" for s in JobStatus),
+    "job.expired",
+    "job.missing",
+)
+DEFAULT_EVENT_TYPES: tuple[str, ...] = ("job.success", "job.failed", "job.expired", "job.missing")
+
+
+class Source(IntFlag):
+    """Who asked for a watch. The watch-list file is declarative, so removal is per source."""
+
+    FILE = 1
+    API = 2
+
+
+class PollOutcome(StrEnum):
+    """How one upstream poll ended; the same names are the `outcome` label of `watcher_polls_total`."""
+
+    OK = "ok"
+    NOT_FOUND = "not_found"
+    RATE_LIMITED = "rate_limited"
+    CLIENT_ERROR = "client_error"
+    SERVER_ERROR = "server_error"
+    TIMEOUT = "timeout"
+    NETWORK_ERROR = "network_error"
+    INVALID_RESPONSE = "invalid_response"
+
+
+@dataclass(slots=True, frozen=True)
+class PollResult:
+    """What the upstream client observed; it reports, the scheduler decides."""
+
+    outcome: PollOutcome
+    body: dict[str, Any] | None = None  # the upstream JSON as received, only when outcome is OK
+    status_code: int | None = None
+    retry_after_s: float | None = None  # parsed Retry-After (seconds or HTTP date), when present
+    detail: str = ""  # short human reason, safe to log (never contains credentials)
+    duration_s: float = 0.0
+
+
+@dataclass(slots=True)
+class Registration:
+    """A request to watch a job, from the watch-list file or the API."""
+
+    job_id: str  # canonical lower-case UUID string
+    workspace: str
+    source: Source
+    labels: dict[str, str] = field(default_factory=dict)
+    webhooks: tuple[str, ...] | None = None  # None: every configured webhook whose filter matches
+    max_watch_s: float | None = None  # None: `polling.max_watch_s`
+
+
+@dataclass(slots=True)
+class Watch:
+    """One watched job and its polling state."""
+
+    job_id: str
+    workspace: str
+    sources: int  # a `Source` bit set
+    registered_at: float
+    labels: dict[str, str] = field(default_factory=dict)
+    webhooks: tuple[str, ...] | None = None
+    max_watch_s: float | None = None
+    status: str | None = None  # last upstream status seen; None before the first successful poll
+    final: str | None = None  # a `FinalState` once polling has stopped
+    polls: int = 0  # every poll made, whatever its outcome
+    streak: int = 0  # successful polls since the status last changed: the n of SPEC §5
+    errors: int = 0  # consecutive failed polls: the n of the error backoff
+    not_found: int = 0  # consecutive 404s
+    next_poll_at: float = 0.0
+    last_polled_at: float | None = None
+    finished_at: float | None = None
+    last_error: str | None = None
+    upstream_updated_at: str | None = None  # `updatedAt` of the last body seen
+    lease: int = 0  # fencing token set by the store at every claim
+
+    @property
+    def finished(self) -> bool:
+        """True once polling has stopped for good."""
+        return self.final is not None
+
+
+@dataclass(slots=True, frozen=True)
+class Event:
+    """Something that happened to a job, as sent to webhooks; `id` is stable (SPEC §6)."""
+
+    id: str
+    job_id: str
+    workspace: str
+    type: str
+    created_at: float  # detected_at, epoch seconds
+    payload: dict[str, Any]  # the `standard` body: {"type", "timestamp", "data": {...}}
+
+
+@dataclass(slots=True, frozen=True)
+class NewEvent:
+    """An event to write together with the poll that caused it, and the webhooks it goes to."""
+
+    event: Event
+    webhooks: tuple[str, ...]
+
+
+@dataclass(slots=True, frozen=True)
+class SavedPoll:
+    """A watch's new state after a poll (or a decision without a poll) and the events it produced."""
+
+    watch: Watch  # carries the lease it was claimed with
+    events: tuple[NewEvent, ...] = ()
+
+
+class DeliveryState(StrEnum):
+    """Where one (event, webhook) delivery stands."""
+
+    PENDING = "pending"
+    DELIVERED = "delivered"
+    DEAD = "dead"
+
+
+@dataclass(slots=True)
+class Delivery:
+    """One event on its way to one webhook."""
+
+    id: int
+    event: Event
+    webhook: str
+    state: DeliveryState
+    attempts: int
+    next_attempt_at: float
+    created_at: float
+    last_error: str | None = None
+    delivered_at: float | None = None
+    lease: int = 0
+
+
+@dataclass(slots=True, frozen=True)
+class DeliveryUpdate:
+    """The outcome of one delivery attempt, decided by the delivery policy."""
+
+    state: DeliveryState
+    attempts: int
+    next_attempt_at: float
+    last_error: str | None
+    delivered_at: float | None = None
+
+
+@dataclass(slots=True, frozen=True)
+class StoreCounts:
+    """Aggregates for the gauges; exact after a restart because they come from the store."""
+
+    watched_by_status: dict[str, int]  # unfinished watches by last status, "unknown" before a poll
+    pending_by_webhook: dict[str, int]
+    dead_by_webhook: dict[str, int]
+    oldest_pending_created_at: float | None

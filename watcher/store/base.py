@@ -1,0 +1,171 @@
+"""The store interface. Only store modules speak SQL; everything else calls these methods.
+
+The interface is claim-based so that a shared PostgreSQL store (SPEC §11) fits behind it unchanged:
+`claim_due` hands out watches with a fresh lease token, `save_polls` writes results fenced by that token,
+and deliveries are claimed and finished the same way. Single-process stores (memory, SQLite) keep their due
+index in memory and treat a claimed watch as leased until it is saved or `lease_s` has passed.
+
+All times are epoch seconds supplied by the caller's clock.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+
+from watcher.models import (
+    Delivery,
+    DeliveryUpdate,
+    Event,
+    Registration,
+    SavedPoll,
+    Source,
+    StoreCounts,
+    Watch,
+)
+
+
+class RegisterResult(StrEnum):
+    """What `register` did with one registration."""
+
+    CREATED = "created"  # a new watch
+    EXISTING = "existing"  # already watched (finished or not); the source was added, nothing else changed
+
+
+@dataclass(slots=True, frozen=True)
+class SyncResult:
+    """What `sync_source` changed."""
+
+    added: int
+    removed: int
+
+
+@dataclass(slots=True, frozen=True)
+class WatchPage:
+    """One page of `list_watches`; `next_cursor` is None on the last page."""
+
+    watches: list[Watch]
+    next_cursor: str | None
+
+
+class Store(ABC):
+    """Durable state of the daemon: watches, their events (the outbox) and deliveries."""
+
+    @abstractmethod
+    async def open(self) -> None:
+        """Connect and apply pending schema migrations."""
+
+    @abstractmethod
+    async def close(self) -> None:
+        """Release connections; safe to call twice."""
+
+    @abstractmethod
+    async def ping(self) -> bool:
+        """True if the store answers (for `/readyz`)."""
+
+    # -- watches --------------------------------------------------------------------------------------
+
+    @abstractmethod
+    async def restore(self, now: float, first_due: Callable[[Watch], float]) -> int:
+        """Load every unfinished watch after a start and set its first due time with `first_due`.
+
+        Returns how many unfinished watches there are. Undelivered deliveries need no restoring: they are
+        claimable as soon as the store is open.
+        """
+
+    @abstractmethod
+    async def register(self, regs: Sequence[Registration], now: float) -> list[RegisterResult]:
+        """Add watches, idempotently: an id already present only gains the registration's source.
+
+        A new watch is due at `now`. Results are in the order of `regs`.
+        """
+
+    @abstractmethod
+    async def sync_source(self, source: Source, regs: Sequence[Registration], now: float) -> SyncResult:
+        """Make `source`'s set of watches equal to `regs` (the declarative watch-list file).
+
+        Ids not yet watched are registered; watches that carry `source` but are not in `regs` lose it, and an
+        unfinished watch left with no source is deleted (it stops being polled).
+        """
+
+    @abstractmethod
+    async def delete_watch(self, job_id: str) -> bool:
+        """Forget a watch entirely (API DELETE); its undelivered deliveries stay. False if unknown."""
+
+    @abstractmethod
+    async def get_watch(self, job_id: str) -> Watch | None:
+        """One watch, finished or not."""
+
+    @abstractmethod
+    async def list_watches(
+        self, *, status: str | None = None, limit: int = 100, cursor: str | None = None
+    ) -> WatchPage:
+        """Watches in a stable order (by job id), optionally only those whose status or final is `status`."""
+
+    @abstractmethod
+    async def claim_due(self, now: float, limit: int, lease_s: float) -> list[Watch]:
+        """Hand out up to `limit` unfinished watches due at `now`, earliest first, each with a new lease.
+
+        A claimed watch is not handed out again until it is saved or its lease (`now + lease_s`) runs out.
+        """
+
+    @abstractmethod
+    async def next_due_at(self) -> float | None:
+        """The earliest due time among unclaimed unfinished watches, None if there are none."""
+
+    @abstractmethod
+    async def count_due(self, now: float) -> int:
+        """How many unclaimed unfinished watches are due at `now` (the scheduler backlog gauge)."""
+
+    @abstractmethod
+    async def save_polls(self, polls: Sequence[SavedPoll]) -> list[bool]:
+        """Write each watch's new state and its events and deliveries in one transaction per call.
+
+        Each write is fenced by the lease the watch was claimed with: False means the lease was lost (the
+        watch was deleted or claimed again) and nothing of that item was written. An event whose id is
+        already stored is skipped together with its deliveries (double detection yields one event).
+        A saved unfinished watch is due again at `watch.next_poll_at`.
+        """
+
+    @abstractmethod
+    async def purge_finished(self, before: float) -> int:
+        """Delete finished watches whose `finished_at` is before `before`; undelivered events stay."""
+
+    # -- events and deliveries ------------------------------------------------------------------------
+
+    @abstractmethod
+    async def events_for(self, job_id: str) -> list[Event]:
+        """Every stored event of a job, in the order they happened."""
+
+    @abstractmethod
+    async def claim_deliveries(self, now: float, limit: int, lease_s: float) -> list[Delivery]:
+        """Hand out up to `limit` pending deliveries due at `now`, each with a new lease.
+
+        Only the oldest pending delivery of each (job, webhook) pair is eligible, so a pair's events go out
+        in the order they happened; dead and delivered ones do not block. A claimed delivery is not handed
+        out again until it is finished or its lease runs out.
+        """
+
+    @abstractmethod
+    async def next_delivery_at(self) -> float | None:
+        """The earliest `next_attempt_at` among unclaimed pending deliveries, None if there are none."""
+
+    @abstractmethod
+    async def finish_delivery(self, delivery: Delivery, update: DeliveryUpdate) -> bool:
+        """Record an attempt's outcome, fenced by the delivery's lease; False if the lease was lost."""
+
+    @abstractmethod
+    async def list_deliveries(
+        self, *, state: str | None = None, webhook: str | None = None, limit: int = 100
+    ) -> list[Delivery]:
+        """Deliveries, newest first, optionally filtered."""
+
+    @abstractmethod
+    async def retry_delivery(self, delivery_id: int, now: float) -> bool:
+        """Put a dead delivery back to pending (attempts reset, due now, same event id); False if not dead."""
+
+    @abstractmethod
+    async def counts(self) -> StoreCounts:
+        """Aggregates for the gauges."""
