@@ -84,7 +84,7 @@ class ManualClock:
 def iso_utc(ts: float) -> str:
     """Format epoch seconds as RFC 3339 UTC with milliseconds, like the upstream API does."""
     whole = int(ts)
-    millis = int(round((ts - whole) * 1000))
+    millis = round((ts - whole) * 1000)
     if millis == 1000:
         whole, millis = whole + 1, 0
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole)) + f".{millis:03d}Z"

@@ -21,7 +21,9 @@ def event_id(job_id: str, kind: str, updated_at: str | None = None) -> str:
     return str(uuid.uuid5(EVENT_NAMESPACE, f"{job_id}|{kind}|{updated_at or ''}"))
 
 
-def _data(watch: Watch, job: dict[str, Any] | None, previous_status: str | None, now: float) -> dict[str, Any]:
+def _data(
+    watch: Watch, job: dict[str, Any] | None, previous_status: str | None, now: float
+) -> dict[str, Any]:
     return {
         "job": job,
         "previous_status": previous_status,
@@ -39,7 +41,9 @@ def transition_event(watch: Watch, body: dict[str, Any], previous_status: str | 
     eid = event_id(watch.job_id, status, updated if isinstance(updated, str) else None)
     etype = f"job.{status}"
     payload = {"type": etype, "timestamp": iso_utc(now), "data": _data(watch, body, previous_status, now)}
-    return Event(id=eid, job_id=watch.job_id, workspace=watch.workspace, type=etype, created_at=now, payload=payload)
+    return Event(
+        id=eid, job_id=watch.job_id, workspace=watch.workspace, type=etype, created_at=now, payload=payload
+    )
 
 
 def verdict_event(watch: Watch, verdict: FinalState, now: float, reason: str) -> Event:
@@ -59,7 +63,9 @@ def verdict_event(watch: Watch, verdict: FinalState, now: float, reason: str) ->
     )
 
 
-def route(event_type: str, watch: Watch, webhook_filters: Iterable[tuple[str, frozenset[str]]]) -> tuple[str, ...]:
+def route(
+    event_type: str, watch: Watch, webhook_filters: Iterable[tuple[str, frozenset[str]]]
+) -> tuple[str, ...]:
     """Names of the webhooks an event goes to: the watch's choice (all if None) whose filter matches."""
     chosen = None if watch.webhooks is None else set(watch.webhooks)
     return tuple(

@@ -5,7 +5,7 @@ No label ever carries an unbounded value: statuses and outcomes are enums, webho
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+from prometheus_client import CollectorRegistry, Counter, Histogram, Info
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -14,7 +14,10 @@ from watcher.models import FinalState, JobStatus, PollOutcome, StoreCounts
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 _LAG_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 900.0, 3600.0)
-WATCH_STATUSES: tuple[str, ...] = ("unknown", *(s.value for s in JobStatus if s.value not in ("success", "failed")))
+WATCH_STATUSES: tuple[str, ...] = (
+    "unknown",
+    *(s.value for s in JobStatus if s.value not in ("success", "failed")),
+)
 
 
 class _StoreGauges(Collector):
@@ -23,10 +26,11 @@ class _StoreGauges(Collector):
     def __init__(self, metrics: Metrics) -> None:
         self._m = metrics
 
-    def collect(self) -> list[GaugeMetricFamily]:  # type: ignore[override]
+    def collect(self) -> list[GaugeMetricFamily]:
         counts = self._m.counts
         watched = GaugeMetricFamily(
-            "watcher_watched_jobs", "Watched, unfinished jobs by last known status (the queue depth).",
+            "watcher_watched_jobs",
+            "Watched, unfinished jobs by last known status (the queue depth).",
             labels=["status"],
         )
         by_status = dict.fromkeys(WATCH_STATUSES, 0)
@@ -35,10 +39,13 @@ class _StoreGauges(Collector):
         for status, n in sorted(by_status.items()):
             watched.add_metric([status], n)
         pending = GaugeMetricFamily(
-            "watcher_webhook_pending", "Deliveries not yet delivered nor dead, by webhook.", labels=["webhook"]
+            "watcher_webhook_pending",
+            "Deliveries not yet delivered nor dead, by webhook.",
+            labels=["webhook"],
         )
-        dead = GaugeMetricFamily("watcher_webhook_dead", "Dead deliveries kept for replay, by webhook.",
-                                 labels=["webhook"])
+        dead = GaugeMetricFamily(
+            "watcher_webhook_dead", "Dead deliveries kept for replay, by webhook.", labels=["webhook"]
+        )
         for name in self._m.webhooks:
             pending.add_metric([name], counts.pending_by_webhook.get(name, 0) if counts else 0)
             dead.add_metric([name], counts.dead_by_webhook.get(name, 0) if counts else 0)
@@ -68,10 +75,16 @@ class Metrics:
         for outcome in PollOutcome:
             self.polls.labels(outcome=outcome.value)
         self.poll_duration = Histogram(
-            "watcher_poll_duration_seconds", "Duration of upstream polls.", buckets=_LATENCY_BUCKETS, registry=r
+            "watcher_poll_duration_seconds",
+            "Duration of upstream polls.",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
         )
         self.jobs_finished = Counter(
-            "watcher_jobs_finished", "Jobs that stopped being watched, by final status.", ["status"], registry=r
+            "watcher_jobs_finished",
+            "Jobs that stopped being watched, by final status.",
+            ["status"],
+            registry=r,
         )
         for final in FinalState:
             self.jobs_finished.labels(status=final.value)
@@ -81,31 +94,43 @@ class Metrics:
         for status in JobStatus:
             self.transitions.labels(status=status.value)
         self.deliveries = Counter(
-            "watcher_webhook_deliveries", "Delivery attempts by webhook and outcome.", ["webhook", "outcome"],
+            "watcher_webhook_deliveries",
+            "Delivery attempts by webhook and outcome.",
+            ["webhook", "outcome"],
             registry=r,
         )
         self.delivery_duration = Histogram(
-            "watcher_webhook_delivery_duration_seconds", "Duration of webhook delivery attempts.", ["webhook"],
-            buckets=_LATENCY_BUCKETS, registry=r,
+            "watcher_webhook_delivery_duration_seconds",
+            "Duration of webhook delivery attempts.",
+            ["webhook"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
         )
         for name in webhooks:
-            for outcome in ("success", "retry", "dead"):
-                self.deliveries.labels(webhook=name, outcome=outcome)
+            for result in ("success", "retry", "dead"):
+                self.deliveries.labels(webhook=name, outcome=result)
             self.delivery_duration.labels(webhook=name)
         self.detection_lag = Histogram(
-            "watcher_detection_lag_seconds", "Detection time minus the upstream updatedAt of a transition.",
-            buckets=_LAG_BUCKETS, registry=r,
+            "watcher_detection_lag_seconds",
+            "Detection time minus the upstream updatedAt of a transition.",
+            buckets=_LAG_BUCKETS,
+            registry=r,
         )
         self.notify_lag = Histogram(
-            "watcher_notify_lag_seconds", "First successful delivery minus detection time.",
-            buckets=_LAG_BUCKETS, registry=r,
+            "watcher_notify_lag_seconds",
+            "First successful delivery minus detection time.",
+            buckets=_LAG_BUCKETS,
+            registry=r,
         )
         self.watchlist_errors = Counter(
-            "watcher_watchlist_reload_errors", "Watch-list reloads that failed and kept the last good list.",
+            "watcher_watchlist_reload_errors",
+            "Watch-list reloads that failed and kept the last good list.",
             registry=r,
         )
         self.loop_errors = Counter(
-            "watcher_internal_errors", "Unexpected errors caught and survived by a daemon loop.", ["loop"],
+            "watcher_internal_errors",
+            "Unexpected errors caught and survived by a daemon loop.",
+            ["loop"],
             registry=r,
         )
         Info("watcher_build", "Build information.", registry=r).info({"version": __version__})

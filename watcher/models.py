@@ -188,3 +188,14 @@ class StoreCounts:
     pending_by_webhook: dict[str, int]
     dead_by_webhook: dict[str, int]
     oldest_pending_created_at: float | None
+
+
+@dataclass(slots=True, frozen=True)
+class Credentials:
+    """How to reach one upstream workspace; built by the config, used by the upstream client."""
+
+    slug: str
+    base_url: str
+    token: str = field(repr=False)
+    api_key: str = field(repr=False)
+    workspace_id: str | None = None

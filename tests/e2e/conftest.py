@@ -1,0 +1,312 @@
+"""End-to-end fixtures: `watcher simulate`, an independent webhook receiver and `watcher run`, all as
+subprocesses on loopback, each started on a free port and stopped by the fixture that opened it."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+RECEIVER_SCRIPT = ROOT / "tests" / "support" / "standard_webhooks.py"
+SIM_TOKEN, SIM_KEY, SIM_SLUG = "sim-token-e2e-5ecret", "sim-key-e2e-5ecret", "acme"
+WEBHOOK_SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+
+
+def free_port() -> int:
+    """A loopback port that was free a moment ago."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _read_listening(proc: subprocess.Popen[str], timeout: float = 20.0) -> str:
+    """Wait for the child's `{"event": "listening", "url": …}` line and return the url."""
+    deadline = time.monotonic() + timeout
+    assert proc.stdout is not None
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            if proc.poll() is not None:
+                raise RuntimeError(f"child exited with {proc.returncode} before listening")
+            continue
+        with contextlib.suppress(ValueError):
+            msg = json.loads(line)
+            if isinstance(msg, dict) and msg.get("event") == "listening":
+                return str(msg["url"])
+    raise RuntimeError("child did not report its address in time")
+
+
+def _stop(proc: subprocess.Popen[str], sig: int = signal.SIGTERM, timeout: float = 15.0) -> int:
+    if proc.poll() is None:
+        proc.send_signal(sig)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+    return proc.returncode
+
+
+class Sim:
+    """Handle on a `watcher simulate` subprocess and its control API."""
+
+    def __init__(self, proc: subprocess.Popen[str], base_url: str) -> None:
+        self.proc = proc
+        self.base_url = base_url  # e.g. http://127.0.0.1:PORT/api/v2
+        self.root = base_url.split("/api/")[0]
+
+    async def call(self, method: str, path: str, body: Any = None) -> Any:
+        async with aiohttp.ClientSession() as s, s.request(method, self.root + path, json=body) as r:
+            assert r.status < 300, f"{method} {path} -> {r.status}: {await r.text()}"
+            return await r.json() if r.content_type == "application/json" else None
+
+    async def create_job(self, **spec: Any) -> str:
+        job = await self.call("POST", "/_sim/jobs", spec)
+        return str(job["id"])
+
+    async def set_status(self, job_id: str, status: str, error: str | None = None) -> None:
+        await self.call("POST", f"/_sim/jobs/{job_id}", {"status": status, "error": error})
+
+    async def faults(self, **faults: float) -> None:
+        await self.call("PUT", "/_sim/faults", faults)
+
+    async def requests(self, job_id: str | None = None) -> list[dict[str, Any]]:
+        q = f"?job_id={job_id}" if job_id else ""
+        data = await self.call("GET", f"/_sim/requests{q}")
+        return list(data["requests"] if isinstance(data, dict) else data)
+
+
+class Receiver:
+    """Handle on the independent Standard Webhooks receiver (tests/support/standard_webhooks.py)."""
+
+    def __init__(self, proc: subprocess.Popen[str], url: str, out: Path) -> None:
+        self.proc = proc
+        self.url = url
+        self.out = out
+        self.root = url.rsplit("/", 1)[0] if url.count("/") > 2 else url
+
+    def deliveries(self) -> list[dict[str, Any]]:
+        if not self.out.exists():
+            return []
+        return [json.loads(line) for line in self.out.read_text().splitlines() if line.strip()]
+
+    async def set_status(self, status: int) -> None:
+        async with (
+            aiohttp.ClientSession() as s,
+            s.put(self.root + "/_ctl/status", json={"status": status}) as r,
+        ):
+            assert r.status == 200
+
+    async def wait_for(self, predicate: Any, timeout: float) -> list[dict[str, Any]]:
+        deadline = time.monotonic() + timeout
+        while True:
+            got = self.deliveries()
+            if predicate(got):
+                return got
+            if time.monotonic() > deadline:
+                raise AssertionError(f"receiver condition not met in {timeout}s; got {len(got)} deliveries")
+            await asyncio.sleep(0.1)
+
+
+class DaemonProc:
+    """`watcher run -c CONFIG` as a subprocess that can be killed and restarted on the same state."""
+
+    def __init__(self, config: Path, log_path: Path, api_port: int) -> None:
+        self.config = config
+        self.log_path = log_path
+        self.api = f"http://127.0.0.1:{api_port}"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.starts = 0
+
+    def start(self) -> None:
+        self.starts += 1
+        logf = self.log_path.open("ab")
+        env = {k: v for k, v in os.environ.items() if not k.startswith("WATCHER_")}
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "watcher", "run", "-c", str(self.config)],
+            stdout=logf,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=self.config.parent,
+        )
+        logf.close()
+
+    async def wait_ready(self, timeout: float = 20.0) -> None:
+        deadline = time.monotonic() + timeout
+        async with aiohttp.ClientSession() as s:
+            while time.monotonic() < deadline:
+                assert self.proc is not None
+                if self.proc.poll() is not None:
+                    raise AssertionError(f"daemon exited {self.proc.returncode}:\n{self.log_text()[-3000:]}")
+                with contextlib.suppress(aiohttp.ClientError):
+                    async with s.get(self.api + "/readyz") as r:
+                        if r.status == 200:
+                            return
+                await asyncio.sleep(0.05)
+        raise AssertionError("daemon not ready in time:\n" + self.log_text()[-3000:])
+
+    def signal(self, sig: int) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.kill()
+        self.proc.wait(10)
+
+    def stop(self, timeout: float = 20.0) -> int:
+        assert self.proc is not None
+        return _stop(self.proc, signal.SIGTERM, timeout)  # type: ignore[arg-type]
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def log_events(self) -> list[dict[str, Any]]:
+        out = []
+        for line in self.log_text().splitlines():
+            with contextlib.suppress(ValueError):
+                msg = json.loads(line)
+                if isinstance(msg, dict):
+                    out.append(msg)
+        return out
+
+
+@pytest.fixture
+def sim() -> Iterator[Sim]:
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "watcher",
+            "simulate",
+            "--port",
+            "0",
+            "--seed",
+            "7",
+            "--token",
+            SIM_TOKEN,
+            "--api-key",
+            SIM_KEY,
+            "--workspace-slug",
+            SIM_SLUG,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        yield Sim(proc, _read_listening(proc))
+    finally:
+        _stop(proc)
+
+
+@pytest.fixture
+def receiver(tmp_path: Path) -> Iterator[Receiver]:
+    out = tmp_path / "received.jsonl"
+    proc = subprocess.Popen(
+        [sys.executable, str(RECEIVER_SCRIPT), "--port", "0", "--secret", WEBHOOK_SECRET, "--out", str(out)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        yield Receiver(proc, _read_listening(proc), out)
+    finally:
+        _stop(proc)
+
+
+def write_config(
+    tmp_path: Path,
+    sim: Sim,
+    receiver: Receiver,
+    api_port: int,
+    *,
+    polling: dict[str, Any] | None = None,
+    webhook: dict[str, Any] | None = None,
+    upstream: dict[str, Any] | None = None,
+    watchlist: bool = True,
+) -> Path:
+    """A TOML config for a fast test daemon; `polling`/`webhook`/`upstream` override keys."""
+    pol = {
+        "initial_interval_s": 0.05,
+        "multiplier": 1.5,
+        "max_interval_s": 0.3,
+        "jitter": 0.2,
+        "not_found_limit": 5,
+        "error_backoff_max_s": 0.5,
+        "max_watch_s": 600.0,
+        **(polling or {}),
+    }
+    hook = {
+        "name": "ops",
+        "url": receiver.url,
+        "secret": WEBHOOK_SECRET,
+        "retry_initial_s": 0.05,
+        "retry_max_s": 0.5,
+        "max_attempts": 100,
+        "timeout_s": 2.0,
+        **(webhook or {}),
+    }
+    up = {
+        "base_url": sim.base_url,
+        "token": SIM_TOKEN,
+        "api_key": SIM_KEY,
+        "workspace_slug": SIM_SLUG,
+        "timeout_s": 2.0,
+        "max_concurrency": 32,
+        "rate_limit_per_s": 2000.0,
+        **(upstream or {}),
+    }
+
+    def section(values: dict[str, Any]) -> str:
+        return "".join(f"{k} = {json.dumps(v)}\n" for k, v in values.items())
+
+    text = (
+        "[upstream]\n"
+        + section(up)
+        + "\n[polling]\n"
+        + section(pol)
+        + f'\n[api]\nlisten = "127.0.0.1:{api_port}"\n'
+        + f'\n[store]\nurl = "sqlite:///{tmp_path / "state" / "watcher.db"}"\n'
+        + f'\n[daemon]\nstate_dir = "{tmp_path / "state"}"\nshutdown_grace_s = 5.0\n'
+        + '\n[log]\nlevel = "info"\nformat = "json"\n'
+        + "\n[[webhooks]]\n"
+        + section(hook)
+    )
+    if watchlist:
+        text += f'\n[watchlist]\npath = "{tmp_path / "watchlist.txt"}"\nreload_interval_s = 0.2\n'
+    path = tmp_path / "watcher.toml"
+    path.write_text(text)
+    return path
+
+
+@pytest.fixture
+async def daemon_factory(tmp_path: Path) -> AsyncIterator[Any]:
+    """Build daemons from a config; every one still running at the end is stopped."""
+    made: list[DaemonProc] = []
+
+    def make(config: Path, api_port: int) -> DaemonProc:
+        d = DaemonProc(config, tmp_path / f"daemon-{len(made)}.log", api_port)
+        made.append(d)
+        return d
+
+    yield make
+    for d in made:
+        if d.alive():
+            d.kill()

@@ -1,0 +1,311 @@
+"""`watcher run`: open the store, start the loops and the HTTP server, supervise them, stop gracefully.
+
+Lifecycle (STYLE §7): resources are opened at start-up and closed at shutdown; a stop is an `asyncio.Event`;
+on SIGTERM the scheduler stops claiming polls, in-flight polls and deliveries get `shutdown_grace_s` to
+finish, the rest is cancelled (it stays in the store for the next start). If any loop dies, the supervisor
+stops the daemon and `run` returns 1.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import signal
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+import structlog
+from aiohttp import web
+from prometheus_client import CollectorRegistry
+
+from watcher import __version__
+from watcher.api import build_app
+from watcher.clock import Clock, SystemClock
+from watcher.config import Settings
+from watcher.delivery import DeliveryWorker
+from watcher.errors import StartupError
+from watcher.events import route
+from watcher.metrics import Metrics
+from watcher.models import Watch
+from watcher.policy import PollingPolicy, first_due
+from watcher.ratelimit import TokenBucket
+from watcher.scheduler import Scheduler
+from watcher.store import Store, open_store
+from watcher.upstream import UpstreamClient
+from watcher.watchlist import WatchlistReloader
+from watcher.webhook import WebhookSender, WebhookTarget
+
+log = structlog.get_logger("watcher.daemon")
+
+
+def webhook_targets(settings: Settings) -> dict[str, WebhookTarget]:
+    """The configured webhooks as delivery targets, keyed by name."""
+    return {
+        w.name: WebhookTarget(
+            name=w.name,
+            url=str(w.url),
+            secrets=tuple(w.all_secrets()),
+            events=frozenset(w.events),
+            format=w.format,
+            timeout_s=w.timeout_s,
+            max_attempts=w.max_attempts,
+            retry_initial_s=w.retry_initial_s,
+            retry_max_s=w.retry_max_s,
+            headers=dict(w.headers),
+        )
+        for w in settings.webhooks
+    }
+
+
+def polling_policy(settings: Settings) -> PollingPolicy:
+    """The `[polling]` section as the pure policy's parameters."""
+    p = settings.polling
+    return PollingPolicy(
+        initial_interval_s=p.initial_interval_s,
+        multiplier=p.multiplier,
+        max_interval_s=p.max_interval_s,
+        jitter=p.jitter,
+        max_watch_s=p.max_watch_s,
+        not_found_limit=p.not_found_limit,
+        error_backoff_max_s=p.error_backoff_max_s,
+    )
+
+
+@dataclass
+class DaemonState:
+    """What the HTTP handlers may look at: the store, the metrics and whether the loops run."""
+
+    settings: Settings
+    store: Store
+    metrics: Metrics
+    clock: Clock
+    ready: bool = False
+    tasks: dict[str, asyncio.Task[None]] = field(default_factory=dict)
+    wake_scheduler: Callable[[], None] = lambda: None
+
+    def loops_alive(self) -> bool:
+        """True while every background loop is still running."""
+        return bool(self.tasks) and all(not t.done() for t in self.tasks.values())
+
+
+class Daemon:
+    """One job-watcher process."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        clock: Clock | None = None,
+        rng: random.Random | None = None,
+        registry: CollectorRegistry | None = None,
+        handle_signals: bool = True,
+    ) -> None:
+        self.settings = settings
+        self.clock = clock or SystemClock()
+        self.rng = rng or random.Random()
+        self.targets = webhook_targets(settings)
+        self.metrics = Metrics(registry, webhooks=tuple(self.targets))
+        self.handle_signals = handle_signals
+        self.stop_event = asyncio.Event()
+        self.state: DaemonState | None = None
+        self._watchlist: WatchlistReloader | None = None
+
+    def request_stop(self) -> None:
+        """Begin a graceful stop (what SIGTERM does)."""
+        if not self.stop_event.is_set():
+            log.info("daemon.stopping")
+        self.stop_event.set()
+
+    def reload_watchlist(self) -> None:
+        """Re-read the watch-list file soon (what SIGHUP does)."""
+        if self._watchlist is not None:
+            log.info("watchlist.reload_requested")
+            self._watchlist.trigger()
+
+    async def run(self) -> int:
+        """Run until stopped; 0 after a clean stop, 1 if a loop died."""
+        s = self.settings
+        if not s.api.is_loopback() and not s.api.tokens:
+            raise StartupError(
+                f"api.listen: refusing to listen on {s.api.listen} without api.tokens "
+                "(set api.tokens or listen on 127.0.0.1)"
+            )
+        store = open_store(s.resolved_store_url())
+        await store.open()
+        upstream_session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=s.upstream.max_concurrency, limit_per_host=0),
+            headers={"User-Agent": f"job-watcher/{__version__}"},
+        )
+        webhook_session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=100))
+        runner: web.AppRunner | None = None
+        try:
+            state = DaemonState(s, store, self.metrics, self.clock)
+            self.state = state
+            runner = await self._start_http(state)
+            return await self._run_loops(state, store, upstream_session, webhook_session)
+        finally:
+            if runner is not None:
+                await runner.cleanup()
+            await upstream_session.close()
+            await webhook_session.close()
+            await store.close()
+            log.info("daemon.stopped")
+
+    async def _start_http(self, state: DaemonState) -> web.AppRunner:
+        runner = web.AppRunner(build_app(state), access_log=None, handle_signals=False)
+        await runner.setup()
+        host, port = self.settings.api.host, self.settings.api.port
+        try:
+            await web.TCPSite(runner, host, port, reuse_address=True).start()
+        except OSError as exc:
+            await runner.cleanup()
+            raise StartupError(
+                f"api.listen: cannot listen on {self.settings.api.listen}: {exc.strerror}"
+            ) from exc
+        for sock in runner.addresses:
+            log.info("api.listening", address=f"{sock[0]}:{sock[1]}")
+        return runner
+
+    async def _run_loops(
+        self,
+        state: DaemonState,
+        store: Store,
+        upstream_session: aiohttp.ClientSession,
+        webhook_session: aiohttp.ClientSession,
+    ) -> int:
+        s = self.settings
+        policy = polling_policy(s)
+        now = self.clock.now()
+        restored = await store.restore(now, lambda _w: first_due(now, s.polling.initial_interval_s, self.rng))
+        filters = [(t.name, t.events) for t in self.targets.values()]
+
+        def route_event(event_type: str, watch: Watch) -> tuple[str, ...]:
+            return route(event_type, watch, filters)
+
+        delivery = DeliveryWorker(
+            store,
+            WebhookSender(webhook_session, self.clock),
+            self.targets,
+            self.metrics,
+            self.clock,
+            self.rng,
+            concurrency=s.daemon.delivery_concurrency,
+            lease_s=s.daemon.lease_s,
+        )
+        scheduler = Scheduler(
+            store,
+            UpstreamClient(upstream_session, s.upstream.credentials(), s.upstream.timeout_s, self.clock),
+            policy,
+            TokenBucket(s.upstream.rate_limit_per_s, self.clock),
+            self.metrics,
+            self.clock,
+            self.rng,
+            route_event,
+            max_concurrency=s.upstream.max_concurrency,
+            lease_s=s.daemon.lease_s,
+            on_events=delivery.wake,
+        )
+        state.wake_scheduler = scheduler.wake
+        creds = s.upstream.credentials()
+        loops: dict[str, Coroutine[Any, Any, None]] = {
+            "scheduler": scheduler.run(self.stop_event),
+            "delivery": delivery.run(self.stop_event),
+            "housekeeping": self._housekeeping(store),
+        }
+        if s.watchlist.path is not None:
+            self._watchlist = WatchlistReloader(
+                s.watchlist.path,
+                store,
+                default_workspace=s.upstream.workspace_slug,
+                workspaces=tuple(creds),
+                clock=self.clock,
+                reload_interval_s=s.watchlist.reload_interval_s,
+                metrics=self.metrics,
+                on_change=scheduler.wake,
+            )
+            loops["watchlist"] = self._watchlist.run(self.stop_event)
+        state.tasks = {name: asyncio.create_task(coro, name=name) for name, coro in loops.items()}
+        self._install_signals()
+        state.ready = True
+        log.info(
+            "daemon.started",
+            version=__version__,
+            restored_watches=restored,
+            webhooks=list(self.targets),
+            workspaces=list(creds),
+            listen=s.api.listen,
+        )
+        try:
+            return await self._supervise(state, scheduler)
+        finally:
+            state.ready = False
+            self._remove_signals()
+
+    async def _supervise(self, state: DaemonState, scheduler: Scheduler) -> int:
+        tasks = state.tasks
+        stop_wait = asyncio.create_task(self.stop_event.wait())
+        done, _ = await asyncio.wait({stop_wait, *tasks.values()}, return_when=asyncio.FIRST_COMPLETED)
+        code = 0
+        stopping = stop_wait in done
+        for name, task in tasks.items():
+            if task not in done:
+                continue
+            exc = task.exception() if not task.cancelled() else None
+            if exc is not None or not stopping:
+                # A loop must only end because a stop was asked for; anything else is a dead daemon.
+                log.error("daemon.loop_died", loop=name, error=repr(exc) if exc else "returned")
+                code = 1
+        self.stop_event.set()
+        stop_wait.cancel()
+        grace = self.settings.daemon.shutdown_grace_s
+        pending = [t for t in tasks.values() if not t.done()]
+        if pending:
+            _, still = await asyncio.wait(pending, timeout=grace)
+            if still:
+                log.warning(
+                    "daemon.grace_expired",
+                    cancelled_loops=[t.get_name() for t in still],
+                    inflight_polls=scheduler.inflight,
+                )
+                for t in still:
+                    t.cancel()
+                await asyncio.gather(*still, return_exceptions=True)
+        for name, task in tasks.items():
+            if task.done() and not task.cancelled() and task.exception() is not None and code == 0:
+                log.error("daemon.loop_failed_during_stop", loop=name, error=repr(task.exception()))
+                code = 1
+        log.info("daemon.drained", polls_started=scheduler.polls_started, exit_code=code)
+        return code
+
+    async def _housekeeping(self, store: Store) -> None:
+        """Refresh store-derived gauges and purge finished watches past their retention."""
+        s = self.settings
+        last_purge = 0.0
+        while not self.stop_event.is_set():
+            now = self.clock.now()
+            self.metrics.update_counts(await store.counts(), now, await store.count_due(now))
+            if now - last_purge >= s.daemon.purge_interval_s:
+                purged = await store.purge_finished(now - s.polling.retention_s)
+                if purged:
+                    log.info("watches.purged", count=purged)
+                last_purge = now
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.stop_event.wait(), timeout=1.0)
+
+    def _install_signals(self) -> None:
+        if not self.handle_signals:
+            return
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGTERM, self.request_stop)
+        loop.add_signal_handler(signal.SIGINT, self.request_stop)
+        loop.add_signal_handler(signal.SIGHUP, self.reload_watchlist)
+
+    def _remove_signals(self) -> None:
+        if not self.handle_signals:
+            return
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            loop.remove_signal_handler(sig)

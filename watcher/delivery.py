@@ -1,0 +1,247 @@
+"""Webhook delivery: the retry policy (pure) and the worker that drains the outbox (SPEC §6).
+
+The worker claims due deliveries from the store, sends each in its own task through `WebhookSender`, and
+records the outcome decided by `next_update`. The store is only touched before and after a send, so no
+transaction is ever open while an HTTP request is in flight. Per (job, webhook) ordering is the store's job:
+it only hands out the oldest pending delivery of each pair.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Mapping
+from typing import Any
+
+import structlog
+
+from watcher.clock import Clock
+from watcher.metrics import Metrics
+from watcher.models import Delivery, DeliveryState, DeliveryUpdate
+from watcher.store.base import Store
+from watcher.webhook import SendKind, SendResult, WebhookSender, WebhookTarget
+
+log = structlog.get_logger("watcher.delivery")
+
+RETRY_JITTER = 0.2  # a delay is drawn from [1 - jitter, 1] x the nominal backoff, so it never exceeds the cap
+NOT_CONFIGURED = "webhook not configured"
+_MAX_ERROR_LEN = 200
+# When due deliveries exist but none could be claimed (they wait behind an earlier one of the same pair),
+# re-check with a growing pause instead of spinning; reset as soon as a claim returns something.
+_BLOCKED_PAUSE_MIN_S = 0.005
+
+
+def retry_delay(
+    attempts: int, target: WebhookTarget, rng: random.Random, retry_after_s: float | None
+) -> float:
+    """Seconds before the next attempt after `attempts` failed ones: capped exponential, jittered.
+
+    The nominal delay is `retry_initial_s * 2**(attempts-1)` capped at `retry_max_s`; the result is drawn
+    from `[(1 - RETRY_JITTER) * nominal, nominal]` and is never shorter than the receiver's Retry-After.
+    """
+    exponent = max(0, attempts - 1)
+    # Cap the exponent before raising so a huge attempt count cannot overflow a float.
+    nominal = min(target.retry_max_s, target.retry_initial_s * 2.0 ** min(exponent, 64))
+    delay = nominal * rng.uniform(1.0 - RETRY_JITTER, 1.0)
+    if retry_after_s is not None:
+        delay = max(delay, retry_after_s)
+    return delay
+
+
+def next_update(
+    delivery: Delivery, result: SendResult, now: float, target: WebhookTarget, rng: random.Random
+) -> DeliveryUpdate:
+    """The delivery's state after one attempt with `result`: delivered, dead, or pending for a retry."""
+    attempts = delivery.attempts + 1
+    reason = result.detail[:_MAX_ERROR_LEN] or result.kind.value
+    if result.kind is SendKind.SUCCESS:
+        return DeliveryUpdate(DeliveryState.DELIVERED, attempts, now, None, delivered_at=now)
+    if result.kind is SendKind.DEAD or attempts >= target.max_attempts:
+        return DeliveryUpdate(DeliveryState.DEAD, attempts, now, reason)
+    delay = retry_delay(attempts, target, rng, result.retry_after_s)
+    return DeliveryUpdate(DeliveryState.PENDING, attempts, now + delay, reason)
+
+
+_OUTCOME = {DeliveryState.DELIVERED: "success", DeliveryState.PENDING: "retry", DeliveryState.DEAD: "dead"}
+
+
+class DeliveryWorker:
+    """Sends due deliveries with bounded concurrency until stopped; wake it when new events are saved."""
+
+    def __init__(
+        self,
+        store: Store,
+        sender: WebhookSender,
+        targets: Mapping[str, WebhookTarget],
+        metrics: Metrics,
+        clock: Clock,
+        rng: random.Random,
+        *,
+        concurrency: int = 16,
+        lease_s: float = 60.0,
+        max_idle_s: float = 1.0,
+    ) -> None:
+        if concurrency < 1:
+            raise ValueError("concurrency must be at least 1")
+        self._store = store
+        self._sender = sender
+        self._targets = dict(targets)
+        self._metrics = metrics
+        self._clock = clock
+        self._rng = rng
+        self._concurrency = concurrency
+        self._lease_s = lease_s
+        self._max_idle_s = max_idle_s
+        self._wake = asyncio.Event()
+        self._in_flight: set[asyncio.Task[None]] = set()
+        self._blocked_pause = 0.0
+
+    @property
+    def in_flight(self) -> int:
+        """How many sends are running now."""
+        return len(self._in_flight)
+
+    def wake(self) -> None:
+        """Look for new deliveries at once (called by the scheduler after it saved events)."""
+        self._wake.set()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Deliver until `stop` is set, then wait for in-flight sends and return.
+
+        A store error propagates (the supervisor stops the daemon); a failing send only fails its delivery.
+        If this coroutine is cancelled, in-flight sends are cancelled too and their deliveries stay leased
+        in the store, to be retried once the lease runs out or after a restart.
+        """
+        try:
+            while not stop.is_set():
+                delay_s = await self._claim_and_start()
+                await self._wait(stop, delay_s)
+                self._reap()
+            while self._in_flight:
+                await asyncio.wait(self._in_flight, return_when=asyncio.FIRST_COMPLETED)
+                self._reap()
+        finally:
+            await self._cancel_in_flight()
+
+    async def _claim_and_start(self) -> float | None:
+        """Claim what fits and start sending it; return how long to wait (None: until something happens)."""
+        room = self._concurrency - len(self._in_flight)
+        if room <= 0:
+            return None  # only a finished send (or stop) can let more in
+        # Cleared before claiming so a wake() that lands during the claim is not lost.
+        self._wake.clear()
+        now = self._clock.now()
+        claimed = await self._store.claim_deliveries(now, room, self._lease_s)
+        for delivery in claimed:
+            target = self._targets.get(delivery.webhook)
+            if target is None:
+                await self._finish_unconfigured(delivery, now)
+                continue
+            task = asyncio.create_task(self._deliver(delivery, target), name=f"delivery-{delivery.id}")
+            self._in_flight.add(task)
+        if len(claimed) >= room:
+            return None if len(self._in_flight) >= self._concurrency else 0.0
+        nxt = await self._store.next_delivery_at()
+        if nxt is None:
+            return self._max_idle_s
+        if nxt > now:
+            self._blocked_pause = 0.0
+            return min(nxt - now, self._max_idle_s)
+        if claimed:
+            self._blocked_pause = 0.0
+            return 0.0
+        # Due rows exist but none were claimable: they wait behind a leased or retrying head of their pair.
+        self._blocked_pause = min(self._max_idle_s, max(_BLOCKED_PAUSE_MIN_S, self._blocked_pause * 2))
+        return self._blocked_pause
+
+    async def _wait(self, stop: asyncio.Event, delay_s: float | None) -> None:
+        """Sleep until the earliest of stop, wake(), a finished send, or `delay_s` on the injected clock."""
+        if delay_s is not None and delay_s <= 0:
+            await asyncio.sleep(0)
+            return
+        helpers: list[asyncio.Task[Any]] = [
+            asyncio.create_task(stop.wait()),
+            asyncio.create_task(self._wake.wait()),
+        ]
+        if delay_s is not None:
+            helpers.append(asyncio.create_task(self._clock.sleep(delay_s)))
+        try:
+            await asyncio.wait([*helpers, *self._in_flight], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for helper in helpers:
+                helper.cancel()
+            await asyncio.gather(*helpers, return_exceptions=True)
+
+    def _reap(self) -> None:
+        """Forget finished sends; re-raise a store error one of them hit."""
+        done = [t for t in self._in_flight if t.done()]
+        for task in done:
+            self._in_flight.discard(task)
+        for task in done:
+            exc = None if task.cancelled() else task.exception()
+            if exc is not None:
+                raise exc
+
+    async def _cancel_in_flight(self) -> None:
+        for task in self._in_flight:
+            task.cancel()
+        await asyncio.gather(*self._in_flight, return_exceptions=True)
+        self._in_flight.clear()
+
+    async def _deliver(self, delivery: Delivery, target: WebhookTarget) -> None:
+        """One attempt: send, decide, record. Store errors escape; send errors become a retry."""
+        start = self._clock.monotonic()
+        try:
+            result = await self._sender.send(target, delivery)
+        except Exception as exc:  # a bug in the sender must fail one attempt, not the worker
+            log.exception("delivery.send_crashed", webhook=target.name, event_id=delivery.event.id)
+            detail = f"internal error: {type(exc).__name__}"
+            result = SendResult(SendKind.RETRY, None, None, detail, self._clock.monotonic() - start)
+        now = self._clock.now()
+        update = next_update(delivery, result, now, target, self._rng)
+        kept = await self._store.finish_delivery(delivery, update)
+        self._record(delivery, update, result, now, kept)
+
+    async def _finish_unconfigured(self, delivery: Delivery, now: float) -> None:
+        update = DeliveryUpdate(DeliveryState.DEAD, delivery.attempts, now, NOT_CONFIGURED)
+        kept = await self._store.finish_delivery(delivery, update)
+        result = SendResult(SendKind.DEAD, None, None, NOT_CONFIGURED, 0.0)
+        self._record(delivery, update, result, now, kept, sent=False)
+
+    def _record(
+        self,
+        delivery: Delivery,
+        update: DeliveryUpdate,
+        result: SendResult,
+        now: float,
+        kept: bool,
+        *,
+        sent: bool = True,
+    ) -> None:
+        """Metrics and one log event per attempt outcome."""
+        outcome = _OUTCOME[update.state]
+        webhook = delivery.webhook
+        self._metrics.deliveries.labels(webhook=webhook, outcome=outcome).inc()
+        if sent:
+            self._metrics.delivery_duration.labels(webhook=webhook).observe(result.duration_s)
+        if update.state is DeliveryState.DELIVERED:
+            self._metrics.notify_lag.observe(max(0.0, now - delivery.event.created_at))
+        fields = {
+            "job_id": delivery.event.job_id,
+            "workspace": delivery.event.workspace,
+            "event_id": delivery.event.id,
+            "event_type": delivery.event.type,
+            "webhook": webhook,
+            "attempt": update.attempts,
+            "status_code": result.status_code,
+            "reason": result.detail,
+        }
+        if not kept:
+            # Another worker took the lease over (it expired mid-send); its outcome is the one that counts.
+            log.warning("delivery.lease_lost", **fields)
+        if update.state is DeliveryState.DELIVERED:
+            log.info("delivery.success", duration_s=round(result.duration_s, 4), **fields)
+        elif update.state is DeliveryState.PENDING:
+            log.warning("delivery.retry", retry_in_s=round(update.next_attempt_at - now, 3), **fields)
+        else:
+            log.error("delivery.dead", **fields)

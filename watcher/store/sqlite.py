@@ -1,0 +1,631 @@
+"""The SQLite store: one file, one process, one aiosqlite connection (SPEC §5, §6).
+
+Durable state lives in the tables; which watch is due next lives in an in-memory `DueIndex`, rebuilt by
+`restore` at start-up, because only this process writes the file. Delivery leases live in the table so a
+claim and its fencing are one UPDATE, and `open` clears them all: a delivery claimed by a killed process is
+retried at once after the restart instead of after its lease.
+
+Concurrency: aiosqlite runs every statement on one thread, and an `asyncio.Lock` keeps one caller's
+multi-statement transaction from interleaving with another's. Every write transaction is `BEGIN IMMEDIATE`,
+so it takes the write lock up front instead of failing to upgrade a read lock half-way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import replace
+from importlib import resources
+from pathlib import Path
+from typing import Any, TypeVar
+
+import aiosqlite
+
+from watcher.errors import StoreError
+from watcher.models import (
+    Delivery,
+    DeliveryState,
+    DeliveryUpdate,
+    Event,
+    Registration,
+    SavedPoll,
+    Source,
+    StoreCounts,
+    Watch,
+)
+from watcher.store.base import RegisterResult, Store, SyncResult, WatchPage
+from watcher.store.due import DueIndex
+
+T = TypeVar("T")
+
+# Bound `IN (...)` lists well under SQLite's host-parameter limit (32766 since 3.32, 999 before).
+_CHUNK = 500
+_BUSY_TIMEOUT_MS = 5000
+_RESTORE_PAGE = 5000
+
+_WATCH_COLS = (
+    "job_id, workspace, sources, labels, webhooks, max_watch_s, registered_at, status, final, polls, streak,"
+    " errors, not_found, next_poll_at, last_polled_at, finished_at, last_error, upstream_updated_at"
+)
+_DELIVERY_COLS = (
+    "d.id, d.webhook, d.state, d.attempts, d.next_attempt_at, d.created_at, d.last_error, d.delivered_at,"
+    " d.lease, e.id, e.job_id, e.workspace, e.type, e.created_at, e.payload"
+)
+# The oldest pending delivery of its (job, webhook) pair; `d` is the candidate row.
+_PAIR_HEAD = (
+    "NOT EXISTS (SELECT 1 FROM deliveries p WHERE p.state = 'pending'"
+    " AND p.job_id = d.job_id AND p.webhook = d.webhook AND p.id < d.id)"
+)
+
+
+def sqlite_path(url: str) -> Path:
+    """The file a `sqlite:///relative.db` or `sqlite:////abs/path.db` URL names (SQLAlchemy's convention)."""
+    prefix = "sqlite:///"
+    if not url.startswith(prefix) or "?" in url or "#" in url or len(url) == len(prefix):
+        raise StoreError(f"store.url: {url!r} is not sqlite:///relative.db or sqlite:////absolute/path.db")
+    return Path(url[len(prefix) :])
+
+
+def _chunks(items: Sequence[T]) -> Iterable[Sequence[T]]:
+    for i in range(0, len(items), _CHUNK):
+        yield items[i : i + _CHUNK]
+
+
+def _marks(n: int) -> str:
+    return ",".join("?" * n)
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+def _watch(row: Sequence[Any]) -> Watch:
+    webhooks = row[4]
+    return Watch(
+        job_id=row[0],
+        workspace=row[1],
+        sources=row[2],
+        labels=json.loads(row[3]),
+        webhooks=None if webhooks is None else tuple(json.loads(webhooks)),
+        max_watch_s=row[5],
+        registered_at=row[6],
+        status=row[7],
+        final=row[8],
+        polls=row[9],
+        streak=row[10],
+        errors=row[11],
+        not_found=row[12],
+        next_poll_at=row[13],
+        last_polled_at=row[14],
+        finished_at=row[15],
+        last_error=row[16],
+        upstream_updated_at=row[17],
+    )
+
+
+def _event(row: Sequence[Any]) -> Event:
+    return Event(
+        id=row[0], job_id=row[1], workspace=row[2], type=row[3], created_at=row[4], payload=json.loads(row[5])
+    )
+
+
+def _delivery(row: Sequence[Any]) -> Delivery:
+    return Delivery(
+        id=row[0],
+        webhook=row[1],
+        state=DeliveryState(row[2]),
+        attempts=row[3],
+        next_attempt_at=row[4],
+        created_at=row[5],
+        last_error=row[6],
+        delivered_at=row[7],
+        lease=row[8] or 0,
+        event=_event(row[9:]),
+    )
+
+
+def migrations() -> list[tuple[int, str]]:
+    """The packaged schema migrations as `(version, sql)`, in the order they apply."""
+    found = []
+    for res in resources.files("watcher.store.migrations").iterdir():
+        name = res.name
+        if name.startswith("sqlite_") and name.endswith(".sql"):
+            found.append((int(name.split("_")[1]), res.read_text(encoding="utf-8")))
+    found.sort()
+    if [v for v, _ in found] != list(range(1, len(found) + 1)):
+        raise StoreError(f"packaged SQLite migrations are not numbered 1..n: {[v for v, _ in found]}")
+    return found
+
+
+def _statements(script: str) -> list[str]:
+    """Split a migration into statements; `complete_statement` keeps semicolons inside strings intact."""
+    out, buf = [], ""
+    for line in script.splitlines(keepends=True):
+        buf += line
+        if sqlite3.complete_statement(buf):
+            out.append(buf.strip())
+            buf = ""
+    if buf.strip() and not all(ln.strip().startswith("--") for ln in buf.strip().splitlines()):
+        raise StoreError(f"unterminated statement in a migration: {buf.strip()[:80]!r}")
+    return out
+
+
+class SQLiteStore(Store):
+    """The default store: a WAL-mode SQLite file and an in-memory due index."""
+
+    def __init__(self, path: Path | str) -> None:
+        self.path = Path(path)
+        self._db: aiosqlite.Connection | None = None
+        self._lock = asyncio.Lock()
+        self._index = DueIndex()
+        self._delivery_tokens = 0
+
+    # -- lifecycle ------------------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        """Create the file if needed, set the pragmas, migrate and clear stale delivery leases."""
+        if self._db is not None:
+            return
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise StoreError(f"cannot create the directory of store {self.path}: {e.strerror}") from e
+        try:
+            db = await aiosqlite.connect(self.path, isolation_level=None)
+        except sqlite3.Error as e:
+            raise StoreError(f"cannot open store {self.path}: {e}") from e
+        try:
+            await db.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
+            await db.execute("PRAGMA journal_mode = WAL")
+            # NORMAL in WAL mode survives a process crash (SIGKILL) with every committed transaction; only an
+            # OS crash or power loss may roll back the last few, which FULL would protect at an fsync each.
+            await db.execute("PRAGMA synchronous = NORMAL")
+            await db.execute("PRAGMA foreign_keys = ON")
+            await self._migrate(db)
+            await db.execute("BEGIN IMMEDIATE")
+            await db.execute("UPDATE deliveries SET lease = NULL, lease_until = NULL WHERE lease IS NOT NULL")
+            await db.commit()
+        except (sqlite3.Error, StoreError) as e:
+            await db.close()
+            if isinstance(e, StoreError):
+                raise
+            raise StoreError(f"cannot open store {self.path}: {e}") from e
+        self._db = db
+
+    async def _migrate(self, db: aiosqlite.Connection) -> None:
+        """Apply every packaged migration newer than the file's `user_version`, each in its transaction."""
+        known = migrations()
+        latest = known[-1][0] if known else 0
+        for version, sql in known:
+            await db.execute("BEGIN IMMEDIATE")
+            try:
+                # Read inside the write lock, so two processes opening a new file cannot both migrate it.
+                async with db.execute("PRAGMA user_version") as cur:
+                    row = await cur.fetchone()
+                current = int(row[0]) if row else 0
+                if current > latest:
+                    raise StoreError(
+                        f"store {self.path} has schema version {current}, newer than the {latest} this"
+                        " watcher knows; upgrade job-watcher or point store.url at another file"
+                    )
+                if current < version:
+                    for stmt in _statements(sql):
+                        await db.execute(stmt)
+                    await db.execute(f"PRAGMA user_version = {version}")
+                await db.commit()
+            except BaseException:
+                await asyncio.shield(db.rollback())
+                raise
+
+    async def close(self) -> None:
+        """Close the connection and forget the due index; safe to call twice."""
+        db, self._db = self._db, None
+        self._index.clear()
+        if db is not None:
+            await db.close()
+
+    async def ping(self) -> bool:
+        """True if a trivial query answers."""
+        if self._db is None:
+            return False
+        try:
+            async with self._db.execute("SELECT 1") as cur:
+                return await cur.fetchone() is not None
+        except sqlite3.Error:
+            return False
+
+    @asynccontextmanager
+    async def _read(self) -> AsyncIterator[aiosqlite.Connection]:
+        """The connection, for statements that need no transaction; sqlite errors become StoreError."""
+        if self._db is None:
+            raise StoreError(f"store {self.path} is not open")
+        async with self._lock:
+            try:
+                yield self._db
+            except sqlite3.Error as e:
+                raise StoreError(f"store {self.path}: {e}") from e
+
+    @asynccontextmanager
+    async def _write(self) -> AsyncIterator[aiosqlite.Connection]:
+        """A `BEGIN IMMEDIATE` transaction, committed on success and rolled back on any exception."""
+        async with self._read() as db:
+            await db.execute("BEGIN IMMEDIATE")
+            try:
+                yield db
+                await db.commit()
+            except BaseException:
+                # Shielded: a cancelled caller must not leave the shared connection inside a transaction.
+                await asyncio.shield(db.rollback())
+                raise
+
+    async def _select(self, db: aiosqlite.Connection, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+        async with db.execute(sql, params) as cur:
+            return list(await cur.fetchall())
+
+    async def _watch_rows(self, db: aiosqlite.Connection, cols: str, ids: Sequence[str]) -> list[Any]:
+        rows: list[Any] = []
+        for chunk in _chunks(ids):
+            sql = f"SELECT {cols} FROM watches WHERE job_id IN ({_marks(len(chunk))})"  # noqa: S608
+            rows += await self._select(db, sql, chunk)
+        return rows
+
+    # -- watches --------------------------------------------------------------------------------------
+
+    async def restore(self, now: float, first_due: Callable[[Watch], float]) -> int:
+        """Page through unfinished watches by id, give each its first due time, write them back, re-index."""
+        items: list[tuple[str, float]] = []
+        async with self._write() as db:
+            last = ""
+            while True:
+                rows = await self._select(
+                    db,
+                    f"SELECT {_WATCH_COLS} FROM watches WHERE final IS NULL AND job_id > ?"  # noqa: S608
+                    " ORDER BY job_id LIMIT ?",
+                    (last, _RESTORE_PAGE),
+                )
+                if not rows:
+                    break
+                page = [(first_due(_watch(r)), r[0]) for r in rows]
+                await db.executemany("UPDATE watches SET next_poll_at = ? WHERE job_id = ?", page)
+                items += [(jid, due) for due, jid in page]
+                last = rows[-1][0]
+        self._index.clear()
+        self._index.put_many(items)
+        return len(items)
+
+    async def register(self, regs: Sequence[Registration], now: float) -> list[RegisterResult]:
+        """Insert new watches due at `now`; OR the source into existing ones."""
+        async with self._write() as db:
+            results, created = await self._register(db, regs, now)
+        for jid in created:
+            self._index.put(jid, now)
+        return results
+
+    async def _register(
+        self, db: aiosqlite.Connection, regs: Sequence[Registration], now: float
+    ) -> tuple[list[RegisterResult], list[str]]:
+        ids = list({r.job_id: None for r in regs})
+        present = {r[0] for r in await self._watch_rows(db, "job_id", ids)}
+        results: list[RegisterResult] = []
+        inserts: list[tuple[Any, ...]] = []
+        merges: list[tuple[int, str]] = []
+        for reg in regs:
+            if reg.job_id in present:
+                results.append(RegisterResult.EXISTING)
+                merges.append((int(reg.source), reg.job_id))
+                continue
+            present.add(reg.job_id)
+            results.append(RegisterResult.CREATED)
+            webhooks = None if reg.webhooks is None else _dumps(list(reg.webhooks))
+            inserts.append(
+                (
+                    reg.job_id,
+                    reg.workspace,
+                    int(reg.source),
+                    _dumps(reg.labels),
+                    webhooks,
+                    reg.max_watch_s,
+                    now,
+                    now,
+                )
+            )
+        await db.executemany(
+            "INSERT INTO watches (job_id, workspace, sources, labels, webhooks, max_watch_s, registered_at,"
+            " next_poll_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            inserts,
+        )
+        await db.executemany("UPDATE watches SET sources = sources | ? WHERE job_id = ?", merges)
+        return results, [row[0] for row in inserts]
+
+    async def sync_source(self, source: Source, regs: Sequence[Registration], now: float) -> SyncResult:
+        """Make `source`'s watches equal to `regs`; counts are ids that joined or left the source."""
+        bit = int(source)
+        wanted = {r.job_id: r for r in regs}
+        async with self._write() as db:
+            have = {
+                r[0]: (r[1], r[2])
+                for r in await self._select(
+                    db, "SELECT job_id, sources, final FROM watches WHERE sources & ?", (bit,)
+                )
+            }
+            joining = [replace(r, source=source) for j, r in wanted.items() if j not in have]
+            _, created = await self._register(db, joining, now)
+            leaving = [j for j in have if j not in wanted]
+            gone = [j for j in leaving if have[j][0] == bit and have[j][1] is None]
+            await db.executemany(
+                "UPDATE watches SET sources = sources & ? WHERE job_id = ?", [(~bit, j) for j in leaving]
+            )
+            for chunk in _chunks(gone):
+                await db.execute(f"DELETE FROM watches WHERE job_id IN ({_marks(len(chunk))})", chunk)  # noqa: S608
+        for jid in created:
+            self._index.put(jid, now)
+        for jid in gone:
+            self._index.discard(jid)
+        return SyncResult(added=len(joining), removed=len(leaving))
+
+    async def delete_watch(self, job_id: str) -> bool:
+        """Delete the watch and its fully delivered events; pending and dead deliveries stay."""
+        async with self._write() as db:
+            cur = await db.execute("DELETE FROM watches WHERE job_id = ?", (job_id,))
+            deleted = cur.rowcount > 0
+            if deleted:
+                await self._drop_events(db, [job_id], keep=("pending", "dead"))
+        if deleted:
+            self._index.discard(job_id)
+        return deleted
+
+    async def _drop_events(
+        self, db: aiosqlite.Connection, job_ids: Sequence[str], keep: tuple[str, ...]
+    ) -> None:
+        """Delete the jobs' events and their deliveries, except events with a delivery in a `keep` state."""
+        states = _marks(len(keep))
+        for chunk in _chunks(job_ids):
+            marks = _marks(len(chunk))
+            await db.execute(
+                "DELETE FROM deliveries WHERE event_id IN (SELECT e.id FROM events e"  # noqa: S608
+                f" WHERE e.job_id IN ({marks}) AND NOT EXISTS (SELECT 1 FROM deliveries k"
+                f" WHERE k.event_id = e.id AND k.state IN ({states})))",
+                (*chunk, *keep),
+            )
+            # What is left with a delivery is exactly what must stay.
+            await db.execute(
+                f"DELETE FROM events WHERE job_id IN ({marks})"  # noqa: S608
+                " AND NOT EXISTS (SELECT 1 FROM deliveries k WHERE k.event_id = events.id)",
+                chunk,
+            )
+
+    async def get_watch(self, job_id: str) -> Watch | None:
+        """One watch by id."""
+        async with self._read() as db:
+            rows = await self._watch_rows(db, _WATCH_COLS, [job_id])
+        return _watch(rows[0]) if rows else None
+
+    async def list_watches(
+        self, *, status: str | None = None, limit: int = 100, cursor: str | None = None
+    ) -> WatchPage:
+        """Watches ordered by job id after `cursor` (the last id of the previous page)."""
+        where, params = ["job_id > ?"], [cursor or ""]
+        if status is not None:
+            where.append("COALESCE(final, status, 'unknown') = ?")
+            params.append(status)
+        sql = f"SELECT {_WATCH_COLS} FROM watches WHERE {' AND '.join(where)} ORDER BY job_id LIMIT ?"  # noqa: S608
+        async with self._read() as db:
+            rows = await self._select(db, sql, (*params, limit + 1))
+        page = [_watch(r) for r in rows[:limit]]
+        return WatchPage(page, page[-1].job_id if len(rows) > limit and page else None)
+
+    async def claim_due(self, now: float, limit: int, lease_s: float) -> list[Watch]:
+        """Pop due ids from the index, then read their rows with chunked `IN` queries."""
+        async with self._read() as db:
+            claimed = self._index.claim(now, limit, lease_s)
+            try:
+                rows = await self._watch_rows(db, _WATCH_COLS, [j for j, _ in claimed])
+            except BaseException:
+                for jid, token in claimed:
+                    self._index.unclaim(jid, token)
+                    self._index.put(jid, now)
+                raise
+        by_id = {r[0]: r for r in rows}
+        out = []
+        for jid, token in claimed:
+            row = by_id.get(jid)
+            if row is None or row[8] is not None:  # gone or finished behind the index's back
+                self._index.unclaim(jid, token)
+                continue
+            w = _watch(row)
+            w.lease = token
+            out.append(w)
+        return out
+
+    async def next_due_at(self) -> float | None:
+        """Earliest due time (a claimed watch counts at its lease expiry)."""
+        return self._index.next_due_at()
+
+    async def count_due(self, now: float) -> int:
+        """Due watches not held by a live claim, from the index."""
+        return self._index.count_due(now)
+
+    async def save_polls(self, polls: Sequence[SavedPoll]) -> list[bool]:
+        """One transaction: fenced watch updates, de-duplicated events, one delivery per event and webhook."""
+        ok: list[bool] = []
+        async with self._write() as db:
+            taken: set[str] = set()
+            updates: list[tuple[Any, ...]] = []
+            events: dict[str, tuple[Event, tuple[str, ...]]] = {}
+            for saved in polls:
+                w = saved.watch
+                fresh = w.job_id not in taken and self._index.lease_of(w.job_id) == w.lease
+                ok.append(fresh)
+                if not fresh:
+                    continue
+                taken.add(w.job_id)
+                updates.append(
+                    (w.status, w.final, w.polls, w.streak, w.errors, w.not_found, w.next_poll_at,
+                     w.last_polled_at, w.finished_at, w.last_error, w.upstream_updated_at, w.job_id)
+                )  # fmt: skip
+                for new in saved.events:
+                    events.setdefault(new.event.id, (new.event, new.webhooks))
+            await db.executemany(
+                "UPDATE watches SET status = ?, final = ?, polls = ?, streak = ?, errors = ?, not_found = ?,"
+                " next_poll_at = ?, last_polled_at = ?, finished_at = ?, last_error = ?,"
+                " upstream_updated_at = ? WHERE job_id = ?",
+                updates,
+            )
+            await self._insert_events(db, events)
+        for saved, fresh in zip(polls, ok, strict=True):
+            if fresh:
+                w = saved.watch
+                if w.final is None:
+                    self._index.put(w.job_id, w.next_poll_at)
+                else:
+                    self._index.discard(w.job_id)
+        return ok
+
+    async def _insert_events(
+        self, db: aiosqlite.Connection, events: dict[str, tuple[Event, tuple[str, ...]]]
+    ) -> None:
+        ids = list(events)
+        stored: set[str] = set()
+        for chunk in _chunks(ids):
+            sql = f"SELECT id FROM events WHERE id IN ({_marks(len(chunk))})"  # noqa: S608
+            stored.update(r[0] for r in await self._select(db, sql, chunk))
+        new = [events[i] for i in ids if i not in stored]
+        await db.executemany(
+            "INSERT OR IGNORE INTO events (id, job_id, workspace, type, created_at, payload)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
+            [(e.id, e.job_id, e.workspace, e.type, e.created_at, _dumps(e.payload)) for e, _ in new],
+        )
+        await db.executemany(
+            "INSERT INTO deliveries (event_id, job_id, webhook, state, attempts, next_attempt_at, created_at)"
+            " VALUES (?, ?, ?, 'pending', 0, ?, ?)",
+            [(e.id, e.job_id, name, e.created_at, e.created_at) for e, hooks in new for name in hooks],
+        )
+
+    async def purge_finished(self, before: float) -> int:
+        """Delete finished watches older than `before` and their events that have no pending delivery."""
+        async with self._write() as db:
+            rows = await self._select(
+                db, "SELECT job_id FROM watches WHERE final IS NOT NULL AND finished_at < ?", (before,)
+            )
+            ids = [r[0] for r in rows]
+            await self._drop_events(db, ids, keep=("pending",))
+            for chunk in _chunks(ids):
+                await db.execute(f"DELETE FROM watches WHERE job_id IN ({_marks(len(chunk))})", chunk)  # noqa: S608
+        return len(ids)
+
+    # -- events and deliveries ------------------------------------------------------------------------
+
+    async def events_for(self, job_id: str) -> list[Event]:
+        """A job's events in the order they were stored."""
+        async with self._read() as db:
+            rows = await self._select(
+                db,
+                "SELECT id, job_id, workspace, type, created_at, payload FROM events"
+                " WHERE job_id = ? ORDER BY seq",
+                (job_id,),
+            )
+        return [_event(r) for r in rows]
+
+    async def claim_deliveries(self, now: float, limit: int, lease_s: float) -> list[Delivery]:
+        """Claim due, unleased pair heads ordered by (next_attempt_at, id) with one UPDATE."""
+        async with self._write() as db:
+            rows = await self._select(
+                db,
+                f"SELECT {_DELIVERY_COLS} FROM deliveries d JOIN events e ON e.id = d.event_id"  # noqa: S608
+                " WHERE d.state = 'pending' AND d.next_attempt_at <= ?"
+                f" AND (d.lease_until IS NULL OR d.lease_until <= ?) AND {_PAIR_HEAD}"
+                " ORDER BY d.next_attempt_at, d.id LIMIT ?",
+                (now, now, limit),
+            )
+            if not rows:
+                return []
+            self._delivery_tokens += 1
+            token = self._delivery_tokens
+            for chunk in _chunks([r[0] for r in rows]):
+                await db.execute(
+                    f"UPDATE deliveries SET lease = ?, lease_until = ? WHERE id IN ({_marks(len(chunk))})",  # noqa: S608
+                    (token, now + lease_s, *chunk),
+                )
+        out = [_delivery(r) for r in rows]
+        for d in out:
+            d.lease = token
+        return out
+
+    async def next_delivery_at(self) -> float | None:
+        """Earliest time a pair head becomes claimable (a leased one counts at its lease expiry)."""
+        async with self._read() as db:
+            rows = await self._select(
+                db,
+                "SELECT (SELECT d.next_attempt_at FROM deliveries d WHERE d.state = 'pending'"  # noqa: S608
+                f" AND d.lease IS NULL AND {_PAIR_HEAD} ORDER BY d.next_attempt_at, d.id LIMIT 1),"
+                " (SELECT min(max(d.next_attempt_at, d.lease_until)) FROM deliveries d"
+                f" WHERE d.lease IS NOT NULL AND d.state = 'pending' AND {_PAIR_HEAD})",
+            )
+        times = [t for t in rows[0] if t is not None]
+        return min(times, default=None)
+
+    async def finish_delivery(self, delivery: Delivery, update: DeliveryUpdate) -> bool:
+        """Record an attempt if `delivery.lease` still holds; clears the lease."""
+        async with self._write() as db:
+            cur = await db.execute(
+                "UPDATE deliveries SET state = ?, attempts = ?, next_attempt_at = ?, last_error = ?,"
+                " delivered_at = ?, lease = NULL, lease_until = NULL"
+                " WHERE id = ? AND state = 'pending' AND lease = ?",
+                (
+                    update.state.value,
+                    update.attempts,
+                    update.next_attempt_at,
+                    update.last_error,
+                    update.delivered_at,
+                    delivery.id,
+                    delivery.lease,
+                ),
+            )
+            return cur.rowcount > 0
+
+    async def list_deliveries(
+        self, *, state: str | None = None, webhook: str | None = None, limit: int = 100
+    ) -> list[Delivery]:
+        """Newest first, optionally filtered by state and webhook."""
+        where, params = ["1"], []
+        if state is not None:
+            where.append("d.state = ?")
+            params.append(state)
+        if webhook is not None:
+            where.append("d.webhook = ?")
+            params.append(webhook)
+        sql = (
+            f"SELECT {_DELIVERY_COLS} FROM deliveries d JOIN events e ON e.id = d.event_id"  # noqa: S608
+            f" WHERE {' AND '.join(where)} ORDER BY d.id DESC LIMIT ?"
+        )
+        async with self._read() as db:
+            rows = await self._select(db, sql, (*params, limit))
+        return [_delivery(r) for r in rows]
+
+    async def retry_delivery(self, delivery_id: int, now: float) -> bool:
+        """Dead back to pending, attempts reset, due at `now`."""
+        async with self._write() as db:
+            cur = await db.execute(
+                "UPDATE deliveries SET state = 'pending', attempts = 0, next_attempt_at = ?,"
+                " delivered_at = NULL, lease = NULL, lease_until = NULL WHERE id = ? AND state = 'dead'",
+                (now, delivery_id),
+            )
+            return cur.rowcount > 0
+
+    async def counts(self) -> StoreCounts:
+        """Aggregates from SQL, so the gauges are exact after a restart."""
+        async with self._read() as db:
+            by_status = await self._select(
+                db, "SELECT COALESCE(status, 'unknown'), count(*) FROM watches WHERE final IS NULL GROUP BY 1"
+            )
+            pending = await self._select(
+                db, "SELECT webhook, count(*) FROM deliveries WHERE state = 'pending' GROUP BY webhook"
+            )
+            dead = await self._select(
+                db, "SELECT webhook, count(*) FROM deliveries WHERE state = 'dead' GROUP BY webhook"
+            )
+            oldest = await self._select(db, "SELECT min(created_at) FROM deliveries WHERE state = 'pending'")
+        return StoreCounts(dict(by_status), dict(pending), dict(dead), oldest[0][0])
