@@ -116,7 +116,7 @@ def _line(d: ReceivedDelivery, names: dict[str, str], started: float) -> str:
     extra = f"  error: {job['error']}" if job.get("error") else ""
     return (
         f"  {time.monotonic() - started:5.1f}s  verified {d.type:<13} {job_id[:8]}… "
-        f"{names.get(job_id, '?'):<21} {prev:>8} → {job.get('status')!s:<8}"
+        f"{names.get(job_id, '?'):<21} {prev:>8} → {job.get('status') or '-':<8}"
         f" webhook-id {d.webhook_id[:8]}…{extra}"
     )
 

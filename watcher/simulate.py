@@ -126,6 +126,13 @@ def _error(status: int, message: str) -> web.Response:
     return web.json_response({"error": message}, status=status)
 
 
+def _delta_seconds(value: float) -> str:
+    # Retry-After delta-seconds: plain digits, never the exponent notation that "%g" would produce.
+    # float() because tests may assign an int to a Faults field directly, bypassing __post_init__.
+    value = float(value)
+    return str(int(value)) if value.is_integer() else f"{value:.3f}"
+
+
 def _number(value: Any, name: str) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
         raise ValueError(f"{name}: expected a number >= 0")
@@ -411,13 +418,13 @@ class Simulator:
             return web.Response(status=502)  # never reaches the client: the connection is gone
         if fault == "server_error":
             code = self.rng.choice((500, 502, 503))
-            headers = {"Retry-After": f"{self.faults.retry_after_s:g}"} if code == 503 else None
+            headers = {"Retry-After": _delta_seconds(self.faults.retry_after_s)} if code == 503 else None
             return web.json_response({"error": "internal error"}, status=code, headers=headers)
         if fault == "rate_limit":
             return web.json_response(
                 {"error": "rate limited"},
                 status=429,
-                headers={"Retry-After": f"{self.faults.retry_after_s:g}"},
+                headers={"Retry-After": _delta_seconds(self.faults.retry_after_s)},
             )
         now = self.clock.now()
         if job is not None:

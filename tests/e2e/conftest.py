@@ -57,6 +57,8 @@ def _stop(proc: subprocess.Popen[str], sig: int = signal.SIGTERM, timeout: float
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(5)
+    if proc.stdout is not None:
+        proc.stdout.close()
     return proc.returncode
 
 
