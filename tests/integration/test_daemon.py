@@ -1,0 +1,188 @@
+"""The daemon in-process: its HTTP endpoints, its supervisor, and restoring work after a restart."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+from prometheus_client import CollectorRegistry
+from structlog.testing import capture_logs
+
+from tests.e2e.conftest import free_port
+from watcher.config import Settings, load_config
+from watcher.daemon import Daemon
+from watcher.errors import StartupError, StoreError
+from watcher.models import Delivery
+from watcher.receiver import ReceivedDelivery, Receiver
+from watcher.simulate import Simulator
+from watcher.store.sqlite import SQLiteStore
+
+SECRET = "whsec_" + base64.b64encode(b"daemon-integration-secret").decode()
+
+
+SIM_URL: dict[int, str] = {}
+
+
+@pytest.fixture
+async def sim() -> AsyncIterator[Simulator]:
+    s = Simulator(workspace_slug="acme")
+    SIM_URL[id(s)] = await s.start()
+    yield s
+    await s.stop()
+
+
+@pytest.fixture
+async def receiver() -> AsyncIterator[Receiver]:
+    r = Receiver([SECRET])
+    await r.start()
+    yield r
+    await r.stop()
+
+
+def settings_for(tmp_path: Path, sim_url: str, hook_url: str, port: int) -> Settings:
+    text = f"""
+[upstream]
+base_url = "{sim_url}"
+token = "sim-token"
+api_key = "sim-key"
+workspace_slug = "acme"
+[polling]
+initial_interval_s = 0.05
+max_interval_s = 0.2
+[api]
+listen = "127.0.0.1:{port}"
+[store]
+url = "sqlite:///{tmp_path / "w.db"}"
+[watchlist]
+path = "{tmp_path / "watchlist.txt"}"
+reload_interval_s = 0.1
+[daemon]
+shutdown_grace_s = 3.0
+[[webhooks]]
+name = "ops"
+url = "{hook_url}"
+secret = "{SECRET}"
+retry_initial_s = 0.05
+retry_max_s = 0.2
+"""
+    path = tmp_path / "w.toml"
+    path.write_text(text)
+    return load_config(path, env={})
+
+
+async def wait_until(predicate: object, within_s: float = 10.0) -> None:
+    async with asyncio.timeout(within_s):
+        while not predicate():  # type: ignore[operator]
+            await asyncio.sleep(0.02)
+
+
+async def test_endpoints_and_graceful_stop(tmp_path: Path, sim: Simulator, receiver: Receiver) -> None:
+    """healthz, readyz and metrics answer while running; a stop request drains and returns 0."""
+    job = sim.add_job(status="active").id
+    (tmp_path / "watchlist.txt").write_text(job + "\n")
+    port = free_port()
+    assert receiver.url is not None
+    settings = settings_for(tmp_path, sim_url=await _sim_url(sim), hook_url=receiver.url, port=port)
+    daemon = Daemon(settings, handle_signals=False, registry=CollectorRegistry())
+    run = asyncio.create_task(daemon.run())
+    base = f"http://127.0.0.1:{port}"
+    async with aiohttp.ClientSession() as http:
+        await wait_until(lambda: daemon.state is not None and daemon.state.ready)
+        async with http.get(base + "/healthz") as r:
+            assert r.status == 200
+            assert (await r.json())["status"] == "ok"
+        async with http.get(base + "/readyz") as r:
+            assert r.status == 200
+        await wait_until(lambda: len(sim.requests(job)) >= 2)
+        sim.set_status(job, "success")
+        await wait_until(lambda: len(receiver.deliveries) == 1)
+        await asyncio.sleep(1.2)  # one refresh of the store-derived gauges
+        async with http.get(base + "/metrics") as r:
+            text = await r.text()
+    assert 'watcher_jobs_finished_total{status="success"} 1.0' in text
+    assert 'watcher_transitions_total{status="success"} 1.0' in text
+    assert 'watcher_webhook_deliveries_total{outcome="success",webhook="ops"} 1.0' in text
+    assert 'watcher_watched_jobs{status="active"} 0.0' in text
+    assert "watcher_build_info{version=" in text
+    daemon.request_stop()
+    assert await run == 0
+
+
+async def _sim_url(sim: Simulator) -> str:
+    return SIM_URL[id(sim)]
+
+
+class _FailingStore(SQLiteStore):
+    """A real SQLite store whose delivery claims start failing, as a broken disk would."""
+
+    fail = False
+
+    async def claim_deliveries(self, now: float, limit: int, lease_s: float) -> list[Delivery]:
+        if self.fail:
+            raise StoreError("disk I/O error")
+        return await super().claim_deliveries(now, limit, lease_s)
+
+
+async def test_supervisor_stops_the_daemon_when_a_loop_dies(
+    tmp_path: Path, sim: Simulator, receiver: Receiver
+) -> None:
+    (tmp_path / "watchlist.txt").write_text("")
+    assert receiver.url is not None
+    settings = settings_for(tmp_path, await _sim_url(sim), receiver.url, free_port())
+    store = _FailingStore(tmp_path / "w.db")
+    daemon = Daemon(settings, handle_signals=False, registry=CollectorRegistry(), store=store)
+    with capture_logs() as logs:
+        run = asyncio.create_task(daemon.run())
+        await wait_until(lambda: daemon.state is not None and daemon.state.ready)
+        store.fail = True
+        code = await asyncio.wait_for(run, 10)
+    assert code == 1
+    died = [e for e in logs if e["event"] == "daemon.loop_died"]
+    assert died and died[0]["loop"] == "delivery"
+    assert "disk I/O error" in died[0]["error"]
+
+
+async def test_restart_restores_watches_and_pending_deliveries(
+    tmp_path: Path, sim: Simulator, receiver: Receiver
+) -> None:
+    """Events detected while the receiver is down survive a stop and are delivered after the next start."""
+    jobs = [sim.add_job(status="active").id for _ in range(3)]
+    (tmp_path / "watchlist.txt").write_text("\n".join(jobs) + "\n")
+    assert receiver.url is not None
+    settings = settings_for(tmp_path, await _sim_url(sim), receiver.url, free_port())
+    receiver.set_status(503)
+    first = Daemon(settings, handle_signals=False, registry=CollectorRegistry())
+    run = asyncio.create_task(first.run())
+    await wait_until(lambda: all(len(sim.requests(j)) >= 1 for j in jobs))
+    sim.set_status(jobs[0], "failed", error="boom")
+    await wait_until(lambda: receiver.attempts and sum(receiver.attempts.values()) >= 2)
+    first.request_stop()
+    assert await run == 0
+    assert receiver.deliveries == []
+    receiver.set_status(None)
+    sim.set_status(jobs[1], "success")
+    second = Daemon(settings, handle_signals=False, registry=CollectorRegistry())
+    run = asyncio.create_task(second.run())
+    await wait_until(lambda: len(receiver.deliveries) == 2)
+    got = {_job_of(d): d.type for d in receiver.deliveries}
+    assert got == {jobs[0]: "job.failed", jobs[1]: "job.success"}
+    second.request_stop()
+    assert await run == 0
+
+
+def _job_of(d: ReceivedDelivery) -> str:
+    return str(d.body["data"]["job"]["id"])
+
+
+async def test_non_loopback_without_tokens_refused(
+    tmp_path: Path, sim: Simulator, receiver: Receiver
+) -> None:
+    assert receiver.url is not None
+    settings = settings_for(tmp_path, await _sim_url(sim), receiver.url, free_port())
+    settings.api.listen = "0.0.0.0:0"
+    with pytest.raises(StartupError, match=r"api\.tokens"):
+        await Daemon(settings, handle_signals=False, registry=CollectorRegistry()).run()
