@@ -186,3 +186,30 @@ async def test_non_loopback_without_tokens_refused(
     settings.api.listen = "0.0.0.0:0"
     with pytest.raises(StartupError, match=r"api\.tokens"):
         await Daemon(settings, handle_signals=False, registry=CollectorRegistry()).run()
+
+
+async def test_second_workspace_uses_its_own_credentials(tmp_path: Path, receiver: Receiver) -> None:
+    """A watch-list line `<id> other` is polled with the `other` workspace's token, key and slug."""
+    sim = Simulator(workspace_slug="acme", workspaces={"other": ("other-token", "other-key")})
+    url = await sim.start()
+    try:
+        mine = sim.add_job(status="success").id
+        theirs = sim.add_job(status="failed", workspace="other").id
+        (tmp_path / "watchlist.txt").write_text(f"{mine}\n{theirs} other\n")
+        assert receiver.url is not None
+        settings_for(tmp_path, url, receiver.url, free_port())  # writes w.toml
+        path = tmp_path / "w.toml"
+        path.write_text(
+            path.read_text() + '\n[upstream.workspaces.other]\ntoken = "other-token"\napi_key = "other-key"\n'
+        )
+        settings = load_config(path, env={})
+        daemon = Daemon(settings, handle_signals=False, registry=CollectorRegistry())
+        run = asyncio.create_task(daemon.run())
+        await wait_until(lambda: len(receiver.deliveries) == 2)
+        got = {_job_of(d): (d.type, d.body["data"]["workspace"]) for d in receiver.deliveries}
+        assert got == {mine: ("job.success", "acme"), theirs: ("job.failed", "other")}
+        assert {r["workspace"] for r in sim.requests(theirs)} == {"other"}
+        daemon.request_stop()
+        assert await run == 0
+    finally:
+        await sim.stop()
