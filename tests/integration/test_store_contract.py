@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from dataclasses import replace
-from pathlib import Path
-
-import pytest
 
 from watcher.events import transition_event, verdict_event
 from watcher.models import (
@@ -20,28 +16,9 @@ from watcher.models import (
     Watch,
 )
 from watcher.store.base import RegisterResult, Store, SyncResult
-from watcher.store.memory import MemoryStore
-from watcher.store.sqlite import SQLiteStore
 
 T0 = 1_700_000_000.0
 LEASE = 30.0
-
-
-def _make(kind: str, tmp_path: Path) -> Store:
-    if kind == "memory":
-        return MemoryStore()
-    if kind == "sqlite":
-        return SQLiteStore(tmp_path / "state" / "watcher.db")
-    raise AssertionError(kind)
-
-
-@pytest.fixture(params=["memory", "sqlite"])
-async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
-    """An open store of each kind; a "postgres" param only needs a branch in `_make`."""
-    s = _make(request.param, tmp_path)
-    await s.open()
-    yield s
-    await s.close()
 
 
 def jid(n: int) -> str:

@@ -1,0 +1,32 @@
+"""Fixtures shared by the integration tests: an open store of every kind."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from watcher.store.base import Store
+from watcher.store.memory import MemoryStore
+from watcher.store.sqlite import SQLiteStore
+
+STORE_KINDS = ["memory", "sqlite"]
+
+
+def make_store(kind: str, tmp_path: Path) -> Store:
+    """A new, not yet opened store of `kind`."""
+    if kind == "memory":
+        return MemoryStore()
+    if kind == "sqlite":
+        return SQLiteStore(tmp_path / "state" / "watcher.db")
+    raise AssertionError(kind)
+
+
+@pytest.fixture(params=STORE_KINDS)
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
+    """An open store of each kind; every test using it runs once per implementation."""
+    s = make_store(request.param, tmp_path)
+    await s.open()
+    yield s
+    await s.close()
