@@ -1,4 +1,4 @@
-"""The HTTP server on `[api] listen`: health, readiness and metrics (the `/v1` API builds on this app)."""
+"""The HTTP server on `[api] listen`: health, readiness, metrics, the OpenAPI document and the `/v1` API."""
 
 from __future__ import annotations
 
@@ -6,6 +6,8 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from watcher.statuspage import status_page
 
 if TYPE_CHECKING:
     from watcher.daemon import DaemonState
@@ -45,9 +47,27 @@ async def metrics(request: web.Request) -> web.Response:
 
 def build_app(state: DaemonState) -> web.Application:
     """The aiohttp application with every route of the daemon."""
-    app = web.Application()
+    from watcher.api_v1 import add_v1_routes  # imports STATE_KEY from here
+    from watcher.openapi import openapi_document
+    from watcher.problems import problem_middleware
+
+    api = state.settings.api
+    tokens = [t.get_secret_value() for t in api.tokens]
+    # client_max_size backs up problem_middleware's Content-Length check for bodies read by aiohttp itself.
+    app = web.Application(
+        middlewares=[problem_middleware(tokens, api.max_body_bytes)], client_max_size=api.max_body_bytes
+    )
     app[STATE_KEY] = state
+    document = openapi_document(state.settings)
+
+    async def openapi(request: web.Request) -> web.Response:
+        """The OpenAPI 3.1 document of every route."""
+        return web.json_response(document)
+
+    app.router.add_get("/openapi.json", openapi)
+    add_v1_routes(app)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
+    app.router.add_get("/", status_page(state))
     return app

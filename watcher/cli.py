@@ -23,7 +23,8 @@ def _config_arg(p: argparse.ArgumentParser) -> None:
         "-c",
         "--config",
         default=os.environ.get("WATCHER_CONFIG"),
-        help="TOML configuration file (default: $WATCHER_CONFIG; environment WATCHER_* overrides it)",
+        help="TOML configuration file (default: $WATCHER_CONFIG, else $CONFIGURATION_DIRECTORY/watcher.toml; "
+        "environment WATCHER_* overrides it)",
     )
 
 
@@ -39,6 +40,12 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="a self-contained run: simulated upstream, daemon, webhook receiver")
     demo.add_argument("--timeout", type=float, default=60.0, help="give up after this many seconds")
     sub.add_parser("simulate", help="serve the simulated Oration jobs API (see `watcher simulate --help`)")
+    sub.add_parser(
+        "migrate", help="apply pending store schema migrations and exit (see `watcher migrate --help`)"
+    )
+    sub.add_parser("watches", help="add, list, show or rm watches of a running daemon (`watches --help`)")
+    sub.add_parser("deliveries", help="list or retry webhook deliveries of a running daemon")
+    sub.add_parser("bench", help="measure the performance targets of SPEC §9 (see `watcher bench --help`)")
     return parser
 
 
@@ -105,6 +112,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         from watcher.simulate import simulate_main
 
         return simulate_main(args_list[1:])
+    if args_list and args_list[0] == "bench":
+        from watcher.bench import bench_main
+
+        return bench_main(args_list[1:])
+    if args_list and args_list[0] in ("watches", "deliveries"):
+        from watcher.client import client_main
+
+        return client_main(args_list)
+    if args_list and args_list[0] == "migrate":
+        from watcher.migrate import migrate_main
+
+        return migrate_main(args_list[1:])
     parser = build_parser()
     try:
         args = parser.parse_args(args_list)

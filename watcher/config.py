@@ -451,10 +451,17 @@ class _MappingEnvSource(EnvSettingsSource):
         return {k.lower(): v for k, v in self._env.items() if v != ""}
 
 
+def systemd_config_path(env: Mapping[str, str]) -> Path | None:
+    """`$CONFIGURATION_DIRECTORY/watcher.toml` (systemd's `ConfigurationDirectory=`), when that is set."""
+    if env.get("CONFIGURATION_DIRECTORY"):
+        return Path(env["CONFIGURATION_DIRECTORY"].split(":")[0]) / "watcher.toml"
+    return None
+
+
 def load_config(path: str | Path | None, env: Mapping[str, str] | None = None) -> Settings:
     """Load and validate the configuration; every problem becomes one line of a `ConfigError`."""
     env = os.environ if env is None else env
-    path = path or env.get("WATCHER_CONFIG") or None
+    path = path or env.get("WATCHER_CONFIG") or systemd_config_path(env)
     data: dict[str, Any] = {}
     if path is not None:
         try:

@@ -34,6 +34,7 @@ from watcher.policy import PollingPolicy, first_due
 from watcher.ratelimit import TokenBucket
 from watcher.scheduler import Scheduler
 from watcher.store import Store, open_store
+from watcher.systemd import Notifier, notify_loop, status_line, watchdog_interval
 from watcher.upstream import UpstreamClient
 from watcher.watchlist import WatchlistReloader
 from watcher.webhook import WebhookSender, WebhookTarget
@@ -85,6 +86,7 @@ class DaemonState:
     ready: bool = False
     tasks: dict[str, asyncio.Task[None]] = field(default_factory=dict)
     wake_scheduler: Callable[[], None] = lambda: None
+    wake_delivery: Callable[[], None] = lambda: None  # the API's replay: look for due deliveries at once
 
     def loops_alive(self) -> bool:
         """True while every background loop is still running."""
@@ -103,17 +105,19 @@ class Daemon:
         registry: CollectorRegistry | None = None,
         handle_signals: bool = True,
         store: Store | None = None,
+        notifier: Notifier | None = None,
     ) -> None:
         self.settings = settings
         self.clock = clock or SystemClock()
         self.rng = rng or random.Random()
         self.targets = webhook_targets(settings)
-        self.metrics = Metrics(registry, webhooks=tuple(self.targets))
+        self.metrics = Metrics(registry, webhooks=tuple(self.targets), now=self.clock.now)
         self.handle_signals = handle_signals
         self._store = store  # injected by tests and embedders; otherwise built from store.url
         self.stop_event = asyncio.Event()
         self.state: DaemonState | None = None
         self._watchlist: WatchlistReloader | None = None
+        self.notifier = notifier or Notifier.from_env()  # sd_notify; a no-op outside systemd
 
     def request_stop(self) -> None:
         """Begin a graceful stop (what SIGTERM does)."""
@@ -146,6 +150,7 @@ class Daemon:
         try:
             state = DaemonState(s, store, self.metrics, self.clock)
             self.state = state
+            self.metrics.ready = lambda: state.ready and state.loops_alive()
             runner = await self._start_http(state)
             return await self._run_loops(state, store, upstream_session, webhook_session)
         finally:
@@ -211,6 +216,7 @@ class Daemon:
             on_events=delivery.wake,
         )
         state.wake_scheduler = scheduler.wake
+        state.wake_delivery = delivery.wake
         creds = s.upstream.credentials()
         loops: dict[str, Coroutine[Any, Any, None]] = {
             "scheduler": scheduler.run(self.stop_event),
@@ -229,9 +235,24 @@ class Daemon:
                 on_change=scheduler.wake,
             )
             loops["watchlist"] = self._watchlist.run(self.stop_event)
+
+        def summary() -> str:
+            c = self.metrics.counts
+            return status_line(
+                c.watched_by_status if c else None,
+                scheduler.inflight,
+                c.pending_by_webhook if c else None,
+                c.dead_by_webhook if c else None,
+            )
+
+        if self.notifier.enabled:
+            loops["systemd"] = notify_loop(
+                self.notifier, self.stop_event, self.clock, summary, watchdog_s=watchdog_interval()
+            )
         state.tasks = {name: asyncio.create_task(coro, name=name) for name, coro in loops.items()}
         self._install_signals()
         state.ready = True
+        self.notifier.ready(summary())
         log.info(
             "daemon.started",
             version=__version__,
@@ -262,7 +283,9 @@ class Daemon:
                 code = 1
         self.stop_event.set()
         stop_wait.cancel()
+        state.ready = False  # /readyz fails at once, so a load balancer stops sending work while we drain
         grace = self.settings.daemon.shutdown_grace_s
+        self.notifier.stopping(f"stopping: draining {scheduler.inflight} polls (grace {grace:g}s)")
         pending = [t for t in tasks.values() if not t.done()]
         if pending:
             _, still = await asyncio.wait(pending, timeout=grace)

@@ -1,12 +1,28 @@
 """Prometheus metrics of SPEC §8 on an injectable `CollectorRegistry` (each test builds a fresh one).
 
-No label ever carries an unbounded value: statuses and outcomes are enums, webhooks come from the config.
+No label ever carries an unbounded value: statuses and outcomes are enums, webhooks come from the config (plus
+the names of removed webhooks that still have deliveries in the store). The gauges that describe the store
+(queue depth, backlog, dead deliveries) are read from `Store.counts()` snapshots, so they are exact after a
+restart; counters live in the process and start again at 0, which `rate()` and `increase()` handle.
 """
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, Info
-from prometheus_client.core import GaugeMetricFamily
+import contextlib
+import time
+from collections.abc import Callable
+
+from prometheus_client import (
+    GC_COLLECTOR,
+    PLATFORM_COLLECTOR,
+    PROCESS_COLLECTOR,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    Info,
+    disable_created_metrics,
+)
+from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from watcher import __version__
@@ -18,58 +34,96 @@ WATCH_STATUSES: tuple[str, ...] = (
     "unknown",
     *(s.value for s in JobStatus if s.value not in ("success", "failed")),
 )
+DELIVERY_OUTCOMES: tuple[str, ...] = ("success", "retry", "dead")
 
 
 class _StoreGauges(Collector):
-    """Gauges read from the last `StoreCounts` snapshot, so they are exact after a restart."""
+    """Gauges computed at scrape time from the last `StoreCounts` snapshot and the live scheduler state."""
 
     def __init__(self, metrics: Metrics) -> None:
         self._m = metrics
 
-    def collect(self) -> list[GaugeMetricFamily]:
-        counts = self._m.counts
+    def collect(self) -> list[Metric]:
+        m = self._m
+        ready = GaugeMetricFamily(
+            "watcher_ready", "1 when the daemon is ready (store open, every loop running), else 0."
+        )
+        ready.add_metric([], 1.0 if m.ready() else 0.0)
+        counts = m.counts
+        if counts is None:
+            # Before the first snapshot the store's figures are unknown: no sample beats a wrong 0.
+            return [ready]
         watched = GaugeMetricFamily(
             "watcher_watched_jobs",
             "Watched, unfinished jobs by last known status (the queue depth).",
             labels=["status"],
         )
         by_status = dict.fromkeys(WATCH_STATUSES, 0)
-        if counts is not None:
-            by_status.update(counts.watched_by_status)
+        by_status.update(counts.watched_by_status)
         for status, n in sorted(by_status.items()):
             watched.add_metric([status], n)
         pending = GaugeMetricFamily(
             "watcher_webhook_pending",
-            "Deliveries not yet delivered nor dead, by webhook.",
+            "Deliveries neither delivered nor dead yet, by webhook.",
             labels=["webhook"],
         )
         dead = GaugeMetricFamily(
             "watcher_webhook_dead", "Dead deliveries kept for replay, by webhook.", labels=["webhook"]
         )
-        for name in self._m.webhooks:
-            pending.add_metric([name], counts.pending_by_webhook.get(name, 0) if counts else 0)
-            dead.add_metric([name], counts.dead_by_webhook.get(name, 0) if counts else 0)
+        names = sorted({*m.webhooks, *counts.pending_by_webhook, *counts.dead_by_webhook})
+        for name in names:
+            pending.add_metric([name], counts.pending_by_webhook.get(name, 0))
+            dead.add_metric([name], counts.dead_by_webhook.get(name, 0))
         oldest = GaugeMetricFamily(
             "watcher_outbox_oldest_age_seconds", "Age of the oldest undelivered event (0 when none)."
         )
         age = 0.0
-        if counts is not None and counts.oldest_pending_created_at is not None:
-            age = max(0.0, self._m.counts_at - counts.oldest_pending_created_at)
+        if counts.oldest_pending_created_at is not None:
+            # Measured now, not when the snapshot was taken, so a stuck backlog never looks younger.
+            age = max(0.0, m.now() - counts.oldest_pending_created_at)
         oldest.add_metric([], age)
-        due = GaugeMetricFamily("watcher_polls_due", "Polls whose time has come but that have not started.")
-        due.add_metric([], self._m.polls_due)
-        return [watched, pending, dead, oldest, due]
+        due = GaugeMetricFamily(
+            "watcher_polls_due", "Polls whose time has come but that have not started (scheduler backlog)."
+        )
+        due.add_metric([], m.polls_due + m.polls_waiting)
+        return [ready, watched, pending, dead, oldest, due]
+
+
+def _register_default_collectors(registry: CollectorRegistry) -> None:
+    """The client's process, platform and GC metrics, once per registry (the global one has them)."""
+    for collector in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
+        # Already registered: the default REGISTRY, or a registry shared by two Metrics.
+        with contextlib.suppress(ValueError):
+            registry.register(collector)
 
 
 class Metrics:
-    """Every metric the daemon exports; store-derived gauges are refreshed by `update_counts`."""
+    """Every metric the daemon exports; store-derived gauges are refreshed by `update_counts`.
 
-    def __init__(self, registry: CollectorRegistry | None = None, webhooks: tuple[str, ...] = ()) -> None:
+    `now` is the wall clock used for ages at scrape time; `ready` says whether the daemon is ready (the
+    daemon sets it once it runs). `polls_waiting` counts claimed polls waiting for a rate-limit token: with
+    the store's due-but-unclaimed count it makes `watcher_polls_due`, the scheduler backlog.
+    """
+
+    def __init__(
+        self,
+        registry: CollectorRegistry | None = None,
+        webhooks: tuple[str, ...] = (),
+        *,
+        now: Callable[[], float] = time.time,
+        default_collectors: bool = True,
+    ) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
         self.webhooks = webhooks
+        self.now = now
+        self.ready: Callable[[], bool] = lambda: False
         self.counts: StoreCounts | None = None
         self.counts_at = 0.0
         self.polls_due = 0
+        self.polls_waiting = 0
+        # The client's `*_created` series would appear as `watcher_polls_created` and the like, which reads
+        # as a count of created polls; Prometheus does not need them. The switch is process-wide.
+        disable_created_metrics()  # type: ignore[no-untyped-call]  # the client leaves it unannotated
         r = self.registry
         self.polls = Counter("watcher_polls", "Upstream polls by outcome.", ["outcome"], registry=r)
         for outcome in PollOutcome:
@@ -107,7 +161,7 @@ class Metrics:
             registry=r,
         )
         for name in webhooks:
-            for result in ("success", "retry", "dead"):
+            for result in DELIVERY_OUTCOMES:
                 self.deliveries.labels(webhook=name, outcome=result)
             self.delivery_duration.labels(webhook=name)
         self.detection_lag = Histogram(
@@ -135,6 +189,8 @@ class Metrics:
         )
         Info("watcher_build", "Build information.", registry=r).info({"version": __version__})
         r.register(_StoreGauges(self))
+        if default_collectors:
+            _register_default_collectors(r)
 
     def update_counts(self, counts: StoreCounts, now: float, polls_due: int | None = None) -> None:
         """Refresh the store-derived gauges from a snapshot taken at `now`."""

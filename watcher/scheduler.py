@@ -35,33 +35,58 @@ class JobFetcher(Protocol):
 
 
 class ErrorLogLimiter:
-    """Logs the first upstream error of each outcome per window, then a count: an outage must not flood."""
+    """Logs upstream errors once per burst: an outage must not flood the log.
+
+    Per (workspace, outcome), the first error is logged as `upstream.error`; the next ones within `window_s`
+    are only counted. The first one after the window is logged with `suppressed`, the count since the last
+    line; when a burst is over (a poll finds its window elapsed), `upstream.error_burst_end` reports what
+    was still suppressed, so no count is lost.
+    """
 
     def __init__(self, clock: Clock, window_s: float = 10.0) -> None:
         self._clock = clock
         self._window_s = window_s
-        self._since: dict[str, float] = {}
-        self._suppressed: dict[str, int] = {}
+        self._since: dict[tuple[str, str], float] = {}
+        self._suppressed: dict[tuple[str, str], int] = {}
 
     def error(self, watch: Watch, result: PollResult) -> None:
-        """Record one failed poll, logging it if its outcome has not been logged in this window."""
-        outcome = result.outcome.value
+        """Record one failed poll, logging it if its kind has not been logged in this window."""
+        key = (watch.workspace, result.outcome.value)
         now = self._clock.monotonic()
-        start = self._since.get(outcome)
+        start = self._since.get(key)
         if start is not None and now - start < self._window_s:
-            self._suppressed[outcome] = self._suppressed.get(outcome, 0) + 1
+            self._suppressed[key] = self._suppressed.get(key, 0) + 1
             return
-        suppressed = self._suppressed.pop(outcome, 0)
-        self._since[outcome] = now
+        suppressed = self._suppressed.pop(key, 0)
+        self._since[key] = now
         log.warning(
             "upstream.error",
             job_id=watch.job_id,
             workspace=watch.workspace,
-            reason=outcome,
+            reason=result.outcome.value,
             status_code=result.status_code,
             detail=result.detail,
             suppressed=suppressed,
         )
+
+    def settle(self) -> None:
+        """Close the bursts whose window has elapsed, logging what they suppressed (cheap when none)."""
+        if not self._since:
+            return
+        now = self._clock.monotonic()
+        for key, start in list(self._since.items()):
+            if now - start < self._window_s:
+                continue
+            del self._since[key]
+            suppressed = self._suppressed.pop(key, 0)
+            if suppressed:
+                log.warning(
+                    "upstream.error_burst_end",
+                    workspace=key[0],
+                    reason=key[1],
+                    suppressed=suppressed,
+                    window_s=self._window_s,
+                )
 
 
 class _BatchWriter:
@@ -221,7 +246,12 @@ class Scheduler:
             raise self._failure
 
     async def _poll(self, watch: Watch) -> None:
-        await self._bucket.acquire()
+        # Claimed but waiting for a rate-limit token: still part of the `watcher_polls_due` backlog.
+        self._metrics.polls_waiting += 1
+        try:
+            await self._bucket.acquire()
+        finally:
+            self._metrics.polls_waiting -= 1
         result = await self._fetcher.get_job(watch.job_id, watch.workspace)
         self._metrics.polls.labels(outcome=result.outcome.value).inc()
         self._metrics.poll_duration.observe(result.duration_s)
@@ -231,6 +261,7 @@ class Scheduler:
             self._bucket.penalize(result.retry_after_s)
         if result.outcome not in (PollOutcome.OK, PollOutcome.NOT_FOUND):
             self._errors.error(watch, result)
+        self._errors.settle()
         await self._apply(watch, result)
 
     async def _apply(self, watch: Watch, result: PollResult | None) -> None:
@@ -256,6 +287,7 @@ class Scheduler:
                 event_id=new.event.id,
                 type=new.event.type,
                 webhooks=list(new.webhooks),
+                reason=new.event.payload["data"].get("reason"),
             )
         if decision.final is not None:
             self._metrics.jobs_finished.labels(status=decision.final.value).inc()

@@ -179,6 +179,7 @@ class Simulator:
         faults: Faults | None = None,
         max_log: int = 100_000,
         shutdown_timeout_s: float = 2.0,
+        unknown_jobs: str | None = None,
     ) -> None:
         self.rng = rng if rng is not None else random.Random(0)
         # Ids come from their own stream so that creating jobs does not shift the fault sequence.
@@ -201,6 +202,10 @@ class Simulator:
         self._concurrent_jobs: set[str] = set()
         self._shutdown_timeout_s = shutdown_timeout_s
         self._runner: web.AppRunner | None = None
+        # `watcher bench`: any UUID not created through the control API answers as a job in this status,
+        # so a million watches need no million control calls. None (the default): such ids are 404.
+        self.unknown_jobs = None if unknown_jobs is None else _status(unknown_jobs, "unknown_jobs")
+        self._started_at = self.clock.now()
 
     def __repr__(self) -> str:
         return f"Simulator(workspaces={sorted(self._workspaces)!r}, jobs={len(self.jobs)})"
@@ -431,9 +436,30 @@ class Simulator:
             job.advance(now)
         if fault == "garbage":
             return self._garbage(job, key, variant or self.rng.choice(GARBAGE_VARIANTS))
+        if job is None and self.unknown_jobs is not None:
+            return self._unknown_job(request, key)
         if job is None or now < job.visible_at:
             return _error(404, "job not found")
         return web.Response(body=json.dumps(self.job_view(job)).encode(), content_type="application/json")
+
+    def _unknown_job(self, request: web.Request, key: str) -> web.Response:
+        """An id nobody created, in `unknown_jobs` mode: a job that never changes (404 if not a UUID)."""
+        try:
+            uuid.UUID(key)
+        except ValueError:
+            return _error(404, "job not found")
+        since = iso_utc(self._started_at)
+        view = {
+            "id": key,
+            "createdAt": since,
+            "updatedAt": since,
+            "jobProviderId": key,
+            "name": "bench.job",
+            "status": self.unknown_jobs,
+            "error": None,
+            "workspaceId": self._workspaces[request.headers["x-workspace-slug"]].id,
+        }
+        return web.Response(body=json.dumps(view).encode(), content_type="application/json")
 
     def _garbage(self, job: SimJob | None, key: str, variant: str) -> web.Response:
         view: dict[str, Any] = self.job_view(job) if job is not None else {"id": key, "status": "queued"}
@@ -639,6 +665,13 @@ def _parser() -> _Parser:
     p.add_argument("--slow-s", type=float, default=5.0, help="delay of slow answers")
     p.add_argument("--jobs", type=int, default=0, metavar="N", help="create N jobs with random lifecycles")
     p.add_argument("--scenario", metavar="FILE", help="JSON list of job specs, as for POST /_sim/jobs")
+    p.add_argument(
+        "--unknown-jobs",
+        metavar="STATUS",
+        choices=sorted(KNOWN_STATUSES),
+        help="answer any UUID not created through /_sim/ as a job stuck in STATUS (load tests; default 404)",
+    )
+    p.add_argument("--max-log", type=int, default=100_000, metavar="N", help="requests kept in the log")
     return p
 
 
@@ -660,8 +693,16 @@ def _build(argv: list[str]) -> tuple[Simulator, str, int]:
     except ValueError as exc:
         raise _UsageError(str(exc)) from None
     rng = random.Random(args.seed)
+    if args.max_log < 0:
+        raise _UsageError("--max-log must be >= 0")
     sim = Simulator(
-        token=args.token, api_key=args.api_key, workspace_slug=args.workspace_slug, rng=rng, faults=faults
+        token=args.token,
+        api_key=args.api_key,
+        workspace_slug=args.workspace_slug,
+        rng=rng,
+        faults=faults,
+        unknown_jobs=args.unknown_jobs,
+        max_log=args.max_log,
     )
     specs: Any = []
     if args.scenario:

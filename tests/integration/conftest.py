@@ -7,11 +7,13 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.postgres import pg_schema
 from watcher.store.base import Store
 from watcher.store.memory import MemoryStore
+from watcher.store.postgres import PostgresStore
 from watcher.store.sqlite import SQLiteStore
 
-STORE_KINDS = ["memory", "sqlite"]
+STORE_KINDS = ["memory", "sqlite", "postgres"]
 
 
 def make_store(kind: str, tmp_path: Path) -> Store:
@@ -26,6 +28,14 @@ def make_store(kind: str, tmp_path: Path) -> Store:
 @pytest.fixture(params=STORE_KINDS)
 async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
     """An open store of each kind; every test using it runs once per implementation."""
+    if request.param == "postgres":
+        # Its own schema, dropped afterwards; shared=False: the contract's fake clock is taken as given.
+        async with pg_schema("contract") as url:
+            pg = PostgresStore(url, shared=False)
+            await pg.open()
+            yield pg
+            await pg.close()
+        return
     s = make_store(request.param, tmp_path)
     await s.open()
     yield s

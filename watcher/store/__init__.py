@@ -9,7 +9,7 @@ __all__ = ["RegisterResult", "Store", "StoreError", "SyncResult", "WatchPage", "
 
 
 def open_store(url: str) -> Store:
-    """Build (not yet open) the store that `url` names: `memory://`, `sqlite:///path`."""
+    """Build (not yet open) the store that `url` names: `memory://`, `sqlite:///path`, `postgresql://…`."""
     if url.startswith("memory:"):
         from watcher.store.memory import MemoryStore
 
@@ -18,5 +18,11 @@ def open_store(url: str) -> Store:
         from watcher.store.sqlite import SQLiteStore, sqlite_path
 
         return SQLiteStore(sqlite_path(url))
+    if url.startswith(("postgresql:", "postgres:")):
+        from watcher.store.postgres import PostgresStore
+
+        return PostgresStore(url)
     scheme = url.split(":", 1)[0]
-    raise StoreError(f"store.url: unsupported scheme {scheme!r} (use sqlite:///path or memory://)")
+    raise StoreError(
+        f"store.url: unsupported scheme {scheme!r} (use sqlite:///path, postgresql://… or memory://)"
+    )

@@ -100,9 +100,18 @@ class Store(ABC):
 
     @abstractmethod
     async def list_watches(
-        self, *, status: str | None = None, limit: int = 100, cursor: str | None = None
+        self,
+        *,
+        status: str | None = None,
+        limit: int = 100,
+        cursor: str | None = None,
+        label: tuple[str, str] | None = None,
     ) -> WatchPage:
-        """Watches in a stable order (by job id), optionally only those whose status or final is `status`."""
+        """Watches in a stable order (by job id), optionally only those whose status or final is `status`.
+
+        `cursor` is the last job id of the previous page; `label` keeps watches whose labels map the key to
+        exactly that value. "unknown" matches watches not yet polled successfully.
+        """
 
     @abstractmethod
     async def claim_due(self, now: float, limit: int, lease_s: float) -> list[Watch]:
@@ -158,14 +167,40 @@ class Store(ABC):
 
     @abstractmethod
     async def list_deliveries(
-        self, *, state: str | None = None, webhook: str | None = None, limit: int = 100
+        self,
+        *,
+        state: str | None = None,
+        webhook: str | None = None,
+        limit: int = 100,
+        before: int | None = None,
+        job_id: str | None = None,
     ) -> list[Delivery]:
-        """Deliveries, newest first, optionally filtered."""
+        """Deliveries, newest (highest id) first, optionally filtered.
+
+        `before` is the cursor of the next page: only deliveries whose id is lower (pass the last id of the
+        previous page); `job_id` keeps the deliveries of one job's events.
+        """
+
+    @abstractmethod
+    async def get_delivery(self, delivery_id: int) -> Delivery | None:
+        """One delivery by id, whatever its state."""
 
     @abstractmethod
     async def retry_delivery(self, delivery_id: int, now: float) -> bool:
         """Put a dead delivery back to pending (attempts reset, due now, same event id); False if not dead."""
 
     @abstractmethod
+    async def recent_events(self, limit: int) -> list[Event]:
+        """The `limit` most recently stored events across all jobs, newest first (the status page)."""
+
+    @abstractmethod
     async def counts(self) -> StoreCounts:
         """Aggregates for the gauges."""
+
+    @abstractmethod
+    async def watch_counts(self) -> dict[str, int]:
+        """How many watches there are per list status, finished ones kept for `retention_s` included.
+
+        The keys are what `list_watches(status=...)` filters on: the final state of a finished watch, else
+        its last status, else "unknown".
+        """

@@ -144,14 +144,21 @@ class MemoryStore(Store):
         return None if w is None else _copy_watch(w)
 
     async def list_watches(
-        self, *, status: str | None = None, limit: int = 100, cursor: str | None = None
+        self,
+        *,
+        status: str | None = None,
+        limit: int = 100,
+        cursor: str | None = None,
+        label: tuple[str, str] | None = None,
     ) -> WatchPage:
         """Watches ordered by job id after `cursor` (the last id of the previous page)."""
         ids = sorted(j for j in self._watches if cursor is None or j > cursor)
         page: list[Watch] = []
         for job_id in ids:
             w = self._watches[job_id]
-            if status is None or _list_status(w) == status:
+            if (status is None or _list_status(w) == status) and (
+                label is None or w.labels.get(label[0]) == label[1]
+            ):
                 if len(page) == limit:
                     return WatchPage(page, page[-1].job_id)
                 page.append(_copy_watch(w))
@@ -286,16 +293,32 @@ class MemoryStore(Store):
         return True
 
     async def list_deliveries(
-        self, *, state: str | None = None, webhook: str | None = None, limit: int = 100
+        self,
+        *,
+        state: str | None = None,
+        webhook: str | None = None,
+        limit: int = 100,
+        before: int | None = None,
+        job_id: str | None = None,
     ) -> list[Delivery]:
-        """Newest first."""
+        """Newest first, below the `before` cursor."""
         out: list[Delivery] = []
         for d in reversed(self._deliveries.values()):
             if len(out) == limit:
                 break
-            if (state is None or d.state == state) and (webhook is None or d.webhook == webhook):
+            if (
+                (before is None or d.id < before)
+                and (state is None or d.state == state)
+                and (webhook is None or d.webhook == webhook)
+                and (job_id is None or d.event.job_id == job_id)
+            ):
                 out.append(replace(d))
         return out
+
+    async def get_delivery(self, delivery_id: int) -> Delivery | None:
+        """A copy of one delivery."""
+        d = self._deliveries.get(delivery_id)
+        return None if d is None else replace(d)
 
     async def retry_delivery(self, delivery_id: int, now: float) -> bool:
         """Dead back to pending, attempts reset, due at `now`."""
@@ -309,6 +332,18 @@ class MemoryStore(Store):
         d.lease = 0
         self._lease_until.pop(d.id, None)
         return True
+
+    async def recent_events(self, limit: int) -> list[Event]:
+        """The newest stored events first."""
+        return list(itertools.islice(reversed(self._events.values()), max(0, limit)))
+
+    async def watch_counts(self) -> dict[str, int]:
+        """Watches per list status, finished ones included."""
+        out: dict[str, int] = {}
+        for w in self._watches.values():
+            key = _list_status(w)
+            out[key] = out.get(key, 0) + 1
+        return out
 
     async def counts(self) -> StoreCounts:
         """Aggregates computed by scanning the dicts."""

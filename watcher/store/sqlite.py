@@ -262,8 +262,9 @@ class SQLiteStore(Store):
                 raise
 
     async def _select(self, db: aiosqlite.Connection, sql: str, params: Sequence[Any] = ()) -> list[Any]:
-        async with db.execute(sql, params) as cur:
-            return list(await cur.fetchall())
+        # One trip to aiosqlite's thread instead of three (execute, fetchall, close): on the hot path each
+        # trip is a thread hand-off and a loop wake-up.
+        return list(await db.execute_fetchall(sql, params))
 
     async def _watch_rows(self, db: aiosqlite.Connection, cols: str, ids: Sequence[str]) -> list[Any]:
         rows: list[Any] = []
@@ -404,13 +405,25 @@ class SQLiteStore(Store):
         return _watch(rows[0]) if rows else None
 
     async def list_watches(
-        self, *, status: str | None = None, limit: int = 100, cursor: str | None = None
+        self,
+        *,
+        status: str | None = None,
+        limit: int = 100,
+        cursor: str | None = None,
+        label: tuple[str, str] | None = None,
     ) -> WatchPage:
-        """Watches ordered by job id after `cursor` (the last id of the previous page)."""
+        """Watches ordered by job id after `cursor`; the label filter reads the JSON column row by row."""
         where, params = ["job_id > ?"], [cursor or ""]
         if status is not None:
             where.append("COALESCE(final, status, 'unknown') = ?")
             params.append(status)
+        if label is not None:
+            # json_each rather than a JSON path: a key may contain dots, quotes or brackets.
+            where.append(
+                "EXISTS (SELECT 1 FROM json_each(watches.labels) l WHERE l.key = ? AND l.value = ?"
+                " AND l.type = 'text')"
+            )
+            params += [label[0], label[1]]
         sql = f"SELECT {_WATCH_COLS} FROM watches WHERE {' AND '.join(where)} ORDER BY job_id LIMIT ?"  # noqa: S608
         async with self._read() as db:
             rows = await self._select(db, sql, (*params, limit + 1))
@@ -493,6 +506,8 @@ class SQLiteStore(Store):
             sql = f"SELECT id FROM events WHERE id IN ({_marks(len(chunk))})"  # noqa: S608
             stored.update(r[0] for r in await self._select(db, sql, chunk))
         new = [events[i] for i in ids if i not in stored]
+        if not new:
+            return  # most polls change nothing: skip two empty trips to the database thread
         await db.executemany(
             "INSERT OR IGNORE INTO events (id, job_id, workspace, type, created_at, payload)"
             " VALUES (?, ?, ?, ?, ?, ?)",
@@ -587,16 +602,27 @@ class SQLiteStore(Store):
             return cur.rowcount > 0
 
     async def list_deliveries(
-        self, *, state: str | None = None, webhook: str | None = None, limit: int = 100
+        self,
+        *,
+        state: str | None = None,
+        webhook: str | None = None,
+        limit: int = 100,
+        before: int | None = None,
+        job_id: str | None = None,
     ) -> list[Delivery]:
-        """Newest first, optionally filtered by state and webhook."""
-        where, params = ["1"], []
-        if state is not None:
-            where.append("d.state = ?")
-            params.append(state)
-        if webhook is not None:
-            where.append("d.webhook = ?")
-            params.append(webhook)
+        """Newest first below the `before` cursor, optionally filtered by state, webhook and job."""
+        where: list[str] = ["1"]
+        params: list[Any] = []
+        for clause, value in (
+            ("d.state = ?", state),
+            ("d.webhook = ?", webhook),
+            ("d.id < ?", before),
+            # Through the events' job index and deliveries_event: no extra index needed.
+            ("d.event_id IN (SELECT id FROM events WHERE job_id = ?)", job_id),
+        ):
+            if value is not None:
+                where.append(clause)
+                params.append(value)
         sql = (
             f"SELECT {_DELIVERY_COLS} FROM deliveries d JOIN events e ON e.id = d.event_id"  # noqa: S608
             f" WHERE {' AND '.join(where)} ORDER BY d.id DESC LIMIT ?"
@@ -604,6 +630,17 @@ class SQLiteStore(Store):
         async with self._read() as db:
             rows = await self._select(db, sql, (*params, limit))
         return [_delivery(r) for r in rows]
+
+    async def get_delivery(self, delivery_id: int) -> Delivery | None:
+        """One delivery with its event."""
+        async with self._read() as db:
+            rows = await self._select(
+                db,
+                f"SELECT {_DELIVERY_COLS} FROM deliveries d JOIN events e ON e.id = d.event_id"  # noqa: S608
+                " WHERE d.id = ?",
+                (delivery_id,),
+            )
+        return _delivery(rows[0]) if rows else None
 
     async def retry_delivery(self, delivery_id: int, now: float) -> bool:
         """Dead back to pending, attempts reset, due at `now`."""
@@ -614,6 +651,25 @@ class SQLiteStore(Store):
                 (now, delivery_id),
             )
             return cur.rowcount > 0
+
+    async def recent_events(self, limit: int) -> list[Event]:
+        """The newest stored events first, walking the primary key backwards."""
+        async with self._read() as db:
+            rows = await self._select(
+                db,
+                "SELECT id, job_id, workspace, type, created_at, payload FROM events"
+                " ORDER BY seq DESC LIMIT ?",
+                (max(0, limit),),
+            )
+        return [_event(r) for r in rows]
+
+    async def watch_counts(self) -> dict[str, int]:
+        """Watches per list status, finished ones included (one scan of the table)."""
+        async with self._read() as db:
+            rows = await self._select(
+                db, "SELECT COALESCE(final, status, 'unknown'), count(*) FROM watches GROUP BY 1"
+            )
+        return dict(rows)
 
     async def counts(self) -> StoreCounts:
         """Aggregates from SQL, so the gauges are exact after a restart."""

@@ -1,0 +1,178 @@
+"""Fixtures for the observability tests: an in-process daemon against the simulator, /metrics as numbers,
+and the Debian tools (promtool, prometheus) that skip visibly, or fail when CI says they must be there."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import os
+import shutil
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from prometheus_client import CollectorRegistry
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.e2e.conftest import free_port
+from watcher.config import Settings, load_config
+from watcher.daemon import Daemon
+from watcher.receiver import Receiver
+from watcher.simulate import Simulator
+
+ROOT = Path(__file__).resolve().parents[2]
+ALERTS = ROOT / "deploy" / "prometheus" / "alerts.yml"
+ALERTS_TEST = ROOT / "deploy" / "prometheus" / "alerts_test.yml"
+DASHBOARD = ROOT / "deploy" / "grafana" / "job-watcher.json"
+SECRET = "whsec_" + base64.b64encode(b"observability-test-secret").decode()
+
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+def require_tool(name: str) -> str:
+    """The path of a Debian tool; skip with the reason when missing, fail when CI requires the tools."""
+    path = shutil.which(name)
+    if path is None:
+        msg = f"{name} not installed (Debian package prometheus; .ci/run installs it)"
+        if os.environ.get("WATCHER_TEST_REQUIRE_TOOLS") == "1":
+            pytest.fail(msg)
+        pytest.skip(msg)
+    return path
+
+
+def parse_metrics(text: str) -> Samples:
+    """Exposition text as `{(sample name, labels): value}`."""
+    out: Samples = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            out[(s.name, frozenset(s.labels.items()))] = s.value
+    return out
+
+
+def value(samples: Samples, name: str, **labels: str) -> float | None:
+    """One sample's value, None when absent."""
+    return samples.get((name, frozenset(labels.items())))
+
+
+@dataclass
+class Upstream:
+    """The in-process simulator and the base URL it serves on."""
+
+    sim: Simulator
+    url: str
+
+
+@pytest.fixture
+async def upstream() -> AsyncIterator[Upstream]:
+    """The simulated Oration API on a loopback port."""
+    s = Simulator(workspace_slug="acme")
+    url = await s.start()
+    yield Upstream(s, url)
+    await s.stop()
+
+
+@pytest.fixture
+async def receiver() -> AsyncIterator[Receiver]:
+    """A verifying webhook receiver on a loopback port."""
+    r = Receiver([SECRET])
+    await r.start()
+    yield r
+    await r.stop()
+
+
+def settings_for(
+    tmp_path: Path,
+    upstream: Upstream,
+    hooks: Iterable[Mapping[str, Any]],
+    *,
+    upstream_keys: Mapping[str, Any] | None = None,
+    polling: Mapping[str, Any] | None = None,
+) -> Settings:
+    """A fast daemon config on a free port, watching `tmp_path/watchlist.txt`, SQLite in `tmp_path`."""
+
+    def section(values: Mapping[str, Any]) -> str:
+        return "".join(f"{k} = {_toml(v)}\n" for k, v in values.items())
+
+    up = {"base_url": upstream.url, "token": "sim-token", "api_key": "sim-key", "workspace_slug": "acme"}
+    pol = {"initial_interval_s": 0.05, "max_interval_s": 0.3, "jitter": 0.1, **(polling or {})}
+    text = (
+        "[upstream]\n" + section({**up, **(upstream_keys or {})})
+        + "[polling]\n" + section(pol)
+        + f'[api]\nlisten = "127.0.0.1:{free_port()}"\n'
+        + f'[store]\nurl = "sqlite:///{tmp_path / "w.db"}"\n'
+        + f'[watchlist]\npath = "{tmp_path / "watchlist.txt"}"\nreload_interval_s = 0.1\n'
+        + "[daemon]\nshutdown_grace_s = 3.0\n"
+    )  # fmt: skip
+    for hook in hooks:
+        text += "[[webhooks]]\n" + section({"secret": SECRET, **hook})
+    path = tmp_path / "w.toml"
+    path.write_text(text)
+    return load_config(path, env={})
+
+
+def _toml(v: Any) -> str:
+    if isinstance(v, str):
+        return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    return repr(v)
+
+
+class RunningDaemon:
+    """A `Daemon` running in this event loop, with its /metrics at hand."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.daemon = Daemon(settings, handle_signals=False, registry=CollectorRegistry())
+        self.base = f"http://127.0.0.1:{settings.api.port}"
+        self.task: asyncio.Task[int] | None = None
+
+    async def start(self) -> None:
+        self.task = asyncio.create_task(self.daemon.run())
+        async with asyncio.timeout(20):
+            while not (self.daemon.state is not None and self.daemon.state.ready):
+                assert not self.task.done(), f"daemon exited: {self.task.result()}"
+                await asyncio.sleep(0.02)
+
+    async def stop(self) -> int:
+        assert self.task is not None
+        self.daemon.request_stop()
+        async with asyncio.timeout(20):
+            return await self.task
+
+    async def metrics_text(self) -> str:
+        async with aiohttp.ClientSession() as http, http.get(self.base + "/metrics") as r:
+            assert r.status == 200
+            return await r.text()
+
+    async def wait_metrics(self, predicate: Callable[[Samples], bool], within_s: float = 20.0) -> Samples:
+        """Scrape until `predicate` holds (bounded), return that scrape."""
+        samples: Samples = {}
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(within_s):
+                while True:
+                    samples = parse_metrics(await self.metrics_text())
+                    if predicate(samples):
+                        return samples
+                    await asyncio.sleep(0.1)
+        interesting = {k: v for k, v in samples.items() if k[0].startswith("watcher_")}
+        raise AssertionError(f"metrics condition not met in {within_s}s; last scrape: {interesting}")
+
+
+@pytest.fixture
+async def daemons() -> AsyncIterator[Callable[[Settings], RunningDaemon]]:
+    """Build in-process daemons; any still running at the end is stopped."""
+    made: list[RunningDaemon] = []
+
+    def make(settings: Settings) -> RunningDaemon:
+        d = RunningDaemon(settings)
+        made.append(d)
+        return d
+
+    yield make
+    for d in made:
+        if d.task is not None and not d.task.done():
+            await d.stop()

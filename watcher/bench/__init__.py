@@ -1,0 +1,137 @@
+"""`watcher bench`: the performance figures of SPEC §9, measured on this machine, against baselines run alongside.
+
+Each scenario is one module with an async `run(ctx) -> ScenarioResult`; every server it needs runs on
+loopback in its own process and every wait has a deadline. The table goes to stdout, progress to stderr,
+`--json FILE` keeps the whole run. Exit status: 0 when every scenario finished and every target held, 1 when
+a target failed or a scenario could not finish, 2 on bad usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import shlex
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import UTC, datetime
+from importlib import import_module
+from pathlib import Path
+
+from watcher.bench.harness import Context
+from watcher.bench.report import ScenarioResult, render_table, to_json
+from watcher.errors import WatcherError
+
+# Scenario name -> module; the order is the order of a full run (cheap and telling first).
+SCENARIOS: dict[str, str] = {
+    "throughput": "watcher.bench.throughput",
+    "latency": "watcher.bench.latency",
+    "upstream-calls": "watcher.bench.upstream_calls",
+    "register": "watcher.bench.register",
+    "scale": "watcher.bench.scale",
+}
+SCENARIO_TIMEOUT_S = 420.0
+QUICK_SIZES = (1_000, 3_000)
+
+
+class _UsageError(Exception):
+    pass
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]  # one line, not a usage dump
+        raise _UsageError(message)
+
+
+def _sizes(text: str) -> tuple[int, ...]:
+    try:
+        sizes = tuple(int(part.replace("_", "")) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of integers") from None
+    if not sizes or any(n < 1 for n in sizes):
+        raise argparse.ArgumentTypeError("sizes must be positive")
+    return sizes
+
+
+def _parser() -> _Parser:
+    p = _Parser(
+        prog="watcher bench",
+        description="Measure job-watcher against the performance targets of SPEC §9 on this machine.",
+    )
+    p.add_argument(
+        "scenarios", nargs="*", metavar="SCENARIO", help=f"any of {', '.join(SCENARIOS)} (default: all)"
+    )
+    p.add_argument(
+        "--json", type=Path, metavar="FILE", help="also write every figure and the machine as JSON"
+    )
+    p.add_argument(
+        "--quick", action="store_true", help="tiny sizes and short windows (a smoke test, not figures)"
+    )
+    p.add_argument(
+        "--store", default="sqlite", choices=["sqlite"], help="store backend of the daemons under test"
+    )
+    p.add_argument(
+        "--sizes", type=_sizes, metavar="N,N,…", help="watches per daemon in `scale` (default 10k,100k,1M)"
+    )
+    p.add_argument(
+        "--window-s", type=float, metavar="S", help="length of each timed window (default 10, quick 1.5)"
+    )
+    p.add_argument(
+        "--workdir", type=Path, metavar="DIR", help="keep databases and logs here (default: a temp dir)"
+    )
+    return p
+
+
+async def _run_all(ctx: Context, names: Sequence[str]) -> list[ScenarioResult]:
+    results = []
+    for name in names:
+        started = time.monotonic()
+        run: Callable[[Context], Awaitable[ScenarioResult]] = import_module(SCENARIOS[name]).run
+        try:
+            res = await asyncio.wait_for(run(ctx), SCENARIO_TIMEOUT_S)
+        except TimeoutError:
+            res = ScenarioResult(name, error=f"did not finish within {SCENARIO_TIMEOUT_S:g}s")
+        except (WatcherError, OSError) as exc:
+            res = ScenarioResult(name, error=str(exc) or type(exc).__name__)
+        res.seconds = round(time.monotonic() - started, 1)
+        ctx.say(f"{name}: done in {res.seconds:g}s" + (f" (error: {res.error})" if res.error else ""))
+        results.append(res)
+    return results
+
+
+def bench_main(argv: Sequence[str]) -> int:
+    """Entry point of `watcher bench`: run the scenarios, print the table, optionally write JSON."""
+    try:
+        args = _parser().parse_args(list(argv))
+        unknown = [s for s in args.scenarios if s not in SCENARIOS]
+        if unknown:
+            raise _UsageError(f"unknown scenario {unknown[0]!r} (choose from {', '.join(SCENARIOS)})")
+        if args.window_s is not None and args.window_s <= 0:
+            raise _UsageError("--window-s must be positive")
+    except _UsageError as exc:
+        print(f"watcher bench: error: {exc}", file=sys.stderr)
+        return 2
+    except SystemExit as exc:  # --help
+        return exc.code if isinstance(exc.code, int) else 0
+    names = [s for s in SCENARIOS if s in args.scenarios] if args.scenarios else list(SCENARIOS)
+    started_at = datetime.now(UTC).isoformat(timespec="seconds")
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="watcher-bench-") as tmp:
+        workdir = args.workdir if args.workdir is not None else Path(tmp)
+        workdir.mkdir(parents=True, exist_ok=True)
+        ctx = Context(
+            workdir=workdir.resolve(),
+            quick=args.quick,
+            store=args.store,
+            window_s=args.window_s or (1.5 if args.quick else 10.0),
+            sizes=args.sizes or (QUICK_SIZES if args.quick else Context.sizes),
+        )
+        results = asyncio.run(_run_all(ctx, names))
+    print(render_table(results), end="")
+    if args.json is not None:
+        command = shlex.join(["watcher", "bench", *argv])
+        doc = to_json(results, command=command, started_at=started_at, seconds=time.monotonic() - started)
+        args.json.write_text(json.dumps(doc, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    return 0 if all(r.passed for r in results) else 1

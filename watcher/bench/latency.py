@@ -1,0 +1,154 @@
+"""`latency`: from a transition observed by the daemon to its webhook received, p50/p99 (SPEC §9).
+
+The simulator starts with the jobs already scripted to finish one after another over a spread, so
+transitions arrive steadily rather than in one burst; a healthy receiver (`watcher.bench.sink`, its own
+process) notes the arrival of each delivery. Latency is arrival minus the body's `detected_at`, the moment
+the daemon saw the new status: it covers saving the event, waking the outbox worker, claiming, signing,
+sending. Both clocks are this machine's; `detected_at` has millisecond resolution.
+
+Baseline, same run: the same receiver's latency for plain signed POSTs sent from this process one at a time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import os
+import time
+import uuid
+from typing import Any
+
+import aiohttp
+
+from watcher.bench.harness import (
+    BenchError,
+    Child,
+    Context,
+    build_store,
+    daemon,
+    free_port,
+    fresh_store_url,
+    job_ids,
+    simulator,
+    sink,
+    write_config,
+)
+from watcher.bench.report import ScenarioResult
+from watcher.clock import iso_utc
+from watcher.signing import HEADER_ID, HEADER_SIGNATURE, HEADER_TIMESTAMP, sign
+
+TARGET_P99_MS = 50.0
+
+
+def percentile(values: list[float], q: float) -> float:
+    """The q-th percentile (0..100) by the nearest-rank method; `values` must not be empty."""
+    ordered = sorted(values)
+    rank = max(1, min(len(ordered), round(q / 100 * len(ordered) + 0.5)))
+    return ordered[rank - 1]
+
+
+def new_secret() -> str:
+    """A fresh Standard Webhooks secret for one run; never printed."""
+    return "whsec_" + base64.b64encode(os.urandom(24)).decode()
+
+
+async def deliveries(rx: Child, session: aiohttp.ClientSession) -> list[dict[str, Any]]:
+    """What the sink has recorded so far."""
+    async with session.get(rx.url.rsplit("/", 1)[0] + "/_bench/deliveries") as resp:
+        doc = await resp.json()
+    return list(doc["deliveries"])
+
+
+async def wait_deliveries(
+    rx: Child, session: aiohttp.ClientSession, count: int, timeout_s: float
+) -> list[dict[str, Any]]:
+    """Poll the sink until it holds `count` deliveries; BenchError after `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        got = await deliveries(rx, session)
+        if len(got) >= count:
+            return got
+        if time.monotonic() > deadline:
+            raise BenchError(f"only {len(got)} of {count} webhooks arrived within {timeout_s:g}s")
+        await asyncio.sleep(0.25)
+
+
+async def _bare_posts(rx: Child, secret: str, count: int) -> list[float]:
+    """One-way latency of `count` signed POSTs sent one at a time, in milliseconds."""
+    async with aiohttp.ClientSession() as session:
+        for _ in range(count):
+            msg_id = str(uuid.uuid4())
+            now = time.time()
+            body = json.dumps(
+                {"type": "bench.baseline", "data": {"detected_at": iso_utc(now), "job": {}}}
+            ).encode()
+            ts = int(now)
+            headers = {
+                HEADER_ID: msg_id,
+                HEADER_TIMESTAMP: str(ts),
+                HEADER_SIGNATURE: sign([secret], msg_id, ts, body),
+                "Content-Type": "application/json",
+            }
+            async with session.post(rx.url, data=body, headers=headers) as resp:
+                if resp.status >= 300:
+                    raise BenchError(f"latency: the receiver answered {resp.status} to a baseline POST")
+            await asyncio.sleep(0.005)
+        got = await deliveries(rx, session)
+    return [(d["received_at"] - d["detected_at"]) * 1000 for d in got if d["type"] == "bench.baseline"]
+
+
+async def run(ctx: Context) -> ScenarioResult:
+    """Jobs finishing steadily over a spread; every `job.success` webhook timed."""
+    res = ScenarioResult("latency")
+    jobs, spread_s, poll_s, lead_s = (60, 3.0, 1.0, 3.0) if ctx.quick else (1_200, 12.0, 4.0, 5.0)
+    ids = job_ids(jobs, seed=7)
+    store_url = fresh_store_url(ctx.store, ctx.workdir, "latency")
+    await build_store(store_url, ids, time.time())
+    scenario = ctx.workdir / "latency-jobs.json"
+    scenario.write_text(
+        json.dumps(
+            [
+                {"id": j, "status": "active", "script": [[lead_s + i * spread_s / jobs, "success"]]}
+                for i, j in enumerate(ids)
+            ]
+        )  # fmt: skip
+    )
+    secret = new_secret()
+    async with (
+        simulator(ctx.workdir, "--scenario", str(scenario), "--max-log", "0") as sim,
+        sink(ctx.workdir, secret) as rx,
+    ):
+        ctx.say("latency: baseline of plain signed POSTs to the receiver")
+        bare = await _bare_posts(rx, secret, 50 if ctx.quick else 300)
+        port = free_port()
+        config = write_config(
+            ctx.workdir / "latency.toml",
+            upstream_url=sim.url,
+            store_url=store_url,
+            api_port=port,
+            upstream={"rate_limit_per_s": 5_000.0},
+            polling={
+                "initial_interval_s": poll_s,
+                "multiplier": 1.0,
+                "max_interval_s": poll_s,
+                "jitter": 0.2,
+            },
+            webhooks=[{"name": "bench", "url": rx.url, "secret": secret, "timeout_s": 5.0}],
+        )
+        ctx.say(f"latency: {jobs:,} jobs finishing over {spread_s:g}s, each polled every ~{poll_s:g}s")
+        async with daemon(ctx.workdir, config, port, name="latency-daemon"), aiohttp.ClientSession() as s:
+            got = await wait_deliveries(rx, s, len(bare) + jobs, lead_s + spread_s + 3 * poll_s + 60.0)
+    (ctx.workdir / "latency-deliveries.json").write_text(json.dumps(got))
+    lat = [(d["received_at"] - d["detected_at"]) * 1000 for d in got if d["type"] == "job.success"]
+    res.add("events timed", len(lat))
+    res.add("plain POST p50", percentile(bare, 50), "ms")
+    res.add("plain POST p99", percentile(bare, 99), "ms")
+    res.add("detected -> received p50", percentile(lat, 50), "ms")
+    res.add("detected -> received p99", percentile(lat, 99), "ms", at_most=TARGET_P99_MS)
+    res.add("detected -> received max", max(lat), "ms")
+    res.notes.append(
+        f"{jobs:,} jobs finishing over {spread_s:g}s, each polled every {poll_s:g}s +-20 %;"
+        " times have millisecond resolution"
+    )
+    return res

@@ -1,0 +1,136 @@
+"""`scale`: one daemon holding 10k, 100k and 1M active watches: memory, start-up and cost per poll (SPEC §9).
+
+For each size the store is built first, in this process, through the store API's `register` in big batches;
+then a daemon starts on it and restores every watch. Measured: the time from spawn to `/readyz` (restore
+included), resident memory after the restore and its peak over the run, bytes per watch over an empty
+daemon's, and the daemon's whole CPU time per poll (scheduler, store, client, housekeeping) over a window.
+
+The poll rate is the same at every size, so only the number of watches changes: each watch is polled every
+`size / RATE` seconds and the restore spreads the first polls over that period, as it would after a restart.
+Every job is always `active` (the simulator's `--unknown-jobs active`), so no watch finishes on the way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import time
+from dataclasses import dataclass
+
+import aiohttp
+
+from watcher.bench.harness import (
+    BenchError,
+    Child,
+    Context,
+    Daemon,
+    build_store,
+    daemon,
+    free_port,
+    fresh_store_url,
+    job_ids,
+    simulator,
+    write_config,
+)
+from watcher.bench.report import ScenarioResult
+
+RATE = 500.0  # polls per second at every size; well inside what the pipeline sustains on two cores
+MAX_RSS_BYTES = 2**30  # SPEC §9: a million watches under 1 GiB
+MAX_COST_RATIO = 2.0  # µs per poll at the largest size within 2x of the smallest
+
+
+@dataclass
+class _Size:
+    watches: int
+    build_s: float = 0.0
+    startup_s: float = 0.0
+    rss: int = 0  # after the restore
+    peak: int = 0  # the most the process ever held, measured at the end
+    cost_us: float | None = None  # daemon CPU per poll
+    rate: float = 0.0  # polls per second in the window
+
+
+async def run(ctx: Context) -> ScenarioResult:
+    """An empty daemon for reference, then each size in turn against one always-active simulator."""
+    res = ScenarioResult("scale")
+    rate = 100.0 if ctx.quick else RATE
+    async with simulator(ctx.workdir, "--unknown-jobs", "active", "--max-log", "0") as sim:
+        empty = await _measure(ctx, sim, 0, rate)
+        sizes = [await _measure(ctx, sim, n, rate) for n in ctx.sizes]
+    res.add("empty daemon: RSS", empty.rss / 2**20, "MiB")
+    res.add("empty daemon: start-up", empty.startup_s, "s")
+    for s in sizes:
+        label = f"{s.watches:,} watches"
+        res.add(f"{label}: store built in", s.build_s, "s")
+        res.add(f"{label}: start-up (restore)", s.startup_s, "s")
+        res.add(f"{label}: RSS after restore", s.rss / 2**20, "MiB")
+        if s.watches >= 1_000_000:
+            res.add(f"{label}: peak RSS", s.peak / 2**20, "MiB", at_most=MAX_RSS_BYTES / 2**20)
+        else:
+            res.add(f"{label}: peak RSS", s.peak / 2**20, "MiB")
+        res.add(f"{label}: bytes per watch", (s.rss - empty.rss) / s.watches, "B")
+        res.add(f"{label}: daemon CPU per poll", s.cost_us, "µs")
+        res.add(f"{label}: poll rate in the window", s.rate, "polls/s")
+    smallest, largest = sizes[0], sizes[-1]
+    if len(sizes) > 1 and smallest.cost_us and largest.cost_us is not None:
+        res.add(
+            f"CPU per poll, {largest.watches:,} / {smallest.watches:,}",
+            largest.cost_us / smallest.cost_us,
+            at_most=MAX_COST_RATIO,
+        )
+    if not any(s.watches >= 1_000_000 for s in sizes):
+        res.notes.append("no size reached 1,000,000 watches: the RSS target was not checked")
+    res.notes.append(
+        f"{rate:g} polls/s at every size over {ctx.window_s:g}s windows; bytes per watch = (RSS after restore"
+        " - empty daemon's) / watches"
+    )
+    return res
+
+
+async def _steady(ctx: Context, d: Daemon, s: aiohttp.ClientSession, rate: float) -> None:
+    """Wait until the daemon polls at `rate`: a restore that took long leaves a backlog to catch up first."""
+    deadline = time.monotonic() + 180.0
+    step = 0.5 if ctx.quick else 1.0
+    while time.monotonic() < deadline:
+        before = await d.polls_total(s)
+        await asyncio.sleep(step)
+        if abs((await d.polls_total(s) - before) / step - rate) <= 0.25 * rate:
+            return
+    raise BenchError(f"scale: the daemon did not settle at {rate:g} polls/s within 180s")
+
+
+async def _measure(ctx: Context, sim: Child, watches: int, rate: float) -> _Size:
+    """Build a store of `watches`, start a daemon on it and measure it."""
+    out = _Size(watches)
+    name = f"scale-{watches}"
+    store_url = fresh_store_url(ctx.store, ctx.workdir, name)
+    ids = job_ids(watches, seed=watches)
+    ctx.say(f"scale: registering {watches:,} watches in the store")
+    out.build_s = await build_store(store_url, ids, time.time())
+    del ids
+    gc.collect()  # the bench's own million ids and registrations are garbage now
+    period = max(1.0, watches / rate)
+    port = free_port()
+    config = write_config(
+        ctx.workdir / f"{name}.toml",
+        upstream_url=sim.url,
+        store_url=store_url,
+        api_port=port,
+        upstream={"rate_limit_per_s": 4 * rate},
+        polling={"initial_interval_s": period, "multiplier": 1.0, "max_interval_s": period, "jitter": 0.2},
+    )
+    ctx.say(f"scale: daemon restoring {watches:,} watches")
+    async with daemon(ctx.workdir, config, port, name=f"{name}-daemon") as d, aiohttp.ClientSession() as s:
+        out.startup_s = d.startup_s
+        out.rss, _ = d.memory()
+        if watches:
+            await _steady(ctx, d, s, rate)
+            polls0, cpu0, t0 = await d.polls_total(s), d.cpu_seconds(), time.monotonic()
+            await asyncio.sleep(ctx.window_s)
+            polls1, cpu1, t1 = await d.polls_total(s), d.cpu_seconds(), time.monotonic()
+            if polls1 <= polls0:
+                raise BenchError(f"scale: the daemon with {watches:,} watches made no polls in the window")
+            out.cost_us = (cpu1 - cpu0) / (polls1 - polls0) * 1e6
+            out.rate = (polls1 - polls0) / (t1 - t0)
+        _, out.peak = d.memory()
+    return out
