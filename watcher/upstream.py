@@ -147,8 +147,8 @@ class UpstreamClient:
 async def _read_limited(content: aiohttp.StreamReader) -> bytes | None:
     """The whole body, or None when it exceeds `MAX_BODY_BYTES` (the rest is left unread)."""
     first = await content.read(MAX_BODY_BYTES + 1)
-    if not first:
-        return first
+    if not first or (len(first) <= MAX_BODY_BYTES and content.at_eof()):
+        return first  # the usual small body in one piece: no second read to learn it has ended
     chunks = [first]
     total = len(first)
     while total <= MAX_BODY_BYTES:

@@ -1,4 +1,4 @@
-"""`watcher bench`: the performance figures of SPEC §9, measured on this machine, against baselines run alongside.
+"""`watcher bench`: the performance figures of SPEC §9, measured on this machine against same-run baselines.
 
 Each scenario is one module with an async `run(ctx) -> ScenarioResult`; every server it needs runs on
 loopback in its own process and every wait has a deadline. The table goes to stdout, progress to stderr,

@@ -30,7 +30,7 @@ from watcher.models import Registration, Source
 from watcher.store import open_store
 
 # The simulator's documented throwaway credentials: loopback-only test values, never real ones.
-SIM_TOKEN, SIM_KEY, SIM_SLUG = "sim-token", "sim-key", "sim"  # noqa: S105
+SIM_TOKEN, SIM_KEY, SIM_SLUG = "sim-token", "sim-key", "sim"
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
 _STOP_TIMEOUT_S = 20.0
 

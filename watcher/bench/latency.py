@@ -106,14 +106,11 @@ async def run(ctx: Context) -> ScenarioResult:
     store_url = fresh_store_url(ctx.store, ctx.workdir, "latency")
     await build_store(store_url, ids, time.time())
     scenario = ctx.workdir / "latency-jobs.json"
-    scenario.write_text(
-        json.dumps(
-            [
-                {"id": j, "status": "active", "script": [[lead_s + i * spread_s / jobs, "success"]]}
-                for i, j in enumerate(ids)
-            ]
-        )  # fmt: skip
-    )
+    specs = [
+        {"id": j, "status": "active", "script": [[lead_s + i * spread_s / jobs, "success"]]}
+        for i, j in enumerate(ids)
+    ]
+    scenario.write_text(json.dumps(specs))
     secret = new_secret()
     async with (
         simulator(ctx.workdir, "--scenario", str(scenario), "--max-log", "0") as sim,

@@ -1,4 +1,4 @@
-"""What `watcher bench` measured: figures with their targets, the table a user reads and the JSON a tool keeps.
+"""What `watcher bench` measured: figures and targets, the table a user reads and the JSON a tool keeps.
 
 A figure either carries a target (then it passes or fails) or is informational (the baseline it is compared
 with, a size, a machine detail). Values are plain floats so the JSON stays easy to diff between runs.
@@ -6,6 +6,7 @@ with, a size, a machine detail). Values are plain floats so the JSON stays easy 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import sqlite3
@@ -112,10 +113,8 @@ def machine() -> dict[str, Any]:
     except OSError:
         pass
     mem_gib = None
-    try:
+    with contextlib.suppress(OSError, ValueError):
         mem_gib = round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)
-    except (OSError, ValueError):
-        pass
     return {
         "cpu": cpu,
         "cores": os.cpu_count(),

@@ -97,22 +97,23 @@ async def run(ctx: Context) -> ScenarioResult:
         ctx.say(
             f"upstream-calls: {jobs} jobs, time scaled 1/{scale:g}, about {(arrive_s + CAP_S / scale):.0f}s"
         )
-        async with daemon(ctx.workdir, config, port, name="upstream-calls-daemon") as d:
-            async with aiohttp.ClientSession() as s:
-                registered: list[str] = []
-                per_wave = math.ceil(jobs / waves)
-                for w in range(0, jobs, per_wave):
-                    wave_started = time.monotonic()
-                    batch = list(range(w, min(jobs, w + per_wave)))
-                    await asyncio.gather(*(_create(s, sim, ids[i], dur[i] / scale) for i in batch))
-                    registered += [ids[i] for i in batch]
-                    _write_watchlist(watchlist, registered)
-                    d.hangup()
-                    await asyncio.sleep(max(0.0, arrive_s / waves - (time.monotonic() - wave_started)))
-                got = await wait_deliveries(
-                    rx, s, jobs, CAP_S / scale + 4 * DEFAULTS["max_interval_s"] / scale + 60
-                )
-                log = await _requests(s, sim)
+        async with (
+            daemon(ctx.workdir, config, port, name="upstream-calls-daemon") as d,
+            aiohttp.ClientSession() as s,
+        ):
+            per_wave = math.ceil(jobs / waves)
+            waves_of = [list(range(w, min(jobs, w + per_wave))) for w in range(0, jobs, per_wave)]
+            registered: list[str] = []
+            for batch in waves_of:
+                wave_started = time.monotonic()
+                await asyncio.gather(*(_create(s, sim, ids[i], dur[i] / scale) for i in batch))
+                registered += [ids[i] for i in batch]
+                _write_watchlist(watchlist, registered)
+                d.hangup()
+                await asyncio.sleep(max(0.0, arrive_s / waves - (time.monotonic() - wave_started)))
+            deadline_s = (CAP_S + 4 * DEFAULTS["max_interval_s"]) / scale + 60
+            got = await wait_deliveries(rx, s, jobs, deadline_s)
+            log = await _requests(s, sim)
     _report(res, ids, dur, got, log, scale)
     return res
 
@@ -157,6 +158,6 @@ def _report(
     res.add("p95 detection lag", percentile(lags, 95), "s")
     res.add("mean registration delay", fmean(offsets), "s")
     res.notes.append(
-        f"time scaled 1/{scale:g}: durations log-normal (median {MEDIAN_S:g}s, sigma {SIGMA:g}, cap {CAP_S:g}s),"
-        " default [polling]; every time above is scaled back to real seconds"
+        f"time scaled 1/{scale:g}: durations log-normal (median {MEDIAN_S:g}s, sigma {SIGMA:g},"
+        f" cap {CAP_S:g}s), default [polling]; every time above is scaled back to real seconds"
     )

@@ -5,7 +5,9 @@ The interface is claim-based so that a shared PostgreSQL store (SPEC §11) fits 
 and deliveries are claimed and finished the same way. Single-process stores (memory, SQLite) keep their due
 index in memory and treat a claimed watch as leased until it is saved or `lease_s` has passed.
 
-All times are epoch seconds supplied by the caller's clock.
+All times are epoch seconds supplied by the caller's clock. The shared PostgreSQL store is the exception:
+replicas must agree on time, so it decides due times and lease expiries by the database's clock and
+ignores the `now` of claims, counts, registrations and retries (see `watcher.store.postgres`).
 """
 
 from __future__ import annotations
@@ -72,7 +74,8 @@ class Store(ABC):
         """Load every unfinished watch after a start and set its first due time with `first_due`.
 
         Returns how many unfinished watches there are. Undelivered deliveries need no restoring: they are
-        claimable as soon as the store is open.
+        claimable as soon as the store is open. A shared store (other replicas may be running) only
+        reschedules watches that are already due and leaves the live leases of other replicas alone.
         """
 
     @abstractmethod

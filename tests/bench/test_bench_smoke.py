@@ -1,0 +1,105 @@
+"""`watcher bench` cannot rot: each scenario runs tiny and reports every figure (no timed assertions here)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from watcher.bench import SCENARIOS
+from watcher.bench.report import ScenarioResult, render_table
+from watcher.simulate import Simulator
+
+HEADERS = {"Authorization": "Bearer sim-token", "x-api-key": "sim-key", "x-workspace-slug": "sim"}
+
+
+def bench(tmp_path: Path, *args: str, timeout: float = 110.0) -> tuple[subprocess.CompletedProcess[str], Any]:
+    """Run `watcher bench --quick … --json` as a user would; returns the process and the JSON it wrote."""
+    out = tmp_path / "bench.json"
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
+    proc = subprocess.run(
+        [sys.executable, "-m", "watcher", "bench", "--quick", "--json", str(out), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+        cwd=tmp_path,
+    )
+    return proc, json.loads(out.read_text()) if out.exists() else None
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("scenario", list(SCENARIOS))
+def test_each_scenario_runs_and_reports_every_figure(tmp_path: Path, scenario: str) -> None:
+    """A tiny run finishes, prints the table and writes JSON with a number for every figure."""
+    args = [scenario, "--workdir", str(tmp_path / "work")]
+    if scenario == "scale":
+        args += ["--sizes", "500,1000", "--window-s", "1"]
+    proc, doc = bench(tmp_path, *args)
+    # Targets may fail at toy sizes on a busy machine; the run itself must not.
+    assert proc.returncode in (0, 1), proc.stderr[-2000:]
+    assert doc is not None, proc.stderr[-2000:]
+    (result,) = doc["scenarios"]
+    assert result["scenario"] == scenario
+    assert result["error"] is None, result["error"]
+    assert result["figures"], "a scenario reports figures"
+    for fig in result["figures"]:
+        assert isinstance(fig["value"], int | float), fig
+        assert fig["name"] in proc.stdout
+    checked = any(f["passed"] is not None for f in result["figures"])
+    assert checked == (scenario != "upstream-calls"), "SPEC §9 targets are checked; upstream-calls only reports"
+    assert doc["machine"]["cores"] and doc["command"].startswith("watcher bench --quick")
+    assert "scenario" in proc.stdout.splitlines()[0]
+
+
+def test_bad_usage_is_one_line_and_status_2(tmp_path: Path) -> None:
+    """An unknown scenario or a bad option is named on one line, nothing runs."""
+    for args in (["nosuch"], ["--window-s", "0"], ["--sizes", "ten"]):
+        proc, doc = bench(tmp_path, *args, timeout=30.0)
+        assert proc.returncode == 2
+        assert doc is None
+        lines = proc.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("watcher bench: error:"), proc.stderr
+
+
+def test_table_marks_pass_fail_and_unfinished_scenarios() -> None:
+    """The table shows each target with PASS or FAIL, and a scenario that could not finish as ERROR."""
+    ok = ScenarioResult("throughput")
+    ok.add("ratio", 0.9, at_least=0.8)
+    ok.add("p99", 80.0, "ms", at_most=50.0)
+    ok.add("size", 1_000_000)
+    broken = ScenarioResult("register", error="daemon not ready within 300s")
+    table = render_table([ok, broken])
+    assert "0.9" in table and ">= 0.8" in table and "PASS" in table
+    assert "80.0 ms" in table and "< 50 ms" in table and "FAIL" in table
+    assert "1,000,000" in table
+    assert "ERROR" in table and "register: error: daemon not ready within 300s" in table
+    assert not ok.passed and not broken.passed
+
+
+async def test_simulator_answers_unknown_ids_only_when_asked() -> None:
+    """`unknown_jobs` makes any UUID an unchanging job; by default an unknown id stays a 404."""
+    for mode, expected in ((None, 404), ("active", 200)):
+        sim = Simulator(unknown_jobs=mode)
+        base = await sim.start()
+        try:
+            job = str(uuid.uuid4())
+            async with aiohttp.ClientSession(headers=HEADERS) as s:
+                async with s.get(f"{base}/jobs/{job}") as resp:
+                    assert resp.status == expected
+                    if expected == 200:
+                        body = await resp.json()
+                        assert body["id"] == job and body["status"] == "active"
+                        assert body["workspaceId"] == sim.workspace_id("sim")
+                async with s.get(f"{base}/jobs/not-a-uuid") as resp:
+                    assert resp.status == 404
+        finally:
+            await sim.stop()
+    with pytest.raises(ValueError, match="unknown_jobs"):
+        Simulator(unknown_jobs="paused")
