@@ -115,6 +115,9 @@ class Daemon:
         self.handle_signals = handle_signals
         self._store = store  # injected by tests and embedders; otherwise built from store.url
         self.stop_event = asyncio.Event()
+        # Deliveries stop after the scheduler has drained, so events from polls finishing during the drain
+        # still go out before exit (within the same grace period).
+        self.delivery_stop = asyncio.Event()
         self.state: DaemonState | None = None
         self._watchlist: WatchlistReloader | None = None
         self.notifier = notifier or Notifier.from_env()  # sd_notify; a no-op outside systemd
@@ -220,7 +223,7 @@ class Daemon:
         creds = s.upstream.credentials()
         loops: dict[str, Coroutine[Any, Any, None]] = {
             "scheduler": scheduler.run(self.stop_event),
-            "delivery": delivery.run(self.stop_event),
+            "delivery": delivery.run(self.delivery_stop),
             "housekeeping": self._housekeeping(store),
         }
         if s.watchlist.path is not None:
@@ -286,9 +289,14 @@ class Daemon:
         state.ready = False  # /readyz fails at once, so a load balancer stops sending work while we drain
         grace = self.settings.daemon.shutdown_grace_s
         self.notifier.stopping(f"stopping: draining {scheduler.inflight} polls (grace {grace:g}s)")
+        deadline = self.clock.monotonic() + grace
+        first = [t for name, t in tasks.items() if name != "delivery" and not t.done()]
+        if first:
+            await asyncio.wait(first, timeout=grace)
+        self.delivery_stop.set()
         pending = [t for t in tasks.values() if not t.done()]
         if pending:
-            _, still = await asyncio.wait(pending, timeout=grace)
+            _, still = await asyncio.wait(pending, timeout=max(0.0, deadline - self.clock.monotonic()))
             if still:
                 log.warning(
                     "daemon.grace_expired",

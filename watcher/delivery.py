@@ -106,7 +106,7 @@ class DeliveryWorker:
         self._wake.set()
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Deliver until `stop` is set, then wait for in-flight sends and return.
+        """Deliver until `stop` is set, claim what is due one last time, wait for in-flight sends, return.
 
         A store error propagates (the supervisor stops the daemon); a failing send only fails its delivery.
         If this coroutine is cancelled, in-flight sends are cancelled too and their deliveries stay leased
@@ -117,6 +117,8 @@ class DeliveryWorker:
                 delay_s = await self._claim_and_start()
                 await self._wait(stop, delay_s)
                 self._reap()
+            # One last claim: events saved by polls that finished during the daemon's drain go out now.
+            await self._claim_and_start()
             while self._in_flight:
                 await asyncio.wait(self._in_flight, return_when=asyncio.FIRST_COMPLETED)
                 self._reap()

@@ -53,7 +53,9 @@ def test_each_scenario_runs_and_reports_every_figure(tmp_path: Path, scenario: s
         assert isinstance(fig["value"], int | float), fig
         assert fig["name"] in proc.stdout
     checked = any(f["passed"] is not None for f in result["figures"])
-    assert checked == (scenario != "upstream-calls"), "SPEC §9 targets are checked; upstream-calls only reports"
+    assert checked == (scenario != "upstream-calls"), (
+        "SPEC §9 targets are checked; upstream-calls only reports"
+    )
     assert doc["machine"]["cores"] and doc["command"].startswith("watcher bench --quick")
     assert "scenario" in proc.stdout.splitlines()[0]
 
@@ -72,12 +74,12 @@ def test_table_marks_pass_fail_and_unfinished_scenarios() -> None:
     """The table shows each target with PASS or FAIL, and a scenario that could not finish as ERROR."""
     ok = ScenarioResult("throughput")
     ok.add("ratio", 0.9, at_least=0.8)
-    ok.add("p99", 80.0, "ms", at_most=50.0)
+    ok.add("p99", 80.5, "ms", at_most=50.0)
     ok.add("size", 1_000_000)
     broken = ScenarioResult("register", error="daemon not ready within 300s")
     table = render_table([ok, broken])
     assert "0.9" in table and ">= 0.8" in table and "PASS" in table
-    assert "80.0 ms" in table and "< 50 ms" in table and "FAIL" in table
+    assert "80.5 ms" in table and "< 50 ms" in table and "FAIL" in table
     assert "1,000,000" in table
     assert "ERROR" in table and "register: error: daemon not ready within 300s" in table
     assert not ok.passed and not broken.passed
