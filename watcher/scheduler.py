@@ -298,5 +298,7 @@ class Scheduler:
                 status=decision.final.value,
                 polls=watch.polls,
             )
-        if decision.saved.events and self._on_events is not None:
+        # Only events routed to a webhook made deliveries: waking the outbox for the others (most first
+        # observations) would cost it two queries per poll for nothing.
+        if self._on_events is not None and any(new.webhooks for new in decision.saved.events):
             self._on_events()
