@@ -10,8 +10,10 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import asyncpg  # type: ignore[import-untyped]
 import pytest
 
+from tests.support.postgres import PG_URL, require_postgres
 from watcher.bench import SCENARIOS
 from watcher.bench.report import ScenarioResult, render_table
 from watcher.simulate import Simulator
@@ -42,6 +44,13 @@ def test_each_scenario_runs_and_reports_every_figure(tmp_path: Path, scenario: s
     if scenario == "scale":
         args += ["--sizes", "500,1000", "--window-s", "1"]
     proc, doc = bench(tmp_path, *args)
+    if scenario == "replicas":  # on the default SQLite store: skipped, visibly, and that is no failure
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        (result,) = doc["scenarios"]
+        assert result["skipped"] and "--store postgresql://" in result["skipped"]
+        assert not result["figures"] and result["error"] is None
+        assert "SKIP" in proc.stdout and "replicas: skipped: needs a PostgreSQL store" in proc.stdout
+        return
     # Targets may fail at toy sizes on a busy machine; the run itself must not.
     assert proc.returncode in (0, 1), proc.stderr[-2000:]
     assert doc is not None, proc.stderr[-2000:]
@@ -62,12 +71,58 @@ def test_each_scenario_runs_and_reports_every_figure(tmp_path: Path, scenario: s
 
 def test_bad_usage_is_one_line_and_status_2(tmp_path: Path) -> None:
     """An unknown scenario or a bad option is named on one line, nothing runs."""
-    for args in (["nosuch"], ["--window-s", "0"], ["--sizes", "ten"]):
+    for args in (["nosuch"], ["--window-s", "0"], ["--sizes", "ten"], ["--store", "mysql://db/x"]):
         proc, doc = bench(tmp_path, *args, timeout=30.0)
         assert proc.returncode == 2
         assert doc is None
         lines = proc.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("watcher bench: error:"), proc.stderr
+
+
+async def _schemas_left(names: list[str]) -> list[str]:
+    conn = await asyncpg.connect(PG_URL, timeout=10)
+    try:
+        rows = await conn.fetch("SELECT nspname FROM pg_namespace WHERE nspname = any($1::text[])", names)
+    finally:
+        await conn.close()
+    return [r["nspname"] for r in rows]
+
+
+@pytest.mark.slow
+@pytest.mark.postgres
+@pytest.mark.timeout(240)
+@pytest.mark.parametrize("scenario", ["replicas", "throughput"])
+async def test_store_postgres_runs_in_fresh_schemas_dropped_afterwards(tmp_path: Path, scenario: str) -> None:
+    """`--store postgresql://…`: the scenario runs in schemas of its own, which are gone afterwards."""
+    await require_postgres()
+    proc, doc = bench(tmp_path, scenario, "--store", PG_URL, "--workdir", str(tmp_path / "w"), timeout=200.0)
+    assert proc.returncode in (0, 1), proc.stderr[-2000:]
+    assert doc is not None, proc.stderr[-2000:]
+    (result,) = doc["scenarios"]
+    assert result["error"] is None and result["skipped"] is None, result
+    assert all(isinstance(f["value"], int | float) for f in result["figures"]), result["figures"]
+    names = {f["name"] for f in result["figures"]}
+    if scenario == "replicas":
+        assert {"1 replica", "3 replicas, together", "takeover after SIGKILL, max"} <= names
+        held = next(
+            f["value"] for f in result["figures"] if f["name"] == "watches held by the killed replica"
+        )
+        assert held >= 1
+    store = doc["store"]
+    assert store["kind"] == "postgresql" and "@" not in store["where"] and store["server_version"]
+    assert store["schemas"] and all(s.startswith("watcher_bench_") for s in store["schemas"])
+    assert await _schemas_left(store["schemas"]) == []
+
+
+def test_unreachable_postgres_is_one_line_and_status_1(tmp_path: Path) -> None:
+    """A `--store` database that does not answer stops the run before any scenario, naming where it is."""
+    proc, doc = bench(
+        tmp_path, "replicas", "--store", "postgresql://u:hunter2@127.0.0.1:9/nodb", timeout=30.0
+    )
+    assert proc.returncode == 1 and doc is None
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "cannot connect to PostgreSQL at 127.0.0.1:9/nodb" in lines[0], proc.stderr
+    assert "hunter2" not in proc.stderr
 
 
 def test_table_marks_pass_fail_and_unfinished_scenarios() -> None:
@@ -77,12 +132,14 @@ def test_table_marks_pass_fail_and_unfinished_scenarios() -> None:
     ok.add("p99", 80.5, "ms", at_most=50.0)
     ok.add("size", 1_000_000)
     broken = ScenarioResult("register", error="daemon not ready within 300s")
-    table = render_table([ok, broken])
+    skipped = ScenarioResult("replicas", skipped="needs a PostgreSQL store")
+    table = render_table([ok, broken, skipped])
     assert "0.9" in table and ">= 0.8" in table and "PASS" in table
     assert "80.5 ms" in table and "< 50 ms" in table and "FAIL" in table
     assert "1,000,000" in table
     assert "ERROR" in table and "register: error: daemon not ready within 300s" in table
-    assert not ok.passed and not broken.passed
+    assert "SKIP" in table and "replicas: skipped: needs a PostgreSQL store" in table
+    assert not ok.passed and not broken.passed and skipped.passed
 
 
 async def test_simulator_answers_unknown_ids_only_when_asked() -> None:

@@ -19,10 +19,13 @@ from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from importlib import import_module
 from pathlib import Path
+from typing import Any
 
+from watcher.bench import stores
 from watcher.bench.harness import Context
 from watcher.bench.report import ScenarioResult, render_table, to_json
 from watcher.errors import WatcherError
+from watcher.store.pgconn import parse_url
 
 # Scenario name -> module; the order is the order of a full run (cheap and telling first).
 SCENARIOS: dict[str, str] = {
@@ -30,6 +33,7 @@ SCENARIOS: dict[str, str] = {
     "latency": "watcher.bench.latency",
     "upstream-calls": "watcher.bench.upstream_calls",
     "register": "watcher.bench.register",
+    "replicas": "watcher.bench.replicas",
     "scale": "watcher.bench.scale",
 }
 SCENARIO_TIMEOUT_S = 420.0
@@ -55,6 +59,18 @@ def _sizes(text: str) -> tuple[int, ...]:
     return sizes
 
 
+def _store(text: str) -> str:
+    if text == "sqlite":
+        return text
+    if not stores.is_postgres(text):
+        raise argparse.ArgumentTypeError("--store is sqlite or a postgresql://… URL")
+    try:
+        parse_url(text)
+    except WatcherError as exc:
+        raise argparse.ArgumentTypeError(str(exc).removeprefix("store.url: ")) from None
+    return text
+
+
 def _parser() -> _Parser:
     p = _Parser(
         prog="watcher bench",
@@ -70,7 +86,12 @@ def _parser() -> _Parser:
         "--quick", action="store_true", help="tiny sizes and short windows (a smoke test, not figures)"
     )
     p.add_argument(
-        "--store", default="sqlite", choices=["sqlite"], help="store backend of the daemons under test"
+        "--store",
+        type=_store,
+        default="sqlite",
+        metavar="sqlite|postgresql://…",
+        help="store of the daemons under test; with a URL each scenario gets a fresh schema there, dropped"
+        " afterwards (`replicas` needs one)",
     )
     p.add_argument(
         "--sizes", type=_sizes, metavar="N,N,…", help="watches per daemon in `scale` (default 10k,100k,1M)"
@@ -95,6 +116,9 @@ async def _run_all(ctx: Context, names: Sequence[str]) -> list[ScenarioResult]:
             res = ScenarioResult(name, error=f"did not finish within {SCENARIO_TIMEOUT_S:g}s")
         except (WatcherError, OSError) as exc:
             res = ScenarioResult(name, error=str(exc) or type(exc).__name__)
+        finally:
+            left = await stores.drop_fresh_schemas()
+        res.notes.extend(f"schema not dropped, drop it by hand: {why}" for why in left)
         res.seconds = round(time.monotonic() - started, 1)
         ctx.say(f"{name}: done in {res.seconds:g}s" + (f" (error: {res.error})" if res.error else ""))
         results.append(res)
@@ -116,6 +140,15 @@ def bench_main(argv: Sequence[str]) -> int:
     except SystemExit as exc:  # --help
         return exc.code if isinstance(exc.code, int) else 0
     names = [s for s in SCENARIOS if s in args.scenarios] if args.scenarios else list(SCENARIOS)
+    store_doc: dict[str, Any] = {"kind": "sqlite"}
+    if stores.is_postgres(args.store):
+        try:
+            version = asyncio.run(stores.server_version(args.store))
+        except WatcherError as exc:
+            print(f"watcher bench: error: {exc}", file=sys.stderr)
+            return 1
+        store_doc = {"kind": "postgresql", "where": parse_url(args.store).where, "server_version": version}
+        print(f"bench: store {stores.describe(args.store)} (PostgreSQL {version})", file=sys.stderr)
     started_at = datetime.now(UTC).isoformat(timespec="seconds")
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="watcher-bench-") as tmp:
@@ -131,7 +164,15 @@ def bench_main(argv: Sequence[str]) -> int:
         results = asyncio.run(_run_all(ctx, names))
     print(render_table(results), end="")
     if args.json is not None:
-        command = shlex.join(["watcher", "bench", *argv])
-        doc = to_json(results, command=command, started_at=started_at, seconds=time.monotonic() - started)
+        command = shlex.join(["watcher", "bench", *(stores.mask_password(a) for a in argv)])
+        if store_doc["kind"] == "postgresql":
+            store_doc["schemas"] = list(stores.used)  # each dropped when its scenario ended
+        doc = to_json(
+            results,
+            command=command,
+            started_at=started_at,
+            seconds=time.monotonic() - started,
+            store=store_doc,
+        )
         args.json.write_text(json.dumps(doc, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     return 0 if all(r.passed for r in results) else 1

@@ -25,6 +25,7 @@ from typing import Any
 import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
+from watcher.bench import stores
 from watcher.errors import WatcherError
 from watcher.models import Registration, Source
 from watcher.store import open_store
@@ -287,7 +288,12 @@ async def build_store(url: str, ids: Sequence[str], now: float, batch: int = 50_
 
 
 def fresh_store_url(store: str, workdir: Path, name: str) -> str:
-    """A new, empty store for one benchmark daemon (`--store`; PostgreSQL comes with SPEC §11)."""
+    """A new, empty store for one benchmark daemon: a SQLite file, or a fresh schema in `--store`'s database.
+
+    A PostgreSQL schema is dropped when the scenario ends (`stores.drop_fresh_schemas`).
+    """
     if store == "sqlite":
         return f"sqlite:///{workdir / (name + '.db')}"
-    raise BenchError(f"--store: {store!r} is not supported yet (use sqlite)")
+    if stores.is_postgres(store):
+        return stores.fresh_schema_url(store, name)
+    raise BenchError(f"--store: {store!r} is neither sqlite nor a postgresql:// URL")

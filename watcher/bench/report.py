@@ -39,6 +39,7 @@ class ScenarioResult:
     notes: list[str] = field(default_factory=list)
     seconds: float = 0.0
     error: str | None = None  # the one-line reason a scenario could not finish
+    skipped: str | None = None  # the one-line reason a scenario did not run (e.g. it needs PostgreSQL)
 
     def add(self, name: str, value: float | None, unit: str = "", **target: Any) -> Figure:
         """Record an informational figure, or one checked against a target (`at_least=`/`at_most=`)."""
@@ -86,6 +87,8 @@ def render_table(results: list[ScenarioResult]) -> str:
     for res in results:
         if res.error is not None:
             rows.append((res.scenario, "(did not finish)", "-", "", "ERROR"))
+        if res.skipped is not None:
+            rows.append((res.scenario, "(skipped)", "-", "", "SKIP"))
         for fig in res.figures:
             verdict = "" if fig.passed is None else ("PASS" if fig.passed else "FAIL")
             rows.append((res.scenario, fig.name, f"{_fmt(fig.value)}{_unit(fig.unit)}", fig.target, verdict))
@@ -98,6 +101,8 @@ def render_table(results: list[ScenarioResult]) -> str:
             out.append(f"{res.scenario}: {note}")
         if res.error is not None:
             out.append(f"{res.scenario}: error: {res.error}")
+        if res.skipped is not None:
+            out.append(f"{res.scenario}: skipped: {res.skipped}")
     return "\n".join(out) + "\n"
 
 
@@ -128,14 +133,20 @@ def machine() -> dict[str, Any]:
 
 
 def to_json(
-    results: list[ScenarioResult], *, command: str, started_at: str, seconds: float
+    results: list[ScenarioResult],
+    *,
+    command: str,
+    started_at: str,
+    seconds: float,
+    store: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The whole run as one JSON document (`--json FILE`)."""
+    """The whole run as one JSON document (`--json FILE`); `store` says what the daemons stored in."""
     return {
         "command": command,
         "started_at": started_at,
         "seconds": round(seconds, 1),
         "machine": machine(),
+        "store": store or {"kind": "sqlite"},
         "passed": all(r.passed for r in results),
         "scenarios": [asdict(r) for r in results],
     }

@@ -1,0 +1,110 @@
+"""The stores a benchmark runs on: a SQLite file per daemon, or a fresh schema in the `--store` PostgreSQL.
+
+Each PostgreSQL store is a new schema `watcher_bench_<name>_<random>` in the database `--store` names (the
+store's own `?schema=` parameter), created by the store's migration when first opened and dropped when its
+scenario ends, so a run leaves the database as it found it. The bench reads the shared store from outside
+in one place only (`leases`): to see which watches a killed replica was holding.
+"""
+
+from __future__ import annotations
+
+import uuid
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import asyncpg  # type: ignore[import-untyped]  # asyncpg ships no type information
+
+from watcher.errors import StoreError
+from watcher.store.pgconn import parse_url
+
+SCHEMA_PREFIX = "watcher_bench_"
+_CONNECT_TIMEOUT_S = 10.0
+# Schemas made by `fresh_schema_url` and not dropped yet, as (store URL, schema), oldest first.
+_made: list[tuple[str, str]] = []
+# Every schema a run used, for the JSON report.
+used: list[str] = []
+
+
+def is_postgres(store: str) -> bool:
+    """True if `--store` names a PostgreSQL database rather than `sqlite`."""
+    return store.startswith(("postgresql://", "postgres://"))
+
+
+def describe(store: str) -> str:
+    """The store for humans: `sqlite`, or `postgresql at host:port/db` (never the user or password)."""
+    return f"postgresql at {parse_url(store).where}" if is_postgres(store) else store
+
+
+def mask_password(text: str) -> str:
+    """A PostgreSQL URL (or `--store=URL`) with its password replaced by `***`; anything else unchanged."""
+    prefix, _, url = text.partition("=") if text.startswith("--store=") else ("", "", text)
+    parts = urlsplit(url)
+    if not is_postgres(url) or parts.password is None:
+        return text
+    netloc = f"{parts.username or ''}:***@{parts.netloc.rpartition('@')[2]}"
+    return f"{prefix}{'=' if prefix else ''}{urlunsplit((parts.scheme, netloc, *parts[2:]))}"
+
+
+def with_schema(url: str, schema: str) -> str:
+    """`url` with its `schema` parameter set to `schema` (any other parameter kept)."""
+    parts = urlsplit(url)
+    query = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if k != "schema"]
+    return urlunsplit((*parts[:3], urlencode([*query, ("schema", schema)]), ""))
+
+
+def fresh_schema_url(store: str, name: str) -> str:
+    """A store URL naming a new, unused schema for `name`; `drop_fresh_schemas` removes it."""
+    slug = "".join(c if c.isalnum() else "_" for c in name.lower())[:30]
+    schema = f"{SCHEMA_PREFIX}{slug}_{uuid.uuid4().hex[:10]}"
+    _made.append((store, schema))
+    used.append(schema)
+    return with_schema(store, schema)
+
+
+async def _connect(url: str) -> asyncpg.Connection:
+    target = parse_url(url)
+    try:
+        return await asyncpg.connect(
+            target.dsn,
+            timeout=_CONNECT_TIMEOUT_S,
+            server_settings={"search_path": target.schema} if target.schema else None,
+        )
+    except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as e:
+        reason = (str(e).splitlines() or [type(e).__name__])[0][:200]
+        raise StoreError(f"cannot connect to PostgreSQL at {target.where}: {reason}") from e
+
+
+async def server_version(store: str) -> str:
+    """The server's version string; a one-line StoreError if it cannot be reached."""
+    conn = await _connect(store)
+    try:
+        return str(await conn.fetchval("SHOW server_version"))
+    finally:
+        await conn.close()
+
+
+async def drop_fresh_schemas() -> list[str]:
+    """Drop every schema `fresh_schema_url` made; returns the ones that could not be dropped, with why."""
+    failed = []
+    while _made:
+        store, schema = _made.pop()
+        try:
+            conn = await _connect(store)
+            try:
+                await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+            finally:
+                await conn.close()
+        except (StoreError, asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as e:
+            failed.append(f"{schema}: {e}")
+    return failed
+
+
+async def leases(url: str) -> dict[str, int]:
+    """Job id -> lease token of every unfinished watch under a claim, read straight from the shared store."""
+    conn = await _connect(url)
+    try:
+        rows = await conn.fetch("SELECT job_id, lease FROM watches WHERE lease IS NOT NULL AND final IS NULL")
+    except asyncpg.PostgresError as e:
+        raise StoreError(f"cannot read the leases of {parse_url(url).where}: {e}") from e
+    finally:
+        await conn.close()
+    return {str(r["job_id"]): int(r["lease"]) for r in rows}
