@@ -45,6 +45,9 @@ T = TypeVar("T")
 _CHUNK = 500
 _BUSY_TIMEOUT_MS = 5000
 _RESTORE_PAGE = 5000
+# Registrations per write transaction: small enough that the scheduler's claims and saves, which share the
+# connection, are not held up for long by a batch registration (see `register`).
+_REGISTER_CHUNK = 250
 
 _WATCH_COLS = (
     "job_id, workspace, sources, labels, webhooks, max_watch_s, registered_at, status, final, polls, streak,"
@@ -298,11 +301,20 @@ class SQLiteStore(Store):
         return len(items)
 
     async def register(self, regs: Sequence[Registration], now: float) -> list[RegisterResult]:
-        """Insert new watches due at `now`; OR the source into existing ones."""
-        async with self._write() as db:
-            results, created = await self._register(db, regs, now)
-        for jid in created:
-            self._index.put(jid, now)
+        """Insert new watches due at `now`; OR the source into existing ones.
+
+        A transaction per `_REGISTER_CHUNK` registrations, not one for the whole batch: the connection is
+        shared with the scheduler, whose claims and saves would otherwise queue behind a 1,000-item batch
+        (several, when clients post concurrently) and polling would stall. Registering is idempotent, so
+        a batch cut short by a failure is completed by sending it again.
+        """
+        results: list[RegisterResult] = []
+        for start in range(0, len(regs), _REGISTER_CHUNK):
+            async with self._write() as db:
+                done, created = await self._register(db, regs[start : start + _REGISTER_CHUNK], now)
+            results += done
+            for jid in created:
+                self._index.put(jid, now)
         return results
 
     async def _register(
