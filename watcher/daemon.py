@@ -191,6 +191,7 @@ class Daemon:
         now = self.clock.now()
         restored = await store.restore(now, lambda _w: first_due(now, s.polling.initial_interval_s, self.rng))
         filters = [(t.name, t.events) for t in self.targets.values()]
+        creds = s.upstream.credentials()
 
         def route_event(event_type: str, watch: Watch) -> tuple[str, ...]:
             return route(event_type, watch, filters)
@@ -207,7 +208,7 @@ class Daemon:
         )
         scheduler = Scheduler(
             store,
-            UpstreamClient(upstream_session, s.upstream.credentials(), s.upstream.timeout_s, self.clock),
+            UpstreamClient(upstream_session, creds, s.upstream.timeout_s, self.clock),
             policy,
             TokenBucket(s.upstream.rate_limit_per_s, self.clock),
             self.metrics,
@@ -220,7 +221,6 @@ class Daemon:
         )
         state.wake_scheduler = scheduler.wake
         state.wake_delivery = delivery.wake
-        creds = s.upstream.credentials()
         loops: dict[str, Coroutine[Any, Any, None]] = {
             "scheduler": scheduler.run(self.stop_event),
             "delivery": delivery.run(self.delivery_stop),

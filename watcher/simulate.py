@@ -497,6 +497,15 @@ class Simulator:
         app.router.add_get("/_sim/stats", ctl.get_stats)
         return app
 
+    @property
+    def url(self) -> str | None:
+        """The base URL (e.g. http://127.0.0.1:PORT/api/v2) once started, else None."""
+        if self._runner is None or not self._runner.addresses:
+            return None
+        bound_host, bound_port = self._runner.addresses[0][:2]
+        netloc = f"[{bound_host}]" if ":" in bound_host else bound_host
+        return f"http://{netloc}:{bound_port}{API_PREFIX}"
+
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
         """Serve on host:port (0 = any free port) and return the base URL, e.g. http://127.0.0.1:PORT/api/v2."""
         if self._runner is not None:
@@ -515,9 +524,10 @@ class Simulator:
             await runner.cleanup()
             raise
         self._runner = runner
-        bound_host, bound_port = runner.addresses[0][:2]
-        netloc = f"[{bound_host}]" if ":" in bound_host else bound_host
-        return f"http://{netloc}:{bound_port}{API_PREFIX}"
+        url = self.url
+        if url is None:
+            raise RuntimeError("simulator started but reports no listening address")
+        return url
 
     async def stop(self) -> None:
         """Stop serving; in-flight requests get `shutdown_timeout_s` to finish."""

@@ -24,13 +24,10 @@ from watcher.store.sqlite import SQLiteStore
 SECRET = "whsec_" + base64.b64encode(b"daemon-integration-secret").decode()
 
 
-SIM_URL: dict[int, str] = {}
-
-
 @pytest.fixture
 async def sim() -> AsyncIterator[Simulator]:
     s = Simulator(workspace_slug="acme")
-    SIM_URL[id(s)] = await s.start()
+    await s.start()
     yield s
     await s.stop()
 
@@ -86,7 +83,7 @@ async def test_endpoints_and_graceful_stop(tmp_path: Path, sim: Simulator, recei
     (tmp_path / "watchlist.txt").write_text(job + "\n")
     port = free_port()
     assert receiver.url is not None
-    settings = settings_for(tmp_path, sim_url=await _sim_url(sim), hook_url=receiver.url, port=port)
+    settings = settings_for(tmp_path, sim_url=_sim_url(sim), hook_url=receiver.url, port=port)
     daemon = Daemon(settings, handle_signals=False, registry=CollectorRegistry())
     run = asyncio.create_task(daemon.run())
     base = f"http://127.0.0.1:{port}"
@@ -112,10 +109,6 @@ async def test_endpoints_and_graceful_stop(tmp_path: Path, sim: Simulator, recei
     assert await run == 0
 
 
-async def _sim_url(sim: Simulator) -> str:
-    return SIM_URL[id(sim)]
-
-
 class _FailingStore(SQLiteStore):
     """A real SQLite store whose delivery claims start failing, as a broken disk would."""
 
@@ -132,7 +125,7 @@ async def test_supervisor_stops_the_daemon_when_a_loop_dies(
 ) -> None:
     (tmp_path / "watchlist.txt").write_text("")
     assert receiver.url is not None
-    settings = settings_for(tmp_path, await _sim_url(sim), receiver.url, free_port())
+    settings = settings_for(tmp_path, _sim_url(sim), receiver.url, free_port())
     store = _FailingStore(tmp_path / "w.db")
     daemon = Daemon(settings, handle_signals=False, registry=CollectorRegistry(), store=store)
     with capture_logs() as logs:
@@ -153,7 +146,7 @@ async def test_restart_restores_watches_and_pending_deliveries(
     jobs = [sim.add_job(status="active").id for _ in range(3)]
     (tmp_path / "watchlist.txt").write_text("\n".join(jobs) + "\n")
     assert receiver.url is not None
-    settings = settings_for(tmp_path, await _sim_url(sim), receiver.url, free_port())
+    settings = settings_for(tmp_path, _sim_url(sim), receiver.url, free_port())
     receiver.set_status(503)
     first = Daemon(settings, handle_signals=False, registry=CollectorRegistry())
     run = asyncio.create_task(first.run())
@@ -174,6 +167,11 @@ async def test_restart_restores_watches_and_pending_deliveries(
     assert await run == 0
 
 
+def _sim_url(sim: Simulator) -> str:
+    assert sim.url is not None
+    return sim.url
+
+
 def _job_of(d: ReceivedDelivery) -> str:
     return str(d.body["data"]["job"]["id"])
 
@@ -182,7 +180,7 @@ async def test_non_loopback_without_tokens_refused(
     tmp_path: Path, sim: Simulator, receiver: Receiver
 ) -> None:
     assert receiver.url is not None
-    settings = settings_for(tmp_path, await _sim_url(sim), receiver.url, free_port())
+    settings = settings_for(tmp_path, _sim_url(sim), receiver.url, free_port())
     settings.api.listen = "0.0.0.0:0"
     with pytest.raises(StartupError, match=r"api\.tokens"):
         await Daemon(settings, handle_signals=False, registry=CollectorRegistry()).run()
