@@ -85,7 +85,7 @@ class _StoreGauges(Collector):
         due = GaugeMetricFamily(
             "watcher_polls_due", "Polls whose time has come but that have not started (scheduler backlog)."
         )
-        due.add_metric([], m.polls_due + m.polls_waiting)
+        due.add_metric([], m.polls_due + m.polls_waiting())
         return [ready, watched, pending, dead, oldest, due]
 
 
@@ -101,8 +101,9 @@ class Metrics:
     """Every metric the daemon exports; store-derived gauges are refreshed by `update_counts`.
 
     `now` is the wall clock used for ages at scrape time; `ready` says whether the daemon is ready (the
-    daemon sets it once it runs). `polls_waiting` counts claimed polls waiting for a rate-limit token: with
-    the store's due-but-unclaimed count it makes `watcher_polls_due`, the scheduler backlog.
+    daemon sets it once it runs). `polls_waiting` counts claimed polls not started yet (queued for a worker
+    or waiting for a rate-limit token): with the store's due-but-unclaimed count it makes
+    `watcher_polls_due`, the scheduler backlog.
     """
 
     def __init__(
@@ -120,7 +121,7 @@ class Metrics:
         self.counts: StoreCounts | None = None
         self.counts_at = 0.0
         self.polls_due = 0
-        self.polls_waiting = 0
+        self.polls_waiting: Callable[[], int] = lambda: 0
         # The client's `*_created` series would appear as `watcher_polls_created` and the like, which reads
         # as a count of created polls; Prometheus does not need them. The switch is process-wide.
         disable_created_metrics()  # type: ignore[no-untyped-call]  # the client leaves it unannotated

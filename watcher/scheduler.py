@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+from collections import deque
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -16,7 +17,7 @@ import structlog
 
 from watcher.clock import Clock
 from watcher.metrics import Metrics
-from watcher.models import PollOutcome, PollResult, SavedPoll, Watch
+from watcher.models import PollOutcome, PollResult, Watch
 from watcher.policy import Decision, PollingPolicy, decide, is_expired
 from watcher.ratelimit import TokenBucket
 from watcher.store.base import Store
@@ -90,49 +91,76 @@ class ErrorLogLimiter:
 
 
 class _BatchWriter:
-    """Coalesces the results of concurrent polls into one `save_polls` call (one transaction)."""
+    """Coalesces poll results into `save_polls` calls (one transaction each) without making polls wait.
 
-    def __init__(self, store: Store, max_batch: int = 512) -> None:
+    A poll hands its decision over and goes on to the next watch; its watch stays claimed until the batch
+    that carries it is committed, so nobody polls it twice meanwhile. One flush runs at a time and takes
+    everything handed over since the last one, so batches grow with the load. `on_saved` gets each batch
+    with the store's verdicts; a failing `save_polls` goes to `on_error` and nothing more is written.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        on_saved: Callable[[list[Decision], list[bool]], None],
+        on_error: Callable[[BaseException], None],
+        max_batch: int = 512,
+    ) -> None:
         self._store = store
+        self._on_saved = on_saved
+        self._on_error = on_error
         self._max_batch = max_batch
-        self._pending: list[tuple[SavedPoll, asyncio.Future[bool]]] = []
-        self._flushing = False
+        self._pending: list[Decision] = []
+        self._task: asyncio.Task[None] | None = None
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._failed = False
 
-    async def save(self, item: SavedPoll) -> bool:
-        """Queue one result and wait until it is committed; False if its lease was lost."""
-        fut: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-        self._pending.append((item, fut))
-        if not self._flushing:
-            self._flushing = True
-            try:
-                await self._flush()
-            finally:
-                self._flushing = False
-        return await fut
+    @property
+    def unsaved(self) -> int:
+        """Decisions handed over and not yet committed (the batch being written included)."""
+        return len(self._pending) + self._writing
+
+    _writing = 0
+
+    def add(self, decision: Decision) -> None:
+        """Hand one decision over; it is written with the next batch."""
+        self._pending.append(decision)
+        if self._task is None and not self._failed:
+            self._idle.clear()
+            self._task = asyncio.create_task(self._flush(), name="scheduler-writer")
+
+    async def drained(self) -> None:
+        """Wait until everything handed over so far is committed (or the store failed)."""
+        await self._idle.wait()
 
     async def _flush(self) -> None:
-        # Whoever starts flushing keeps going until the queue is empty; polls finishing meanwhile ride along
-        # in the next batch instead of each opening a transaction of their own.
-        while self._pending:
-            batch, self._pending = self._pending[: self._max_batch], self._pending[self._max_batch :]
-            try:
-                results = await self._store.save_polls([item for item, _ in batch])
-            except BaseException as exc:
-                for _, fut in batch:
-                    if not fut.done():
-                        fut.set_exception(exc)
-                for _, fut in self._pending:
-                    if not fut.done():
-                        fut.set_exception(exc)
-                self._pending = []
-                raise
-            for (_, fut), ok in zip(batch, results, strict=True):
-                if not fut.done():
-                    fut.set_result(ok)
+        try:
+            while self._pending:
+                batch, self._pending = self._pending[: self._max_batch], self._pending[self._max_batch :]
+                self._writing = len(batch)
+                try:
+                    results = await self._store.save_polls([d.saved for d in batch])
+                except Exception as exc:
+                    self._failed = True
+                    self._pending = []
+                    self._on_error(exc)
+                    return
+                finally:
+                    self._writing = 0
+                self._on_saved(batch, results)
+        finally:
+            self._task = None
+            self._idle.set()
 
 
 class Scheduler:
-    """Claims due watches from the store and runs their polls within the concurrency and rate limits."""
+    """Claims due watches from the store and runs their polls within the concurrency and rate limits.
+
+    `max_concurrency` worker coroutines take claimed watches from a local queue, one poll at a time each.
+    The queue is refilled with one `claim_due` call per batch, and the poll results go back to the store
+    in batches through `_BatchWriter`: neither a claim nor a save costs a store round trip per poll.
+    """
 
     def __init__(
         self,
@@ -159,52 +187,142 @@ class Scheduler:
         self._rng = rng
         self._route = route
         self._max_concurrency = max_concurrency
+        # Claimed ahead of the workers, so a worker that finishes finds its next watch without a store trip.
+        self._prefetch = max(1, max_concurrency // 2)
         self._lease_s = lease_s
         self._max_idle_s = max_idle_s
         self._on_events = on_events
-        self._writer = _BatchWriter(store)
+        self._writer = _BatchWriter(store, self._saved, self._store_failed)
+        # Results waiting for the store beyond this stop further claims: a stalled store stalls polling.
+        self._max_unsaved = 4 * max_concurrency + 512
         self._errors = ErrorLogLimiter(clock)
-        self._inflight: set[asyncio.Task[None]] = set()
+        self._ready: deque[Watch] = deque()
+        self._idle_workers: deque[asyncio.Future[Watch | None]] = deque()
+        self._busy = 0
+        self._waiting_tokens = 0
+        self._stopping = False
         self._wakeup = asyncio.Event()
         self._failure: BaseException | None = None
+        self._poll_counters = {o: metrics.polls.labels(outcome=o.value) for o in PollOutcome}
         self.polls_started = 0
+        metrics.polls_waiting = self._not_started
 
     @property
     def inflight(self) -> int:
-        """Polls claimed and not yet saved."""
-        return len(self._inflight)
+        """Polls started and not yet saved."""
+        return self._busy + self._writer.unsaved
 
     def wake(self) -> None:
         """Look for due work now (new registrations, a freed slot)."""
         self._wakeup.set()
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Poll until `stop` is set, then let in-flight polls finish (the daemon bounds that by its grace)."""
+        """Poll until `stop` is set, then let started polls finish and be saved (the daemon bounds that)."""
         stop_wait = asyncio.ensure_future(stop.wait())
+        workers = [asyncio.create_task(self._worker(), name=f"poll{i}") for i in range(self._max_concurrency)]
+        for w in workers:
+            w.add_done_callback(self._worker_done)
         try:
             while not stop.is_set():
                 self._raise_failure()
-                free = self._max_concurrency - len(self._inflight)
+                want = self._want()
                 claimed = 0
-                if free > 0:
+                if want > 0:
                     now = self._clock.now()
-                    watches = await self._store.claim_due(now, free, self._lease_s)
+                    watches = await self._store.claim_due(now, want, self._lease_s)
                     claimed = len(watches)
                     for watch in watches:
-                        self._start(watch, now)
-                if claimed and claimed == free:
-                    await asyncio.sleep(0)  # more may be due: let the polls start, then claim again
+                        self._hand_out(watch)
+                if claimed and claimed == want:
+                    await asyncio.sleep(0)  # more may be due: let the workers start, then look again
                     continue
-                await self._idle(stop_wait, free > 0)
-            await self.drain()
+                await self._idle(stop_wait, want > 0)
+            await self._stop(workers)
         finally:
             stop_wait.cancel()
+            for w in workers:
+                w.cancel()
 
     async def drain(self) -> None:
-        """Wait for every in-flight poll to be saved."""
-        while self._inflight:
-            await asyncio.wait(set(self._inflight))
+        """Wait for every started poll to be saved."""
+        await self._writer.drained()
         self._raise_failure()
+
+    def _want(self) -> int:
+        """How many watches to claim: enough for the free workers and the prefetch, if the queue is low."""
+        if len(self._ready) > self._prefetch // 2 or self._writer.unsaved >= self._max_unsaved:
+            return 0
+        # Waiting for rate-limit tokens already: claiming ahead would only age the claims.
+        ahead = 0 if self._waiting_tokens else self._prefetch
+        return max(0, self._max_concurrency + ahead - self._busy - len(self._ready))
+
+    def _hand_out(self, watch: Watch) -> None:
+        while self._idle_workers:
+            fut = self._idle_workers.popleft()
+            if not fut.done():
+                fut.set_result(watch)
+                return
+        self._ready.append(watch)
+
+    def _not_started(self) -> int:
+        # Claimed but not started (queued, or waiting for a rate-limit token): part of `watcher_polls_due`.
+        return len(self._ready) + self._waiting_tokens
+
+    async def _stop(self, workers: list[asyncio.Task[None]]) -> None:
+        """No new polls: release the watches claimed ahead, let the workers finish, save what they found."""
+        self._stopping = True
+        while self._idle_workers:
+            fut = self._idle_workers.popleft()
+            if not fut.done():
+                fut.set_result(None)
+        unpolled = list(self._ready)
+        self._ready.clear()
+        if unpolled:
+            await self._store.release(unpolled)
+        await asyncio.wait(workers)
+        await self.drain()
+
+    async def _worker(self) -> None:
+        ready = self._ready
+        while not self._stopping:
+            if ready:
+                watch = ready.popleft()
+                if len(ready) <= self._prefetch // 2:
+                    self._wakeup.set()
+            else:
+                fut: asyncio.Future[Watch | None] = asyncio.get_running_loop().create_future()
+                self._idle_workers.append(fut)
+                self._wakeup.set()
+                got = await fut
+                if got is None:
+                    return
+                watch = got
+            self._busy += 1
+            try:
+                self.polls_started += 1
+                now = self._clock.now()
+                if is_expired(watch, now, self._policy):
+                    self._decided(decide(watch, None, now, self._policy, self._rng, self._route))
+                else:
+                    await self._poll(watch)
+            finally:
+                self._busy -= 1
+            if self._writer.unsaved >= self._max_unsaved:
+                await self._writer.drained()  # the store is behind: wait for it instead of piling up
+
+    def _worker_done(self, task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and task.exception() is not None and self._failure is None:
+            self._failure = task.exception()
+        self._wakeup.set()
+
+    def _store_failed(self, exc: BaseException) -> None:
+        if self._failure is None:
+            self._failure = exc
+        self._wakeup.set()
+
+    def _raise_failure(self) -> None:
+        if self._failure is not None:
+            raise self._failure
 
     async def _idle(self, stop_wait: asyncio.Future[Any], can_claim: bool) -> None:
         timeout = self._max_idle_s
@@ -215,61 +333,52 @@ class Scheduler:
         if timeout <= 0:
             await asyncio.sleep(0)
             return
-        self._wakeup.clear()
+        if self._wakeup.is_set():
+            self._wakeup.clear()
+            return
         waiters: set[asyncio.Future[Any]] = {stop_wait, asyncio.ensure_future(self._wakeup.wait())}
         sleeper = asyncio.ensure_future(self._clock.sleep(timeout))
         waiters.add(sleeper)
         try:
             await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
         finally:
+            self._wakeup.clear()
             for w in waiters:
                 if w is not stop_wait:
                     w.cancel()
 
-    def _start(self, watch: Watch, now: float) -> None:
-        if is_expired(watch, now, self._policy):
-            task = asyncio.create_task(self._apply(watch, None))
-        else:
-            task = asyncio.create_task(self._poll(watch))
-        self.polls_started += 1
-        self._inflight.add(task)
-        task.add_done_callback(self._done)
-
-    def _done(self, task: asyncio.Task[None]) -> None:
-        self._inflight.discard(task)
-        if not task.cancelled() and task.exception() is not None and self._failure is None:
-            self._failure = task.exception()
-        self._wakeup.set()
-
-    def _raise_failure(self) -> None:
-        if self._failure is not None:
-            raise self._failure
-
     async def _poll(self, watch: Watch) -> None:
-        # Claimed but waiting for a rate-limit token: still part of the `watcher_polls_due` backlog.
-        self._metrics.polls_waiting += 1
+        self._waiting_tokens += 1
         try:
             await self._bucket.acquire()
         finally:
-            self._metrics.polls_waiting -= 1
+            self._waiting_tokens -= 1
         result = await self._fetcher.get_job(watch.job_id, watch.workspace)
-        self._metrics.polls.labels(outcome=result.outcome.value).inc()
+        outcome = result.outcome
+        self._poll_counters[outcome].inc()
         self._metrics.poll_duration.observe(result.duration_s)
-        if result.outcome is PollOutcome.OK:
+        if outcome is PollOutcome.OK:
             self._bucket.reward()
-        elif result.outcome is PollOutcome.RATE_LIMITED:
-            self._bucket.penalize(result.retry_after_s)
-        if result.outcome not in (PollOutcome.OK, PollOutcome.NOT_FOUND):
+        elif outcome is PollOutcome.NOT_FOUND:
+            pass
+        else:
+            if outcome is PollOutcome.RATE_LIMITED:
+                self._bucket.penalize(result.retry_after_s)
             self._errors.error(watch, result)
         self._errors.settle()
-        await self._apply(watch, result)
+        self._decided(decide(watch, result, self._clock.now(), self._policy, self._rng, self._route))
 
-    async def _apply(self, watch: Watch, result: PollResult | None) -> None:
-        decision = decide(watch, result, self._clock.now(), self._policy, self._rng, self._route)
-        if not await self._writer.save(decision.saved):
-            log.info("poll.lease_lost", job_id=watch.job_id, workspace=watch.workspace)
-            return
-        self._record(decision)
+    def _decided(self, decision: Decision) -> None:
+        self._writer.add(decision)
+
+    def _saved(self, batch: list[Decision], results: list[bool]) -> None:
+        for decision, ok in zip(batch, results, strict=True):
+            if ok:
+                self._record(decision)
+            else:
+                watch = decision.saved.watch
+                log.info("poll.lease_lost", job_id=watch.job_id, workspace=watch.workspace)
+        self._wakeup.set()  # saved watches may be due again, and the writer has room again
 
     def _record(self, decision: Decision) -> None:
         watch = decision.saved.watch

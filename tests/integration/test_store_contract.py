@@ -159,6 +159,53 @@ class TestClaimDue:
         await store.claim_due(T0 + 5, 1, LEASE)
         assert await store.count_due(T0 + 5) == 1
 
+    async def test_release_gives_back_an_unpolled_claim(self, store: Store) -> None:
+        """A released claim is due again at its old due time; releasing a lease that moved on does nothing."""
+        await store.register([reg(1)], T0)
+        await store.register([reg(2)], T0 + 1)
+        a, b = await store.claim_due(T0 + 1, 10, LEASE)
+        await store.release([a])
+        assert await store.next_due_at() == T0  # its old place, ahead of b's lease expiry
+        assert await store.count_due(T0 + 1) == 1
+        (again,) = await store.claim_due(T0 + 1, 10, LEASE)
+        assert again.job_id == a.job_id and again.lease != a.lease
+        await store.release([a])  # stale: the new claim stands
+        assert await store.claim_due(T0 + 1, 10, LEASE) == []
+        assert await store.save_polls([polled(again, "active", T0 + 1), polled(b, "active", T0 + 1)]) == [
+            True,
+            True,
+        ]
+        await store.release([again])  # saved already: nothing to give back
+        assert await store.next_due_at() == T0 + 11
+
+    async def test_claim_carries_every_field(self, store: Store) -> None:
+        """A claimed watch has the labels, webhooks, deadline and polling state it was registered with."""
+        r = reg(
+            1, labels={"team": "ml", "q": 'a "quoted" \\ value'}, webhooks=("ops", "slack"), max_watch_s=90.5
+        )
+        await store.register([r, reg(2)], T0 + 0.25)
+        w, plain = await store.claim_due(T0 + 1, 10, LEASE)
+        assert (w.job_id, w.workspace, w.labels, w.webhooks, w.max_watch_s) == (
+            jid(1),
+            "acme",
+            {"team": "ml", "q": 'a "quoted" \\ value'},
+            ("ops", "slack"),
+            90.5,
+        )
+        assert (w.registered_at, w.next_poll_at, w.status, w.polls, w.final) == (
+            T0 + 0.25,
+            T0 + 0.25,
+            None,
+            0,
+            None,
+        )
+        assert (plain.labels, plain.webhooks, plain.max_watch_s) == ({}, None, None)
+        assert await store.save_polls([polled(w, "active", T0 + 1)]) == [True]
+        await store.release([plain])
+        plain2, w2 = await store.claim_due(T0 + 20, 10, LEASE)  # by due time
+        assert (w2.status, w2.polls, w2.last_polled_at, w2.upstream_updated_at) == ("active", 1, T0 + 1, "u1")
+        assert plain2.job_id == jid(2)
+
 
 class TestSavePolls:
     """save_polls: fenced writes with outbox events and deliveries."""

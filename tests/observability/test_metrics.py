@@ -83,7 +83,7 @@ def test_store_gauges_come_from_the_snapshot() -> None:
     """Queue depth, pending, dead (a removed webhook's too) and the backlog, exactly as counted."""
     m = _metrics(now=1030.0)
     m.update_counts(COUNTS, now=1010.0, polls_due=7)
-    m.polls_waiting = 3
+    m.polls_waiting = lambda: 3
     s = parse_metrics(generate_latest(m.registry).decode())
     depth = {dict(k[1])["status"]: v for k, v in s.items() if k[0] == "watcher_watched_jobs"}
     assert depth == {"unknown": 1, "created": 0, "queued": 4, "active": 6, "retrying": 0}

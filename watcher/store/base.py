@@ -124,6 +124,14 @@ class Store(ABC):
         """
 
     @abstractmethod
+    async def release(self, watches: Sequence[Watch]) -> None:
+        """Give back claims that were never polled (a stopping scheduler's queue), ending their leases.
+
+        Each watch is due again at the time it was due when claimed, so it keeps its place; a watch whose
+        lease has already moved on (claimed again, saved, deleted) is left alone.
+        """
+
+    @abstractmethod
     async def next_due_at(self) -> float | None:
         """The earliest due time among unclaimed unfinished watches, None if there are none."""
 

@@ -168,6 +168,12 @@ class MemoryStore(Store):
         """Claim due watches earliest first; each copy carries its lease token."""
         return [_copy_watch(self._watches[j], t) for j, t in self._index.claim(now, limit, lease_s)]
 
+    async def release(self, watches: Sequence[Watch]) -> None:
+        """Make never-polled claims due again at their old due time, if the claim is still theirs."""
+        for w in watches:
+            if self._index.lease_of(w.job_id) == w.lease:
+                self._index.put(w.job_id, w.next_poll_at)
+
     async def next_due_at(self) -> float | None:
         """Earliest due time (a claimed watch counts at its lease expiry)."""
         return self._index.next_due_at()

@@ -111,6 +111,12 @@ FROM due, token
 WHERE w.job_id = due.job_id
 RETURNING {", ".join("w." + c for c in WATCH_FIELDS)}, due.next_poll_at AS due"""  # noqa: S608
 
+# A claim given back unpolled: due again when it was due before, if the lease is still the claim's.
+RELEASE_WATCHES = """
+UPDATE watches w SET next_poll_at = u.due, lease = NULL
+FROM unnest($1::text[], $2::bigint[], $3::float8[]) AS u(job_id, lease, due)
+WHERE w.job_id = u.job_id AND w.lease = u.lease"""
+
 COUNT_DUE = f"""
 SELECT count(*) FROM watches WHERE final IS NULL AND next_poll_at <= coalesce($1::float8, {_NOW})"""  # noqa: S608
 

@@ -311,6 +311,15 @@ class PostgresStore(Store):
             out.append(w)
         return out
 
+    async def release(self, watches: Sequence[Watch]) -> None:
+        """End the leases of never-polled claims; each is due again at its old due time."""
+        if not watches:
+            return
+        ids = [w.job_id for w in watches]
+        leases = [w.lease for w in watches]
+        dues = [w.next_poll_at for w in watches]
+        await self._run(lambda c: c.execute(q.RELEASE_WATCHES, ids, leases, dues), tx=False)
+
     async def next_due_at(self) -> float | None:
         """Earliest due time of an unfinished watch (a claimed one counts at its lease expiry)."""
         async with self._conn() as conn:
