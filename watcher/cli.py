@@ -84,7 +84,7 @@ def cmd_run(path: str | None) -> int:
 
     log = structlog.get_logger("watcher.cli")
     try:
-        return asyncio.run(Daemon(settings).run())
+        return asyncio.run(Daemon(settings, tune_gc=True).run())
     except StartupError as exc:
         log.error("daemon.refused_to_start", reason=str(exc))
         print(f"watcher: {exc}", file=sys.stderr)
