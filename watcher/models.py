@@ -116,6 +116,16 @@ class Watch:
         """True once polling has stopped for good."""
         return self.final is not None
 
+    def copy(self) -> Watch:
+        """A shallow copy (labels shared) for the policy's next state, at a quarter of the cost of
+        `dataclasses.replace`: it runs once per poll."""
+        return Watch(
+            self.job_id, self.workspace, self.sources, self.registered_at, self.labels, self.webhooks,
+            self.max_watch_s, self.status, self.final, self.polls, self.streak, self.errors, self.not_found,
+            self.next_poll_at, self.last_polled_at, self.finished_at, self.last_error,
+            self.upstream_updated_at, self.lease,
+        )  # fmt: skip
+
 
 @dataclass(slots=True, frozen=True)
 class Event:

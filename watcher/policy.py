@@ -153,7 +153,9 @@ def decide(
 
 def _expire(watch: Watch, now: float, policy: PollingPolicy, route: Route) -> Decision:
     limit = deadline(watch, policy) - watch.registered_at
-    new = replace(watch, final=FinalState.EXPIRED, finished_at=now)
+    new = watch.copy()
+    new.final = FinalState.EXPIRED
+    new.finished_at = now
     event = verdict_event(new, FinalState.EXPIRED, now, f"not finished within max_watch_s={limit:g}")
     saved = SavedPoll(new, (NewEvent(event, route(event.type, new)),))
     return Decision(saved, watch.status, False, FinalState.EXPIRED, None)
@@ -172,17 +174,15 @@ def _observed(
     changed = status != previous  # the first observation (previous None) counts as a change
     streak = 0 if changed else watch.streak + 1
     updated = body.get("updatedAt")
-    new = replace(
-        watch,
-        status=status,
-        polls=watch.polls + 1,
-        streak=streak,
-        errors=0,
-        not_found=0,
-        last_polled_at=now,
-        last_error=None,
-        upstream_updated_at=updated if isinstance(updated, str) else None,
-    )
+    new = watch.copy()
+    new.status = status
+    new.polls = watch.polls + 1
+    new.streak = streak
+    new.errors = 0
+    new.not_found = 0
+    new.last_polled_at = now
+    new.last_error = None
+    new.upstream_updated_at = updated if isinstance(updated, str) else None
     final: FinalState | None = None
     if status in TERMINAL_STATUSES:
         final = FinalState(status)
@@ -202,7 +202,11 @@ def _observed(
 def _not_found(watch: Watch, now: float, policy: PollingPolicy, rng: random.Random, route: Route) -> Decision:
     not_found = watch.not_found + 1
     # A 404 is an answer, not an upstream failure: it ends the error backoff.
-    new = replace(watch, polls=watch.polls + 1, not_found=not_found, errors=0, last_polled_at=now)
+    new = watch.copy()
+    new.polls = watch.polls + 1
+    new.not_found = not_found
+    new.errors = 0
+    new.last_polled_at = now
     if not_found >= policy.not_found_limit:
         new.final = FinalState.MISSING
         new.finished_at = now
@@ -222,12 +226,10 @@ def _failed(
     delay = error_delay(errors, policy, rng, result.retry_after_s)
     # A Retry-After beyond the deadline is capped by it: the job then expires instead of waiting on.
     next_poll_at = min(now + delay, deadline(watch, policy))
-    new = replace(
-        watch,
-        polls=watch.polls + 1,
-        errors=errors,
-        last_polled_at=now,
-        last_error=result.detail or result.outcome.value,
-        next_poll_at=next_poll_at,
-    )
+    new = watch.copy()
+    new.polls = watch.polls + 1
+    new.errors = errors
+    new.last_polled_at = now
+    new.last_error = result.detail or result.outcome.value
+    new.next_poll_at = next_poll_at
     return Decision(SavedPoll(new), watch.status, False, None, None)

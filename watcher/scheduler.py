@@ -94,9 +94,11 @@ class _BatchWriter:
     """Coalesces poll results into `save_polls` calls (one transaction each) without making polls wait.
 
     A poll hands its decision over and goes on to the next watch; its watch stays claimed until the batch
-    that carries it is committed, so nobody polls it twice meanwhile. One flush runs at a time and takes
-    everything handed over since the last one, so batches grow with the load. `on_saved` gets each batch
-    with the store's verdicts; a failing `save_polls` goes to `on_error` and nothing more is written.
+    that carries it is committed, so nobody polls it twice meanwhile. One flush runs at a time. A decision
+    that stores an event (a transition, a verdict) is written at once, since a webhook waits for it; the
+    others (most polls see no change) linger up to `linger_s` so they are written in bigger batches, which
+    costs the store less per row. `on_saved` gets each batch with the store's verdicts; a failing
+    `save_polls` goes to `on_error` and nothing more is written.
     """
 
     def __init__(
@@ -105,13 +107,18 @@ class _BatchWriter:
         on_saved: Callable[[list[Decision], list[bool]], None],
         on_error: Callable[[BaseException], None],
         max_batch: int = 512,
+        linger_s: float = 0.05,
     ) -> None:
         self._store = store
         self._on_saved = on_saved
         self._on_error = on_error
         self._max_batch = max_batch
+        self._linger_s = linger_s
         self._pending: list[Decision] = []
+        self._urgent = False  # something pending must not linger
+        self._writing = 0
         self._task: asyncio.Task[None] | None = None
+        self._timer: asyncio.TimerHandle | None = None
         self._idle = asyncio.Event()
         self._idle.set()
         self._failed = False
@@ -121,23 +128,46 @@ class _BatchWriter:
         """Decisions handed over and not yet committed (the batch being written included)."""
         return len(self._pending) + self._writing
 
-    _writing = 0
-
     def add(self, decision: Decision) -> None:
         """Hand one decision over; it is written with the next batch."""
         self._pending.append(decision)
-        if self._task is None and not self._failed:
-            self._idle.clear()
-            self._task = asyncio.create_task(self._flush(), name="scheduler-writer")
+        if decision.saved.events or len(self._pending) >= self._max_batch:
+            self._urgent = True
+        self._schedule()
+
+    def flush_soon(self) -> None:
+        """Write everything pending without lingering (stopping, or the store is behind)."""
+        self._urgent = True
+        self._schedule()
 
     async def drained(self) -> None:
-        """Wait until everything handed over so far is committed (or the store failed)."""
+        """Write everything pending now and wait until it is committed (or the store failed)."""
+        self.flush_soon()
         await self._idle.wait()
+
+    def _schedule(self) -> None:
+        if self._failed or self._task is not None or not self._pending:
+            return
+        self._idle.clear()
+        if self._urgent:
+            self._start()
+        elif self._timer is None:
+            self._timer = asyncio.get_running_loop().call_later(self._linger_s, self._start)
+
+    def _start(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._task is None:
+            self._task = asyncio.create_task(self._flush(), name="scheduler-writer")
 
     async def _flush(self) -> None:
         try:
             while self._pending:
                 batch, self._pending = self._pending[: self._max_batch], self._pending[self._max_batch :]
+                self._urgent = len(self._pending) >= self._max_batch or any(
+                    d.saved.events for d in self._pending
+                )
                 self._writing = len(batch)
                 try:
                     results = await self._store.save_polls([d.saved for d in batch])
@@ -149,9 +179,14 @@ class _BatchWriter:
                 finally:
                     self._writing = 0
                 self._on_saved(batch, results)
+                if not self._urgent:
+                    break  # the rest may linger for company
         finally:
             self._task = None
-            self._idle.set()
+            if self._pending and not self._failed:
+                self._schedule()
+            else:
+                self._idle.set()
 
 
 class Scheduler:

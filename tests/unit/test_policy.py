@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import random
 from dataclasses import replace
 from typing import Any
@@ -365,3 +366,14 @@ class TestDecide:
             make_watch(), ok(status, "2026-04-01T10:19:00.000Z"), T0, POLICY, random.Random(0), route_all
         )
         assert other.saved.events[0].event.id != first.saved.events[0].event.id
+
+
+def test_watch_copy_carries_every_field() -> None:
+    """`Watch.copy`, the policy's fast `dataclasses.replace`, misses no field, new ones included."""
+    w = Watch(job_id="j", workspace="w", sources=1, registered_at=0.0)
+    marks = {f.name: object() for f in dataclasses.fields(Watch)}
+    for name, mark in marks.items():
+        setattr(w, name, mark)
+    c = w.copy()
+    assert c is not w
+    assert all(getattr(c, name) is mark for name, mark in marks.items())
