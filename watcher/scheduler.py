@@ -107,7 +107,7 @@ class _BatchWriter:
         on_saved: Callable[[list[Decision], list[bool]], None],
         on_error: Callable[[BaseException], None],
         max_batch: int = 512,
-        linger_s: float = 0.05,
+        linger_s: float = 0.1,
     ) -> None:
         self._store = store
         self._on_saved = on_saved
@@ -239,6 +239,9 @@ class Scheduler:
         self._wakeup = asyncio.Event()
         self._failure: BaseException | None = None
         self._poll_counters = {o: metrics.polls.labels(outcome=o.value) for o in PollOutcome}
+        # Polls by outcome since the last batch: `watcher_polls_total` is incremented once per batch, not
+        # once per poll (the counter takes a lock each time); it runs at most one batch behind.
+        self._poll_counts = dict.fromkeys(PollOutcome, 0)
         self.polls_started = 0
         metrics.polls_waiting = self._not_started
 
@@ -277,6 +280,7 @@ class Scheduler:
             stop_wait.cancel()
             for w in workers:
                 w.cancel()
+            self._count_polls()
 
     async def drain(self) -> None:
         """Wait for every started poll to be saved."""
@@ -351,6 +355,7 @@ class Scheduler:
         self._wakeup.set()
 
     def _store_failed(self, exc: BaseException) -> None:
+        self._count_polls()  # they were made, whether or not their results could be stored
         if self._failure is None:
             self._failure = exc
         self._wakeup.set()
@@ -390,7 +395,7 @@ class Scheduler:
             self._waiting_tokens -= 1
         result = await self._fetcher.get_job(watch.job_id, watch.workspace)
         outcome = result.outcome
-        self._poll_counters[outcome].inc()
+        self._poll_counts[outcome] += 1
         self._metrics.poll_duration.observe(result.duration_s)
         if outcome is PollOutcome.OK:
             self._bucket.reward()
@@ -406,7 +411,15 @@ class Scheduler:
     def _decided(self, decision: Decision) -> None:
         self._writer.add(decision)
 
+    def _count_polls(self) -> None:
+        counts = self._poll_counts
+        for outcome, n in counts.items():
+            if n:
+                self._poll_counters[outcome].inc(n)
+                counts[outcome] = 0
+
     def _saved(self, batch: list[Decision], results: list[bool]) -> None:
+        self._count_polls()
         for decision, ok in zip(batch, results, strict=True):
             if ok:
                 self._record(decision)

@@ -151,6 +151,7 @@ def _claimed_watch(row: list[Any]) -> Watch:
 _SAVE_CHUNK = 500  # rows per UPDATE: 12 parameters each, far below SQLite's limit
 # Poll batches between WAL checkpoints: at a few hundred rows a batch the WAL stays at a few MiB.
 _CHECKPOINT_EVERY = 64
+_WAL_SIZE_LIMIT = 64 * 1024 * 1024
 
 
 def _hot_connection(path: Path) -> sqlite3.Connection:
@@ -169,6 +170,9 @@ def _hot_connection(path: Path) -> sqlite3.Connection:
         hot.execute("PRAGMA synchronous = NORMAL")
         hot.execute("PRAGMA foreign_keys = ON")
         hot.execute("PRAGMA wal_autocheckpoint = 0")
+        hot.execute(
+            f"PRAGMA journal_size_limit = {_WAL_SIZE_LIMIT}"
+        )  # a WAL started over is cut back to this
     except sqlite3.Error:
         hot.close()
         raise
@@ -642,11 +646,14 @@ class SQLiteStore(Store):
     async def _checkpoint(self) -> None:
         """Copy the WAL back into the database file on a worker thread, with a connection of its own.
 
-        The hot connection does not checkpoint by itself (that would fsync on the event loop); a PASSIVE
-        checkpoint never blocks the writers, so nothing waits for this one.
+        The hot connection does not checkpoint by itself (that would fsync on the event loop).
         """
         try:
-            await asyncio.to_thread(_passive_checkpoint, self.path)
+            # Under the store's lock: with no write in between, the checkpoint gets to the end of the WAL
+            # and the next commit starts it over instead of growing it. Polls go on meanwhile; only claims
+            # and saves wait, and the scheduler has claimed ahead and does not wait for its saves.
+            async with self._lock:
+                await asyncio.to_thread(_passive_checkpoint, self.path)
         except sqlite3.Error as e:
             log.warning("store.checkpoint_failed", path=str(self.path), error=str(e))
         finally:
