@@ -239,9 +239,11 @@ class Scheduler:
         self._wakeup = asyncio.Event()
         self._failure: BaseException | None = None
         self._poll_counters = {o: metrics.polls.labels(outcome=o.value) for o in PollOutcome}
-        # Polls by outcome since the last batch: `watcher_polls_total` is incremented once per batch, not
-        # once per poll (the counter takes a lock each time); it runs at most one batch behind.
+        # Polls by outcome and their durations since the last batch: `watcher_polls_total` is incremented
+        # once per batch, not once per poll (the counter takes a lock each time), and the duration histogram
+        # with it, so the two always agree; both run at most one batch behind.
         self._poll_counts = dict.fromkeys(PollOutcome, 0)
+        self._durations: list[float] = []
         self.polls_started = 0
         metrics.polls_waiting = self._not_started
 
@@ -396,7 +398,7 @@ class Scheduler:
         result = await self._fetcher.get_job(watch.job_id, watch.workspace)
         outcome = result.outcome
         self._poll_counts[outcome] += 1
-        self._metrics.poll_duration.observe(result.duration_s)
+        self._durations.append(result.duration_s)
         if outcome is PollOutcome.OK:
             self._bucket.reward()
         elif outcome is PollOutcome.NOT_FOUND:
@@ -412,6 +414,10 @@ class Scheduler:
         self._writer.add(decision)
 
     def _count_polls(self) -> None:
+        durations, self._durations = self._durations, []
+        observe = self._metrics.poll_duration.observe
+        for d in durations:
+            observe(d)
         counts = self._poll_counts
         for outcome, n in counts.items():
             if n:
