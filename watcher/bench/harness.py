@@ -102,10 +102,19 @@ class Child:
         """(RSS now, peak RSS) in bytes."""
         return memory_bytes(self.pid)
 
+    def pause(self) -> None:
+        """SIGSTOP: the child stops using CPU until `resume` (its sockets stay open)."""
+        self.proc.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """SIGCONT after `pause`."""
+        self.proc.send_signal(signal.SIGCONT)
+
     async def stop(self) -> int:
         """SIGTERM, then SIGKILL if it has not exited within the deadline; returns the exit status."""
         if self.proc.returncode is None:
             with contextlib.suppress(ProcessLookupError):
+                self.proc.send_signal(signal.SIGCONT)  # a paused child could not act on the SIGTERM
                 self.proc.send_signal(signal.SIGTERM)
             try:
                 await asyncio.wait_for(self.proc.wait(), _STOP_TIMEOUT_S)

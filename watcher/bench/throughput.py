@@ -3,15 +3,17 @@
 Both hit the same simulator process (every job always `active`) at the same concurrency. The daemon holds
 enough watches that every one is always due and its rate limit is out of the way, so it polls as fast as its
 pipeline allows: claim from the store, token bucket, upstream client, policy, batched save, metrics. The
-baseline runs before and after the daemon and the two are averaged, so drift on a shared machine is shared
-too. The simulator's CPU use is reported: near one full core it is the bottleneck of both, and the ratio
-can then only say the daemon keeps up with it.
+two alternate in short windows (the daemon paused during the bare loop's), and the figure is the median
+of the pairs' ratios, so drift on a shared machine hits both sides of each ratio alike. The simulator's CPU
+use is reported: near one full core it is the bottleneck of both, and the ratio can then only say the
+daemon keeps up with it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import statistics
 import time
 
 import aiohttp
@@ -23,6 +25,7 @@ from watcher.bench.harness import (
     BenchError,
     Child,
     Context,
+    Daemon,
     build_store,
     daemon,
     free_port,
@@ -35,6 +38,8 @@ from watcher.bench.report import ScenarioResult
 
 TARGET_RATIO = 0.80
 CONCURRENCY = 64  # the default `upstream.max_concurrency`, used by both sides
+PAIRS = 5  # alternating bare-loop and daemon windows
+SETTLE_S = 0.5
 
 
 async def bare_client_rate(
@@ -83,70 +88,99 @@ async def bare_client_rate(
 
 
 async def run(ctx: Context) -> ScenarioResult:
-    """Baseline, daemon, baseline; the ratio of the daemon's rate to the baselines' mean."""
+    """Alternating windows of the bare loop and the daemon; the median of the pairs' ratios.
+
+    A shared machine's speed drifts within seconds, so one baseline before and one after a long daemon
+    window can disagree by a quarter. Here the daemon runs for the whole scenario but is paused (SIGSTOP)
+    while the bare loop has its window, and each daemon window follows its bare window directly: every
+    ratio compares two windows a few seconds apart, and the median of the pairs drops the odd outlier.
+    """
     res = ScenarioResult("throughput")
     watches = 300 if ctx.quick else 3_000
     warmup_s = 0.5 if ctx.quick else 2.0
+    pairs = 2 if ctx.quick else PAIRS
+    window_s = ctx.window_s / 2 if ctx.quick else max(1.0, ctx.window_s * 2 / 5)
     ids = job_ids(watches, seed=1)
     store_url = fresh_store_url(ctx.store, ctx.workdir, "throughput")
     await build_store(store_url, ids, time.time())
+    bare_rates: list[float] = []
+    bare_cpu: list[float] = []
+    rates: list[float] = []
+    cpu: list[float] = []
+    sim_bare: list[float] = []
+    sim_daemon: list[float] = []
     async with simulator(ctx.workdir, "--unknown-jobs", "active", "--max-log", "0") as sim:
-        baselines, bare_cpu, sim_cpu = [], [], []
-        for phase in ("before", "daemon", "after"):
-            if phase == "daemon":
-                rate, daemon_cpu_us, sim_share = await _daemon_rate(ctx, sim, store_url, watches, warmup_s)
-                sim_cpu.append(sim_share)
-                continue
-            cpu0, t0 = sim.cpu_seconds(), time.monotonic()
-            ctx.say(f"throughput: bare aiohttp loop ({phase} the daemon), {ctx.window_s:g}s")
-            bare_rate, bare_us = await bare_client_rate(sim.url, ids, CONCURRENCY, warmup_s, ctx.window_s)
-            baselines.append(bare_rate)
-            bare_cpu.append(bare_us)
-            sim_cpu.append((sim.cpu_seconds() - cpu0) / (time.monotonic() - t0))
-    baseline = sum(baselines) / len(baselines)
-    res.add("bare aiohttp loop", baseline, "polls/s")
-    res.add("daemon", rate, "polls/s")
-    res.add("ratio daemon / bare loop", rate / baseline if baseline else None, at_least=TARGET_RATIO)
-    res.add("bare loop CPU per poll", sum(bare_cpu) / len(bare_cpu), "µs")
-    res.add("daemon CPU per poll", daemon_cpu_us, "µs")
-    res.add("simulator CPU, bare loop phases", max(sim_cpu[0], sim_cpu[2]) * 100, "% of a core")
-    res.add("simulator CPU, daemon phase", sim_cpu[1] * 100, "% of a core")
-    runs = ", ".join(f"{b:,.0f}" for b in baselines)
+        port = free_port()
+        config = write_config(
+            ctx.workdir / "throughput.toml",
+            upstream_url=sim.url,
+            store_url=store_url,
+            api_port=port,
+            upstream={"max_concurrency": CONCURRENCY, "rate_limit_per_s": 1_000_000.0},
+            # Every interval at its minimum: a watch is due again as soon as its poll is saved.
+            polling={"initial_interval_s": 0.001, "multiplier": 1.0, "max_interval_s": 0.001, "jitter": 0.0},
+        )
+        ctx.say(
+            f"throughput: daemon with {watches:,} always-due watches; {pairs} pairs of {window_s:g}s windows"
+        )
+        async with (
+            daemon(ctx.workdir, config, port, name="throughput-daemon") as d,
+            aiohttp.ClientSession() as s,
+        ):
+            await _warm_up(d, s, watches, warmup_s)
+            for k in range(pairs):
+                d.pause()
+                try:
+                    cpu0, t0 = sim.cpu_seconds(), time.monotonic()
+                    b_rate, b_us = await bare_client_rate(sim.url, ids, CONCURRENCY, 0.5, window_s)
+                    sim_bare.append((sim.cpu_seconds() - cpu0) / (time.monotonic() - t0))
+                finally:
+                    d.resume()
+                await asyncio.sleep(SETTLE_S)  # back to its steady state before the window opens
+                d_rate, d_us, sim_share = await _daemon_window(d, s, sim, window_s)
+                ctx.say(f"throughput: pair {k + 1}: bare {b_rate:,.0f}/s, daemon {d_rate:,.0f}/s")
+                bare_rates.append(b_rate)
+                bare_cpu.append(b_us)
+                rates.append(d_rate)
+                cpu.append(d_us)
+                sim_daemon.append(sim_share)
+    ratios = [r / b for r, b in zip(rates, bare_rates, strict=True)]
+    res.add("bare aiohttp loop (median)", statistics.median(bare_rates), "polls/s")
+    res.add("daemon (median)", statistics.median(rates), "polls/s")
+    res.add("ratio daemon / bare loop (median of pairs)", statistics.median(ratios), at_least=TARGET_RATIO)
+    res.add("lowest pair ratio", min(ratios))
+    res.add("highest pair ratio", max(ratios))
+    res.add("bare loop CPU per poll", statistics.median(bare_cpu), "µs")
+    res.add("daemon CPU per poll", statistics.median(cpu), "µs")
+    res.add("simulator CPU, bare loop windows", statistics.median(sim_bare) * 100, "% of a core")
+    res.add("simulator CPU, daemon windows", statistics.median(sim_daemon) * 100, "% of a core")
     res.notes.append(
-        f"concurrency {CONCURRENCY} on both sides, {watches:,} watches always due, windows of"
-        f" {ctx.window_s:g}s after {warmup_s:g}s warm-up; the bare loop (GET, read, json.loads) ran {runs}/s"
+        f"concurrency {CONCURRENCY} on both sides, {watches:,} watches always due; {pairs} pairs of"
+        f" {window_s:g}s windows, the bare loop (GET, read, json.loads) first with the daemon paused;"
+        " ratios of the pairs " + ", ".join(f"{r:.2f}" for r in ratios)
     )
     return res
 
 
-async def _daemon_rate(
-    ctx: Context, sim: Child, store_url: str, watches: int, warmup_s: float
+async def _warm_up(d: Daemon, s: aiohttp.ClientSession, watches: int, warmup_s: float) -> None:
+    """Past every watch's first poll (a transition that stores an event) and the warm-up time."""
+    ready_at = time.monotonic()
+    deadline = ready_at + max(30.0, 10 * warmup_s)
+    while await d.polls_total(s) < 1.2 * watches or time.monotonic() - ready_at < warmup_s:
+        if time.monotonic() > deadline:
+            raise BenchError("throughput: the daemon did not poll every watch within the warm-up")
+        await asyncio.sleep(0.1)
+
+
+async def _daemon_window(
+    d: Daemon, s: aiohttp.ClientSession, sim: Child, window_s: float
 ) -> tuple[float, float, float]:
-    """(polls/s, daemon CPU µs per poll, simulator CPU share) of a daemon whose every watch is always due."""
-    port = free_port()
-    config = write_config(
-        ctx.workdir / "throughput.toml",
-        upstream_url=sim.url,
-        store_url=store_url,
-        api_port=port,
-        upstream={"max_concurrency": CONCURRENCY, "rate_limit_per_s": 1_000_000.0},
-        # Every interval at its minimum: a watch is due again as soon as its poll is saved.
-        polling={"initial_interval_s": 0.001, "multiplier": 1.0, "max_interval_s": 0.001, "jitter": 0.0},
-    )
-    ctx.say(f"throughput: daemon with {watches:,} always-due watches, {ctx.window_s:g}s")
-    async with daemon(ctx.workdir, config, port, name="throughput-daemon") as d, aiohttp.ClientSession() as s:
-        # The first poll of each watch is a transition (an event is stored): warm up past all of them.
-        ready_at = time.monotonic()
-        deadline = ready_at + max(30.0, 10 * warmup_s)
-        while await d.polls_total(s) < 1.2 * watches or time.monotonic() - ready_at < warmup_s:
-            if time.monotonic() > deadline:
-                raise BenchError("throughput: the daemon did not poll every watch within the warm-up")
-            await asyncio.sleep(0.1)
-        polls0, cpu0, t0 = await d.polls_total(s), d.cpu_seconds(), time.monotonic()
-        sim_cpu0 = sim.cpu_seconds()
-        await asyncio.sleep(ctx.window_s)
-        polls1, cpu1, t1 = await d.polls_total(s), d.cpu_seconds(), time.monotonic()
-        sim_cpu1 = sim.cpu_seconds()
+    """(polls/s, daemon CPU µs per poll, simulator CPU share) over one window."""
+    polls0, cpu0, t0 = await d.polls_total(s), d.cpu_seconds(), time.monotonic()
+    sim_cpu0 = sim.cpu_seconds()
+    await asyncio.sleep(window_s)
+    polls1, cpu1, t1 = await d.polls_total(s), d.cpu_seconds(), time.monotonic()
+    sim_cpu1 = sim.cpu_seconds()
     polls = polls1 - polls0
     if polls <= 0:
         raise BenchError("throughput: the daemon made no polls in the window")
