@@ -7,18 +7,25 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import replace
+from pathlib import Path
 
 import asyncpg  # type: ignore[import-untyped]
 import pytest
+from prometheus_client import CollectorRegistry
 
+from tests.e2e.conftest import free_port
 from tests.integration.test_store_contract import jid, polled, reg
 from tests.support.postgres import PG_URL, pg_schema
 from watcher.clock import ManualClock
+from watcher.config import load_config
+from watcher.daemon import Daemon
 from watcher.errors import StoreError
 from watcher.migrate import migrate_url
-from watcher.models import DeliveryState, DeliveryUpdate
+from watcher.models import DeliveryState, DeliveryUpdate, Registration, Source
+from watcher.simulate import Faults, Simulator
 from watcher.store import open_store
 from watcher.store.pgconn import migrations, parse_url
 from watcher.store.postgres import PostgresStore
@@ -228,3 +235,45 @@ class TestLeases:
 def test_default_test_url_is_loopback() -> None:
     """The tests only ever talk to a local server."""
     assert "127.0.0.1" in PG_URL or "localhost" in PG_URL
+
+
+async def test_a_stopping_daemon_leaves_no_claim_behind(url: str, tmp_path: Path) -> None:
+    """A graceful stop saves what its polls found and hands back what it had claimed ahead (`release`): no
+    watch is left leased, so another replica does not wait for a lease to run out to poll it."""
+    sim = Simulator(
+        workspace_slug="acme", unknown_jobs="active", max_log=0, faults=Faults(slow=1.0, slow_s=0.2)
+    )
+    await sim.start()
+    try:
+        store = PostgresStore(url)
+        await store.open()
+        ids = [str(uuid.UUID(int=n + 1, version=4)) for n in range(200)]
+        await store.register([Registration(j, "acme", Source.API) for j in ids], 0.0)
+        await store.close()
+        port = free_port()
+        config = tmp_path / "w.toml"
+        config.write_text(
+            f'[upstream]\nbase_url = "{sim.url}"\ntoken = "sim-token"\napi_key = "sim-key"\n'
+            'workspace_slug = "acme"\nmax_concurrency = 8\nrate_limit_per_s = 100000.0\n'
+            "[polling]\ninitial_interval_s = 0.001\nmultiplier = 1.0\nmax_interval_s = 0.001\njitter = 0.0\n"
+            f'[api]\nlisten = "127.0.0.1:{port}"\n[store]\nurl = "{url}"\n'
+            f'[daemon]\nlease_s = 30.0\nshutdown_grace_s = 5.0\nstate_dir = "{tmp_path}"\n'
+        )
+        daemon = Daemon(load_config(config, env={}), handle_signals=False, registry=CollectorRegistry())
+        run = asyncio.create_task(daemon.run())
+        await asyncio.sleep(1.5)  # several rounds of 8 slow polls, with watches claimed ahead all along
+        daemon.request_stop()
+        assert await run == 0
+    finally:
+        await sim.stop()
+    conn = await asyncpg.connect(parse_url(url).dsn, server_settings={"search_path": parse_url(url).schema})
+    try:
+        leased, polls, latest, now = await conn.fetchrow(
+            "SELECT count(*) FILTER (WHERE lease IS NOT NULL), sum(polls), max(next_poll_at),"
+            " extract(epoch from now())::float8 FROM watches"
+        )
+    finally:
+        await conn.close()
+    assert polls >= 16  # the daemon did poll
+    assert leased == 0
+    assert latest < now + 5  # nothing parked at a lease expiry (now + 30 s)
