@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import json
 import sqlite3
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
@@ -92,63 +91,23 @@ def _dumps(value: Any) -> str:
 
 
 def _watch(row: Sequence[Any]) -> Watch:
-    webhooks = row[4]
+    """A watch from a `_WATCH_COLS` row; built positionally and without parsing the usual empty labels and
+    absent webhooks, since a claim builds one per poll."""
+    labels, webhooks = row[3], row[4]
     return Watch(
-        job_id=row[0],
-        workspace=row[1],
-        sources=row[2],
-        labels=json.loads(row[3]),
-        webhooks=None if webhooks is None else tuple(json.loads(webhooks)),
-        max_watch_s=row[5],
-        registered_at=row[6],
-        status=row[7],
-        final=row[8],
-        polls=row[9],
-        streak=row[10],
-        errors=row[11],
-        not_found=row[12],
-        next_poll_at=row[13],
-        last_polled_at=row[14],
-        finished_at=row[15],
-        last_error=row[16],
-        upstream_updated_at=row[17],
-    )
+        row[0], row[1], row[2], row[6],
+        {} if labels == "{}" else json.loads(labels),
+        None if webhooks is None else tuple(json.loads(webhooks)),
+        row[5], row[7], row[8], row[9], row[10], row[11], row[12], row[13], row[14], row[15], row[16],
+        row[17],
+    )  # fmt: skip
 
 
-# A claimed batch as one JSON array of row arrays; labels and webhooks are embedded as JSON, not strings.
-_CLAIM_JSON = (
-    "json_group_array(json_array(job_id, workspace, sources, json(labels), json(webhooks), max_watch_s,"
-    " registered_at, status, final, polls, streak, errors, not_found, next_poll_at, last_polled_at,"
-    " finished_at, last_error, upstream_updated_at))"
+_SAVE_WATCH = (
+    "UPDATE watches SET status = ?, final = ?, polls = ?, streak = ?, errors = ?, not_found = ?,"
+    " next_poll_at = ?, last_polled_at = ?, finished_at = ?, last_error = ?, upstream_updated_at = ?"
+    " WHERE job_id = ?"
 )
-
-
-def _claimed_watch(row: list[Any]) -> Watch:
-    """A watch from a `_CLAIM_JSON` row (times exact to SQLite's 15 significant digits)."""
-    webhooks = row[4]
-    return Watch(
-        job_id=row[0],
-        workspace=row[1],
-        sources=row[2],
-        labels=row[3],
-        webhooks=None if webhooks is None else tuple(webhooks),
-        max_watch_s=row[5],
-        registered_at=row[6],
-        status=row[7],
-        final=row[8],
-        polls=row[9],
-        streak=row[10],
-        errors=row[11],
-        not_found=row[12],
-        next_poll_at=row[13],
-        last_polled_at=row[14],
-        finished_at=row[15],
-        last_error=row[16],
-        upstream_updated_at=row[17],
-    )
-
-
-_SAVE_CHUNK = 500  # rows per UPDATE: 12 parameters each, far below SQLite's limit
 # Poll batches between WAL checkpoints: at a few hundred rows a batch the WAL stays at a few MiB.
 _CHECKPOINT_EVERY = 64
 _WAL_SIZE_LIMIT = 64 * 1024 * 1024
@@ -158,11 +117,11 @@ def _hot_connection(path: Path) -> sqlite3.Connection:
     """The connection of the scheduler's hot path, used on the event loop's thread only.
 
     aiosqlite steps every statement on its own thread, and the sqlite3 driver releases and re-takes the GIL
-    around every step: with a batch of results in flight that thread and the event loop hand the GIL to
-    each other hundreds of times a second, and the loop's socket calls wait each time. A claim (one
-    aggregate SELECT) and a save (one UPDATE … FROM VALUES per 500 rows) are a few hundred microseconds
-    of C work, cheaper done on the loop than handed over. It never checkpoints by itself (`_checkpoint`
-    does, off the loop), and in WAL mode with synchronous=NORMAL a commit does not fsync.
+    around every row it steps: with batches of results in flight that thread and the event loop handed the
+    GIL to each other hundreds of times a second, and the loop's socket calls waited each time. A claim or
+    a save of a batch is a few hundred microseconds of C work, cheaper done on the loop than handed over.
+    This connection never checkpoints by itself (`_checkpoint` does, off the loop), and in WAL mode with
+    synchronous=NORMAL a commit does not fsync.
     """
     hot = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
     try:
@@ -183,20 +142,6 @@ def _passive_checkpoint(path: Path) -> None:
     with contextlib.closing(sqlite3.connect(path, isolation_level=None)) as conn:
         conn.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
         conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
-
-
-_SAVE_SET = (
-    "UPDATE watches SET status = v.column2, final = v.column3, polls = v.column4, streak = v.column5,"
-    " errors = v.column6, not_found = v.column7, next_poll_at = v.column8, last_polled_at = v.column9,"
-    " finished_at = v.column10, last_error = v.column11, upstream_updated_at = v.column12"
-)
-
-
-@functools.lru_cache(maxsize=64)
-def _save_sql(rows: int) -> str:
-    """One UPDATE for `rows` watches: a single statement steps once, however many rows it writes."""
-    values = ",".join(["(?,?,?,?,?,?,?,?,?,?,?,?)"] * rows)  # only placeholders are joined in
-    return f"{_SAVE_SET} FROM (VALUES {values}) AS v WHERE watches.job_id = v.column1"
 
 
 def _event(row: Sequence[Any]) -> Event:
@@ -548,21 +493,16 @@ class SQLiteStore(Store):
         return WatchPage(page, page[-1].job_id if len(rows) > limit and page else None)
 
     async def claim_due(self, now: float, limit: int, lease_s: float) -> list[Watch]:
-        """Pop due ids from the index, then read their rows as one JSON array per chunk.
-
-        One aggregate row instead of a row per watch: the driver hands the GIL back and forth around every
-        row it steps through, which costs the event loop more than reading the rows.
-        """
+        """Pop due ids from the index, then read their rows (chunked `IN` queries, hot connection)."""
         async with self._read():
             claimed = self._index.claim(now, limit, lease_s)
             try:
+                hot = self._hot_db()
                 rows: list[Any] = []
                 ids = [j for j, _ in claimed]
                 for chunk in _chunks(ids):
-                    sql = f"SELECT {_CLAIM_JSON} FROM watches WHERE job_id IN ({_marks(len(chunk))})"  # noqa: S608
-                    found = self._hot_db().execute(sql, chunk).fetchall()
-                    if found and found[0][0]:
-                        rows += json.loads(found[0][0])
+                    sql = f"SELECT {_WATCH_COLS} FROM watches WHERE job_id IN ({_marks(len(chunk))})"  # noqa: S608
+                    rows += hot.execute(sql, chunk).fetchall()
             except BaseException:
                 for jid, token in claimed:
                     self._index.unclaim(jid, token)
@@ -575,7 +515,7 @@ class SQLiteStore(Store):
             if row is None or row[8] is not None:  # gone or finished behind the index's back
                 self._index.unclaim(jid, token)
                 continue
-            w = _claimed_watch(row)
+            w = _watch(row)
             w.lease = token
             out.append(w)
         return out
@@ -608,18 +548,17 @@ class SQLiteStore(Store):
             if not fresh:
                 continue
             taken.add(w.job_id)
-            updates += (w.job_id, w.status, w.final, w.polls, w.streak, w.errors, w.not_found, w.next_poll_at,
-                        w.last_polled_at, w.finished_at, w.last_error, w.upstream_updated_at)  # fmt: skip
+            updates.append(
+                (w.status, w.final, w.polls, w.streak, w.errors, w.not_found, w.next_poll_at,
+                 w.last_polled_at, w.finished_at, w.last_error, w.upstream_updated_at, w.job_id)
+            )  # fmt: skip
             for new in saved.events:
                 events.setdefault(new.event.id, (new.event, new.webhooks))
         async with self._read():
             hot = self._hot_db()
             hot.execute("BEGIN IMMEDIATE")
             try:
-                n = len(updates) // 12
-                for i in range(0, n, _SAVE_CHUNK):
-                    rows = min(_SAVE_CHUNK, n - i)
-                    hot.execute(_save_sql(rows), updates[i * 12 : (i + rows) * 12])
+                hot.executemany(_SAVE_WATCH, updates)
                 if events:
                     self._insert_events_sync(hot, events)
                 hot.execute("COMMIT")
