@@ -164,6 +164,7 @@ class Daemon:
         upstream_session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=s.upstream.max_concurrency, limit_per_host=0),
             headers={"User-Agent": f"job-watcher/{__version__}"},
+            cookie_jar=aiohttp.DummyCookieJar(),  # the API authenticates by header; keep no cookies
         )
         webhook_session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=100))
         runner: web.AppRunner | None = None

@@ -70,6 +70,19 @@ class TokenBucket:
         self._next_free = max(self._next_free, slot) + interval
         return slot
 
+    def try_acquire(self) -> bool:
+        """Take a token if one is free right now; False (and nothing taken) if the caller would have to wait.
+
+        `acquire` without the coroutine, for the usual case of a bucket that is not limiting.
+        """
+        now = self._clock.monotonic()
+        interval = 1.0 / self._rate
+        slot = max(now, self._next_free - (self._burst - 1.0) * interval, self._hold_until)
+        if slot > now + _EPSILON_S:
+            return False
+        self._next_free = max(self._next_free, slot) + interval
+        return True
+
     async def acquire(self) -> None:
         """Wait for a token: return at once if one is free, else sleep until the reserved slot.
 

@@ -390,11 +390,12 @@ class Scheduler:
                     w.cancel()
 
     async def _poll(self, watch: Watch) -> None:
-        self._waiting_tokens += 1
-        try:
-            await self._bucket.acquire()
-        finally:
-            self._waiting_tokens -= 1
+        if not self._bucket.try_acquire():
+            self._waiting_tokens += 1
+            try:
+                await self._bucket.acquire()
+            finally:
+                self._waiting_tokens -= 1
         result = await self._fetcher.get_job(watch.job_id, watch.workspace)
         outcome = result.outcome
         self._poll_counts[outcome] += 1
@@ -428,7 +429,8 @@ class Scheduler:
         self._count_polls()
         for decision, ok in zip(batch, results, strict=True):
             if ok:
-                self._record(decision)
+                if decision.saved.events or decision.transition or decision.final is not None:
+                    self._record(decision)  # most polls change nothing and have nothing to record
             else:
                 watch = decision.saved.watch
                 log.info("poll.lease_lost", job_id=watch.job_id, workspace=watch.workspace)

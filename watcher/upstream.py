@@ -17,6 +17,7 @@ from typing import Any, Final
 from urllib.parse import quote
 
 import aiohttp
+from yarl import URL
 
 from watcher.clock import Clock, SystemClock
 from watcher.models import KNOWN_STATUSES, Credentials, PollOutcome, PollResult
@@ -61,7 +62,8 @@ class _Workspace:
     __slots__ = ("headers", "prefix", "secrets")
 
     def __init__(self, creds: Credentials) -> None:
-        self.prefix = creds.base_url.rstrip("/") + "/jobs/"
+        # In yarl's encoded form, so a request URL is this plus a quoted id, taken as already encoded.
+        self.prefix = str(URL(creds.base_url.rstrip("/") + "/jobs/"))
         headers = {
             "Authorization": f"Bearer {creds.token}",
             "x-api-key": creds.api_key,
@@ -110,7 +112,7 @@ class UpstreamClient:
         try:
             # Redirects are not followed: aiohttp would forward x-api-key to whatever host they name.
             async with self._session.get(
-                ws.prefix + quote(job_id, safe=""),
+                URL(ws.prefix + quote(job_id, safe=""), encoded=True),
                 headers=ws.headers,
                 timeout=self._timeout,
                 allow_redirects=False,

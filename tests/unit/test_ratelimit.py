@@ -166,3 +166,21 @@ class TestPenalty:
         await run_for(clock, 10.0)
         bucket.reward()
         assert bucket.current_rate == bucket.configured_rate == 16.0
+
+
+def test_try_acquire_takes_only_a_free_token() -> None:
+    """`try_acquire` is `acquire`'s no-wait path: it takes a token when one is free and nothing otherwise."""
+    clock = ManualClock()
+    bucket = TokenBucket(2.0, clock)
+    taken = 0
+    while bucket.try_acquire():
+        taken += 1
+        assert taken < 100, "a bucket of 2/s never runs dry"
+    assert taken >= 1
+    assert not bucket.try_acquire()  # still dry: a refused try takes nothing
+    asyncio.run(clock.advance(0.5))
+    assert bucket.try_acquire()  # one interval later, one token
+    assert not bucket.try_acquire()
+    bucket.penalize(10.0)
+    asyncio.run(clock.advance(5.0))
+    assert not bucket.try_acquire()  # held by the 429's Retry-After
