@@ -61,13 +61,17 @@ class TokenBucket:
         """The monotonic time before which no acquire returns (a past time when there is no hold)."""
         return self._hold_until
 
+    def _slot(self, now: float) -> float:
+        """When the next token is free: up to `burst` slots may be taken ahead of the steady schedule."""
+        return max(now, self._next_free - (self._burst - 1.0) / self._rate, self._hold_until)
+
+    def _take(self, slot: float) -> None:
+        self._next_free = max(self._next_free, slot) + 1.0 / self._rate
+
     def _reserve(self, now: float) -> float:
         """Take the next slot and return its time; a slot at or before `now` means go at once."""
-        interval = 1.0 / self._rate
-        # Up to `burst` slots may be taken ahead of the steady schedule.
-        slack = (self._burst - 1.0) * interval
-        slot = max(now, self._next_free - slack, self._hold_until)
-        self._next_free = max(self._next_free, slot) + interval
+        slot = self._slot(now)
+        self._take(slot)
         return slot
 
     def try_acquire(self) -> bool:
@@ -76,11 +80,10 @@ class TokenBucket:
         `acquire` without the coroutine, for the usual case of a bucket that is not limiting.
         """
         now = self._clock.monotonic()
-        interval = 1.0 / self._rate
-        slot = max(now, self._next_free - (self._burst - 1.0) * interval, self._hold_until)
+        slot = self._slot(now)
         if slot > now + _EPSILON_S:
             return False
-        self._next_free = max(self._next_free, slot) + interval
+        self._take(slot)
         return True
 
     async def acquire(self) -> None:

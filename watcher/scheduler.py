@@ -135,14 +135,10 @@ class _BatchWriter:
             self._urgent = True
         self._schedule()
 
-    def flush_soon(self) -> None:
-        """Write everything pending without lingering (stopping, or the store is behind)."""
+    async def drained(self) -> None:
+        """Write everything pending now, without lingering, and wait until it is committed (or failed)."""
         self._urgent = True
         self._schedule()
-
-    async def drained(self) -> None:
-        """Write everything pending now and wait until it is committed (or the store failed)."""
-        self.flush_soon()
         await self._idle.wait()
 
     def _schedule(self) -> None:
@@ -343,7 +339,7 @@ class Scheduler:
                 self.polls_started += 1
                 now = self._clock.now()
                 if is_expired(watch, now, self._policy):
-                    self._decided(decide(watch, None, now, self._policy, self._rng, self._route))
+                    self._writer.add(decide(watch, None, now, self._policy, self._rng, self._route))
                 else:
                     await self._poll(watch)
             finally:
@@ -402,17 +398,12 @@ class Scheduler:
         self._durations.append(result.duration_s)
         if outcome is PollOutcome.OK:
             self._bucket.reward()
-        elif outcome is PollOutcome.NOT_FOUND:
-            pass
-        else:
+        elif outcome is not PollOutcome.NOT_FOUND:  # a 404 is an answer, not an upstream error
             if outcome is PollOutcome.RATE_LIMITED:
                 self._bucket.penalize(result.retry_after_s)
             self._errors.error(watch, result)
         self._errors.settle()
-        self._decided(decide(watch, result, self._clock.now(), self._policy, self._rng, self._route))
-
-    def _decided(self, decision: Decision) -> None:
-        self._writer.add(decision)
+        self._writer.add(decide(watch, result, self._clock.now(), self._policy, self._rng, self._route))
 
     def _count_polls(self) -> None:
         durations, self._durations = self._durations, []

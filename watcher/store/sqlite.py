@@ -129,13 +129,34 @@ def _hot_connection(path: Path) -> sqlite3.Connection:
         hot.execute("PRAGMA synchronous = NORMAL")
         hot.execute("PRAGMA foreign_keys = ON")
         hot.execute("PRAGMA wal_autocheckpoint = 0")
-        hot.execute(
-            f"PRAGMA journal_size_limit = {_WAL_SIZE_LIMIT}"
-        )  # a WAL started over is cut back to this
+        # A WAL that starts over is cut back to this size.
+        hot.execute(f"PRAGMA journal_size_limit = {_WAL_SIZE_LIMIT}")
     except sqlite3.Error:
         hot.close()
         raise
     return hot
+
+
+def _insert_events(db: sqlite3.Connection, events: dict[str, tuple[Event, tuple[str, ...]]]) -> None:
+    """Events not stored yet, each with one pending delivery per webhook it is routed to."""
+    ids = list(events)
+    stored: set[str] = set()
+    for chunk in _chunks(ids):
+        sql = f"SELECT id FROM events WHERE id IN ({_marks(len(chunk))})"  # noqa: S608
+        stored.update(r[0] for r in db.execute(sql, chunk).fetchall())
+    new = [events[i] for i in ids if i not in stored]
+    if not new:
+        return
+    db.executemany(
+        "INSERT OR IGNORE INTO events (id, job_id, workspace, type, created_at, payload)"
+        " VALUES (?, ?, ?, ?, ?, ?)",
+        [(e.id, e.job_id, e.workspace, e.type, e.created_at, _dumps(e.payload)) for e, _ in new],
+    )
+    db.executemany(
+        "INSERT INTO deliveries (event_id, job_id, webhook, state, attempts, next_attempt_at, created_at)"
+        " VALUES (?, ?, ?, 'pending', 0, ?, ?)",
+        [(e.id, e.job_id, name, e.created_at, e.created_at) for e, hooks in new for name in hooks],
+    )
 
 
 def _passive_checkpoint(path: Path) -> None:
@@ -560,7 +581,7 @@ class SQLiteStore(Store):
             try:
                 hot.executemany(_SAVE_WATCH, updates)
                 if events:
-                    self._insert_events_sync(hot, events)
+                    _insert_events(hot, events)
                 hot.execute("COMMIT")
             except BaseException:
                 hot.execute("ROLLBACK")
@@ -597,26 +618,6 @@ class SQLiteStore(Store):
             log.warning("store.checkpoint_failed", path=str(self.path), error=str(e))
         finally:
             self._checkpointing = None
-
-    def _insert_events_sync(self, db: Any, events: dict[str, tuple[Event, tuple[str, ...]]]) -> None:
-        ids = list(events)
-        stored: set[str] = set()
-        for chunk in _chunks(ids):
-            sql = f"SELECT id FROM events WHERE id IN ({_marks(len(chunk))})"  # noqa: S608
-            stored.update(r[0] for r in db.execute(sql, chunk).fetchall())
-        new = [events[i] for i in ids if i not in stored]
-        if not new:
-            return
-        db.executemany(
-            "INSERT OR IGNORE INTO events (id, job_id, workspace, type, created_at, payload)"
-            " VALUES (?, ?, ?, ?, ?, ?)",
-            [(e.id, e.job_id, e.workspace, e.type, e.created_at, _dumps(e.payload)) for e, _ in new],
-        )
-        db.executemany(
-            "INSERT INTO deliveries (event_id, job_id, webhook, state, attempts, next_attempt_at, created_at)"
-            " VALUES (?, ?, ?, 'pending', 0, ?, ?)",
-            [(e.id, e.job_id, name, e.created_at, e.created_at) for e, hooks in new for name in hooks],
-        )
 
     async def purge_finished(self, before: float) -> int:
         """Delete finished watches older than `before` and their events that have no pending delivery."""
