@@ -13,11 +13,11 @@ import pytest
 
 from tests.integration.test_store_contract import LEASE, T0, jid, polled, reg
 from watcher.errors import StoreError
-from watcher.models import DeliveryState, DeliveryUpdate, NewEvent, SavedPoll
+from watcher.models import DeliveryState, DeliveryUpdate, NewEvent, SavedPoll, Watch
 from watcher.store import open_store
-from watcher.store.sqlite import _CHECKPOINT_EVERY, SQLiteStore, migrations, sqlite_path
+from watcher.store.sqlite import _CHECKPOINT_EVERY, WRITE_BEHIND_S, SQLiteStore, migrations, sqlite_path
 
-StoreFactory = Callable[[Path], SQLiteStore]
+StoreFactory = Callable[..., SQLiteStore]
 
 
 @pytest.fixture
@@ -25,8 +25,8 @@ async def make_store() -> AsyncIterator[StoreFactory]:
     """Build SQLite stores on given paths and close every one at the end."""
     made: list[SQLiteStore] = []
 
-    def make(path: Path) -> SQLiteStore:
-        made.append(SQLiteStore(path))
+    def make(path: Path, write_behind_s: float = WRITE_BEHIND_S) -> SQLiteStore:
+        made.append(SQLiteStore(path, write_behind_s=write_behind_s))
         return made[-1]
 
     yield make
@@ -190,9 +190,10 @@ async def test_saves_reach_the_database_file_through_checkpoints(
     tmp_path: Path, make_store: StoreFactory
 ) -> None:
     """The scheduler's connection never checkpoints on the event loop; the store's background checkpoint
-    copies its commits into the database file and lets the WAL start over, so it does not grow."""
+    copies its commits into the database file and lets the WAL start over, so it does not grow. (Every
+    save is written here: no write-behind.)"""
     path = tmp_path / "w.db"
-    s = make_store(path)
+    s = make_store(path, write_behind_s=0)
     await s.open()
     await s.register([reg(n) for n in range(1, 11)], T0)
     now = T0
@@ -216,3 +217,119 @@ async def test_saves_reach_the_database_file_through_checkpoints(
     assert isinstance(least, int) and least == 4 * _CHECKPOINT_EVERY
     # Each cycle writes as much as the last: a WAL that starts over after each checkpoint stays the same size.
     assert wal_sizes[3] == wal_sizes[1], wal_sizes
+
+
+# -- write-behind of quiet polls ----------------------------------------------------------------------------
+
+
+def _quiet(w: Watch, now: float) -> SavedPoll:
+    """`w` after a poll that saw nothing new: no event, polling goes on."""
+    return SavedPoll(
+        replace(w, polls=w.polls + 1, streak=w.streak + 1, last_polled_at=now, next_poll_at=now + 1)
+    )
+
+
+def _on_disk(path: Path, job: str) -> tuple[object, ...]:
+    """(polls, status, last_polled_at) of a watch as another process reading the file would see it."""
+    ((row),) = _query(path, f"SELECT polls, status, last_polled_at FROM watches WHERE job_id = '{job}'")  # noqa: S608
+    return row
+
+
+async def _poll_quietly(s: SQLiteStore, times: int, now: float) -> float:
+    for _ in range(times):
+        (w,) = await s.claim_due(now, 10, LEASE)
+        assert await s.save_polls([_quiet(w, now)]) == [True]
+        now += 1
+    return now
+
+
+async def test_quiet_polls_are_written_behind_and_read_back_at_once(
+    tmp_path: Path, make_store: StoreFactory
+) -> None:
+    """A poll without an event stays in memory (not in the file) while claims and the API read its state;
+    `close` writes it."""
+    path = tmp_path / "w.db"
+    s = make_store(path, write_behind_s=3600)
+    await s.open()
+    await s.register([reg(1)], T0)
+    (w,) = await s.claim_due(T0, 10, LEASE)
+    assert await s.save_polls([polled(w, "active", T0)]) == [True]  # a transition: written at once
+    assert _on_disk(path, jid(1)) == (1, "active", T0)
+    now = await _poll_quietly(s, 3, T0 + 10)
+    assert _on_disk(path, jid(1)) == (1, "active", T0)  # nothing written yet
+    got = await s.get_watch(jid(1))
+    assert got is not None and (got.polls, got.streak, got.last_polled_at) == (4, 3, now - 1)
+    (listed,) = (await s.list_watches()).watches
+    assert (listed.polls, listed.last_polled_at) == (4, now - 1)
+    (claimed,) = await s.claim_due(now, 10, LEASE)
+    assert claimed.polls == 4 and claimed.lease != 0
+    await s.release([claimed])
+    await s.close()
+    assert _on_disk(path, jid(1)) == (4, "active", now - 1)
+    s2 = make_store(path)
+    await s2.open()
+    assert await s2.restore(now, lambda w: now) == 1
+    again = await s2.get_watch(jid(1))
+    assert again is not None and again.polls == 4
+
+
+async def test_write_behind_writes_within_its_window(tmp_path: Path, make_store: StoreFactory) -> None:
+    """Deferred polls are written by a later save once the oldest has waited `write_behind_s`, even when
+    the same watches keep being polled (their first unwritten poll counts, not their latest)."""
+    path = tmp_path / "w.db"
+    s = make_store(path, write_behind_s=0.2)
+    await s.open()
+    await s.register([reg(1)], T0)
+    now = await _poll_quietly(s, 2, T0)
+    assert _on_disk(path, jid(1))[0] == 0
+    await asyncio.sleep(0.25)
+    now = await _poll_quietly(s, 1, now)  # this save writes the deferred state, its own included
+    assert _on_disk(path, jid(1))[0] == 3
+    now = await _poll_quietly(s, 1, now)
+    assert _on_disk(path, jid(1))[0] == 3  # a new window starts
+
+
+async def test_a_crash_loses_only_deferred_polling_state(tmp_path: Path, make_store: StoreFactory) -> None:
+    """Files copied while the store is open are what a SIGKILL leaves: every transition and its event is
+    there; only the quiet polls since are missing, and the watch is polled on from its last written state."""
+    path = tmp_path / "w.db"
+    s = make_store(path, write_behind_s=3600)
+    await s.open()
+    await s.register([reg(1), reg(2)], T0)
+    first = await s.claim_due(T0, 10, LEASE)
+    assert await s.save_polls([polled(w, "active", T0) for w in first]) == [True, True]
+    now = T0 + 10
+    quiet = await s.claim_due(now, 10, LEASE)
+    assert await s.save_polls([_quiet(w, now) for w in quiet]) == [True, True]
+    by_id = {w.job_id: w for w in await s.claim_due(now + 10, 10, LEASE)}
+    w1 = by_id[jid(1)]
+    assert w1.polls == 2
+    done = polled(w1, "success", now + 10)  # the deferred state of job 1 is superseded by its transition
+    assert await s.save_polls([done]) == [True]
+    crashed = tmp_path / "crashed"
+    crashed.mkdir()
+    for suffix in ("", "-wal"):
+        (crashed / f"w.db{suffix}").write_bytes((tmp_path / f"w.db{suffix}").read_bytes())
+    s2 = make_store(crashed / "w.db")
+    await s2.open()
+    assert await s2.restore(now, lambda w: now) == 1  # job 2 polls on; job 1 finished
+    j1, j2 = await s2.get_watch(jid(1)), await s2.get_watch(jid(2))
+    assert j1 is not None and (j1.final, j1.polls) == ("success", 3)
+    assert j2 is not None and (j2.status, j2.polls) == ("active", 1)  # its quiet poll was not written
+    assert {e.type for e in await s2.events_for(jid(1))} == {"job.active", "job.success"}
+
+
+async def test_a_deleted_watch_is_not_written_back(tmp_path: Path, make_store: StoreFactory) -> None:
+    """Deleting a watch drops its deferred state: closing the store does not bring it back."""
+    path = tmp_path / "w.db"
+    s = make_store(path, write_behind_s=3600)
+    await s.open()
+    await s.register([reg(1), reg(2)], T0)
+    now = T0
+    ws = await s.claim_due(now, 10, LEASE)
+    assert await s.save_polls([_quiet(w, now) for w in ws]) == [True, True]
+    assert await s.delete_watch(jid(1))
+    assert await s.get_watch(jid(1)) is None
+    assert [w.job_id for w in await s.claim_due(now + 5, 10, LEASE)] == [jid(2)]
+    await s.close()
+    assert _query(path, "SELECT job_id, polls FROM watches") == [(jid(2), 1)]

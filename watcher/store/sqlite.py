@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import sqlite3
+import time
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import replace
@@ -108,6 +110,14 @@ _SAVE_WATCH = (
     " next_poll_at = ?, last_polled_at = ?, finished_at = ?, last_error = ?, upstream_updated_at = ?"
     " WHERE job_id = ?"
 )
+# Quiet polls (no event, not final) are written behind: within this many seconds of the first one that is
+# not on disk yet, and every one of them at `close` (see `SQLiteStore.save_polls`).
+WRITE_BEHIND_S = 5.0
+# Deferred watches written per save: the oldest first, so a backlog drains over several saves instead of
+# holding the event loop for one long transaction.
+_BEHIND_FLUSH = 512
+# More deferred watches than this are written at once, whatever their age (bounds the memory they hold).
+_BEHIND_MAX = 50_000
 # Poll batches between WAL checkpoints: at a few hundred rows a batch the WAL stays at a few MiB.
 _CHECKPOINT_EVERY = 64
 _WAL_SIZE_LIMIT = 64 * 1024 * 1024
@@ -212,11 +222,30 @@ def _statements(script: str) -> list[str]:
     return out
 
 
+def _save_row(w: Watch) -> tuple[Any, ...]:
+    return (
+        w.status, w.final, w.polls, w.streak, w.errors, w.not_found, w.next_poll_at, w.last_polled_at,
+        w.finished_at, w.last_error, w.upstream_updated_at, w.job_id,
+    )  # fmt: skip
+
+
+def _overlay(stored: Watch, newer: Watch) -> Watch:
+    """`stored` (read from the table) with the polling state of a deferred save."""
+    w = newer.copy()
+    w.sources = stored.sources  # the only column that changes outside polling (register, sync_source)
+    w.lease = 0
+    return w
+
+
 class SQLiteStore(Store):
     """The default store: a WAL-mode SQLite file and an in-memory due index."""
 
-    def __init__(self, path: Path | str) -> None:
+    def __init__(self, path: Path | str, write_behind_s: float = WRITE_BEHIND_S) -> None:
         self.path = Path(path)
+        # Quiet polls not written yet: job id -> [monotonic time of the first unwritten one, latest state].
+        # Insertion order is the order they became due for writing; 0 writes every save at once.
+        self._write_behind_s = write_behind_s
+        self._behind: dict[str, list[Any]] = {}
         self._db: aiosqlite.Connection | None = None
         # The scheduler's claims and saves run on this connection, on the event loop's thread (see `_hot`).
         self._hot: sqlite3.Connection | None = None
@@ -289,7 +318,16 @@ class SQLiteStore(Store):
                 raise
 
     async def close(self) -> None:
-        """Close the connection and forget the due index; safe to call twice."""
+        """Write the deferred quiet polls, close the connections, forget the due index; safe to call twice."""
+        if self._hot is not None and self._behind:
+            try:
+                async with self._lock:
+                    self._write_all_behind(self._hot)
+            except sqlite3.Error as e:
+                log.error(
+                    "store.write_behind_failed", path=str(self.path), error=str(e), watches=len(self._behind)
+                )
+        self._behind.clear()
         db, self._db = self._db, None
         hot, self._hot = self._hot, None
         self._index.clear()
@@ -352,6 +390,8 @@ class SQLiteStore(Store):
     async def restore(self, now: float, first_due: Callable[[Watch], float]) -> int:
         """Page through unfinished watches by id, give each its first due time, write them back, re-index."""
         items: list[tuple[str, float]] = []
+        async with self._read():
+            self._write_all_behind(self._hot_db())
         async with self._write() as db:
             last = ""
             while True:
@@ -448,6 +488,7 @@ class SQLiteStore(Store):
             self._index.put(jid, now)
         for jid in gone:
             self._index.discard(jid)
+            self._behind.pop(jid, None)
         return SyncResult(added=len(joining), removed=len(leaving))
 
     async def delete_watch(self, job_id: str) -> bool:
@@ -459,6 +500,7 @@ class SQLiteStore(Store):
                 await self._drop_events(db, [job_id], keep=("pending", "dead"))
         if deleted:
             self._index.discard(job_id)
+            self._behind.pop(job_id, None)
         return deleted
 
     async def _drop_events(
@@ -485,7 +527,12 @@ class SQLiteStore(Store):
         """One watch by id."""
         async with self._read() as db:
             rows = await self._watch_rows(db, _WATCH_COLS, [job_id])
-        return _watch(rows[0]) if rows else None
+        return self._latest(_watch(rows[0])) if rows else None
+
+    def _latest(self, stored: Watch) -> Watch:
+        """A watch read from the table, with its deferred polling state if it has one."""
+        entry = self._behind.get(stored.job_id)
+        return stored if entry is None else _overlay(stored, entry[1])
 
     async def list_watches(
         self,
@@ -510,17 +557,19 @@ class SQLiteStore(Store):
         sql = f"SELECT {_WATCH_COLS} FROM watches WHERE {' AND '.join(where)} ORDER BY job_id LIMIT ?"  # noqa: S608
         async with self._read() as db:
             rows = await self._select(db, sql, (*params, limit + 1))
-        page = [_watch(r) for r in rows[:limit]]
+        page = [self._latest(_watch(r)) for r in rows[:limit]]
         return WatchPage(page, page[-1].job_id if len(rows) > limit and page else None)
 
     async def claim_due(self, now: float, limit: int, lease_s: float) -> list[Watch]:
-        """Pop due ids from the index, then read their rows (chunked `IN` queries, hot connection)."""
+        """Pop due ids from the index; a deferred quiet poll is its own latest state, the rest are read
+        from the table (chunked `IN` queries on the hot connection)."""
+        behind = self._behind
         async with self._read():
             claimed = self._index.claim(now, limit, lease_s)
             try:
                 hot = self._hot_db()
                 rows: list[Any] = []
-                ids = [j for j, _ in claimed]
+                ids = [j for j, _ in claimed if j not in behind]
                 for chunk in _chunks(ids):
                     sql = f"SELECT {_WATCH_COLS} FROM watches WHERE job_id IN ({_marks(len(chunk))})"  # noqa: S608
                     rows += hot.execute(sql, chunk).fetchall()
@@ -532,11 +581,15 @@ class SQLiteStore(Store):
         by_id = {r[0]: r for r in rows}
         out = []
         for jid, token in claimed:
-            row = by_id.get(jid)
-            if row is None or row[8] is not None:  # gone or finished behind the index's back
-                self._index.unclaim(jid, token)
-                continue
-            w = _watch(row)
+            entry = behind.get(jid)
+            if entry is not None:
+                w = entry[1].copy()
+            else:
+                row = by_id.get(jid)
+                if row is None or row[8] is not None:  # gone or finished behind the index's back
+                    self._index.unclaim(jid, token)
+                    continue
+                w = _watch(row)
             w.lease = token
             out.append(w)
         return out
@@ -556,36 +609,49 @@ class SQLiteStore(Store):
         return self._index.count_due(now)
 
     async def save_polls(self, polls: Sequence[SavedPoll]) -> list[bool]:
-        """One transaction: fenced watch updates, de-duplicated events, one delivery per event and webhook."""
+        """One transaction: fenced watch updates, de-duplicated events, one delivery per event and webhook.
+
+        Write-behind: a quiet poll (no event, polling goes on) changes only polling state that a crash may
+        lose (the restart re-polls those watches within `initial_interval_s` anyway, and no event depends
+        on it), so it is kept in memory and written with a later save, at most `write_behind_s` after the
+        first unwritten one, or at `close`. A watch polled every second is then written every few seconds,
+        and its claims need no read. Polls with events or a final state are written in this transaction,
+        as before; reads of the API see the deferred state (`get_watch`, `list_watches`).
+        """
         ok: list[bool] = []
         taken: set[str] = set()
-        updates: list[Any] = []
+        updates: list[tuple[Any, ...]] = []
         events: dict[str, tuple[Event, tuple[str, ...]]] = {}
         lease_of = self._index.lease_of
+        behind = self._behind
+        defer = self._write_behind_s > 0
+        clock = time.monotonic()
         for saved in polls:
             w = saved.watch
-            fresh = w.job_id not in taken and lease_of(w.job_id) == w.lease
+            jid = w.job_id
+            fresh = jid not in taken and lease_of(jid) == w.lease
             ok.append(fresh)
             if not fresh:
                 continue
-            taken.add(w.job_id)
-            updates.append(
-                (w.status, w.final, w.polls, w.streak, w.errors, w.not_found, w.next_poll_at,
-                 w.last_polled_at, w.finished_at, w.last_error, w.upstream_updated_at, w.job_id)
-            )  # fmt: skip
+            taken.add(jid)
+            if defer and not saved.events and w.final is None:
+                entry = behind.get(jid)
+                if entry is None:
+                    behind[jid] = [clock, w]
+                else:
+                    entry[1] = w
+                continue
+            behind.pop(jid, None)
+            updates.append(_save_row(w))
             for new in saved.events:
                 events.setdefault(new.event.id, (new.event, new.webhooks))
-        async with self._read():
-            hot = self._hot_db()
-            hot.execute("BEGIN IMMEDIATE")
-            try:
-                hot.executemany(_SAVE_WATCH, updates)
-                if events:
-                    _insert_events(hot, events)
-                hot.execute("COMMIT")
-            except BaseException:
-                hot.execute("ROLLBACK")
-                raise
+        if behind:
+            first = next(iter(behind.values()))[0]
+            if clock - first >= self._write_behind_s or len(behind) > _BEHIND_MAX:
+                updates += self._take_behind(_BEHIND_FLUSH)
+        if updates:
+            async with self._read():
+                self._commit(self._hot_db(), updates, events)
         for saved, fresh in zip(polls, ok, strict=True):
             if fresh:
                 w = saved.watch
@@ -593,10 +659,34 @@ class SQLiteStore(Store):
                     self._index.put(w.job_id, w.next_poll_at)
                 else:
                     self._index.discard(w.job_id)
-        self._saves += 1
-        if self._saves % _CHECKPOINT_EVERY == 0 and self._checkpointing is None:
-            self._checkpointing = asyncio.create_task(self._checkpoint(), name="sqlite-checkpoint")
+        if updates:
+            self._saves += 1
+            if self._saves % _CHECKPOINT_EVERY == 0 and self._checkpointing is None:
+                self._checkpointing = asyncio.create_task(self._checkpoint(), name="sqlite-checkpoint")
         return ok
+
+    def _take_behind(self, limit: int) -> list[tuple[Any, ...]]:
+        """Rows of up to `limit` deferred watches, the oldest first, removed from the deferred set (sorted
+        by id: neighbouring keys share pages)."""
+        behind = self._behind
+        ids = list(itertools.islice(behind, limit))
+        return sorted((_save_row(behind.pop(jid)[1]) for jid in ids), key=lambda r: r[-1])
+
+    def _write_all_behind(self, hot: sqlite3.Connection) -> None:
+        while self._behind:
+            self._commit(hot, self._take_behind(_BEHIND_MAX), {})
+
+    @staticmethod
+    def _commit(hot: sqlite3.Connection, updates: list[tuple[Any, ...]], events: dict[str, Any]) -> None:
+        hot.execute("BEGIN IMMEDIATE")
+        try:
+            hot.executemany(_SAVE_WATCH, updates)
+            if events:
+                _insert_events(hot, events)
+            hot.execute("COMMIT")
+        except BaseException:
+            hot.execute("ROLLBACK")
+            raise
 
     def _hot_db(self) -> sqlite3.Connection:
         if self._hot is None:
