@@ -8,9 +8,10 @@ restart; counters live in the process and start again at 0, which `rate()` and `
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from prometheus_client import (
     GC_COLLECTOR,
@@ -87,6 +88,33 @@ class _StoreGauges(Collector):
         )
         due.add_metric([], m.polls_due + m.polls_waiting())
         return [ready, watched, pending, dead, oldest, due]
+
+
+def observe_many(histogram: Histogram, values: Sequence[float]) -> None:
+    """`histogram.observe(v)` for every value, counted into the buckets first and added once per bucket.
+
+    The scheduler observes every poll's duration, a few thousand a second: one locked increment per bucket
+    and batch instead of two per value. It reaches into prometheus_client's histogram (`_upper_bounds`,
+    `_buckets`, `_sum`, stable since 0.4); should they change, it falls back to `observe`, and a test
+    compares the two expositions.
+    """
+    bounds = getattr(histogram, "_upper_bounds", None)
+    buckets = getattr(histogram, "_buckets", None)
+    total = getattr(histogram, "_sum", None)
+    if not values:
+        return
+    if bounds is None or buckets is None or total is None or len(bounds) != len(buckets):
+        for v in values:
+            histogram.observe(v)
+        return
+    counts = [0] * len(bounds)
+    find = bisect.bisect_left  # the first bucket whose bound is >= the value, as `observe` picks it
+    for v in values:
+        counts[find(bounds, v)] += 1
+    for bucket, n in zip(buckets, counts, strict=True):
+        if n:
+            bucket.inc(n)
+    total.inc(sum(values))
 
 
 def _register_default_collectors(registry: CollectorRegistry) -> None:

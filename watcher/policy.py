@@ -44,7 +44,7 @@ class PollingPolicy:
     error_backoff_max_s: float
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: made once per poll (see `PollResult`)
 class Decision:
     """What one poll (or a missed deadline) did to a watch: the state to save and why."""
 

@@ -16,7 +16,7 @@ from typing import Any, Protocol
 import structlog
 
 from watcher.clock import Clock
-from watcher.metrics import Metrics
+from watcher.metrics import Metrics, observe_many
 from watcher.models import PollOutcome, PollResult, Watch
 from watcher.policy import Decision, PollingPolicy, decide, is_expired
 from watcher.ratelimit import TokenBucket
@@ -407,9 +407,7 @@ class Scheduler:
 
     def _count_polls(self) -> None:
         durations, self._durations = self._durations, []
-        observe = self._metrics.poll_duration.observe
-        for d in durations:
-            observe(d)
+        observe_many(self._metrics.poll_duration, durations)
         counts = self._poll_counts
         for outcome, n in counts.items():
             if n:

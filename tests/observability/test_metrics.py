@@ -6,11 +6,12 @@ from __future__ import annotations
 import json
 import re
 
+import pytest
 import yaml
-from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry, Histogram, generate_latest
 
 from tests.observability.conftest import ALERTS, DASHBOARD, parse_metrics, value
-from watcher.metrics import Metrics
+from watcher.metrics import Metrics, observe_many
 from watcher.models import FinalState, JobStatus, PollOutcome, StoreCounts
 
 # SPEC §8: family name -> (type, label names).
@@ -157,3 +158,29 @@ def test_every_alert_has_a_runbook_and_uses_existing_metrics() -> None:
         assert {"summary", "description", "runbook"} <= rule["annotations"].keys(), name
         assert len(rule["annotations"]["runbook"]) > 150, name
         assert _metric_names(rule["expr"]) <= exposed, name
+
+
+def test_observe_many_exposes_what_observe_one_by_one_does() -> None:
+    """The scheduler's batched histogram update is exactly a loop of `observe`, bucket edges included
+    (a value equal to a bound counts in that bucket)."""
+    bounds = (0.005, 0.01, 0.1, 1.0)
+    values = [0.0, 0.005, 0.0050001, 0.01, 0.05, 0.1, 0.7, 1.0, 3.5, 0.002, 0.002]
+    one, many = CollectorRegistry(), CollectorRegistry()
+    h1 = Histogram("d_seconds", "d", buckets=bounds, registry=one)
+    h2 = Histogram("d_seconds", "d", buckets=bounds, registry=many)
+    for v in values:
+        h1.observe(v)
+    observe_many(h2, values[:4])
+    observe_many(h2, [])
+    observe_many(h2, values[4:])
+
+    def samples(r: CollectorRegistry) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+        got = parse_metrics(generate_latest(r).decode())
+        return {k: v for k, v in got.items() if not k[0].endswith("_created")}  # a time of its own
+
+    got, want = samples(many), samples(one)
+    key = ("d_seconds_sum", frozenset())
+    assert got.pop(key) == pytest.approx(want.pop(key), rel=1e-12)  # added in another order
+    assert got == want
+    assert value(got, "d_seconds_bucket", le="0.005") == 4
+    assert value(got, "d_seconds_count") == len(values)
