@@ -333,3 +333,29 @@ async def test_a_deleted_watch_is_not_written_back(tmp_path: Path, make_store: S
     assert [w.job_id for w in await s.claim_due(now + 5, 10, LEASE)] == [jid(2)]
     await s.close()
     assert _query(path, "SELECT job_id, polls FROM watches") == [(jid(2), 1)]
+
+
+async def test_a_failed_write_keeps_the_deferred_state(tmp_path: Path, make_store: StoreFactory) -> None:
+    """When the save that writes deferred polls fails (here: another process holds the write lock), they
+    stay deferred and a later save writes them; the poll count never goes back."""
+    path = tmp_path / "w.db"
+    s = make_store(path, write_behind_s=0.05)
+    await s.open()
+    await s.register([reg(1)], T0)
+    now = await _poll_quietly(s, 2, T0)
+    await asyncio.sleep(0.1)
+    assert s._hot is not None
+    s._hot.execute("PRAGMA busy_timeout = 0")  # fail at once instead of after 5 s
+    with closing(sqlite3.connect(path, isolation_level=None)) as other:
+        other.execute("BEGIN IMMEDIATE")
+        (w,) = await s.claim_due(now, 10, LEASE)
+        with pytest.raises(StoreError, match="locked"):
+            await s.save_polls([_quiet(w, now)])
+        other.execute("ROLLBACK")
+    got = await s.get_watch(jid(1))
+    assert got is not None and got.polls == 3
+    assert _on_disk(path, jid(1))[0] == 0
+    (w,) = await s.claim_due(now + LEASE + 1, 10, LEASE)  # the failed save's claim has expired
+    assert w.polls == 3
+    assert await s.save_polls([_quiet(w, now + LEASE + 1)]) == [True]
+    assert _on_disk(path, jid(1))[0] == 4

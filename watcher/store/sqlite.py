@@ -229,6 +229,11 @@ def _save_row(w: Watch) -> tuple[Any, ...]:
     )  # fmt: skip
 
 
+def _behind_rows(taken: dict[str, list[Any]]) -> list[tuple[Any, ...]]:
+    """Save rows of deferred watches, sorted by id: neighbouring keys share pages."""
+    return [_save_row(taken[jid][1]) for jid in sorted(taken)]
+
+
 def _overlay(stored: Watch, newer: Watch) -> Watch:
     """`stored` (read from the table) with the polling state of a deferred save."""
     w = newer.copy()
@@ -645,13 +650,19 @@ class SQLiteStore(Store):
             updates.append(_save_row(w))
             for new in saved.events:
                 events.setdefault(new.event.id, (new.event, new.webhooks))
+        flushing: dict[str, list[Any]] = {}
         if behind:
             first = next(iter(behind.values()))[0]
             if clock - first >= self._write_behind_s or len(behind) > _BEHIND_MAX:
-                updates += self._take_behind(_BEHIND_FLUSH)
+                flushing = self._take_behind(_BEHIND_FLUSH)
+                updates += _behind_rows(flushing)
         if updates:
-            async with self._read():
-                self._commit(self._hot_db(), updates, events)
+            try:
+                async with self._read():
+                    self._commit(self._hot_db(), updates, events)
+            except BaseException:
+                self._put_back(flushing)
+                raise
         for saved, fresh in zip(polls, ok, strict=True):
             if fresh:
                 w = saved.watch
@@ -665,16 +676,25 @@ class SQLiteStore(Store):
                 self._checkpointing = asyncio.create_task(self._checkpoint(), name="sqlite-checkpoint")
         return ok
 
-    def _take_behind(self, limit: int) -> list[tuple[Any, ...]]:
-        """Rows of up to `limit` deferred watches, the oldest first, removed from the deferred set (sorted
-        by id: neighbouring keys share pages)."""
+    def _take_behind(self, limit: int) -> dict[str, list[Any]]:
+        """Up to `limit` deferred watches, the oldest first, removed from the deferred set."""
         behind = self._behind
-        ids = list(itertools.islice(behind, limit))
-        return sorted((_save_row(behind.pop(jid)[1]) for jid in ids), key=lambda r: r[-1])
+        return {jid: behind.pop(jid) for jid in list(itertools.islice(behind, limit))}
+
+    def _put_back(self, taken: dict[str, list[Any]]) -> None:
+        """Deferred watches whose write failed are deferred again, unless a newer poll replaced them."""
+        for jid, entry in taken.items():
+            if jid in self._index:  # not deleted or finished meanwhile
+                self._behind.setdefault(jid, entry)
 
     def _write_all_behind(self, hot: sqlite3.Connection) -> None:
         while self._behind:
-            self._commit(hot, self._take_behind(_BEHIND_MAX), {})
+            taken = self._take_behind(_BEHIND_MAX)
+            try:
+                self._commit(hot, _behind_rows(taken), {})
+            except BaseException:
+                self._put_back(taken)
+                raise
 
     @staticmethod
     def _commit(hot: sqlite3.Connection, updates: list[tuple[Any, ...]], events: dict[str, Any]) -> None:
