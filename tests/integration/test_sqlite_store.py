@@ -336,8 +336,9 @@ async def test_a_deleted_watch_is_not_written_back(tmp_path: Path, make_store: S
 
 
 async def test_a_failed_write_keeps_the_deferred_state(tmp_path: Path, make_store: StoreFactory) -> None:
-    """When the save that writes deferred polls fails (here: another process holds the write lock), they
-    stay deferred and a later save writes them; the poll count never goes back."""
+    """When the save that writes deferred polls fails, before its transaction starts (another process
+    holds the write lock) or inside it (a statement fails), they stay deferred and a later save writes
+    them; the poll count never goes back."""
     path = tmp_path / "w.db"
     s = make_store(path, write_behind_s=0.05)
     await s.open()
@@ -352,10 +353,20 @@ async def test_a_failed_write_keeps_the_deferred_state(tmp_path: Path, make_stor
         with pytest.raises(StoreError, match="locked"):
             await s.save_polls([_quiet(w, now)])
         other.execute("ROLLBACK")
+        other.execute(
+            "CREATE TRIGGER refuse BEFORE UPDATE ON watches BEGIN SELECT RAISE(ABORT, 'refused'); END"
+        )
+        now += LEASE + 1  # the failed save's claim has expired
+        (w,) = await s.claim_due(now, 10, LEASE)
+        assert w.polls == 3
+        with pytest.raises(StoreError, match="refused"):
+            await s.save_polls([_quiet(w, now)])
+        other.execute("DROP TRIGGER refuse")
     got = await s.get_watch(jid(1))
-    assert got is not None and got.polls == 3
+    assert got is not None and got.polls == 4
     assert _on_disk(path, jid(1))[0] == 0
-    (w,) = await s.claim_due(now + LEASE + 1, 10, LEASE)  # the failed save's claim has expired
-    assert w.polls == 3
-    assert await s.save_polls([_quiet(w, now + LEASE + 1)]) == [True]
-    assert _on_disk(path, jid(1))[0] == 4
+    now += LEASE + 1
+    (w,) = await s.claim_due(now, 10, LEASE)
+    assert w.polls == 4
+    assert await s.save_polls([_quiet(w, now)]) == [True]
+    assert _on_disk(path, jid(1))[0] == 5

@@ -229,11 +229,6 @@ def _save_row(w: Watch) -> tuple[Any, ...]:
     )  # fmt: skip
 
 
-def _behind_rows(taken: dict[str, list[Any]]) -> list[tuple[Any, ...]]:
-    """Save rows of deferred watches, sorted by id: neighbouring keys share pages."""
-    return [_save_row(taken[jid][1]) for jid in sorted(taken)]
-
-
 def _overlay(stored: Watch, newer: Watch) -> Watch:
     """`stored` (read from the table) with the polling state of a deferred save."""
     w = newer.copy()
@@ -650,19 +645,12 @@ class SQLiteStore(Store):
             updates.append(_save_row(w))
             for new in saved.events:
                 events.setdefault(new.event.id, (new.event, new.webhooks))
-        flushing: dict[str, list[Any]] = {}
-        if behind:
-            first = next(iter(behind.values()))[0]
-            if clock - first >= self._write_behind_s or len(behind) > _BEHIND_MAX:
-                flushing = self._take_behind(_BEHIND_FLUSH)
-                updates += _behind_rows(flushing)
-        if updates:
-            try:
-                async with self._read():
-                    self._commit(self._hot_db(), updates, events)
-            except BaseException:
-                self._put_back(flushing)
-                raise
+        flush = bool(behind) and (
+            clock - next(iter(behind.values()))[0] >= self._write_behind_s or len(behind) > _BEHIND_MAX
+        )
+        if updates or flush:
+            async with self._read():
+                self._commit(self._hot_db(), updates, events, _BEHIND_FLUSH if flush else 0)
         for saved, fresh in zip(polls, ok, strict=True):
             if fresh:
                 w = saved.watch
@@ -670,42 +658,39 @@ class SQLiteStore(Store):
                     self._index.put(w.job_id, w.next_poll_at)
                 else:
                     self._index.discard(w.job_id)
-        if updates:
+        if updates or flush:
             self._saves += 1
             if self._saves % _CHECKPOINT_EVERY == 0 and self._checkpointing is None:
                 self._checkpointing = asyncio.create_task(self._checkpoint(), name="sqlite-checkpoint")
         return ok
 
-    def _take_behind(self, limit: int) -> dict[str, list[Any]]:
-        """Up to `limit` deferred watches, the oldest first, removed from the deferred set."""
-        behind = self._behind
-        return {jid: behind.pop(jid) for jid in list(itertools.islice(behind, limit))}
-
-    def _put_back(self, taken: dict[str, list[Any]]) -> None:
-        """Deferred watches whose write failed are deferred again, unless a newer poll replaced them."""
-        for jid, entry in taken.items():
-            if jid in self._index:  # not deleted or finished meanwhile
-                self._behind.setdefault(jid, entry)
-
     def _write_all_behind(self, hot: sqlite3.Connection) -> None:
         while self._behind:
-            taken = self._take_behind(_BEHIND_MAX)
-            try:
-                self._commit(hot, _behind_rows(taken), {})
-            except BaseException:
-                self._put_back(taken)
-                raise
+            self._commit(hot, [], {}, _BEHIND_MAX)
 
-    @staticmethod
-    def _commit(hot: sqlite3.Connection, updates: list[tuple[Any, ...]], events: dict[str, Any]) -> None:
+    def _commit(
+        self,
+        hot: sqlite3.Connection,
+        updates: list[tuple[Any, ...]],
+        events: dict[str, tuple[Event, tuple[str, ...]]],
+        deferred: int,
+    ) -> None:
+        """One transaction: `updates`, `events`, and the `deferred` oldest deferred watches, which stay
+        deferred if it fails (unless the watch was deleted or finished meanwhile)."""
         hot.execute("BEGIN IMMEDIATE")
+        behind = self._behind
+        taken = {jid: behind.pop(jid) for jid in list(itertools.islice(behind, deferred))}
         try:
-            hot.executemany(_SAVE_WATCH, updates)
+            # Sorted by id: neighbouring keys share pages.
+            hot.executemany(_SAVE_WATCH, updates + [_save_row(taken[j][1]) for j in sorted(taken)])
             if events:
                 _insert_events(hot, events)
             hot.execute("COMMIT")
         except BaseException:
             hot.execute("ROLLBACK")
+            for jid, entry in taken.items():
+                if jid in self._index:
+                    behind.setdefault(jid, entry)
             raise
 
     def _hot_db(self) -> sqlite3.Connection:
