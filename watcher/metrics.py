@@ -98,11 +98,11 @@ def observe_many(histogram: Histogram, values: Sequence[float]) -> None:
     `_buckets`, `_sum`, stable since 0.4); should they change, it falls back to `observe`, and a test
     compares the two expositions.
     """
+    if not values:
+        return
     bounds = getattr(histogram, "_upper_bounds", None)
     buckets = getattr(histogram, "_buckets", None)
     total = getattr(histogram, "_sum", None)
-    if not values:
-        return
     if bounds is None or buckets is None or total is None or len(bounds) != len(buckets):
         for v in values:
             histogram.observe(v)

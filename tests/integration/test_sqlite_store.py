@@ -34,6 +34,13 @@ async def make_store() -> AsyncIterator[StoreFactory]:
         await s.close()
 
 
+def _quiet(w: Watch, now: float) -> SavedPoll:
+    """`w` after a poll that saw nothing new: no event, polling goes on."""
+    return SavedPoll(
+        replace(w, polls=w.polls + 1, streak=w.streak + 1, last_polled_at=now, next_poll_at=now + 1)
+    )
+
+
 def _query(path: Path, sql: str) -> list[tuple[object, ...]]:
     with closing(sqlite3.connect(path)) as db:
         return list(db.execute(sql).fetchall())
@@ -202,7 +209,7 @@ async def test_saves_reach_the_database_file_through_checkpoints(
         for _ in range(_CHECKPOINT_EVERY):
             watches = await s.claim_due(now, 10, LEASE)
             assert len(watches) == 10
-            saves = [SavedPoll(replace(w, polls=w.polls + 1, next_poll_at=now + 1)) for w in watches]
+            saves = [_quiet(w, now) for w in watches]
             assert await s.save_polls(saves) == [True] * 10
             now += 1
         for _ in range(500):  # the checkpoint runs on a worker thread: give it a moment
@@ -220,13 +227,6 @@ async def test_saves_reach_the_database_file_through_checkpoints(
 
 
 # -- write-behind of quiet polls ----------------------------------------------------------------------------
-
-
-def _quiet(w: Watch, now: float) -> SavedPoll:
-    """`w` after a poll that saw nothing new: no event, polling goes on."""
-    return SavedPoll(
-        replace(w, polls=w.polls + 1, streak=w.streak + 1, last_polled_at=now, next_poll_at=now + 1)
-    )
 
 
 def _on_disk(path: Path, job: str) -> tuple[object, ...]:

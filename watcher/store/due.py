@@ -70,6 +70,11 @@ class DueIndex:
         self._current.pop(job_id, None)
         self._claims.pop(job_id, None)
 
+    def release(self, job_id: str, token: int, due: float) -> None:
+        """End an unused claim: the watch is due at `due` again, if the claim is still `token`'s."""
+        if self.lease_of(job_id) == token:
+            self.put(job_id, due)
+
     def lease_of(self, job_id: str) -> int | None:
         """The token of the claim on `job_id`, None if it is not claimed."""
         claim = self._claims.get(job_id)

@@ -597,8 +597,7 @@ class SQLiteStore(Store):
     async def release(self, watches: Sequence[Watch]) -> None:
         """Make never-polled claims due again at their old due time, if the claim is still theirs."""
         for w in watches:
-            if self._index.lease_of(w.job_id) == w.lease:
-                self._index.put(w.job_id, w.next_poll_at)
+            self._index.release(w.job_id, w.lease, w.next_poll_at)
 
     async def next_due_at(self) -> float | None:
         """Earliest due time (a claimed watch counts at its lease expiry)."""
