@@ -14,7 +14,19 @@ class ConfigError(WatcherError):
 
 
 class StoreError(WatcherError):
-    """The store cannot be opened, migrated or written."""
+    """The store cannot be opened, migrated or written.
+
+    Raised as is, it means this request failed (its data or statement): another request may succeed, so
+    a loop contains it to the item it was handling. `StoreUnavailable` is the store as a whole being out.
+    """
+
+
+class StoreUnavailable(StoreError):
+    """The store cannot be used right now: unreachable, restarting, disk full, read-only or locked.
+
+    Expected and temporary from the daemon's point of view (SPEC §16): loops that need the store pause
+    and retry with backoff, `/readyz` answers 503, and nothing is lost. Never a reason to exit.
+    """
 
 
 class LeaseLost(StoreError):
