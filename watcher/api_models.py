@@ -34,7 +34,16 @@ LabelValue = Annotated[str, Field(max_length=MAX_LABEL_VALUE)]
 Name = Annotated[str, Field(pattern=NAME_PATTERN)]
 Time = Annotated[str, Field(json_schema_extra={"format": "date-time"})]
 ListStatus = Literal[
-    "unknown", "created", "queued", "active", "success", "failed", "retrying", "expired", "missing"
+    "unknown",
+    "created",
+    "queued",
+    "active",
+    "success",
+    "failed",
+    "retrying",
+    "expired",
+    "missing",
+    "quarantined",
 ]
 DeliveryStateName = Literal["pending", "delivered", "dead"]
 
@@ -100,7 +109,9 @@ class WatchOut(BaseModel):
 
     job_id: str
     workspace: str
-    state: ListStatus = Field(description="final if finished, else the last status, else unknown")
+    state: ListStatus = Field(
+        description="final if finished, else quarantined if quarantined, else the last status, else unknown"
+    )
     status: str | None = Field(description="The last status the upstream reported.")
     final: Literal["success", "failed", "expired", "missing"] | None
     labels: dict[str, str]
@@ -113,6 +124,13 @@ class WatchOut(BaseModel):
     next_poll_at: Time | None = Field(description="null once finished")
     finished_at: Time | None
     last_error: str | None
+    failures: int = Field(
+        description="Unexpected exceptions while handling this watch; at 3 it is quarantined (SPEC §16)"
+    )
+    last_failure: str | None = Field(description="The last of those exceptions, one line")
+    quarantined_at: Time | None = Field(
+        description="Set while quarantined: never polled until POST /v1/watches/{job_id}/release"
+    )
 
 
 class TransitionOut(BaseModel):
@@ -194,7 +212,9 @@ class _Query(BaseModel):
 class WatchListQuery(_Query):
     """Filters of `GET /v1/watches`."""
 
-    status: ListStatus | None = Field(default=None, description="final, else last status, else unknown")
+    status: ListStatus | None = Field(
+        default=None, description="final, else quarantined, else last status, else unknown"
+    )
     label: str | None = Field(
         default=None,
         pattern=LABEL_FILTER_PATTERN,

@@ -1,4 +1,5 @@
-"""The `/v1` routes (SPEC §7): register, list, inspect and forget watches; list and replay deliveries.
+"""The `/v1` routes (SPEC §7): register, list, inspect, release and forget watches; list and replay
+deliveries.
 
 Handlers validate with the models of `api_models`, check names against the configuration, call the store
 and wake the loop that has new work. Errors are raised as `Problem`s; the middleware of `problems` renders
@@ -12,6 +13,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+import structlog
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
@@ -39,6 +41,7 @@ from watcher.models import DeliveryState, Registration, Source
 from watcher.problems import Problem, field_problem, read_json
 from watcher.store.base import RegisterResult
 
+log = structlog.get_logger("watcher.api")
 _UUID = re.compile(UUID_PATTERN)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -217,6 +220,22 @@ async def delete_watch(request: web.Request) -> web.Response:
     return web.Response(status=204)
 
 
+async def release_watch(request: web.Request) -> web.Response:
+    """Take a quarantined watch out of quarantine: it is polled again at once, its failures reset."""
+    state = request.app[STATE_KEY]
+    job_id = _job_id(request)
+    if not await state.store.release_quarantine(job_id, state.clock.now()):
+        if await state.store.get_watch(job_id) is None:
+            raise Problem(404, f"job {job_id} is not watched")
+        raise Problem(409, f"job {job_id} is not quarantined")
+    state.wake_scheduler()
+    watch = await state.store.get_watch(job_id)
+    if watch is None:  # deleted meanwhile
+        raise Problem(404, f"job {job_id} is not watched")
+    log.info("watch.released", job_id=job_id, workspace=watch.workspace)
+    return _ok(watch_out(watch))
+
+
 # -- deliveries -------------------------------------------------------------------------------------------
 
 
@@ -271,6 +290,14 @@ ROUTES: tuple[Route, ...] = (
     Route("GET", "/v1/watches", list_watches, "List watches", {200: WatchPageOut}, query=WatchListQuery),
     Route("GET", "/v1/watches/{job_id}", get_watch, "One watch", {200: WatchDetail}, errors=(404,)),
     Route("DELETE", "/v1/watches/{job_id}", delete_watch, "Stop watching a job", {204: None}, errors=(404,)),
+    Route(
+        "POST",
+        "/v1/watches/{job_id}/release",
+        release_watch,
+        "Release a quarantined watch",
+        {200: WatchOut},
+        errors=(404, 409),
+    ),
     Route(
         "GET",
         "/v1/deliveries",

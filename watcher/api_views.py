@@ -13,11 +13,6 @@ def _iso(ts: float | None) -> str | None:
     return None if ts is None else iso_utc(ts)
 
 
-def list_status(watch: Watch) -> str:
-    """What the API calls a watch's state: its final state, else its last status, else "unknown"."""
-    return watch.final or watch.status or "unknown"
-
-
 def source_names(sources: int) -> list[str]:
     """The `Source` bits of a watch as names, e.g. ["file", "api"]."""
     return [s.name.lower() for s in Source if s.name is not None and sources & s]
@@ -29,7 +24,7 @@ def watch_out(watch: Watch) -> WatchOut:
         {
             "job_id": watch.job_id,
             "workspace": watch.workspace,
-            "state": list_status(watch),
+            "state": watch.list_status,
             "status": watch.status,
             "final": watch.final,
             "labels": watch.labels,
@@ -39,9 +34,14 @@ def watch_out(watch: Watch) -> WatchOut:
             "polls": watch.polls,
             "registered_at": iso_utc(watch.registered_at),
             "last_polled_at": _iso(watch.last_polled_at),
-            "next_poll_at": None if watch.finished else iso_utc(watch.next_poll_at),
+            "next_poll_at": (
+                None if watch.finished or watch.quarantined_at is not None else iso_utc(watch.next_poll_at)
+            ),
             "finished_at": _iso(watch.finished_at),
             "last_error": watch.last_error,
+            "failures": watch.failures,
+            "last_failure": watch.quarantine_reason,
+            "quarantined_at": _iso(watch.quarantined_at),
         }
     )
 

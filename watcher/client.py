@@ -53,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     add.add_argument("--webhook", action="append", metavar="NAME", help="repeatable (default: all)")
     add.add_argument("--max-watch-s", type=float, help="give up after this many seconds")
     ls = watches.add_parser("list", parents=[common], help="list watches")
-    ls.add_argument("--status", help="e.g. active, failed, unknown")
+    ls.add_argument("--status", help="e.g. active, failed, unknown, quarantined")
     ls.add_argument("--label", metavar="KEY=VALUE", help="only watches with this label")
     ls.add_argument("--limit", type=int, default=100)
     ls.add_argument("--cursor", help="next_cursor printed by the previous page")
@@ -61,6 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
         "show", parents=[common], help="one watch, its transitions and deliveries"
     ).add_argument("job_id")
     watches.add_parser("rm", parents=[common], help="stop watching a job").add_argument("job_id")
+    watches.add_parser(
+        "release", parents=[common], help="poll a quarantined watch again (its failures reset)"
+    ).add_argument("job_id")
     deliveries = top.add_parser("deliveries", help="list and replay webhook deliveries").add_subparsers(
         dest="action", metavar="ACTION", required=True
     )
@@ -180,6 +183,9 @@ def _show(w: dict[str, Any]) -> str:
         ("next poll", _time(w["next_poll_at"]) or "-"),
         ("finished", _time(w["finished_at"]) or "-"),
         ("last error", w["last_error"] or "-"),
+        ("failures", w["failures"]),
+        ("last failure", w["last_failure"] or "-"),
+        ("quarantined", _time(w["quarantined_at"]) or "-"),
     ]
     out = [f"{k + ':':<12} {v}" for k, v in fields]
     trans = [
@@ -219,6 +225,10 @@ def _render(args: argparse.Namespace, status: int, answer: Any) -> str:
             return text + (f"\nmore: --cursor {answer['next_cursor']}" if answer["next_cursor"] else "")
         if args.action == "show":
             return _show(answer)
+        if args.action == "release":
+            return (
+                f"released {answer['job_id']} from quarantine; it is polled again (state {answer['state']})"
+            )
         return f"stopped watching {args.job_id}"
     if args.action == "list":
         text = _deliveries_table(answer["deliveries"])
@@ -247,8 +257,11 @@ def _call(args: argparse.Namespace) -> tuple[str, str, Any, dict[str, Any] | Non
             label = None if args.label is None else ":".join(_pair(args.label, "--label"))
             query = {"status": args.status, "label": label, "limit": args.limit, "cursor": args.cursor}
             return "GET", "/v1/watches", None, query
+        path = f"/v1/watches/{quote(args.job_id, safe='')}"
+        if args.action == "release":
+            return "POST", f"{path}/release", None, None
         method = "GET" if args.action == "show" else "DELETE"
-        return method, f"/v1/watches/{quote(args.job_id, safe='')}", None, None
+        return method, path, None, None
     if args.action == "list":
         query = {"state": args.state, "webhook": args.webhook, "limit": args.limit, "cursor": args.cursor}
         return "GET", "/v1/deliveries", None, query

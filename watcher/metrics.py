@@ -36,6 +36,8 @@ WATCH_STATUSES: tuple[str, ...] = (
     *(s.value for s in JobStatus if s.value not in ("success", "failed")),
 )
 DELIVERY_OUTCOMES: tuple[str, ...] = ("success", "retry", "dead")
+# The loops that contain their items' failures: the `loop` label of `watcher_internal_errors_total`.
+LOOPS: tuple[str, ...] = ("scheduler", "delivery", "watchlist", "housekeeping")
 
 
 class _StoreGauges(Collector):
@@ -87,7 +89,12 @@ class _StoreGauges(Collector):
             "watcher_polls_due", "Polls whose time has come but that have not started (scheduler backlog)."
         )
         due.add_metric([], m.polls_due + m.polls_waiting())
-        return [ready, watched, pending, dead, oldest, due]
+        quarantined = GaugeMetricFamily(
+            "watcher_watches_quarantined",
+            "Unfinished watches in quarantine: their handling kept failing; never polled until released.",
+        )
+        quarantined.add_metric([], counts.quarantined)
+        return [ready, watched, pending, dead, oldest, due, quarantined]
 
 
 def observe_many(histogram: Histogram, values: Sequence[float]) -> None:
@@ -216,6 +223,8 @@ class Metrics:
             ["loop"],
             registry=r,
         )
+        for loop in LOOPS:
+            self.loop_errors.labels(loop=loop)
         Info("watcher_build", "Build information.", registry=r).info({"version": __version__})
         r.register(_StoreGauges(self))
         if default_collectors:

@@ -43,6 +43,10 @@ EVENT_TYPES: tuple[str, ...] = (
 DEFAULT_EVENT_TYPES: tuple[str, ...] = ("job.success", "job.failed", "job.expired", "job.missing")
 
 
+# The list status of a watch that is neither finished nor polled, because its handling kept failing.
+QUARANTINED = "quarantined"
+
+
 class Source(IntFlag):
     """Who asked for a watch. The watch-list file is declarative, so removal is per source."""
 
@@ -112,11 +116,24 @@ class Watch:
     last_error: str | None = None
     upstream_updated_at: str | None = None  # `updatedAt` of the last body seen
     lease: int = 0  # fencing token set by the store at every claim
+    failures: int = 0  # unexpected exceptions while handling this watch, over its life (SPEC §16)
+    quarantined_at: float | None = None  # set once `failures` reached the limit: never polled until released
+    quarantine_reason: str | None = None  # the last failure, one line (exception type and message)
 
     @property
     def finished(self) -> bool:
         """True once polling has stopped for good."""
         return self.final is not None
+
+    @property
+    def list_status(self) -> str:
+        """What the API lists and filters the watch by: its final state, else `quarantined`, else its last
+        status, else `unknown` (the same rule as the stores' SQL `LIST_STATUS`)."""
+        if self.final is not None:
+            return self.final
+        if self.quarantined_at is not None:
+            return QUARANTINED
+        return self.status or "unknown"
 
     def copy(self) -> Watch:
         """A shallow copy (labels shared) for the policy's next state, at a quarter of the cost of
@@ -125,7 +142,7 @@ class Watch:
             self.job_id, self.workspace, self.sources, self.registered_at, self.labels, self.webhooks,
             self.max_watch_s, self.status, self.final, self.polls, self.streak, self.errors, self.not_found,
             self.next_poll_at, self.last_polled_at, self.finished_at, self.last_error,
-            self.upstream_updated_at, self.lease,
+            self.upstream_updated_at, self.lease, self.failures, self.quarantined_at, self.quarantine_reason,
         )  # fmt: skip
 
 
@@ -200,6 +217,16 @@ class StoreCounts:
     pending_by_webhook: dict[str, int]
     dead_by_webhook: dict[str, int]
     oldest_pending_created_at: float | None
+    quarantined: int = 0  # unfinished watches in quarantine (not in `watched_by_status`)
+
+
+@dataclass(slots=True, frozen=True)
+class FailureNoted:
+    """What `Store.note_failure` did: the watch's failure count now, and whether it is quarantined."""
+
+    kept: bool  # False: the lease was lost (the watch was claimed again or deleted); nothing was written
+    failures: int = 0
+    quarantined: bool = False
 
 
 @dataclass(slots=True, frozen=True)

@@ -16,9 +16,10 @@ from typing import Any, Protocol
 import structlog
 
 from watcher.clock import Clock
+from watcher.containment import QUARANTINE_AFTER, describe, is_item_failure
 from watcher.metrics import Metrics, observe_many
 from watcher.models import PollOutcome, PollResult, Watch
-from watcher.policy import Decision, PollingPolicy, decide, is_expired
+from watcher.policy import Decision, PollingPolicy, decide, error_delay, is_expired
 from watcher.ratelimit import TokenBucket
 from watcher.store.base import Store
 
@@ -97,8 +98,12 @@ class _BatchWriter:
     that carries it is committed, so nobody polls it twice meanwhile. One flush runs at a time. A decision
     that stores an event (a transition, a verdict) is written at once, since a webhook waits for it; the
     others (most polls see no change) linger up to `linger_s` so they are written in bigger batches, which
-    costs the store less per row. `on_saved` gets each batch with the store's verdicts; a failing
-    `save_polls` goes to `on_error` and nothing more is written.
+    costs the store less per row. `on_saved` gets each batch with the store's verdicts.
+
+    A batch that fails for a reason of its own items (not the store being out) is split in halves until
+    each failing item is alone (one poisoned row must not take the others with it, SPEC §16); each such
+    item goes to `on_item_failed`. Any other failing `save_polls` goes to `on_error` and nothing more is
+    written.
     """
 
     def __init__(
@@ -106,12 +111,14 @@ class _BatchWriter:
         store: Store,
         on_saved: Callable[[list[Decision], list[bool]], None],
         on_error: Callable[[BaseException], None],
+        on_item_failed: Callable[[Decision, BaseException], None],
         max_batch: int = 512,
         linger_s: float = 0.1,
     ) -> None:
         self._store = store
         self._on_saved = on_saved
         self._on_error = on_error
+        self._on_item_failed = on_item_failed
         self._max_batch = max_batch
         self._linger_s = linger_s
         self._pending: list[Decision] = []
@@ -141,6 +148,24 @@ class _BatchWriter:
         self._schedule()
         await self._idle.wait()
 
+    async def _save(self, batch: list[Decision]) -> None:
+        """Save `batch`, splitting it around items whose own data makes the save fail."""
+        parts = [batch]
+        while parts:
+            part = parts.pop()
+            try:
+                results = await self._store.save_polls([d.saved for d in part])
+            except Exception as exc:
+                if not is_item_failure(exc):
+                    raise
+                if len(part) == 1:
+                    self._on_item_failed(part[0], exc)
+                else:
+                    half = len(part) // 2
+                    parts += [part[half:], part[:half]]  # the first half is tried first
+                continue
+            self._on_saved(part, results)
+
     def _schedule(self) -> None:
         if self._failed or self._task is not None or not self._pending:
             return
@@ -166,7 +191,7 @@ class _BatchWriter:
                 )
                 self._writing = len(batch)
                 try:
-                    results = await self._store.save_polls([d.saved for d in batch])
+                    await self._save(batch)
                 except Exception as exc:
                     self._failed = True
                     self._pending = []
@@ -174,7 +199,6 @@ class _BatchWriter:
                     return
                 finally:
                     self._writing = 0
-                self._on_saved(batch, results)
                 if not self._urgent:
                     break  # the rest may linger for company
         finally:
@@ -223,7 +247,8 @@ class Scheduler:
         self._lease_s = lease_s
         self._max_idle_s = max_idle_s
         self._on_events = on_events
-        self._writer = _BatchWriter(store, self._saved, self._store_failed)
+        self._writer = _BatchWriter(store, self._saved, self._store_failed, self._item_failed)
+        self._noting: set[asyncio.Task[None]] = set()  # failures being written (see `_item_failed`)
         # Results waiting for the store beyond this stop further claims: a stalled store stalls polling.
         self._max_unsaved = 4 * max_concurrency + 512
         self._errors = ErrorLogLimiter(clock)
@@ -281,8 +306,10 @@ class Scheduler:
             self._count_polls()
 
     async def drain(self) -> None:
-        """Wait for every started poll to be saved."""
+        """Wait for every started poll to be saved (or its failure noted)."""
         await self._writer.drained()
+        if self._noting:
+            await asyncio.wait(set(self._noting))
         self._raise_failure()
 
     def _want(self) -> int:
@@ -342,6 +369,8 @@ class Scheduler:
                     self._writer.add(decide(watch, None, now, self._policy, self._rng, self._route))
                 else:
                     await self._poll(watch)
+            except Exception as exc:  # one watch's bug or poison must not end the worker (SPEC §16)
+                self._item_failed(watch, exc)
             finally:
                 self._busy -= 1
             if self._writer.unsaved >= self._max_unsaved:
@@ -350,6 +379,44 @@ class Scheduler:
     def _worker_done(self, task: asyncio.Task[None]) -> None:
         if not task.cancelled() and task.exception() is not None and self._failure is None:
             self._failure = task.exception()
+        self._wakeup.set()
+
+    def _item_failed(self, item: Watch | Decision, exc: BaseException) -> None:
+        """Contain an unexpected exception of one watch's handling: log it, count it against the watch.
+
+        The watch stays claimed until the failure is written; then it is due again after an error backoff,
+        or quarantined at `QUARANTINE_AFTER` failures. If the failure cannot be written either, the claim's
+        lease runs out and the watch is polled again later, so nothing is lost.
+        """
+        watch = item.saved.watch if isinstance(item, Decision) else item
+        self._metrics.loop_errors.labels(loop="scheduler").inc()
+        log.error(
+            "watch.handling_failed",
+            job_id=watch.job_id,
+            workspace=watch.workspace,
+            failures=watch.failures + 1,
+            exc_info=exc,
+        )
+        task = asyncio.create_task(self._note_failure(watch, describe(exc)), name="note-failure")
+        self._noting.add(task)
+        task.add_done_callback(self._noting.discard)
+
+    async def _note_failure(self, watch: Watch, reason: str) -> None:
+        now = self._clock.now()
+        retry_at = now + error_delay(watch.failures + 1, self._policy, self._rng)
+        try:
+            noted = await self._store.note_failure(watch, reason, now, retry_at, QUARANTINE_AFTER)
+        except Exception as exc:
+            log.warning("watch.failure_not_recorded", job_id=watch.job_id, error=describe(exc))
+            return
+        if noted.quarantined:
+            log.error(
+                "watch.quarantined",
+                job_id=watch.job_id,
+                workspace=watch.workspace,
+                failures=noted.failures,
+                reason=reason,
+            )
         self._wakeup.set()
 
     def _store_failed(self, exc: BaseException) -> None:
@@ -419,7 +486,11 @@ class Scheduler:
         for decision, ok in zip(batch, results, strict=True):
             if ok:
                 if decision.saved.events or decision.transition or decision.final is not None:
-                    self._record(decision)  # most polls change nothing and have nothing to record
+                    try:
+                        self._record(decision)  # most polls change nothing and have nothing to record
+                    except Exception:  # saved already: a failing log line or metric must not stop the writer
+                        self._metrics.loop_errors.labels(loop="scheduler").inc()
+                        log.exception("scheduler.record_failed", job_id=decision.saved.watch.job_id)
             else:
                 watch = decision.saved.watch
                 log.info("poll.lease_lost", job_id=watch.job_id, workspace=watch.workspace)

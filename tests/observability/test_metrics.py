@@ -30,12 +30,15 @@ SPEC = {
     "watcher_notify_lag_seconds": ("histogram", set()),
     "watcher_outbox_oldest_age_seconds": ("gauge", set()),
     "watcher_build": ("info", set()),
+    # SPEC §16
+    "watcher_watches_quarantined": ("gauge", set()),
 }
 COUNTS = StoreCounts(
     watched_by_status={"active": 6, "queued": 4, "unknown": 1},
     pending_by_webhook={"ops": 2},
     dead_by_webhook={"removed": 3},
     oldest_pending_created_at=1000.0,
+    quarantined=2,
 )
 
 
@@ -65,6 +68,7 @@ def test_label_values_are_bounded_enums_or_configured_webhooks() -> None:
         "status": {*(x.value for x in JobStatus), *(x.value for x in FinalState), "unknown"},
         "outcome": {*(x.value for x in PollOutcome), "success", "retry", "dead"},
         "webhook": {"ops", "slack", "removed"},
+        "loop": {"scheduler", "delivery", "watchlist", "housekeeping"},
         "le": None,
         "version": None,
         "generation": None,
@@ -93,6 +97,7 @@ def test_store_gauges_come_from_the_snapshot() -> None:
     assert value(s, "watcher_webhook_dead", webhook="removed") == 3
     assert value(s, "watcher_polls_due") == 10  # 7 due in the store + 3 claimed, waiting for a token
     assert value(s, "watcher_outbox_oldest_age_seconds") == 30  # measured at scrape time, not snapshot time
+    assert value(s, "watcher_watches_quarantined") == 2  # and not part of the queue depth above
 
 
 def test_no_store_gauge_before_the_first_snapshot() -> None:
@@ -150,7 +155,7 @@ def test_every_alert_has_a_runbook_and_uses_existing_metrics() -> None:
     assert set(rules) == {
         "JobWatcherDown", "JobWatcherNotReady", "JobWatcherJobFailureRateHigh", "JobWatcherDeadDeliveries",
         "JobWatcherDeliveriesBackingUp", "JobWatcherUpstreamAuthErrors", "JobWatcherUpstreamErrorRatioHigh",
-        "JobWatcherSchedulerBacklog",
+        "JobWatcherSchedulerBacklog", "JobWatcherWatchesQuarantined",
     }  # fmt: skip
     exposed = _exposed_names()
     for name, rule in rules.items():

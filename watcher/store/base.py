@@ -21,11 +21,18 @@ from watcher.models import (
     Delivery,
     DeliveryUpdate,
     Event,
+    FailureNoted,
     Registration,
     SavedPoll,
     Source,
     StoreCounts,
     Watch,
+)
+
+# The Python rule of `Watch.list_status` in SQL, valid in SQLite and PostgreSQL alike: what `list_watches`
+# filters on and `watch_counts` groups by.
+LIST_STATUS_SQL = (
+    "coalesce(final, CASE WHEN quarantined_at IS NOT NULL THEN 'quarantined' END, status, 'unknown')"
 )
 
 
@@ -71,7 +78,7 @@ class Store(ABC):
 
     @abstractmethod
     async def restore(self, now: float, first_due: Callable[[Watch], float]) -> int:
-        """Load every unfinished watch after a start and set its first due time with `first_due`.
+        """Load every unfinished watch out of quarantine after a start and set its first due time.
 
         Returns how many unfinished watches there are. Undelivered deliveries need no restoring: they are
         claimable as soon as the store is open. A shared store (other replicas may be running) only
@@ -110,15 +117,17 @@ class Store(ABC):
         cursor: str | None = None,
         label: tuple[str, str] | None = None,
     ) -> WatchPage:
-        """Watches in a stable order (by job id), optionally only those whose status or final is `status`.
+        """Watches in a stable order (by job id), optionally only those whose list status is `status`.
 
-        `cursor` is the last job id of the previous page; `label` keeps watches whose labels map the key to
-        exactly that value. "unknown" matches watches not yet polled successfully.
+        The list status is `Watch.list_status` (`LIST_STATUS_SQL`): final state, else "quarantined", else
+        last status, else "unknown" (not polled successfully yet). `cursor` is the last job id of the
+        previous page; `label` keeps watches whose labels map the key to exactly that value.
         """
 
     @abstractmethod
     async def claim_due(self, now: float, limit: int, lease_s: float) -> list[Watch]:
-        """Hand out up to `limit` unfinished watches due at `now`, earliest first, each with a new lease.
+        """Hand out up to `limit` unfinished, unquarantined watches due at `now`, earliest first, each with
+        a new lease.
 
         A claimed watch is not handed out again until it is saved or its lease (`now + lease_s`) runs out.
         """
@@ -148,6 +157,22 @@ class Store(ABC):
         already stored is skipped together with its deliveries (double detection yields one event).
         A saved unfinished watch is due again at `watch.next_poll_at`.
         """
+
+    @abstractmethod
+    async def note_failure(
+        self, watch: Watch, reason: str, now: float, retry_at: float, quarantine_after: int
+    ) -> FailureNoted:
+        """Count one unexpected failure of the watch's handling (SPEC §16), fenced by its claim's lease.
+
+        Only the count, the reason and the due time are written, never the state that failed to be
+        handled, so this write succeeds where the failed one did not. Below `quarantine_after` failures
+        the watch is due again at `retry_at`; at the limit it is quarantined at `now`: never claimed again
+        until `release_quarantine`. A lost lease writes nothing (`kept` False).
+        """
+
+    @abstractmethod
+    async def release_quarantine(self, job_id: str, now: float) -> bool:
+        """Take a watch out of quarantine: failure count reset, due at `now`. False if not quarantined."""
 
     @abstractmethod
     async def purge_finished(self, before: float) -> int:

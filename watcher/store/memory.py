@@ -15,6 +15,7 @@ from watcher.models import (
     DeliveryState,
     DeliveryUpdate,
     Event,
+    FailureNoted,
     Registration,
     SavedPoll,
     Source,
@@ -40,11 +41,6 @@ def _new_watch(reg: Registration, now: float) -> Watch:
         max_watch_s=reg.max_watch_s,
         next_poll_at=now,
     )
-
-
-def _list_status(w: Watch) -> str:
-    """The status `list_watches` filters on: the final state, else the last status, else "unknown"."""
-    return w.final or w.status or "unknown"
 
 
 def _apply_poll(stored: Watch, polled: Watch) -> None:
@@ -92,7 +88,7 @@ class MemoryStore(Store):
         self._index.clear()
         items = []
         for w in self._watches.values():
-            if not w.finished:
+            if not w.finished and w.quarantined_at is None:
                 w.next_poll_at = first_due(_copy_watch(w))
                 items.append((w.job_id, w.next_poll_at))
         self._index.put_many(items)
@@ -156,7 +152,7 @@ class MemoryStore(Store):
         page: list[Watch] = []
         for job_id in ids:
             w = self._watches[job_id]
-            if (status is None or _list_status(w) == status) and (
+            if (status is None or w.list_status == status) and (
                 label is None or w.labels.get(label[0]) == label[1]
             ):
                 if len(page) == limit:
@@ -214,6 +210,35 @@ class MemoryStore(Store):
                 self._index.put(stored.job_id, stored.next_poll_at)
             results.append(True)
         return results
+
+    async def note_failure(
+        self, watch: Watch, reason: str, now: float, retry_at: float, quarantine_after: int
+    ) -> FailureNoted:
+        """Count the failure on the stored watch; quarantine it (out of the index) at the limit."""
+        stored = self._watches.get(watch.job_id)
+        if stored is None or self._index.lease_of(watch.job_id) != watch.lease:
+            return FailureNoted(kept=False)
+        stored.failures += 1
+        stored.quarantine_reason = reason
+        if stored.failures >= quarantine_after:
+            stored.quarantined_at = now
+            self._index.discard(stored.job_id)
+            return FailureNoted(True, stored.failures, quarantined=True)
+        stored.next_poll_at = retry_at
+        self._index.put(stored.job_id, retry_at)
+        return FailureNoted(True, stored.failures)
+
+    async def release_quarantine(self, job_id: str, now: float) -> bool:
+        """Clear the quarantine and the failure count; the watch is due at `now`."""
+        stored = self._watches.get(job_id)
+        if stored is None or stored.quarantined_at is None:
+            return False
+        stored.quarantined_at = None
+        stored.failures = 0
+        stored.next_poll_at = now
+        if not stored.finished:
+            self._index.put(job_id, now)
+        return True
 
     async def purge_finished(self, before: float) -> int:
         """Delete old finished watches and their events unless a delivery is still pending."""
@@ -346,17 +371,22 @@ class MemoryStore(Store):
         """Watches per list status, finished ones included."""
         out: dict[str, int] = {}
         for w in self._watches.values():
-            key = _list_status(w)
+            key = w.list_status
             out[key] = out.get(key, 0) + 1
         return out
 
     async def counts(self) -> StoreCounts:
         """Aggregates computed by scanning the dicts."""
         by_status: dict[str, int] = {}
+        quarantined = 0
         for w in self._watches.values():
-            if not w.finished:
-                key = w.status or "unknown"
-                by_status[key] = by_status.get(key, 0) + 1
+            if w.finished:
+                continue
+            if w.quarantined_at is not None:
+                quarantined += 1
+                continue
+            key = w.status or "unknown"
+            by_status[key] = by_status.get(key, 0) + 1
         pending: dict[str, int] = {}
         dead: dict[str, int] = {}
         oldest: float | None = None
@@ -366,4 +396,4 @@ class MemoryStore(Store):
                 oldest = d.created_at if oldest is None else min(oldest, d.created_at)
             elif d.state is DeliveryState.DEAD:
                 dead[d.webhook] = dead.get(d.webhook, 0) + 1
-        return StoreCounts(by_status, pending, dead, oldest)
+        return StoreCounts(by_status, pending, dead, oldest, quarantined)

@@ -10,12 +10,14 @@ MATERIALIZED CTE so the planner cannot fold the pick into the UPDATE and re-run 
 
 from __future__ import annotations
 
+from watcher.store.base import LIST_STATUS_SQL
+
 _NOW = "extract(epoch from now())::float8"
 
 WATCH_FIELDS = (
     "job_id", "workspace", "sources", "labels", "webhooks", "max_watch_s", "registered_at", "status", "final",
     "polls", "streak", "errors", "not_found", "next_poll_at", "last_polled_at", "finished_at", "last_error",
-    "upstream_updated_at", "lease",
+    "upstream_updated_at", "lease", "failures", "quarantined_at", "quarantine_reason",
 )  # fmt: skip
 WATCH_COLS = ", ".join(WATCH_FIELDS)
 # The polling state a save writes, in the order of SAVE_WATCHES' arrays after job_id and lease.
@@ -50,7 +52,7 @@ TRY_LOCK = (
 
 RESTORE_PAGE = f"""
 SELECT {WATCH_COLS} FROM watches
-WHERE final IS NULL AND job_id > $3
+WHERE final IS NULL AND quarantined_at IS NULL AND job_id > $3
   AND (NOT $2::bool OR next_poll_at <= coalesce($1::float8, {_NOW}))
 ORDER BY job_id LIMIT $4
 FOR UPDATE SKIP LOCKED"""  # noqa: S608
@@ -93,14 +95,14 @@ AND NOT EXISTS (SELECT 1 FROM deliveries k WHERE k.event_id = e.id)"""
 LIST_WATCHES = f"""
 SELECT {WATCH_COLS} FROM watches
 WHERE job_id > $1
-  AND ($2::text IS NULL OR coalesce(final, status, 'unknown') = $2)
+  AND ($2::text IS NULL OR {LIST_STATUS_SQL} = $2)
   AND ($3::jsonb IS NULL OR labels @> $3)
 ORDER BY job_id LIMIT $4"""  # noqa: S608
 
 CLAIM_WATCHES = f"""
 WITH due AS MATERIALIZED (
     SELECT job_id, next_poll_at FROM watches
-    WHERE final IS NULL AND next_poll_at <= coalesce($1::float8, {_NOW})
+    WHERE final IS NULL AND quarantined_at IS NULL AND next_poll_at <= coalesce($1::float8, {_NOW})
     ORDER BY next_poll_at
     LIMIT $2
     FOR UPDATE SKIP LOCKED
@@ -118,7 +120,25 @@ FROM unnest($1::text[], $2::bigint[], $3::float8[]) AS u(job_id, lease, due)
 WHERE w.job_id = u.job_id AND w.lease = u.lease"""
 
 COUNT_DUE = f"""
-SELECT count(*) FROM watches WHERE final IS NULL AND next_poll_at <= coalesce($1::float8, {_NOW})"""  # noqa: S608
+SELECT count(*) FROM watches
+WHERE final IS NULL AND quarantined_at IS NULL AND next_poll_at <= coalesce($1::float8, {_NOW})"""  # noqa: S608
+
+NEXT_DUE = "SELECT min(next_poll_at) FROM watches WHERE final IS NULL AND quarantined_at IS NULL"
+
+# One unexpected failure of a claimed watch's handling, fenced like a save; only the failure columns and the
+# due time are written. At the limit the watch is quarantined (out of every claim) at the given time.
+NOTE_FAILURE = f"""
+UPDATE watches SET failures = failures + 1, quarantine_reason = $3,
+    next_poll_at = coalesce($4::float8, {_NOW}) + $5::float8,
+    quarantined_at = CASE WHEN failures + 1 >= $6 THEN coalesce($7::float8, {_NOW}) END, lease = NULL
+WHERE job_id = $1 AND lease = $2
+RETURNING failures"""  # noqa: S608
+
+RELEASE_QUARANTINE = f"""
+UPDATE watches SET quarantined_at = NULL, failures = 0, next_poll_at = coalesce($2::float8, {_NOW}),
+    lease = NULL
+WHERE job_id = $1 AND quarantined_at IS NOT NULL
+RETURNING job_id"""  # noqa: S608
 
 # Fenced by (job_id, lease): a row whose lease changed (claimed again, taken back) or that is gone is not
 # written, and the RETURNING list tells the caller which items were kept.
@@ -194,10 +214,12 @@ RETURNING id"""  # noqa: S608
 # -- aggregates -------------------------------------------------------------------------------------------
 
 WATCHED_BY_STATUS = (
-    "SELECT coalesce(status, 'unknown') AS s, count(*) AS n FROM watches WHERE final IS NULL GROUP BY 1"
+    "SELECT coalesce(status, 'unknown') AS s, count(*) AS n FROM watches"
+    " WHERE final IS NULL AND quarantined_at IS NULL GROUP BY 1"
 )
+QUARANTINED_COUNT = "SELECT count(*) FROM watches WHERE quarantined_at IS NOT NULL AND final IS NULL"
 DELIVERIES_BY_WEBHOOK = (
     "SELECT webhook, state, count(*) AS n FROM deliveries WHERE state IN ('pending', 'dead')"
     " GROUP BY webhook, state"
 )
-WATCH_COUNTS = "SELECT coalesce(final, status, 'unknown') AS s, count(*) AS n FROM watches GROUP BY 1"
+WATCH_COUNTS = f"SELECT {LIST_STATUS_SQL} AS s, count(*) AS n FROM watches GROUP BY 1"  # noqa: S608

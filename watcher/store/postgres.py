@@ -29,6 +29,7 @@ from watcher.models import (
     DeliveryState,
     DeliveryUpdate,
     Event,
+    FailureNoted,
     Registration,
     SavedPoll,
     Source,
@@ -76,6 +77,9 @@ def _watch(r: asyncpg.Record) -> Watch:
         last_error=r["last_error"],
         upstream_updated_at=r["upstream_updated_at"],
         lease=r["lease"] or 0,
+        failures=r["failures"],
+        quarantined_at=r["quarantined_at"],
+        quarantine_reason=r["quarantine_reason"],
     )
 
 
@@ -323,7 +327,7 @@ class PostgresStore(Store):
     async def next_due_at(self) -> float | None:
         """Earliest due time of an unfinished watch (a claimed one counts at its lease expiry)."""
         async with self._conn() as conn:
-            value = await conn.fetchval("SELECT min(next_poll_at) FROM watches WHERE final IS NULL")
+            value = await conn.fetchval(q.NEXT_DUE)
         return None if value is None else float(value)
 
     async def count_due(self, now: float) -> int:
@@ -387,6 +391,23 @@ class PostgresStore(Store):
             [None if self.shared else e.created_at for e, _ in rows],
             [e.created_at for e, _ in rows],
         )
+
+    async def note_failure(
+        self, watch: Watch, reason: str, now: float, retry_at: float, quarantine_after: int
+    ) -> FailureNoted:
+        """Count the failure, fenced by the claim's lease; quarantine at the limit (database clock)."""
+        base, offset = self._at(retry_at)
+        args = (watch.job_id, watch.lease, reason, base, offset, quarantine_after, self._now(now))
+        rows = await self._run(lambda c: c.fetch(q.NOTE_FAILURE, *args), tx=False)
+        if not rows:
+            return FailureNoted(kept=False)
+        failures = int(rows[0]["failures"])
+        return FailureNoted(True, failures, quarantined=failures >= quarantine_after)
+
+    async def release_quarantine(self, job_id: str, now: float) -> bool:
+        """Clear the quarantine and the failure count; the watch is due now."""
+        rows = await self._run(lambda c: c.fetch(q.RELEASE_QUARANTINE, job_id, self._now(now)), tx=False)
+        return bool(rows)
 
     async def purge_finished(self, before: float) -> int:
         """Delete old finished watches and their events without a pending delivery; one replica at a time."""
@@ -475,9 +496,10 @@ class PostgresStore(Store):
             by_status = await conn.fetch(q.WATCHED_BY_STATUS)
             by_hook = await conn.fetch(q.DELIVERIES_BY_WEBHOOK)
             oldest = await conn.fetchval("SELECT min(created_at) FROM deliveries WHERE state = 'pending'")
+            quarantined = await conn.fetchval(q.QUARANTINED_COUNT)
         pending = {r["webhook"]: r["n"] for r in by_hook if r["state"] == "pending"}
         dead = {r["webhook"]: r["n"] for r in by_hook if r["state"] == "dead"}
-        return StoreCounts({r["s"]: r["n"] for r in by_status}, pending, dead, oldest)
+        return StoreCounts({r["s"]: r["n"] for r in by_status}, pending, dead, oldest, int(quarantined))
 
     async def watch_counts(self) -> dict[str, int]:
         """Watches per list status, finished ones included."""

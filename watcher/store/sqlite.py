@@ -30,19 +30,21 @@ from typing import Any, TypeVar
 import aiosqlite
 import structlog
 
+from watcher.containment import describe
 from watcher.errors import StoreError
 from watcher.models import (
     Delivery,
     DeliveryState,
     DeliveryUpdate,
     Event,
+    FailureNoted,
     Registration,
     SavedPoll,
     Source,
     StoreCounts,
     Watch,
 )
-from watcher.store.base import RegisterResult, Store, SyncResult, WatchPage
+from watcher.store.base import LIST_STATUS_SQL, RegisterResult, Store, SyncResult, WatchPage
 from watcher.store.due import DueIndex
 
 T = TypeVar("T")
@@ -58,7 +60,8 @@ _REGISTER_CHUNK = 250
 
 _WATCH_COLS = (
     "job_id, workspace, sources, labels, webhooks, max_watch_s, registered_at, status, final, polls, streak,"
-    " errors, not_found, next_poll_at, last_polled_at, finished_at, last_error, upstream_updated_at"
+    " errors, not_found, next_poll_at, last_polled_at, finished_at, last_error, upstream_updated_at,"
+    " failures, quarantined_at, quarantine_reason"
 )
 _DELIVERY_COLS = (
     "d.id, d.webhook, d.state, d.attempts, d.next_attempt_at, d.created_at, d.last_error, d.delivered_at,"
@@ -101,7 +104,7 @@ def _watch(row: Sequence[Any]) -> Watch:
         {} if labels == "{}" else json.loads(labels),
         None if webhooks is None else tuple(json.loads(webhooks)),
         row[5], row[7], row[8], row[9], row[10], row[11], row[12], row[13], row[14], row[15], row[16],
-        row[17],
+        row[17], 0, row[18], row[19], row[20],
     )  # fmt: skip
 
 
@@ -167,6 +170,18 @@ def _insert_events(db: sqlite3.Connection, events: dict[str, tuple[Event, tuple[
         " VALUES (?, ?, ?, 'pending', 0, ?, ?)",
         [(e.id, e.job_id, name, e.created_at, e.created_at) for e, hooks in new for name in hooks],
     )
+
+
+def _is_poison(exc: BaseException) -> bool:
+    """True when a write failed because of the data written, not because the database cannot be written.
+
+    OperationalError is SQLite's "cannot do it now" (locked, full, read-only, I/O) and a bare DatabaseError
+    a damaged file: both are the store's state. Constraint and data errors, and Python's own errors while
+    binding a value (a lone surrogate, an integer too large), belong to the row.
+    """
+    if isinstance(exc, sqlite3.OperationalError) or type(exc) is sqlite3.DatabaseError:
+        return False
+    return isinstance(exc, Exception)
 
 
 def _passive_checkpoint(path: Path) -> None:
@@ -397,7 +412,8 @@ class SQLiteStore(Store):
             while True:
                 rows = await self._select(
                     db,
-                    f"SELECT {_WATCH_COLS} FROM watches WHERE final IS NULL AND job_id > ?"  # noqa: S608
+                    f"SELECT {_WATCH_COLS} FROM watches"  # noqa: S608
+                    " WHERE final IS NULL AND quarantined_at IS NULL AND job_id > ?"
                     " ORDER BY job_id LIMIT ?",
                     (last, _RESTORE_PAGE),
                 )
@@ -545,7 +561,7 @@ class SQLiteStore(Store):
         """Watches ordered by job id after `cursor`; the label filter reads the JSON column row by row."""
         where, params = ["job_id > ?"], [cursor or ""]
         if status is not None:
-            where.append("COALESCE(final, status, 'unknown') = ?")
+            where.append(f"{LIST_STATUS_SQL} = ?")
             params.append(status)
         if label is not None:
             # json_each rather than a JSON path: a key may contain dots, quotes or brackets.
@@ -586,7 +602,8 @@ class SQLiteStore(Store):
                 w = entry[1].copy()
             else:
                 row = by_id.get(jid)
-                if row is None or row[8] is not None:  # gone or finished behind the index's back
+                # Gone, finished or quarantined behind the index's back.
+                if row is None or row[8] is not None or row[19] is not None:
                     self._index.unclaim(jid, token)
                     continue
                 w = _watch(row)
@@ -685,12 +702,39 @@ class SQLiteStore(Store):
             if events:
                 _insert_events(hot, events)
             hot.execute("COMMIT")
-        except BaseException:
+        except BaseException as exc:
             hot.execute("ROLLBACK")
             for jid, entry in taken.items():
                 if jid in self._index:
                     behind.setdefault(jid, entry)
-            raise
+            if not taken or not _is_poison(exc):
+                raise
+            # One deferred row the store refuses (its data, not the store being out) must not fail this
+            # save, nor every later one that would carry it: write this save's own rows alone, then the
+            # deferred ones one by one.
+            self._commit(hot, updates, events, 0)
+            self._write_behind_singly(hot, list(taken))
+
+    def _write_behind_singly(self, hot: sqlite3.Connection, job_ids: list[str]) -> None:
+        """Write deferred watches one transaction each; drop the deferred state of a row that is refused.
+
+        Only polling state a crash may lose anyway is dropped; the watch stays due, and if its rows keep
+        being refused, the next save that carries an event fails in the scheduler, which quarantines it.
+        """
+        for jid in job_ids:
+            entry = self._behind.pop(jid, None)
+            if entry is None:
+                continue
+            hot.execute("BEGIN IMMEDIATE")
+            try:
+                hot.execute(_SAVE_WATCH, _save_row(entry[1]))
+                hot.execute("COMMIT")
+            except BaseException as exc:
+                hot.execute("ROLLBACK")
+                if not _is_poison(exc):
+                    self._behind.setdefault(jid, entry)
+                    raise
+                log.error("store.write_behind_dropped", job_id=jid, error=describe(exc))
 
     def _hot_db(self) -> sqlite3.Connection:
         if self._hot is None:
@@ -712,6 +756,47 @@ class SQLiteStore(Store):
             log.warning("store.checkpoint_failed", path=str(self.path), error=str(e))
         finally:
             self._checkpointing = None
+
+    async def note_failure(
+        self, watch: Watch, reason: str, now: float, retry_at: float, quarantine_after: int
+    ) -> FailureNoted:
+        """Count the failure in the row (only the quarantine columns and the due time are written)."""
+        jid = watch.job_id
+        if self._index.lease_of(jid) != watch.lease:
+            return FailureNoted(kept=False)
+        async with self._write() as db:
+            rows = await self._select(
+                db,
+                "UPDATE watches SET failures = failures + 1, quarantine_reason = ?, next_poll_at = ?,"
+                " quarantined_at = CASE WHEN failures + 1 >= ? THEN ? END"
+                " WHERE job_id = ? RETURNING failures",
+                (reason, retry_at, quarantine_after, now, jid),
+            )
+        if not rows or self._index.lease_of(jid) != watch.lease:
+            return FailureNoted(kept=False)  # deleted (or claimed again) while we waited for the lock
+        failures = int(rows[0][0])
+        if failures >= quarantine_after:
+            self._index.discard(jid)
+            # Deferred polling state of a watch whose writes fail is the likeliest poison: drop it.
+            self._behind.pop(jid, None)
+            return FailureNoted(True, failures, quarantined=True)
+        self._index.put(jid, retry_at)
+        return FailureNoted(True, failures)
+
+    async def release_quarantine(self, job_id: str, now: float) -> bool:
+        """Clear the quarantine and the failure count; an unfinished watch is due at `now`."""
+        async with self._write() as db:
+            rows = await self._select(
+                db,
+                "UPDATE watches SET quarantined_at = NULL, failures = 0, next_poll_at = ?"
+                " WHERE job_id = ? AND quarantined_at IS NOT NULL RETURNING final",
+                (now, job_id),
+            )
+        if not rows:
+            return False
+        if rows[0][0] is None:
+            self._index.put(job_id, now)
+        return True
 
     async def purge_finished(self, before: float) -> int:
         """Delete finished watches older than `before` and their events that have no pending delivery."""
@@ -861,7 +946,8 @@ class SQLiteStore(Store):
         """Watches per list status, finished ones included (one scan of the table)."""
         async with self._read() as db:
             rows = await self._select(
-                db, "SELECT COALESCE(final, status, 'unknown'), count(*) FROM watches GROUP BY 1"
+                db,
+                f"SELECT {LIST_STATUS_SQL}, count(*) FROM watches GROUP BY 1",  # noqa: S608
             )
         return dict(rows)
 
@@ -869,7 +955,12 @@ class SQLiteStore(Store):
         """Aggregates from SQL, so the gauges are exact after a restart."""
         async with self._read() as db:
             by_status = await self._select(
-                db, "SELECT COALESCE(status, 'unknown'), count(*) FROM watches WHERE final IS NULL GROUP BY 1"
+                db,
+                "SELECT COALESCE(status, 'unknown'), count(*) FROM watches"
+                " WHERE final IS NULL AND quarantined_at IS NULL GROUP BY 1",
+            )
+            quarantined = await self._select(
+                db, "SELECT count(*) FROM watches WHERE quarantined_at IS NOT NULL AND final IS NULL"
             )
             pending = await self._select(
                 db, "SELECT webhook, count(*) FROM deliveries WHERE state = 'pending' GROUP BY webhook"
@@ -878,4 +969,4 @@ class SQLiteStore(Store):
                 db, "SELECT webhook, count(*) FROM deliveries WHERE state = 'dead' GROUP BY webhook"
             )
             oldest = await self._select(db, "SELECT min(created_at) FROM deliveries WHERE state = 'pending'")
-        return StoreCounts(dict(by_status), dict(pending), dict(dead), oldest[0][0])
+        return StoreCounts(dict(by_status), dict(pending), dict(dead), oldest[0][0], quarantined[0][0])
