@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import sqlite3
+from contextlib import closing
 from pathlib import Path
 
+import asyncpg  # type: ignore[import-untyped]
+
 from tests.integration.test_store_contract import LEASE, T0, claim_one, jid, polled, reg
+from tests.support.postgres import PG_URL, pg_schema
 from watcher.models import QUARANTINED, FailureNoted
 from watcher.store.base import Store
+from watcher.store.pgconn import migrations as pg_migrations
+from watcher.store.postgres import PostgresStore
 from watcher.store.sqlite import SQLiteStore
+from watcher.store.sqlite import migrations as sqlite_migrations
 
 LIMIT = 3
 
@@ -109,3 +117,60 @@ async def test_quarantine_survives_a_restart(tmp_path: Path) -> None:
         assert (await again.counts()).quarantined == 1
     finally:
         await again.close()
+
+
+async def test_a_version_1_sqlite_file_is_migrated_in_place(tmp_path: Path) -> None:
+    """An existing file of schema 1 gains the quarantine columns, its watches kept (an additive migration)."""
+    path = tmp_path / "v1.db"
+    ((_, v1),) = [m for m in sqlite_migrations() if m[0] == 1]
+    with closing(sqlite3.connect(path)) as db:
+        db.executescript(v1)
+        db.execute(
+            "INSERT INTO watches (job_id, workspace, sources, registered_at, next_poll_at)"
+            " VALUES (?, 'acme', 2, ?, ?)",
+            (jid(1), T0, T0),
+        )
+        db.execute("PRAGMA user_version = 1")
+        db.commit()
+    store = SQLiteStore(path)
+    await store.open()
+    try:
+        assert await store.restore(T0, lambda w: T0) == 1
+        w = await claim_one(store, T0)
+        assert (w.job_id, w.failures, w.quarantined_at) == (jid(1), 0, None)
+        assert (await store.note_failure(w, "boom", T0, T0 + 1, LIMIT)).failures == 1
+    finally:
+        await store.close()
+
+
+async def test_a_version_1_postgres_schema_is_migrated_in_place() -> None:
+    """The same on PostgreSQL: schema 1 with a watch, then a version-2 store opens it and uses it."""
+    async with pg_schema("v1") as url:
+        schema = url.rsplit("schema=", 1)[1]
+        ((_, v1),) = [m for m in pg_migrations() if m[0] == 1]
+        conn = await asyncpg.connect(PG_URL, timeout=10)
+        try:
+            await conn.execute(f'CREATE SCHEMA "{schema}"; SET search_path = "{schema}"')
+            await conn.execute(v1)
+            await conn.execute(
+                "CREATE TABLE schema_migrations (version integer PRIMARY KEY,"
+                " applied_at timestamptz NOT NULL DEFAULT now()); INSERT INTO schema_migrations VALUES (1)"
+            )
+            await conn.execute(
+                "INSERT INTO watches (job_id, workspace, sources, registered_at, next_poll_at)"
+                " VALUES ($1, 'acme', 2, $2, $2)",
+                jid(1),
+                T0,
+            )
+        finally:
+            await conn.close()
+        store = PostgresStore(url, shared=False)
+        await store.open()
+        try:
+            assert store.schema_version == 2
+            w = await claim_one(store, T0)
+            assert (w.job_id, w.failures, w.quarantined_at) == (jid(1), 0, None)
+            assert (await store.note_failure(w, "boom", T0, T0 + 1, 1)).quarantined
+            assert (await store.counts()).quarantined == 1
+        finally:
+            await store.close()
