@@ -25,6 +25,14 @@ def is_item_failure(exc: BaseException) -> bool:
     return isinstance(exc, Exception) and not isinstance(exc, StoreUnavailable)
 
 
+def safe_line(text: str, limit: int = _MAX_REASON) -> str:
+    """`text` as one bounded line of printable ASCII that any store keeps (escapes, not the raw bytes)."""
+    line = text.splitlines()[0] if text else ""
+    line = line.encode("ascii", "backslashreplace").decode("ascii")
+    line = "".join(c if c.isprintable() else "?" for c in line)
+    return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
 def describe(exc: BaseException) -> str:
     """A one-line reason (type and message) that any store can keep: printable ASCII only, bounded.
 
@@ -35,7 +43,4 @@ def describe(exc: BaseException) -> str:
         text = str(exc).splitlines()[0] if str(exc) else ""
     except Exception:  # a broken __str__ must not fail the containment of the failure itself
         text = "(message unavailable)"
-    line = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-    line = line.encode("ascii", "backslashreplace").decode("ascii")
-    line = "".join(c if c.isprintable() else "?" for c in line)
-    return line if len(line) <= _MAX_REASON else line[: _MAX_REASON - 3] + "..."
+    return safe_line(f"{type(exc).__name__}: {text}" if text else type(exc).__name__)

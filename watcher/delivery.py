@@ -11,11 +11,13 @@ from __future__ import annotations
 import asyncio
 import random
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any
 
 import structlog
 
 from watcher.clock import Clock
+from watcher.containment import describe, is_item_failure, safe_line
 from watcher.metrics import Metrics
 from watcher.models import Delivery, DeliveryState, DeliveryUpdate
 from watcher.store.base import Store
@@ -201,12 +203,34 @@ class DeliveryWorker:
             result = SendResult(SendKind.RETRY, None, None, detail, self._clock.monotonic() - start)
         now = self._clock.now()
         update = next_update(delivery, result, now, target, self._rng)
-        kept = await self._store.finish_delivery(delivery, update)
+        kept = await self._finish(delivery, update)
         self._record(delivery, update, result, now, kept)
+
+    async def _finish(self, delivery: Delivery, update: DeliveryUpdate) -> bool:
+        """Record an attempt; a record the store refuses for its data is retried once with a plain-ASCII
+        reason, the likeliest culprit (it quotes the receiver). If that fails too, the delivery stays
+        leased and is tried again when the lease runs out: never lost, and the loop goes on (SPEC §16)."""
+        try:
+            return await self._store.finish_delivery(delivery, update)
+        except Exception as exc:
+            if not is_item_failure(exc):
+                raise
+            self._metrics.loop_errors.labels(loop="delivery").inc()
+            log.error(
+                "delivery.handling_failed", delivery_id=delivery.id, event_id=delivery.event.id, exc_info=exc
+            )
+            reason = safe_line(update.last_error) if update.last_error is not None else None
+        try:
+            return await self._store.finish_delivery(delivery, replace(update, last_error=reason))
+        except Exception as exc:
+            if not is_item_failure(exc):
+                raise
+            log.error("delivery.not_recorded", delivery_id=delivery.id, error=describe(exc))
+            return False
 
     async def _finish_unconfigured(self, delivery: Delivery, now: float) -> None:
         update = DeliveryUpdate(DeliveryState.DEAD, delivery.attempts, now, NOT_CONFIGURED)
-        kept = await self._store.finish_delivery(delivery, update)
+        kept = await self._finish(delivery, update)
         result = SendResult(SendKind.DEAD, None, None, NOT_CONFIGURED, 0.0)
         self._record(delivery, update, result, now, kept, sent=False)
 

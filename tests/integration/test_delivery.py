@@ -391,22 +391,40 @@ async def test_unconfigured_webhook_is_dead(make_harness: MakeHarness, receiver:
     assert receiver.requests == []
 
 
-class _BrokenStore(MemoryStore):
-    """A store whose writes fail, as a database that went away would."""
+class _RefusingStore(MemoryStore):
+    """A store that refuses every record of one job's deliveries, as a database refuses a row's data."""
 
     async def finish_delivery(self, delivery: Delivery, update: DeliveryUpdate) -> bool:
-        raise StoreError("database is gone")
+        if delivery.event.job_id == JOB_A:
+            raise StoreError("value refused for this row")
+        return await super().finish_delivery(delivery, update)
 
 
-async def test_store_error_propagates(make_harness: MakeHarness, receiver: TestReceiver) -> None:
-    """A store failure ends run() with the error, for the supervisor to act on."""
-    h = await make_harness(store=_BrokenStore())
-    await add_events(h.store, JOB_A, ["failed"])
-    h.start()
-    assert h.task is not None
-    with pytest.raises(StoreError, match="database is gone"):
-        await asyncio.wait_for(h.task, 3.0)
-    h.task = None
+async def test_a_delivery_that_cannot_be_recorded_fails_nothing_else(
+    make_harness: MakeHarness, receiver: TestReceiver
+) -> None:
+    """A store error that belongs to one delivery is contained (SPEC §16): logged and counted, that delivery
+    stays pending to be tried again, and the worker goes on delivering the others."""
+    h = await make_harness(store=_RefusingStore())
+    with capture_logs() as logs:
+        await add_events(h.store, JOB_A, ["failed"])
+        await add_events(h.store, JOB_B, ["failed"])
+        h.start()
+        await eventually(lambda: _has_state(h, DeliveryState.DELIVERED))
+        await eventually(lambda: _logged(logs, "delivery.not_recorded"))
+    assert h.task is not None and not h.task.done()
+    [delivered] = await h.in_state(DeliveryState.DELIVERED)
+    assert delivered.event.job_id == JOB_B
+    [pending] = await h.in_state(DeliveryState.PENDING)
+    assert pending.event.job_id == JOB_A
+    failed = [e for e in logs if e["event"] == "delivery.handling_failed"]
+    assert failed and failed[0]["delivery_id"] == pending.id and failed[0]["exc_info"] is not None
+    errors = h.metrics.registry.get_sample_value("watcher_internal_errors_total", {"loop": "delivery"})
+    assert errors is not None and errors >= 1
+
+
+async def _logged(logs: list[dict[str, Any]], event: str) -> bool:
+    return any(e["event"] == event for e in logs)
 
 
 @pytest.fixture
