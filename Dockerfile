@@ -1,5 +1,5 @@
 # syntax=docker/dockerfile:1
-# job-watcher container image (SPEC §10). Build and run, see docs/deploy.md:
+# job-watcher container image (SPEC §10). Build and run, see docs/operations/container.md:
 #   docker build -t job-watcher:0.1.0 .
 #   docker run --rm -v "$PWD/watcher.toml:/etc/job-watcher/watcher.toml:ro" -v job-watcher:/var/lib/job-watcher job-watcher:0.1.0
 #
