@@ -29,6 +29,7 @@ _PROBLEM_TEXT = {
     400: "A bad field, named in `errors`, malformed JSON or a wrong Content-Type",
     401: "Missing or wrong bearer token",
     404: "Unknown job or delivery",
+    409: "The request conflicts with the current state; `detail` says how",
     413: "Body over api.max_body_bytes",
     503: "The store is unavailable (an outage); retry after `Retry-After` seconds",
 }
