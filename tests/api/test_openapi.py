@@ -20,6 +20,7 @@ import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
 from hypothesis.errors import Unsatisfiable
+from schemathesis.config import SchemathesisConfig
 
 from tests.api.conftest import SECRET
 from tests.e2e.conftest import free_port
@@ -30,6 +31,7 @@ from watcher.config import load_config
 from watcher.openapi import openapi_document
 
 TOKEN = "schemathesis-token"
+ST_CONFIG = Path(__file__).with_name("schemathesis.toml")
 MAX_EXAMPLES = 30
 
 
@@ -126,10 +128,14 @@ def daemon_url(tmp_path_factory: pytest.TempPathFactory, store_url: str | None) 
         yield url
 
 
+def _st_config() -> SchemathesisConfig:
+    return SchemathesisConfig.from_path(ST_CONFIG)
+
+
 @pytest.fixture(scope="module")
 def api_schema(daemon_url: str) -> schemathesis.BaseSchema:
     """The document the daemon serves, with its base URL and the token."""
-    schema = schemathesis.openapi.from_url(daemon_url + "/openapi.json")
+    schema = schemathesis.openapi.from_url(daemon_url + "/openapi.json", config=_st_config())
     schema.config.update(base_url=daemon_url, headers={"Authorization": f"Bearer {TOKEN}"})
     return schema
 
@@ -157,6 +163,7 @@ def test_api_conforms(api_schema: schemathesis.BaseSchema) -> None:
     The pytest plugin of schemathesis does not run on pytest 9, so each operation gets its own hypothesis
     run here; a failure names the operation.
     """
+    assert "413" in api_schema.config.checks.negative_data_rejection.expected_statuses  # our settings apply
     operations = [result.ok() for result in api_schema.get_all_operations()]  # type: ignore[union-attr]
     labels = {o.label for o in operations}
     expected = {f"{r.method} {r.path}" for r in ROUTES} | {"GET /healthz", "GET /readyz", "GET /metrics"}
@@ -199,6 +206,8 @@ def test_schemathesis_cli_with_every_check(store_url: str | None, tmp_path: Path
             sys.executable,
             "-c",
             "import sys; from schemathesis.cli import schemathesis; sys.exit(schemathesis())",
+            "--config-file",
+            str(ST_CONFIG),
             "run",
             url + "/openapi.json",
             "--checks",
