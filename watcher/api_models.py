@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
+from pydantic_core import PydanticCustomError
 
 MAX_LABELS = 32
 MAX_LABEL_VALUE = 256
@@ -23,6 +24,22 @@ UUID_PATTERN = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0
 LABEL_KEY_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_./-]{0,62}$"
 LABEL_FILTER_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_./-]{0,62}:"
 NAME_PATTERN = r"^[^\x00-\x1f]{1,100}$"
+# Published for the strings no other pattern bounds; `storable` is what enforces it, with a clearer message.
+STORABLE_PATTERN = r"^[^\x00]*$"
+
+
+def storable(value: str) -> str:
+    """Refuse what no store can hold: PostgreSQL's text and jsonb have no NUL, UTF-8 no lone surrogate."""
+    if "\x00" in value:
+        raise PydanticCustomError("nul_character", "must not contain a NUL character (U+0000)")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise PydanticCustomError(
+            "lone_surrogate", "must not contain a lone surrogate (U+D800 to U+DFFF)"
+        ) from None
+    return value
+
 
 JobId = Annotated[
     str,
@@ -30,7 +47,11 @@ JobId = Annotated[
     AfterValidator(str.lower),
 ]
 LabelKey = Annotated[str, Field(pattern=LABEL_KEY_PATTERN)]
-LabelValue = Annotated[str, Field(max_length=MAX_LABEL_VALUE)]
+LabelValue = Annotated[
+    str,
+    Field(max_length=MAX_LABEL_VALUE, json_schema_extra={"pattern": STORABLE_PATTERN}),
+    AfterValidator(storable),
+]
 Name = Annotated[str, Field(pattern=NAME_PATTERN)]
 Time = Annotated[str, Field(json_schema_extra={"format": "date-time"})]
 ListStatus = Literal[
@@ -67,14 +88,14 @@ class WatchCreate(_Request):
 
 
 class BatchCreate(_Request):
-    """Up to 1000 registrations; each item is validated on its own, so one bad item sinks nothing else."""
+    """Up to 1000 registrations, each a `WatchCreate`.
 
-    watches: list[WatchCreate] = Field(min_length=1, max_length=MAX_BATCH)
+    Items are validated one by one: an item that is not a valid `WatchCreate` is answered in the 200 as
+    `invalid` with its errors, and sinks nothing else. So the schema accepts any item; only a body that is
+    not a batch at all is a 400.
+    """
 
-
-class BatchEnvelope(_Request):
-    """`BatchCreate` with its items unvalidated: the handler then validates each item on its own."""
-
+    # The published items are "a WatchCreate, or anything": `openapi.py` writes that reference in.
     watches: list[Any] = Field(min_length=1, max_length=MAX_BATCH)
 
 
@@ -195,14 +216,20 @@ class WatchListQuery(_Query):
     """Filters of `GET /v1/watches`."""
 
     status: ListStatus | None = Field(default=None, description="final, else last status, else unknown")
-    label: str | None = Field(
+    label: Annotated[str, AfterValidator(storable)] | None = Field(
         default=None,
         pattern=LABEL_FILTER_PATTERN,
         max_length=64 + MAX_LABEL_VALUE,
         description="key:value; only watches with exactly this label",
+        json_schema_extra={"pattern": LABEL_FILTER_PATTERN + STORABLE_PATTERN[1:]},
     )
     limit: int = Field(default=100, ge=1, le=MAX_PAGE)
-    cursor: str | None = Field(default=None, max_length=100, description="next_cursor of the previous page")
+    cursor: Annotated[str, AfterValidator(storable)] | None = Field(
+        default=None,
+        max_length=100,
+        description="next_cursor of the previous page",
+        json_schema_extra={"pattern": STORABLE_PATTERN},
+    )
 
     def label_pair(self) -> tuple[str, str] | None:
         """The label filter split into (key, value)."""
