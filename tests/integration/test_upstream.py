@@ -16,7 +16,7 @@ from aiohttp import web
 from watcher.clock import ManualClock, SystemClock
 from watcher.models import Credentials, PollOutcome, PollResult
 from watcher.simulate import GARBAGE_VARIANTS, Faults, Simulator
-from watcher.upstream import MAX_BODY_BYTES, UpstreamClient, parse_retry_after
+from watcher.upstream import DEFAULT_MAX_BODY_BYTES, UpstreamClient, parse_retry_after
 
 TOKEN = "tok-7f3a9c1e-very-secret"
 API_KEY = "key-b21d44e0-very-secret"
@@ -274,7 +274,7 @@ class TestAgainstCannedServer:
     @pytest.mark.parametrize(
         ("body", "detail"),
         [
-            (b"x" * (MAX_BODY_BYTES + 10), "larger than"),
+            (b"x" * (DEFAULT_MAX_BODY_BYTES + 10), "larger than"),
             (b'{"id": "' + JOB.encode() + b'", "status": "success"}', "'updatedAt'"),
             (b'{"id": 5, "status": "success", "updatedAt": "x"}', "'id'"),
             (b"\xff\xfe", "not JSON"),

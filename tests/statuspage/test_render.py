@@ -113,7 +113,8 @@ class TestParseQuery:
     @pytest.mark.parametrize(
         ("query", "field"),
         [
-            ({"status": "done"}, "status"),
+            ({"status": "a\x01b"}, "status"),
+            ({"status": "x" * 65}, "status"),
             ({"limit": "0"}, "limit"),
             ({"limit": "201"}, "limit"),
             ({"limit": "²"}, "limit"),

@@ -223,7 +223,7 @@ class TestDecide:
         watch = make_watch(status="active", streak=4, next_poll_at=T0 + 5.0)
         d = decide(watch, ok("failed"), T0 + 20.0, POLICY, random.Random(0), route_all)
         new = d.saved.watch
-        assert d.final is FinalState.FAILED
+        assert d.final == FinalState.FAILED
         assert new.final == "failed"
         assert new.finished_at == T0 + 20.0
         assert new.finished
@@ -241,7 +241,7 @@ class TestDecide:
         """A missed deadline ends the watch as expired with a job.expired event."""
         watch = make_watch(status="active", polls=9)
         d = decide(watch, None, T0 + 4000.0, POLICY, random.Random(0), route_all)
-        assert d.final is FinalState.EXPIRED
+        assert d.final == FinalState.EXPIRED
         assert not d.transition
         assert d.saved.watch.final == "expired"
         assert d.saved.watch.finished_at == T0 + 4000.0
@@ -259,7 +259,7 @@ class TestDecide:
             assert d.saved.events == ()
             assert watch.streak == i + 1
         d = decide(watch, PollResult(PollOutcome.NOT_FOUND), T0 + 9, POLICY, rng, route_all)
-        assert d.final is FinalState.MISSING
+        assert d.final == FinalState.MISSING
         assert d.saved.watch.final == "missing"
         assert [e.event.type for e in d.saved.events] == ["job.missing"]
 
@@ -303,7 +303,7 @@ class TestDecide:
         d = decide(
             make_watch(status="active"), ok("success"), T0 + 5000.0, POLICY, random.Random(0), route_all
         )
-        assert d.final is FinalState.SUCCESS
+        assert d.final == FinalState.SUCCESS
 
     def test_ok_without_status_is_an_error(self) -> None:
         """An OK result with no usable body is treated as an invalid response, never a transition."""
