@@ -207,7 +207,9 @@ class Simulator:
         self._runner: web.AppRunner | None = None
         # `watcher bench`: any UUID not created through the control API answers as a job in this status,
         # so a million watches need no million control calls. None (the default): such ids are 404.
-        self.unknown_jobs = None if unknown_jobs is None else _status(unknown_jobs, "unknown_jobs")
+        if unknown_jobs is not None and unknown_jobs not in KNOWN_STATUSES:
+            raise ValueError(f"unknown_jobs: expected one of {', '.join(sorted(KNOWN_STATUSES))}")
+        self.unknown_jobs = unknown_jobs
         self._started_at = self.clock.now()
 
     def __repr__(self) -> str:
