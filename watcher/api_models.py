@@ -54,9 +54,15 @@ LabelValue = Annotated[
 ]
 Name = Annotated[str, Field(pattern=NAME_PATTERN)]
 Time = Annotated[str, Field(json_schema_extra={"format": "date-time"})]
-ListStatus = Literal[
-    "unknown", "created", "queued", "active", "success", "failed", "retrying", "expired", "missing"
-]
+# A documented status or verdict, or one the upstream grew (SPEC §2: `cancelled`, `upstream_expired`).
+ListStatus = Annotated[
+    str,
+    Field(
+        pattern=r"^[^\x00-\x1f\x7f]{1,64}$",
+        examples=["unknown", "created", "queued", "active", "success", "failed", "retrying", "expired",
+                  "missing", "cancelled"],
+    ),
+]  # fmt: skip
 DeliveryStateName = Literal["pending", "delivered", "dead"]
 
 
@@ -121,9 +127,11 @@ class WatchOut(BaseModel):
 
     job_id: str
     workspace: str
-    state: ListStatus = Field(description="final if finished, else the last status, else unknown")
-    status: str | None = Field(description="The last status the upstream reported.")
-    final: Literal["success", "failed", "expired", "missing"] | None
+    state: str = Field(description="final if finished, else the last status, else unknown")
+    status: str | None = Field(description="The last status the upstream reported (lower-cased).")
+    final: str | None = Field(
+        description="success, failed, expired, missing, or another of upstream.terminal_statuses"
+    )
     labels: dict[str, str]
     webhooks: list[str] | None
     max_watch_s: float | None
@@ -140,7 +148,7 @@ class TransitionOut(BaseModel):
     """One event of a job: a status change or the watcher's own verdict."""
 
     event_id: str
-    type: str = Field(description="job.<status>, job.expired or job.missing")
+    type: str = Field(description="job.<status>, job.unknown, job.expired or job.missing")
     status: str | None
     previous_status: str | None
     detected_at: Time
