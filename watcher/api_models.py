@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
+from pydantic_core import PydanticCustomError
 
 MAX_LABELS = 32
 MAX_LABEL_VALUE = 256
@@ -23,6 +24,22 @@ UUID_PATTERN = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0
 LABEL_KEY_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_./-]{0,62}$"
 LABEL_FILTER_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_./-]{0,62}:"
 NAME_PATTERN = r"^[^\x00-\x1f]{1,100}$"
+# Published for the strings no other pattern bounds; `storable` is what enforces it, with a clearer message.
+STORABLE_PATTERN = r"^[^\x00]*$"
+
+
+def storable(value: str) -> str:
+    """Refuse what no store can hold: PostgreSQL's text and jsonb have no NUL, UTF-8 no lone surrogate."""
+    if "\x00" in value:
+        raise PydanticCustomError("nul_character", "must not contain a NUL character (U+0000)")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise PydanticCustomError(
+            "lone_surrogate", "must not contain a lone surrogate (U+D800 to U+DFFF)"
+        ) from None
+    return value
+
 
 JobId = Annotated[
     str,
@@ -30,21 +47,22 @@ JobId = Annotated[
     AfterValidator(str.lower),
 ]
 LabelKey = Annotated[str, Field(pattern=LABEL_KEY_PATTERN)]
-LabelValue = Annotated[str, Field(max_length=MAX_LABEL_VALUE)]
+LabelValue = Annotated[
+    str,
+    Field(max_length=MAX_LABEL_VALUE, json_schema_extra={"pattern": STORABLE_PATTERN}),
+    AfterValidator(storable),
+]
 Name = Annotated[str, Field(pattern=NAME_PATTERN)]
 Time = Annotated[str, Field(json_schema_extra={"format": "date-time"})]
-ListStatus = Literal[
-    "unknown",
-    "created",
-    "queued",
-    "active",
-    "success",
-    "failed",
-    "retrying",
-    "expired",
-    "missing",
-    "quarantined",
-]
+# A documented status or verdict, or one the upstream grew (SPEC §2: `cancelled`, `upstream_expired`).
+ListStatus = Annotated[
+    str,
+    Field(
+        pattern=r"^[^\x00-\x1f\x7f]{1,64}$",
+        examples=["unknown", "created", "queued", "active", "success", "failed", "retrying", "expired",
+                  "missing", "cancelled"],
+    ),
+]  # fmt: skip
 DeliveryStateName = Literal["pending", "delivered", "dead"]
 
 
@@ -76,14 +94,14 @@ class WatchCreate(_Request):
 
 
 class BatchCreate(_Request):
-    """Up to 1000 registrations; each item is validated on its own, so one bad item sinks nothing else."""
+    """Up to 1000 registrations, each a `WatchCreate`.
 
-    watches: list[WatchCreate] = Field(min_length=1, max_length=MAX_BATCH)
+    Items are validated one by one: an item that is not a valid `WatchCreate` is answered in the 200 as
+    `invalid` with its errors, and sinks nothing else. So the schema accepts any item; only a body that is
+    not a batch at all is a 400.
+    """
 
-
-class BatchEnvelope(_Request):
-    """`BatchCreate` with its items unvalidated: the handler then validates each item on its own."""
-
+    # The published items are "a WatchCreate, or anything": `openapi.py` writes that reference in.
     watches: list[Any] = Field(min_length=1, max_length=MAX_BATCH)
 
 
@@ -109,11 +127,13 @@ class WatchOut(BaseModel):
 
     job_id: str
     workspace: str
-    state: ListStatus = Field(
+    state: str = Field(
         description="final if finished, else quarantined if quarantined, else the last status, else unknown"
     )
-    status: str | None = Field(description="The last status the upstream reported.")
-    final: Literal["success", "failed", "expired", "missing"] | None
+    status: str | None = Field(description="The last status the upstream reported (lower-cased).")
+    final: str | None = Field(
+        description="success, failed, expired, missing, or another of upstream.terminal_statuses"
+    )
     labels: dict[str, str]
     webhooks: list[str] | None
     max_watch_s: float | None
@@ -137,7 +157,7 @@ class TransitionOut(BaseModel):
     """One event of a job: a status change or the watcher's own verdict."""
 
     event_id: str
-    type: str = Field(description="job.<status>, job.expired or job.missing")
+    type: str = Field(description="job.<status>, job.unknown, job.expired or job.missing")
     status: str | None
     previous_status: str | None
     detected_at: Time
@@ -215,14 +235,20 @@ class WatchListQuery(_Query):
     status: ListStatus | None = Field(
         default=None, description="final, else quarantined, else last status, else unknown"
     )
-    label: str | None = Field(
+    label: Annotated[str, AfterValidator(storable)] | None = Field(
         default=None,
         pattern=LABEL_FILTER_PATTERN,
         max_length=64 + MAX_LABEL_VALUE,
         description="key:value; only watches with exactly this label",
+        json_schema_extra={"pattern": LABEL_FILTER_PATTERN + STORABLE_PATTERN[1:]},
     )
     limit: int = Field(default=100, ge=1, le=MAX_PAGE)
-    cursor: str | None = Field(default=None, max_length=100, description="next_cursor of the previous page")
+    cursor: Annotated[str, AfterValidator(storable)] | None = Field(
+        default=None,
+        max_length=100,
+        description="next_cursor of the previous page",
+        json_schema_extra={"pattern": STORABLE_PATTERN},
+    )
 
     def label_pair(self) -> tuple[str, str] | None:
         """The label filter split into (key, value)."""

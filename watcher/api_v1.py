@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 from aiohttp import web
@@ -23,7 +23,6 @@ from watcher.api_models import (
     MAX_PAGE,
     UUID_PATTERN,
     BatchCreate,
-    BatchEnvelope,
     BatchItemOut,
     BatchOut,
     DeliveryListQuery,
@@ -37,9 +36,13 @@ from watcher.api_models import (
     field_errors,
 )
 from watcher.api_views import delivery_out, transition_out, watch_out
+from watcher.errors import StoreError, StoreUnavailable
 from watcher.models import DeliveryState, Registration, Source
 from watcher.problems import Problem, field_problem, read_json
 from watcher.store.base import RegisterResult
+
+if TYPE_CHECKING:
+    from watcher.daemon import DaemonState
 
 log = structlog.get_logger("watcher.api")
 _UUID = re.compile(UUID_PATTERN)
@@ -77,9 +80,17 @@ def _query(request: web.Request, model: type[BaseModel]) -> Any:
 
 def _job_id(request: web.Request) -> str:
     raw = request.match_info["job_id"]
-    if not _UUID.match(raw):
+    if not _UUID.fullmatch(raw):  # not `match`: `$` also matches before a trailing newline
         raise field_problem("job_id", "must be a UUID like 5135bfe3-b2c7-41f3-a44f-f4b58e7384df")
     return raw.lower()
+
+
+def _delivery_id(request: web.Request) -> int:
+    raw = request.match_info["delivery_id"]
+    # isascii: str.isdigit also accepts digits of other scripts, and superscripts that int() refuses.
+    if raw.isascii() and raw.isdigit() and len(raw) <= 19 and 0 < int(raw) <= MAX_DELIVERY_ID:
+        return int(raw)
+    raise field_problem("delivery_id", f"must be an integer from 1 to {MAX_DELIVERY_ID}")
 
 
 def _registration(data: Any, request: web.Request, prefix: str = "") -> Registration:
@@ -151,7 +162,7 @@ async def create_watches(request: web.Request) -> web.Response:
     state = request.app[STATE_KEY]
     data = await read_json(request, _max_body(request))
     try:
-        envelope = BatchEnvelope.model_validate(data)
+        envelope = BatchCreate.model_validate(data)
     except ValidationError as exc:
         errors = field_errors(exc)
         raise Problem(400, _summary(errors), errors=errors) from None
@@ -161,25 +172,62 @@ async def create_watches(request: web.Request) -> web.Response:
         try:
             regs.append((i, _registration(item, request, prefix=f"watches[{i}]")))
         except Problem as problem:
-            job = item.get("job_id") if isinstance(item, dict) else None
-            results.append(
-                BatchItemOut.model_validate(
-                    {
-                        "index": i,
-                        "job_id": job if isinstance(job, str) and len(job) <= 100 else None,
-                        "result": "invalid",
-                        "errors": problem.errors,
-                    }
-                )
-            )
-    stored = await state.store.register([r for _, r in regs], state.clock.now())
+            results.append(_invalid(i, item, problem.errors))
+    stored = await _register_batch(state, [r for _, r in regs])
     if RegisterResult.CREATED in stored:
         state.wake_scheduler()
     for (i, reg), res in zip(regs, stored, strict=True):
-        results.append(BatchItemOut(index=i, job_id=reg.job_id, result=res.value))
+        if res is None:
+            message = "the store refused this item; it is not registered"
+            results.append(_invalid(i, envelope.watches[i], [{"field": f"watches[{i}]", "message": message}]))
+        else:
+            results.append(BatchItemOut(index=i, job_id=reg.job_id, result=res.value))
     results.sort(key=lambda r: r.index)
     count = {k: sum(r.result == k for r in results) for k in ("created", "existing", "invalid")}
     return _ok(BatchOut(results=results, **count))
+
+
+async def _register_batch(state: DaemonState, regs: list[Registration]) -> list[RegisterResult | None]:
+    """Register `regs` at once or, if the store refuses that, one by one; None where it refused an item.
+
+    A plain `StoreError` is about this request's data (one row the database will not take sinks the
+    whole statement), so retrying item by item lands every other item. `StoreUnavailable` is the store
+    as a whole being out: it propagates (503). Items of chunks that the store committed before it failed
+    come back `existing` from the second pass: registering is idempotent.
+    """
+    if not regs:
+        return []
+    now = state.clock.now()
+    try:
+        return list(await state.store.register(regs, now))
+    except StoreUnavailable:
+        raise
+    except StoreError as exc:
+        log.warning("api.batch_store_error", items=len(regs), error=str(exc))
+    results: list[RegisterResult | None] = []
+    for reg in regs:
+        try:
+            (res,) = await state.store.register([reg], now)
+        except StoreUnavailable:
+            raise
+        except StoreError as exc:
+            log.warning("api.batch_item_refused", job_id=reg.job_id, error=str(exc))
+            res = None
+        results.append(res)
+    return results
+
+
+def _invalid(index: int, item: Any, errors: list[dict[str, str]]) -> BatchItemOut:
+    """An `invalid` result; its job_id only when the item has a well-formed one, never other input."""
+    job = item.get("job_id") if isinstance(item, dict) else None
+    return BatchItemOut.model_validate(
+        {
+            "index": index,
+            "job_id": job.lower() if isinstance(job, str) and _UUID.fullmatch(job) else None,
+            "result": "invalid",
+            "errors": errors,
+        }
+    )
 
 
 async def list_watches(request: web.Request) -> web.Response:
@@ -254,13 +302,10 @@ async def list_deliveries(request: web.Request) -> web.Response:
 async def retry_delivery(request: web.Request) -> web.Response:
     """Put a dead delivery back to pending with the same webhook-id; 409 unless it is dead."""
     state = request.app[STATE_KEY]
-    raw = request.match_info["delivery_id"]
-    delivery_id = int(raw) if raw.isdigit() and len(raw) <= 19 else 0
-    found = None
-    if 0 < delivery_id <= MAX_DELIVERY_ID:
-        found = await state.store.get_delivery(delivery_id)
+    delivery_id = _delivery_id(request)
+    found = await state.store.get_delivery(delivery_id)
     if found is None:
-        raise Problem(404, f"no delivery {raw[:30]}")
+        raise Problem(404, f"no delivery {delivery_id}")
     if found.state is not DeliveryState.DEAD:
         raise Problem(
             409, f"delivery {delivery_id} is {found.state.value}; only a dead delivery can be retried"
@@ -320,5 +365,7 @@ ROUTES: tuple[Route, ...] = (
 def add_v1_routes(app: web.Application) -> None:
     """Register every route of `ROUTES` on `app`."""
     for r in ROUTES:
-        path = r.path.replace("{delivery_id}", r"{delivery_id:\d+}")
+        # `batch` is not a job id: without the lookahead `/v1/watches/batch` would also be `{job_id}`, and
+        # a 405 there would advertise that route's GET and DELETE in `Allow`.
+        path = r.path.replace("{job_id}", r"{job_id:(?!batch\Z)[^/]+}")
         app.router.add_route(r.method, path, r.handler)

@@ -64,6 +64,8 @@ def cmd_check_config(path: str | None) -> int:
     except ConfigError as exc:
         _print_config_error(exc)
         return EXIT_USAGE
+    for line in settings.unknown_event_types():
+        print(f"warning: {line}", file=sys.stderr)
     print(render_config(settings), end="")
     return EXIT_OK
 

@@ -9,6 +9,7 @@ title and detail on one line) or could not be reached, 2 bad usage or configurat
 from __future__ import annotations
 
 import argparse
+import http.client
 import json
 import os
 import sys
@@ -129,6 +130,11 @@ def request(
     except (urllib.error.URLError, OSError) as exc:
         reason = getattr(exc, "reason", exc)
         raise ClientError(f"cannot reach the daemon at {url}: {reason}") from None
+    except (ValueError, http.client.InvalidURL):  # http.client's own message would quote the token
+        raise ClientError(
+            "--url or the token contains a control character or a space, which HTTP cannot carry",
+            EXIT_USAGE,
+        ) from None
     try:
         return status, json.loads(raw) if raw else None
     except ValueError:

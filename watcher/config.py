@@ -39,7 +39,8 @@ from pydantic_settings import (
 )
 
 from watcher.errors import ConfigError
-from watcher.models import DEFAULT_EVENT_TYPES, EVENT_TYPES, Credentials
+from watcher.models import Credentials
+from watcher.statuses import DEFAULT_TERMINAL, config_name, default_events, is_event_name, known_events
 
 MASK = "********"
 _NAME_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
@@ -133,8 +134,12 @@ def _check_whsec(plain: str) -> None:
 
 
 def _event_type(value: str) -> str:
-    if value not in EVENT_TYPES:
-        raise ValueError(f"unknown event type {value!r}; expected one of {', '.join(EVENT_TYPES)}")
+    # Any `job.<name>` (SPEC §2: the upstream may grow statuses); unknown names only warn, at start-up.
+    if not (value.startswith("job.") and is_event_name(value[4:])):
+        raise ValueError(
+            f"{value!r} is not an event type: expected job.<name>, <name> being [a-z][a-z0-9_], "
+            "at most 32 characters (e.g. job.failed)"
+        )
     return value
 
 
@@ -190,6 +195,11 @@ class UpstreamConfig(_Section):
     timeout_s: PositiveSeconds = 10.0
     max_concurrency: int = Field(default=64, ge=1)
     rate_limit_per_s: float = Field(default=50.0, gt=0)
+    # The statuses that end a watch, as the watcher names them (`expired` → `upstream_expired`, SPEC §2).
+    terminal_statuses: list[Annotated[str, AfterValidator(config_name)]] = Field(
+        default=list(DEFAULT_TERMINAL), min_length=1
+    )
+    max_body_bytes: int = Field(default=1_048_576, ge=1024, le=64 * 1_048_576)
     workspaces: dict[Annotated[str, AfterValidator(_slug)], WorkspaceConfig] = {}
 
     @model_validator(mode="after")
@@ -201,6 +211,7 @@ class UpstreamConfig(_Section):
                 raise _problem((key,), f"required (or set {key}_file)")
         if self.workspace_slug in self.workspaces:
             raise _problem(("workspaces", self.workspace_slug), "is already the default workspace_slug")
+        self.terminal_statuses = list(dict.fromkeys(self.terminal_statuses))
         return self
 
     def credentials(self) -> dict[str, Credentials]:
@@ -318,9 +329,8 @@ class WebhookConfig(_Section):
     secret: WebhookSecret | None = None
     secrets: list[WebhookSecret] | None = None
     secret_file: SecretFile | None = None
-    events: list[Annotated[str, AfterValidator(_event_type)]] = Field(
-        default=list(DEFAULT_EVENT_TYPES), min_length=1
-    )
+    # None: the default filter, which depends on `upstream.terminal_statuses` (filled in by `Settings`).
+    events: list[Annotated[str, AfterValidator(_event_type)]] | None = Field(default=None, min_length=1)
     format: Literal["standard", "slack"] = "standard"
     timeout_s: PositiveSeconds = 10.0
     max_attempts: int = Field(default=10, ge=1)
@@ -348,7 +358,8 @@ class WebhookConfig(_Section):
         for header in self.headers:
             if not _HEADER_NAME_RE.fullmatch(header) or header.lower() in _RESERVED_HEADERS:
                 raise _problem(("headers", header), "is not a header name this webhook may set")
-        self.events = list(dict.fromkeys(self.events))
+        if self.events is not None:
+            self.events = list(dict.fromkeys(self.events))
         return self
 
     def all_secrets(self) -> list[str]:
@@ -424,11 +435,25 @@ class Settings(BaseSettings):
             if hook.name in seen:
                 raise _problem(("webhooks", i, "name"), f"duplicates webhooks[{seen[hook.name]}].name")
             seen[hook.name] = i
+            if hook.events is None:
+                hook.events = default_events(self.upstream.terminal_statuses)
         # A lease shorter than a request would let a second worker take over an in-flight poll or delivery.
         longest = max([self.upstream.timeout_s, *(h.timeout_s for h in self.webhooks)])
         if self.daemon.lease_s <= longest:
             raise _problem(("daemon", "lease_s"), "must be longer than every upstream and webhook timeout_s")
         return self
+
+    def unknown_event_types(self) -> list[str]:
+        """`webhooks[i].events: …` lines for event types the watcher does not know it can emit (a typo, or a
+        status the upstream may grow into); a warning at start-up, not an error (SPEC §2)."""
+        known = known_events(self.upstream.terminal_statuses)
+        return [
+            f"webhooks[{i}].events: {etype} is not an event this watcher knows it emits "
+            f"(documented statuses, terminal_statuses, job.expired, job.missing, job.unknown)"
+            for i, hook in enumerate(self.webhooks)
+            for etype in hook.events or ()
+            if etype not in known
+        ]
 
     def resolved_state_dir(self) -> Path:
         """`daemon.state_dir`, or the default for this environment when unset."""

@@ -50,7 +50,7 @@ def webhook_targets(settings: Settings) -> dict[str, WebhookTarget]:
             name=w.name,
             url=str(w.url),
             secrets=tuple(w.all_secrets()),
-            events=frozenset(w.events),
+            events=frozenset(w.events or ()),
             format=w.format,
             timeout_s=w.timeout_s,
             max_attempts=w.max_attempts,
@@ -87,6 +87,7 @@ def polling_policy(settings: Settings) -> PollingPolicy:
         max_watch_s=p.max_watch_s,
         not_found_limit=p.not_found_limit,
         error_backoff_max_s=p.error_backoff_max_s,
+        terminal_statuses=frozenset(settings.upstream.terminal_statuses),
     )
 
 
@@ -226,7 +227,13 @@ class Daemon:
         )
         scheduler = Scheduler(
             store,
-            UpstreamClient(upstream_session, creds, s.upstream.timeout_s, self.clock),
+            UpstreamClient(
+                upstream_session,
+                creds,
+                s.upstream.timeout_s,
+                self.clock,
+                max_body_bytes=s.upstream.max_body_bytes,
+            ),
             policy,
             TokenBucket(s.upstream.rate_limit_per_s, self.clock),
             self.metrics,
@@ -274,6 +281,8 @@ class Daemon:
         if self.tune_gc:
             tune_gc()
         self._install_signals()
+        for problem in s.unknown_event_types():
+            log.warning("config.unknown_event_type", problem=problem)
         state.ready = True
         self.notifier.ready(summary())
         log.info(

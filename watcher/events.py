@@ -8,6 +8,7 @@ from typing import Any
 
 from watcher.clock import iso_utc
 from watcher.models import Event, FinalState, Watch
+from watcher.statuses import event_type, status_name
 
 # Fixed forever: changing it would change every event id and break receivers' de-duplication.
 EVENT_NAMESPACE = uuid.UUID("5f0c4a53-9d0e-4c47-8a3b-6f1f2b0a7e11")
@@ -35,11 +36,15 @@ def _data(
 
 
 def transition_event(watch: Watch, body: dict[str, Any], previous_status: str | None, now: float) -> Event:
-    """The event for an observed status change; `body` is the upstream JSON as received."""
-    status = str(body["status"])
+    """The event for an observed status change; `body` is the upstream JSON as received.
+
+    The type is `job.<name>` for the watcher's name of the body's status (SPEC §2), or `job.unknown` for a
+    value that is no name (the raw value stays in the body).
+    """
+    status = status_name(str(body["status"]))
     updated = body.get("updatedAt")
     eid = event_id(watch.job_id, status, updated if isinstance(updated, str) else None)
-    etype = f"job.{status}"
+    etype = event_type(status)
     payload = {"type": etype, "timestamp": iso_utc(now), "data": _data(watch, body, previous_status, now)}
     return Event(
         id=eid, job_id=watch.job_id, workspace=watch.workspace, type=etype, created_at=now, payload=payload

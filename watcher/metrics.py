@@ -28,12 +28,14 @@ from prometheus_client.registry import Collector
 
 from watcher import __version__
 from watcher.models import FinalState, JobStatus, PollOutcome, StoreCounts
+from watcher.statuses import OTHER_LABEL, metric_label
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 _LAG_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 900.0, 3600.0)
 WATCH_STATUSES: tuple[str, ...] = (
     "unknown",
     *(s.value for s in JobStatus if s.value not in ("success", "failed")),
+    OTHER_LABEL,  # every grown status (SPEC §2): a label never carries what the upstream made up
 )
 DELIVERY_OUTCOMES: tuple[str, ...] = ("success", "retry", "dead")
 # The loops that contain their items' failures: the `loop` label of `watcher_internal_errors_total`.
@@ -62,7 +64,9 @@ class _StoreGauges(Collector):
             labels=["status"],
         )
         by_status = dict.fromkeys(WATCH_STATUSES, 0)
-        by_status.update(counts.watched_by_status)
+        for status, n in counts.watched_by_status.items():
+            label = metric_label(status)
+            by_status[label] = by_status.get(label, 0) + n
         for status, n in sorted(by_status.items()):
             watched.add_metric([status], n)
         pending = GaugeMetricFamily(
@@ -176,13 +180,13 @@ class Metrics:
             ["status"],
             registry=r,
         )
-        for final in FinalState:
-            self.jobs_finished.labels(status=final.value)
+        for final in (*FinalState, OTHER_LABEL):
+            self.jobs_finished.labels(status=final)
         self.transitions = Counter(
             "watcher_transitions", "Observed status transitions by new status.", ["status"], registry=r
         )
-        for status in JobStatus:
-            self.transitions.labels(status=status.value)
+        for status in (*JobStatus, OTHER_LABEL):
+            self.transitions.labels(status=status)
         self.deliveries = Counter(
             "watcher_webhook_deliveries",
             "Delivery attempts by webhook and outcome.",

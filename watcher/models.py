@@ -22,25 +22,22 @@ class JobStatus(StrEnum):
     RETRYING = "retrying"
 
 
+# The default of `[upstream] terminal_statuses`; `watcher.statuses` names the statuses the upstream grows.
 TERMINAL_STATUSES: frozenset[str] = frozenset({JobStatus.SUCCESS, JobStatus.FAILED})
 KNOWN_STATUSES: frozenset[str] = frozenset(s.value for s in JobStatus)
 
 
 class FinalState(StrEnum):
-    """Why a watch stopped polling: the upstream's terminal status or the watcher's own verdict."""
+    """Why a watch stopped polling: the upstream's terminal status or the watcher's own verdict.
+
+    `Watch.final` is a plain string: any status in `[upstream] terminal_statuses` (e.g. a grown
+    `cancelled`) ends a watch too, so these are the usual values, not all of them.
+    """
 
     SUCCESS = "success"
     FAILED = "failed"
     EXPIRED = "expired"
     MISSING = "missing"
-
-
-EVENT_TYPES: tuple[str, ...] = (
-    *(f"job.{s.value}" for s in JobStatus),
-    "job.expired",
-    "job.missing",
-)
-DEFAULT_EVENT_TYPES: tuple[str, ...] = ("job.success", "job.failed", "job.expired", "job.missing")
 
 
 # The list status of a watch that is neither finished nor polled, because its handling kept failing.
@@ -104,8 +101,8 @@ class Watch:
     labels: dict[str, str] = field(default_factory=dict)
     webhooks: tuple[str, ...] | None = None
     max_watch_s: float | None = None
-    status: str | None = None  # last upstream status seen; None before the first successful poll
-    final: str | None = None  # a `FinalState` once polling has stopped
+    status: str | None = None  # last status seen, as `statuses.status_name` names it; None before a poll
+    final: str | None = None  # once polling has stopped: a terminal status name or a `FinalState` verdict
     polls: int = 0  # every poll made, whatever its outcome
     streak: int = 0  # successful polls since the status last changed: the n of SPEC §5
     errors: int = 0  # consecutive failed polls: the n of the error backoff

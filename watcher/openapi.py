@@ -29,8 +29,17 @@ _PROBLEM_TEXT = {
     400: "A bad field, named in `errors`, malformed JSON or a wrong Content-Type",
     401: "Missing or wrong bearer token",
     404: "Unknown job or delivery",
-    409: "The delivery is not dead",
+    409: "The request conflicts with the current state; `detail` says how",
     413: "Body over api.max_body_bytes",
+    503: "The store is unavailable (an outage); retry after `Retry-After` seconds",
+}
+# Where one status means different things on different operations (keyed by operationId).
+_OPERATION_TEXT: dict[str, dict[int, str]] = {
+    "create_watch": {409: "The watch was deleted while it was being registered; register it again"},
+    "retry_delivery": {409: "The delivery is not dead (or stopped being dead meanwhile)"},
+}
+_RETRY_AFTER = {
+    "Retry-After": {"description": "Seconds to wait before retrying", "schema": {"type": "integer"}}
 }
 # The open endpoints of `api.py`: small hand-written bodies, no models behind them.
 _JSON = "application/json"
@@ -53,7 +62,14 @@ def _components() -> dict[str, Any]:
             pairs.append((r.body, "validation"))
         pairs += [(m, "serialization") for m in r.responses.values() if m is not None]
     _, defs = models_json_schema(list(dict.fromkeys(pairs)), ref_template=_REF)
-    return dict(defs.get("$defs", {}))
+    schemas = dict(defs.get("$defs", {}))
+    # A batch takes any item and answers a bad one per item (200, `invalid`): the schema says so, while
+    # still naming the shape an item should have.
+    schemas["BatchCreate"]["properties"]["watches"]["items"] = {
+        "anyOf": [{"$ref": _REF.format(model="WatchCreate")}, {}],
+        "description": "A WatchCreate; anything else is answered in the 200 as `invalid` with its errors.",
+    }
+    return schemas
 
 
 def _without_null(schema: dict[str, Any]) -> dict[str, Any]:
@@ -81,11 +97,14 @@ def _query_parameters(model: type[BaseModel]) -> list[dict[str, Any]]:
     return out
 
 
-def _problem(status: int) -> dict[str, Any]:
-    return {
-        "description": _PROBLEM_TEXT[status],
+def _problem(status: int, operation: str) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "description": _OPERATION_TEXT.get(operation, {}).get(status) or _PROBLEM_TEXT[status],
         "content": {PROBLEM_TYPE: {"schema": {"$ref": _REF.format(model="ProblemOut")}}},
     }
+    if status == 503:
+        out["headers"] = _RETRY_AFTER
+    return out
 
 
 def _operation(r: Route, secured: bool) -> dict[str, Any]:
@@ -113,16 +132,14 @@ def _operation(r: Route, secured: bool) -> dict[str, Any]:
         if model is not None:
             resp["content"] = {_JSON: {"schema": {"$ref": _REF.format(model=model.__name__)}}}
         op["responses"][str(status)] = resp
-    errors = {400, *r.errors}
+    errors = {400, 503, *r.errors}
     if r.body is not None:
         errors.add(413)
     if secured:
         errors.add(401)
         op["security"] = [{"bearer": []}]
     for status in sorted(errors):
-        if r.path.endswith("/retry") and status == 400:
-            continue  # the id is digits by route; nothing else is read
-        op["responses"][str(status)] = _problem(status)
+        op["responses"][str(status)] = _problem(status, op["operationId"])
     return op
 
 

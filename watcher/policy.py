@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -23,6 +23,7 @@ from watcher.models import (
     SavedPoll,
     Watch,
 )
+from watcher.statuses import status_name
 
 # Beyond this many doublings every realistic error backoff has long hit its cap; clamping the exponent
 # keeps `2.0 ** n` finite for any count a long-broken upstream can accumulate.
@@ -42,6 +43,8 @@ class PollingPolicy:
     max_watch_s: float  # then the job is `expired`
     not_found_limit: int  # consecutive 404s, then the job is `missing`
     error_backoff_max_s: float
+    # Status names that end a watch (`[upstream] terminal_statuses`, named as `statuses.status_name` does).
+    terminal_statuses: frozenset[str] = field(default=TERMINAL_STATUSES)
 
 
 @dataclass(slots=True)  # not frozen: made once per poll (see `PollResult`)
@@ -51,7 +54,7 @@ class Decision:
     saved: SavedPoll  # the new watch (same lease) and the events to write with it
     previous_status: str | None  # the status before this poll
     transition: bool  # the upstream status changed (the first observation included)
-    final: FinalState | None  # set when polling stops with this decision
+    final: str | None  # set when polling stops: a terminal status name, or a `FinalState` verdict
     detection_lag_s: float | None  # now - upstream `updatedAt` of a transition; None if unknown
 
 
@@ -143,7 +146,7 @@ def decide(
         body = result.body
         status = body.get("status") if body is not None else None
         if body is not None and isinstance(status, str):
-            return _observed(watch, body, status, now, policy, rng, route)
+            return _observed(watch, body, status_name(status), now, policy, rng, route)
         # The upstream client should have classified this as invalid; do not crash on its mistake.
         result = replace(result, outcome=PollOutcome.INVALID_RESPONSE, detail="ok response without a status")
     if result.outcome is PollOutcome.NOT_FOUND:
@@ -170,6 +173,7 @@ def _observed(
     rng: random.Random,
     route: Route,
 ) -> Decision:
+    # `status` is already the watcher's name for it: lower-cased, so a case-only change is no transition.
     previous = watch.status
     changed = status != previous  # the first observation (previous None) counts as a change
     streak = 0 if changed else watch.streak + 1
@@ -183,9 +187,9 @@ def _observed(
     new.last_polled_at = now
     new.last_error = None
     new.upstream_updated_at = updated if isinstance(updated, str) else None
-    final: FinalState | None = None
-    if status in TERMINAL_STATUSES:
-        final = FinalState(status)
+    final: str | None = None
+    if status in policy.terminal_statuses:
+        final = status
         new.final = final
         new.finished_at = now
     else:

@@ -16,6 +16,8 @@ import structlog
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
+from watcher.errors import StoreUnavailable
+
 log = structlog.get_logger("watcher.api")
 
 PROBLEM_TYPE = "application/problem+json"
@@ -30,6 +32,7 @@ _TITLES = {
     503: "Service Unavailable",
 }
 _READ_CHUNK = 65536
+STORE_RETRY_AFTER_S = 5  # what a 503 for a store outage asks a client to wait
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -137,8 +140,7 @@ async def read_json(request: web.Request, max_bytes: int) -> Any:
     """The request's JSON body, read no further than `max_bytes`; 413, or 400 naming what is wrong."""
     check_length(request, max_bytes)
     if request.content_type != "application/json":
-        shown = request.content_type or "none"
-        raise field_problem("Content-Type", f"must be application/json, not {shown[:60]}")
+        raise field_problem("Content-Type", "must be application/json")
     body = bytearray()
     while True:
         chunk = await request.content.read(_READ_CHUNK)
@@ -176,26 +178,45 @@ def problem_middleware(tokens: Sequence[str], max_body_bytes: int, protected: st
             return await handler(request)
         except Problem as problem:
             return _closing(problem.response(), problem.status)
+        except StoreUnavailable as exc:
+            # An outage is expected and temporary (SPEC §16): the client is told to come back, not that
+            # the server is broken, and the log gets one line, not a traceback.
+            log.warning("api.store_unavailable", route=route_name(request), error=str(exc))
+            return problem_response(
+                503,
+                "the store is unavailable; try again later",
+                headers={"Retry-After": str(STORE_RETRY_AFTER_S)},
+            )
         except web.HTTPException as exc:
             if exc.status < 400:
                 raise
             headers = {k: v for k, v in exc.headers.items() if k.lower() in ("allow", "www-authenticate")}
-            detail = _http_detail(request, exc)
+            detail = _http_detail(exc)
             return _closing(problem_response(exc.status, detail, headers=headers), exc.status)
         except Exception as exc:  # the last line of defence: a bare 500, details only in the log
             log.exception(
-                "api.handler_failed", path=request.path, method=request.method, error=type(exc).__name__
+                "api.handler_failed",
+                route=route_name(request),
+                method=request.method,
+                error=type(exc).__name__,
             )
             return problem_response(500, "the server failed to handle this request; see its log")
 
     return middleware
 
 
-def _http_detail(request: web.Request, exc: web.HTTPException) -> str:
+def route_name(request: web.Request) -> str:
+    """The route template of a request, e.g. `/v1/watches/{job_id}`: a path could carry a pasted secret."""
+    resource = request.match_info.route.resource
+    return "unmatched" if resource is None else resource.canonical
+
+
+def _http_detail(exc: web.HTTPException) -> str:
+    # No request bytes in an answer (SPEC §16): the path could carry anything, even a pasted token.
     if exc.status == 404:
-        return f"no such resource: {request.path[:200]}"
+        return "no such resource; see /openapi.json for the routes"
     if exc.status == 405:
-        return f"method {request.method} is not allowed on {request.path[:200]}"
+        return "method not allowed here; Allow lists the methods of this route"
     if exc.status == 413:
         return "request body is over the limit (api.max_body_bytes)"
     return exc.reason

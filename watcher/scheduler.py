@@ -21,6 +21,7 @@ from watcher.metrics import Metrics, observe_many
 from watcher.models import PollOutcome, PollResult, Watch
 from watcher.policy import Decision, PollingPolicy, decide, error_delay, is_expired
 from watcher.ratelimit import TokenBucket
+from watcher.statuses import metric_label
 from watcher.store.base import Store
 
 log = structlog.get_logger("watcher.scheduler")
@@ -499,7 +500,7 @@ class Scheduler:
     def _record(self, decision: Decision) -> None:
         watch = decision.saved.watch
         if decision.transition:
-            self._metrics.transitions.labels(status=watch.status).inc()
+            self._metrics.transitions.labels(status=metric_label(watch.status or "unknown")).inc()
             if decision.detection_lag_s is not None:
                 self._metrics.detection_lag.observe(max(0.0, decision.detection_lag_s))
         for new in decision.saved.events:
@@ -515,12 +516,12 @@ class Scheduler:
                 reason=new.event.payload["data"].get("reason"),
             )
         if decision.final is not None:
-            self._metrics.jobs_finished.labels(status=decision.final.value).inc()
+            self._metrics.jobs_finished.labels(status=metric_label(decision.final)).inc()
             log.info(
                 "job.finished",
                 job_id=watch.job_id,
                 workspace=watch.workspace,
-                status=decision.final.value,
+                status=str(decision.final),
                 polls=watch.polls,
             )
         # Only events routed to a webhook made deliveries: waking the outbox for the others (most first

@@ -26,17 +26,12 @@ from aiohttp import web
 
 from watcher.clock import Clock, SystemClock, iso_utc
 from watcher.models import KNOWN_STATUSES
+from watcher.simulate_faults import GARBAGE_VARIANTS, POISON_VARIANTS, garbage_body, poison_body
 
 API_PREFIX: Final = "/api/v2"
-GARBAGE_VARIANTS: Final = (
-    "not_json",
-    "not_object",
-    "missing_field",
-    "unknown_status",
-    "wrong_id",
-    "truncated",
-)
-FAULT_KINDS: Final = ("server_error", "rate_limit", "garbage", "slow", "drop")
+FAULT_KINDS: Final = ("server_error", "rate_limit", "garbage", "slow", "drop", "poison")
+_VARIANTS: Final = {"garbage": GARBAGE_VARIANTS, "poison": POISON_VARIANTS}
+_MAX_STATUS: Final = 200
 _WS_NAMESPACE: Final = uuid.UUID("0b7d43f3-5b8e-4c4e-9a43-51f0d1d6a1c2")
 _MAX_FLAGGED_JOBS: Final = 1000
 
@@ -52,9 +47,15 @@ class Faults:
     slow: float = 0.0  # answered only after slow_s (independent of the other faults)
     slow_s: float = 0.0
     drop: float = 0.0  # connection closed without an answer
+    poison: float = 0.0  # answered 200 with a valid job that lenient JSON code chokes on (POISON_VARIANTS)
+    poison_variant: str = ""  # the poison to serve; "" draws one of POISON_VARIANTS per answer
 
     def __post_init__(self) -> None:
+        if self.poison_variant not in ("", *POISON_VARIANTS):
+            raise ValueError(f'poison_variant: expected one of {", ".join(POISON_VARIANTS)} or ""')
         for f in fields(self):
+            if f.name == "poison_variant":
+                continue
             value = getattr(self, f.name)
             if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
                 raise ValueError(f"{f.name}: expected a number, got {value!r}")
@@ -140,9 +141,11 @@ def _number(value: Any, name: str) -> float:
 
 
 def _status(value: Any, name: str) -> str:
-    if value not in KNOWN_STATUSES:
-        raise ValueError(f"{name}: unknown status {value!r}")
-    return str(value)
+    # Any status, not only the documented ones: a grown upstream (`cancelled`, `CANCELLED`) is something
+    # users need to reproduce (SPEC §2).
+    if not isinstance(value, str) or not value or len(value) > _MAX_STATUS:
+        raise ValueError(f"{name}: expected a status, a non-empty string of at most {_MAX_STATUS} characters")
+    return value
 
 
 def _parse_step(raw: Any, index: int) -> Step:
@@ -204,7 +207,9 @@ class Simulator:
         self._runner: web.AppRunner | None = None
         # `watcher bench`: any UUID not created through the control API answers as a job in this status,
         # so a million watches need no million control calls. None (the default): such ids are 404.
-        self.unknown_jobs = None if unknown_jobs is None else _status(unknown_jobs, "unknown_jobs")
+        if unknown_jobs is not None and unknown_jobs not in KNOWN_STATUSES:
+            raise ValueError(f"unknown_jobs: expected one of {', '.join(sorted(KNOWN_STATUSES))}")
+        self.unknown_jobs = unknown_jobs
         self._started_at = self.clock.now()
 
     def __repr__(self) -> str:
@@ -294,8 +299,9 @@ class Simulator:
         """Make the next `count` requests for this job fail with `kind`, whatever the fractions say."""
         if kind not in FAULT_KINDS:
             raise ValueError(f"kind: expected one of {', '.join(FAULT_KINDS)}")
-        if variant is not None and variant not in GARBAGE_VARIANTS:
-            raise ValueError(f"variant: expected one of {', '.join(GARBAGE_VARIANTS)}")
+        if variant is not None and variant not in _VARIANTS.get(kind, ()):
+            known = ", ".join(_VARIANTS.get(kind, ())) or f"none for {kind}"
+            raise ValueError(f"variant: expected one of {known}")
         if isinstance(count, bool) or not isinstance(count, int) or count < 0:
             raise ValueError("count: expected an integer >= 0")
         self.jobs[job_id.lower()].forced.extend([(kind, variant)] * count)
@@ -353,17 +359,18 @@ class Simulator:
         return None
 
     def _draw(self, job: SimJob | None) -> tuple[str | None, bool, str | None]:
-        """The fault for this request, whether it is also slow, and the garbage variant if forced."""
+        """The fault for this request, whether it is also slow, and its body variant if forced."""
         if job is not None and job.forced:
             kind, variant = job.forced.popleft()
             return kind, kind == "slow", variant
         f = self.faults
         slow = f.slow > 0 and self.rng.random() < f.slow
-        if f.drop + f.server_error + f.rate_limit + f.garbage > 0:
+        if f.drop + f.server_error + f.rate_limit + f.garbage + f.poison > 0:
             # One draw over adjacent ranges, so each fraction is honoured exactly as configured.
             u = self.rng.random()
             for kind, fraction in (("drop", f.drop), ("server_error", f.server_error),
-                                   ("rate_limit", f.rate_limit), ("garbage", f.garbage)):  # fmt: skip
+                                   ("rate_limit", f.rate_limit), ("garbage", f.garbage),
+                                   ("poison", f.poison)):  # fmt: skip
                 if u < fraction:
                     return kind, slow, None
                 u -= fraction
@@ -436,6 +443,12 @@ class Simulator:
             job.advance(now)
         if fault == "garbage":
             return self._garbage(job, key, variant or self.rng.choice(GARBAGE_VARIANTS))
+        if fault == "poison":
+            chosen = variant or self.faults.poison_variant or self.rng.choice(POISON_VARIANTS)
+            view = self.job_view(job) if job is not None else {"id": key, "status": "queued"}
+            if "updatedAt" not in view:
+                view["updatedAt"] = iso_utc(now)
+            return web.Response(body=poison_body(view, chosen), content_type="application/json")
         if job is None and self.unknown_jobs is not None:
             return self._unknown_job(request, key)
         if job is None or now < job.visible_at:
@@ -463,20 +476,12 @@ class Simulator:
 
     def _garbage(self, job: SimJob | None, key: str, variant: str) -> web.Response:
         view: dict[str, Any] = self.job_view(job) if job is not None else {"id": key, "status": "queued"}
-        if variant == "not_json":
-            return web.Response(text="<html><body>Bad Gateway</body></html>", content_type="text/html")
-        text = json.dumps(view)
-        if variant == "not_object":
-            text = json.dumps([view])
-        elif variant == "missing_field":
-            text = json.dumps({k: v for k, v in view.items() if k != "status"})
-        elif variant == "unknown_status":
-            text = json.dumps({**view, "status": "paused"})
-        elif variant == "wrong_id":
-            text = json.dumps({**view, "id": str(uuid.UUID(int=self._id_rng.getrandbits(128), version=4))})
-        else:  # truncated: the connection was fine, the JSON was cut short
-            text = text[: len(text) // 2]
-        return web.Response(text=text, content_type="application/json")
+
+        def new_id() -> str:
+            return str(uuid.UUID(int=self._id_rng.getrandbits(128), version=4))
+
+        text, content_type = garbage_body(view, variant, new_id)
+        return web.Response(text=text, content_type=content_type)
 
     # -- control API and lifecycle ------------------------------------------------------------------
 
@@ -669,8 +674,14 @@ def _parser() -> _Parser:
     p.add_argument("--api-key", default="sim-key", help="x-api-key clients must send (local testing)")
     p.add_argument("--workspace-slug", default="sim", help="x-workspace-slug clients must send")
     p.add_argument("--seed", type=int, default=None, help="seed for faults and generated jobs")
-    for name in ("server-error", "rate-limit", "garbage", "slow", "drop"):
+    for name in ("server-error", "rate-limit", "garbage", "slow", "drop", "poison"):
         p.add_argument(f"--fault-{name}", type=_fraction, default=0.0, metavar="FRACTION")
+    p.add_argument(
+        "--poison-variant",
+        choices=POISON_VARIANTS,
+        default="",
+        help="the poison body of --fault-poison answers (default: any of them, drawn per answer)",
+    )
     p.add_argument("--retry-after-s", type=float, default=1.0, help="Retry-After of 429 and 503 answers")
     p.add_argument("--slow-s", type=float, default=5.0, help="delay of slow answers")
     p.add_argument("--jobs", type=int, default=0, metavar="N", help="create N jobs with random lifecycles")
@@ -699,6 +710,8 @@ def _build(argv: list[str]) -> tuple[Simulator, str, int]:
             slow=args.fault_slow,
             slow_s=args.slow_s,
             drop=args.fault_drop,
+            poison=args.fault_poison,
+            poison_variant=args.poison_variant,
         )
     except ValueError as exc:
         raise _UsageError(str(exc)) from None

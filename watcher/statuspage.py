@@ -9,6 +9,7 @@ The replay button calls `POST /v1/deliveries/{id}/retry`, which checks the token
 
 from __future__ import annotations
 
+import re
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING
@@ -31,6 +32,7 @@ MAX_LIMIT = 200
 TRANSITIONS_SHOWN = 20
 DEAD_SHOWN = 50
 _MAX_CURSOR = 64  # a cursor is a job id
+_GROWN_STATUS = re.compile(r"[^\x00-\x1f\x7f]{1,64}")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -46,8 +48,9 @@ _HEADERS = {
 def parse_query(query: Mapping[str, str]) -> tuple[str | None, str | None, int]:
     """The page's `status`, `cursor` and `limit` parameters; ValueError names the bad one."""
     status = query.get("status") or None
-    if status is not None and status not in LIST_STATUSES:
-        raise ValueError(f"status: must be one of {', '.join(sorted(LIST_STATUSES))}")
+    # Any status a watch may have: the documented ones and those the upstream grew (printable, bounded).
+    if status is not None and status not in LIST_STATUSES and not _GROWN_STATUS.fullmatch(status):
+        raise ValueError(f"status: must be one of {', '.join(sorted(LIST_STATUSES))} or a grown status")
     cursor = query.get("cursor") or None
     if cursor is not None and (len(cursor) > _MAX_CURSOR or not cursor.isprintable()):
         raise ValueError("cursor: not a cursor from this page's next-page link")
@@ -88,6 +91,7 @@ async def build_view(
         status=status,
         cursor=cursor,
         limit=limit,
+        terminal_statuses=frozenset(state.settings.upstream.terminal_statuses),
     )
     if not detail:
         return view

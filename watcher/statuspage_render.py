@@ -23,6 +23,7 @@ from watcher.models import Delivery, Event, Watch
 UNFINISHED = ("unknown", "created", "queued", "active", "retrying")
 FINISHED = ("success", "failed", "expired", "missing")
 LIST_STATUSES = frozenset(UNFINISHED + FINISHED)
+_MAX_GROWN = 20  # cards for statuses the upstream grew (SPEC §2); a page stays bounded whatever it sends
 _FIRST = '<span class="dim">(first seen)</span>'
 _CUT = 160  # longest error or label text shown in a cell; the full text is in the cell's title
 
@@ -46,6 +47,17 @@ class PageView:
     next_cursor: str | None = None
     transitions: tuple[Event, ...] = ()
     dead_deliveries: tuple[Delivery, ...] = ()
+    terminal_statuses: frozenset[str] = frozenset()  # `upstream.terminal_statuses`: which grown ones finish
+
+
+def _grown(v: PageView) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """Statuses in the counts beyond the documented ones, (unfinished, finished), the most common first."""
+    grown = sorted((s for s in v.counts if s not in LIST_STATUSES), key=lambda s: (-v.counts[s], s))
+    grown = grown[:_MAX_GROWN]
+    return (
+        tuple(s for s in grown if s not in v.terminal_statuses),
+        tuple(s for s in grown if s in v.terminal_statuses),
+    )
 
 
 def _e(value: object) -> str:
@@ -94,13 +106,15 @@ def _counts(v: PageView) -> str:
             f'<span class="n">{v.counts.get(status, 0)}</span>{_badge(status)}</a>'
         )
 
-    depth = sum(v.counts.get(s, 0) for s in UNFINISHED)
+    grown_open, grown_done = _grown(v)
+    unfinished, finished = UNFINISHED + grown_open, FINISHED + grown_done
+    depth = sum(n for s, n in v.counts.items() if s not in FINISHED and s not in v.terminal_statuses)
     return (
         '<section id="counts"><h2>Watches by status</h2>'
         f'<div class="group"><h3>Being watched: <span id="queue-depth">{depth}</span></h3>'
-        f"{''.join(card(s) for s in UNFINISHED)}</div>"
+        f"{''.join(card(s) for s in unfinished)}</div>"
         f'<div class="group"><h3>Finished (kept for the retention period)</h3>'
-        f"{''.join(card(s) for s in FINISHED)}</div>"
+        f"{''.join(card(s) for s in finished)}</div>"
         '<div class="group"><h3>Webhook deliveries</h3>'
         f'<span class="card" data-delivery-state="pending"><span class="n">{v.pending}</span>pending</span>'
         f'<span class="card" data-delivery-state="dead"><span class="n">{v.dead}</span>dead</span>'
@@ -114,7 +128,8 @@ def _labels(labels: Mapping[str, str]) -> str:
 
 def _watches(v: PageView) -> str:
     tabs = [f'<a href="./"{" class=current" if v.status is None else ""}>all</a>']
-    for s in UNFINISHED + FINISHED:
+    grown_open, grown_done = _grown(v)
+    for s in UNFINISHED + grown_open + FINISHED + grown_done:
         cur = " class=current" if v.status == s else ""
         tabs.append(f'<a href="{_e(_href(status=s))}"{cur}>{_e(s)}</a>')
     rows = [

@@ -8,7 +8,6 @@ prefix, headers, timeout) is built once per workspace.
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Mapping
 from datetime import UTC
@@ -21,11 +20,16 @@ from yarl import URL
 
 from watcher.clock import Clock, SystemClock
 from watcher.models import KNOWN_STATUSES, Credentials, PollOutcome, PollResult
+from watcher.statuses import GrownStatusLog, is_grown
+from watcher.strictjson import MAX_DEPTH, TooDeep, parse_body
 
-MAX_BODY_BYTES: Final = 1024 * 1024
-# A job body is a few hundred bytes; anything near the cap is not a job and is not worth buffering.
+# `[upstream] max_body_bytes`: a job body is a few hundred bytes; anything near the cap is not a job and
+# is not worth buffering.
+DEFAULT_MAX_BODY_BYTES: Final = 1024 * 1024
 _MAX_DETAIL: Final = 200
 _REQUIRED_FIELDS: Final = ("id", "status", "updatedAt")
+# `updatedAt` goes into the event id and a text column: a timestamp is short and printable.
+_MAX_UPDATED_AT: Final = 64
 
 
 def parse_retry_after(value: str | None, now: float) -> float | None:
@@ -93,11 +97,15 @@ class UpstreamClient:
         credentials: Mapping[str, Credentials],
         timeout_s: float,
         clock: Clock | None = None,
+        *,
+        max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     ) -> None:
         self._session = session
         self._workspaces = {name: _Workspace(creds) for name, creds in credentials.items()}
         self._timeout = aiohttp.ClientTimeout(total=timeout_s)
         self._clock: Clock = clock if clock is not None else SystemClock()
+        self._max_body_bytes = max_body_bytes
+        self._grown = GrownStatusLog(self._clock.monotonic)
 
     def __repr__(self) -> str:
         return f"UpstreamClient(workspaces={sorted(self._workspaces)!r}, timeout_s={self._timeout.total})"
@@ -120,7 +128,7 @@ class UpstreamClient:
             ) as resp:
                 status = resp.status
                 # Read every answer, not only 200s, so the pooled connection can be reused.
-                raw = await _read_limited(resp.content)
+                raw = await _read_limited(resp.content, self._max_body_bytes)
                 retry_after = resp.headers.get("Retry-After") if status in (429, 503) else None
         except TimeoutError:
             # asyncio.TimeoutError on 3.11; caught before ClientError because aiohttp's own timeout
@@ -141,20 +149,24 @@ class UpstreamClient:
                 duration_s=monotonic() - started,
             )
         duration = monotonic() - started
-        if status == 200:
-            return _classify_body(raw, job_id, duration)
-        return _classify_status(status, retry_after, self._clock.now(), duration)
+        if status != 200:
+            return _classify_status(status, retry_after, self._clock.now(), duration)
+        result = classify_body(raw, job_id, duration, self._max_body_bytes)
+        body = result.body
+        if body is not None and is_grown(body["status"]):
+            self._grown.seen(body["status"], job_id, workspace)
+        return result
 
 
-async def _read_limited(content: aiohttp.StreamReader) -> bytes | None:
-    """The whole body, or None when it exceeds `MAX_BODY_BYTES` (the rest is left unread)."""
-    first = await content.read(MAX_BODY_BYTES + 1)
-    if not first or (len(first) <= MAX_BODY_BYTES and content.at_eof()):
+async def _read_limited(content: aiohttp.StreamReader, limit: int) -> bytes | None:
+    """The whole body, or None when it exceeds `limit` bytes (the rest is left unread)."""
+    first = await content.read(limit + 1)
+    if not first or (len(first) <= limit and content.at_eof()):
         return first  # the usual small body in one piece: no second read to learn it has ended
     chunks = [first]
     total = len(first)
-    while total <= MAX_BODY_BYTES:
-        chunk = await content.read(MAX_BODY_BYTES + 1 - total)
+    while total <= limit:
+        chunk = await content.read(limit + 1 - total)
         if not chunk:
             return first if len(chunks) == 1 else b"".join(chunks)
         chunks.append(chunk)
@@ -162,26 +174,47 @@ async def _read_limited(content: aiohttp.StreamReader) -> bytes | None:
     return None
 
 
-def _classify_body(raw: bytes | None, job_id: str, duration: float) -> PollResult:
-    """A 200 answer: OK only for a JSON object of SPEC §2's shape describing the requested job."""
+def classify_body(raw: bytes | None, job_id: str, duration: float, max_body_bytes: int) -> PollResult:
+    """A 200 answer: OK only for a JSON object of SPEC §2's shape describing the requested job.
 
+    Never raises: whatever the bytes, the answer is OK with a body that strict JSON can carry (SPEC §16:
+    NaN and Infinity as null, lone surrogates as U+FFFD, over-long integers as digit strings) or an
+    INVALID_RESPONSE that says why. A status outside the documented list is OK: the upstream has grown.
+    """
+    try:
+        return _classify_body(raw, job_id, duration, max_body_bytes)
+    except Exception as exc:  # a bug here must cost one poll, never the scheduler loop
+        return PollResult(
+            PollOutcome.INVALID_RESPONSE,
+            status_code=200,
+            detail=f"unreadable body ({type(exc).__name__})",
+            duration_s=duration,
+        )
+
+
+def _classify_body(raw: bytes | None, job_id: str, duration: float, max_body_bytes: int) -> PollResult:
     def invalid(detail: str) -> PollResult:
         return PollResult(PollOutcome.INVALID_RESPONSE, status_code=200, detail=detail, duration_s=duration)
 
     if raw is None:
-        return invalid(f"body larger than {MAX_BODY_BYTES} bytes")
+        return invalid(f"body larger than {max_body_bytes} bytes")
     try:
-        body: Any = json.loads(raw)
+        body: Any = parse_body(raw)
+    except TooDeep:
+        return invalid(f"body nested deeper than {MAX_DEPTH} levels")
     except ValueError:  # JSONDecodeError and UnicodeDecodeError both derive from it
         return invalid("body is not JSON")
     if not isinstance(body, dict):
         return invalid(f"body is a JSON {type(body).__name__}, not an object")
     for name in _REQUIRED_FIELDS:
-        if not isinstance(body.get(name), str):
-            return invalid(f"field {name!r} missing or not a string")
-    status = body["status"]
-    if status not in KNOWN_STATUSES:
-        return invalid(f"unknown status {_clip(status)!r}")
+        value = body.get(name)
+        if not isinstance(value, str) or not value:
+            return invalid(f"field {name!r} missing, empty or not a string")
+    if body["status"] not in KNOWN_STATUSES and not body["status"].strip():
+        return invalid("field 'status' is blank")
+    updated = body["updatedAt"]
+    if len(updated) > _MAX_UPDATED_AT or not updated.isprintable():
+        return invalid("field 'updatedAt' is not a timestamp")
     if body["id"].lower() != job_id.lower():
         return invalid(f"body is for job {_clip(body['id'])!r}")
     return PollResult(PollOutcome.OK, body=body, status_code=200, duration_s=duration)
@@ -220,4 +253,4 @@ def _describe(exc: BaseException, secrets: tuple[str, ...]) -> str:
     return detail if len(detail) <= _MAX_DETAIL else detail[: _MAX_DETAIL - 3] + "..."
 
 
-__all__ = ["MAX_BODY_BYTES", "UpstreamClient", "parse_retry_after"]
+__all__ = ["DEFAULT_MAX_BODY_BYTES", "UpstreamClient", "classify_body", "parse_retry_after"]

@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 
 import aiohttp
 
-from watcher import __version__
+from watcher import __version__, strictjson
 from watcher.clock import Clock, SystemClock
 from watcher.models import Delivery, Event
 from watcher.signing import HEADER_ID, HEADER_SIGNATURE, HEADER_TIMESTAMP, sign
@@ -100,8 +100,9 @@ def slack_text(event: Event) -> str:
 def render_body(target: WebhookTarget, event: Event) -> bytes:
     """The exact bytes POSTed for `event`; the same event always renders to the same bytes."""
     doc: Any = {"text": slack_text(event)} if target.format == "slack" else event.payload
-    # Sorted keys make the bytes (and so the signature) independent of how the payload was stored.
-    return json.dumps(doc, separators=(",", ":"), sort_keys=True, ensure_ascii=False).encode()
+    # Sorted keys make the bytes (and so the signature) independent of how the payload was stored. Strict
+    # JSON (RFC 8259) only: a payload stored before bodies were sanitised may still hold a NaN.
+    return strictjson.dumps(doc, sort_keys=True).encode()
 
 
 # -- sending ----------------------------------------------------------------------------------------------

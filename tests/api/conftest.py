@@ -14,11 +14,14 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from tests.e2e.conftest import free_port
+from tests.support.postgres import pg_schema
 from watcher.config import Settings, load_config
 from watcher.daemon import Daemon
 from watcher.receiver import Receiver
 from watcher.simulate import Simulator
 from watcher.store import Store
+from watcher.store.postgres import PostgresStore
+from watcher.store.sqlite import SQLiteStore
 
 SECRET = "whsec_" + base64.b64encode(b"api-test-webhook-secret").decode()
 TOKEN = "api-test-token-0123456789"
@@ -149,3 +152,23 @@ async def start_daemon(tmp_path: Path) -> AsyncIterator[StartDaemon]:
     yield start
     for close in reversed(stack):
         await close()
+
+
+@dataclass
+class Backend:
+    """A real store for a daemon to open: its kind, the (unopened) store, and where its data lives."""
+
+    kind: str
+    store: Store
+    url: str  # a SQLite file path or a PostgreSQL URL with its test schema
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Backend]:
+    """Each real store in turn; the PostgreSQL one in a fresh schema, dropped afterwards."""
+    if request.param == "postgres":
+        async with pg_schema("api") as url:
+            yield Backend("postgres", PostgresStore(url), url)
+        return
+    path = tmp_path / "backend.db"
+    yield Backend("sqlite", SQLiteStore(path), str(path))

@@ -103,3 +103,13 @@ async def test_client_errors_and_overrides(start_daemon: StartDaemon) -> None:
     )
     code, _, err = await watcher(d, "watches", "list", "--url", "ftp://x")
     assert code == 2
+
+
+async def test_client_refuses_what_http_cannot_carry(start_daemon: StartDaemon) -> None:
+    """A token or URL with a control character or a space is a usage error in one line that repeats
+    neither (http.client refuses them with a ValueError that quotes the token)."""
+    d = await start_daemon(token=TOKEN)
+    for flags in (["--token", "sEcReT\nInjected: 1"], ["--url", d.base + "/sEcReT x"]):
+        code, _, err = await watcher(d, "watches", "list", *flags)
+        assert code == 2, err
+        assert len(err.splitlines()) == 1 and "Traceback" not in err and "sEcReT" not in err, err

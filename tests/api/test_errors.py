@@ -197,7 +197,14 @@ async def test_unknown_routes_and_methods_are_problems(daemon: Running) -> None:
     assert status == 400 and body["errors"] == [
         {"field": "job_id", "message": "must be a UUID like 5135bfe3-b2c7-41f3-a44f-f4b58e7384df"}
     ]
-    for query in ("status=bogus", "limit=0", "limit=x", "limit=100000", "label=nocolon"):
+    for query in (
+        "status=a%01b",
+        "status=" + "x" * 65,
+        "limit=0",
+        "limit=x",
+        "limit=100000",
+        "label=nocolon",
+    ):
         status, body = await _problem(daemon, "GET", f"/v1/watches?{query}", headers=daemon.auth())
         assert status == 400 and body["errors"][0]["field"] == query.split("=")[0]  # type: ignore[index]
     for query in ("state=lost", "cursor=-1", "cursor=abc", "cursor=99999999999999999999"):

@@ -142,5 +142,5 @@ async def test_delete_then_register_again_is_a_fresh_watch(start_daemon: StartDa
     await wait_until(lambda: len(d.receiver.deliveries) == 2)
     first, second = d.receiver.deliveries
     assert first.type == second.type == "job.success"
-    assert first.webhook_id == second.webhook_id  # the same fact keeps its id (README.md, "Stopping")
+    assert first.webhook_id == second.webhook_id  # the same fact keeps its id (docs/api/http.md, "Stopping")
     assert await _state(d, job) == "success"

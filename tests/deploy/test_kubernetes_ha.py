@@ -76,3 +76,12 @@ def test_store_url_comes_from_a_secret_and_configures_postgres(
     )
     assert settings.resolved_store_url().startswith("postgresql://")
     assert settings.daemon.lease_s == 30.0
+
+
+def test_the_network_policy_lets_the_replicas_reach_the_database(docs: list[dict[str, Any]]) -> None:
+    """The base policy allows DNS, 80 and 443 out; the overlay adds PostgreSQL's 5432 and keeps the rest."""
+    egress = by_kind(docs, "NetworkPolicy")["spec"]["egress"]
+    ports = {(p["protocol"], p["port"]) for rule in egress for p in rule.get("ports", [])}
+    assert {("TCP", 5432), ("TCP", 443), ("TCP", 80), ("UDP", 53)} <= ports
+    base = by_kind(kustomize(BASE), "NetworkPolicy")["spec"]["egress"]
+    assert ("TCP", 5432) not in {(p["protocol"], p["port"]) for rule in base for p in rule.get("ports", [])}

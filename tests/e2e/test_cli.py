@@ -98,3 +98,20 @@ async def test_secrets_never_logged(
     assert "job.transition" in text
     for secret in (SIM_TOKEN, SIM_KEY, WEBHOOK_SECRET, WEBHOOK_SECRET.removeprefix("whsec_")):
         assert secret not in text
+
+
+def test_check_config_warns_about_event_types_it_does_not_know(tmp_path: Path) -> None:
+    """A webhook asking for job.paused loads (the upstream may grow it, SPEC §2) with a warning line."""
+    cfg = tmp_path / "grown.toml"
+    cfg.write_text(
+        '[upstream]\ntoken = "t"\napi_key = "k"\nworkspace_slug = "acme"\n'
+        'terminal_statuses = ["success", "failed", "cancelled"]\n'
+        '[[webhooks]]\nname = "ops"\nurl = "https://ops.example/hook"\n'
+        'secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"\n'
+        'events = ["job.failed", "job.cancelled", "job.paused"]\n'
+    )
+    result = watcher("check-config", "-c", str(cfg), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    warnings = [line for line in result.stderr.splitlines() if line.startswith("warning: ")]
+    assert len(warnings) == 1 and "webhooks[0].events: job.paused" in warnings[0], result.stderr
+    assert 'terminal_statuses = ["success", "failed", "cancelled"]' in result.stdout

@@ -138,10 +138,11 @@ class TestJobs:
         ("spec", "field"),
         [
             ({"id": "not-a-uuid"}, "id"),
-            ({"status": "paused"}, "status"),
+            ({"status": ""}, "status"),
+            ({"status": 7}, "status"),
             ({"workspace": "nope"}, "workspace"),
             ({"script": [{"after_s": -1, "status": "active"}]}, "script[0].after_s"),
-            ({"script": [{"after_s": 1, "status": "done"}]}, "script[0].status"),
+            ({"script": [{"after_s": 1, "status": "x" * 201}]}, "script[0].status"),
             ({"colour": "red"}, "colour"),
         ],
     )

@@ -12,11 +12,12 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
+from structlog.testing import capture_logs
 
 from watcher.clock import ManualClock, SystemClock
 from watcher.models import Credentials, PollOutcome, PollResult
 from watcher.simulate import GARBAGE_VARIANTS, Faults, Simulator
-from watcher.upstream import MAX_BODY_BYTES, UpstreamClient, parse_retry_after
+from watcher.upstream import DEFAULT_MAX_BODY_BYTES, UpstreamClient, parse_retry_after
 
 TOKEN = "tok-7f3a9c1e-very-secret"
 API_KEY = "key-b21d44e0-very-secret"
@@ -274,7 +275,7 @@ class TestAgainstCannedServer:
     @pytest.mark.parametrize(
         ("body", "detail"),
         [
-            (b"x" * (MAX_BODY_BYTES + 10), "larger than"),
+            (b"x" * (DEFAULT_MAX_BODY_BYTES + 10), "larger than"),
             (b'{"id": "' + JOB.encode() + b'", "status": "success"}', "'updatedAt'"),
             (b'{"id": 5, "status": "success", "updatedAt": "x"}', "'id'"),
             (b"\xff\xfe", "not JSON"),
@@ -319,3 +320,87 @@ async def test_client_repr_hides_credentials(session: aiohttp.ClientSession) -> 
     for text in (repr(up), repr(creds("http://127.0.0.1:1"))):
         assert SLUG in text
         assert TOKEN not in text and API_KEY not in text
+
+
+def _raw(status: str = '"active"', updated: str = '"2026-04-01T10:18:42.000Z"') -> bytes:
+    """A body for JOB with raw JSON text for its status and updatedAt."""
+    return f'{{"id": "{JOB}", "status": {status}, "updatedAt": {updated}}}'.encode()
+
+
+class TestPoisonBodies:
+    """SPEC §16: every poison body the simulator serves is classified, never raised (issue 12)."""
+
+    async def _poll(self, sim: tuple[Simulator, str], session: Any, variant: str) -> tuple[PollResult, str]:
+        simulator, url = sim
+        job = simulator.add_job(status="failed", error="boom")
+        simulator.force_fault(job.id, "poison", variant=variant)
+        return await client(session, url).get_job(job.id, SLUG), job.id
+
+    async def test_lone_surrogates_become_replacement_characters(self, sim: Any, session: Any) -> None:
+        """In a value and in a key; the rest of the body is the job as received."""
+        result, job_id = await self._poll(sim, session, "lone_surrogate")
+        assert result.outcome is PollOutcome.OK and result.body is not None
+        assert result.body["error"] == "\ufffd oops"
+        assert result.body["note\ufffd"] == "lone low surrogate in the key"
+        assert (result.body["id"], result.body["status"]) == (job_id, "failed")
+
+    async def test_nan_infinity_and_1e400_become_null(self, sim: Any, session: Any) -> None:
+        """NaN, Infinity, -Infinity and 1e400 (inf to Python) are null."""
+        result, _ = await self._poll(sim, session, "nan")
+        assert result.outcome is PollOutcome.OK and result.body is not None
+        assert [result.body[k] for k in ("progress", "eta_s", "floor", "big")] == [None] * 4
+
+    async def test_a_huge_integer_is_kept_as_its_digits(self, sim: Any, session: Any) -> None:
+        """5,000 digits are more than int() reads: the body is OK with the digit string."""
+        result, _ = await self._poll(sim, session, "huge_int")
+        assert result.outcome is PollOutcome.OK and result.body is not None
+        assert result.body["count"] == "9" * 5000
+
+    async def test_deep_nesting_is_an_invalid_response(self, sim: Any, session: Any) -> None:
+        """100,000 levels: INVALID_RESPONSE naming the limit, no RecursionError; the next poll is fine."""
+        _, url = sim
+        result, job_id = await self._poll(sim, session, "deep_nesting")
+        assert (result.outcome, result.body) == (PollOutcome.INVALID_RESPONSE, None)
+        assert "deeper than 64" in result.detail
+        assert (await client(session, url).get_job(job_id, SLUG)).outcome is PollOutcome.OK
+
+    async def test_a_grown_status_is_ok_and_logged_once(self, sim: Any, session: Any) -> None:
+        """`cancelled` is the upstream's word (OK, body as received), logged once per process."""
+        simulator, url = sim
+        up = client(session, url)
+        job = simulator.add_job(status="active")
+        simulator.force_fault(job.id, "poison", count=3, variant="grown_status")
+        with capture_logs() as logs:
+            results = [await up.get_job(job.id, SLUG) for _ in range(3)]
+        assert all(
+            r.outcome is PollOutcome.OK and r.body and r.body["status"] == "cancelled" for r in results
+        )
+        assert [e["status"] for e in logs if e["event"] == "upstream.grown_status"] == ["cancelled"]
+
+    async def test_max_body_bytes_is_configurable(self, canned: Any, session: Any) -> None:
+        """A body over the client's `max_body_bytes` is INVALID_RESPONSE; the same body fits a bigger one."""
+        answers, _, url = canned
+        body = job_body(JOB, padding="x" * 3000)
+        for limit, outcome in ((2048, PollOutcome.INVALID_RESPONSE), (8192, PollOutcome.OK)):
+            answers.append(web.json_response(body))
+            up = UpstreamClient(session, {SLUG: creds(url)}, 5.0, max_body_bytes=limit)
+            result = await up.get_job(JOB, SLUG)
+            assert result.outcome is outcome, result.detail
+            assert outcome is PollOutcome.OK or f"larger than {limit} bytes" in result.detail
+
+    @pytest.mark.parametrize(
+        ("body", "detail"),
+        [
+            (_raw(status='""'), "'status'"),
+            (_raw(status='"  "'), "'status'"),
+            (_raw(updated='"a\\u0000b"'), "'updatedAt'"),
+            (_raw(updated='"' + "9" * 65 + '"'), "'updatedAt'"),
+        ],
+    )  # fmt: skip
+    async def test_invalid_required_fields(self, canned: Any, session: Any, body: bytes, detail: str) -> None:
+        """A blank status, or an updatedAt that cannot be a timestamp (it goes into a text column and the
+        event id), is INVALID_RESPONSE (SPEC §16: required fields that are invalid)."""
+        answers, _, url = canned
+        answers.append(web.Response(body=body, content_type="application/json"))
+        result = await client(session, url).get_job(JOB, SLUG)
+        assert result.outcome is PollOutcome.INVALID_RESPONSE and detail in result.detail

@@ -65,7 +65,7 @@ def test_label_values_are_bounded_enums_or_configured_webhooks() -> None:
     m.update_counts(COUNTS, now=1010.0, polls_due=0)
     s = parse_metrics(generate_latest(m.registry).decode())
     allowed = {
-        "status": {*(x.value for x in JobStatus), *(x.value for x in FinalState), "unknown"},
+        "status": {*(x.value for x in JobStatus), *(x.value for x in FinalState), "unknown", "other"},
         "outcome": {*(x.value for x in PollOutcome), "success", "retry", "dead"},
         "webhook": {"ops", "slack", "removed"},
         "loop": {"scheduler", "delivery", "watchlist", "housekeeping"},
@@ -91,7 +91,7 @@ def test_store_gauges_come_from_the_snapshot() -> None:
     m.polls_waiting = lambda: 3
     s = parse_metrics(generate_latest(m.registry).decode())
     depth = {dict(k[1])["status"]: v for k, v in s.items() if k[0] == "watcher_watched_jobs"}
-    assert depth == {"unknown": 1, "created": 0, "queued": 4, "active": 6, "retrying": 0}
+    assert depth == {"unknown": 1, "created": 0, "queued": 4, "active": 6, "retrying": 0, "other": 0}
     assert value(s, "watcher_webhook_pending", webhook="ops") == 2
     assert value(s, "watcher_webhook_pending", webhook="slack") == 0
     assert value(s, "watcher_webhook_dead", webhook="removed") == 3
@@ -189,3 +189,16 @@ def test_observe_many_exposes_what_observe_one_by_one_does() -> None:
     assert got == want
     assert value(got, "d_seconds_bucket", le="0.005") == 4
     assert value(got, "d_seconds_count") == len(values)
+
+
+def test_grown_statuses_are_labelled_other() -> None:
+    """Watches in statuses the upstream grew (SPEC §2) show as status="other", summed, in the queue
+    depth; the counters have an `other` series from the start."""
+    m = _metrics()
+    grown = StoreCounts({"active": 1, "cancelled": 2, "paused": 3, "upstream_expired": 1}, {}, {}, None)
+    m.update_counts(grown, now=1010.0, polls_due=0)
+    s = parse_metrics(generate_latest(m.registry).decode())
+    depth = {dict(k[1])["status"]: v for k, v in s.items() if k[0] == "watcher_watched_jobs"}
+    assert depth == {"unknown": 0, "created": 0, "queued": 0, "active": 1, "retrying": 0, "other": 6}
+    assert value(s, "watcher_transitions_total", status="other") == 0
+    assert value(s, "watcher_jobs_finished_total", status="other") == 0

@@ -161,7 +161,7 @@ async def test_prometheus_evaluates_alert_and_dashboard_expressions(
 
         (depth,) = panels["Queue depth by status"]
         assert {dict(k)["status"]: v for k, v in (await prom.query(http, depth)).items()} == {
-            "unknown": 0, "created": 0, "queued": 4, "active": 2, "retrying": 0,
+            "unknown": 0, "created": 0, "queued": 4, "active": 2, "retrying": 0, "other": 0,
         }  # fmt: skip
         assert one(await prom.query(http, panels["Watched jobs"][0])) == 6
         (failure_rate,) = panels["Job failure rate (15m)"]

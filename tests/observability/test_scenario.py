@@ -82,20 +82,20 @@ async def test_exact_metrics_after_scenario_and_restart(
         await first.start()
         s = await first.wait_metrics(lambda s: watched(s, "active") == 6 and watched(s, "queued") == 4)
         assert by_label(s, "watcher_watched_jobs", "status") == {
-            "unknown": 0, "created": 0, "queued": 4, "active": 6, "retrying": 0,
+            "unknown": 0, "created": 0, "queued": 4, "active": 6, "retrying": 0, "other": 0,
         }  # fmt: skip
         finish_four(upstream, ids)
         s = await first.wait_metrics(four_finished_and_delivered)
         assert await first.stop() == 0
 
     assert by_label(s, "watcher_watched_jobs", "status") == {
-        "unknown": 0, "created": 0, "queued": 4, "active": 2, "retrying": 0,
+        "unknown": 0, "created": 0, "queued": 4, "active": 2, "retrying": 0, "other": 0,
     }  # fmt: skip
     assert by_label(s, "watcher_jobs_finished_total", "status") == {
-        "success": 1, "failed": 3, "expired": 0, "missing": 0,
+        "success": 1, "failed": 3, "expired": 0, "missing": 0, "other": 0,
     }  # fmt: skip
     assert by_label(s, "watcher_transitions_total", "status") == {
-        "created": 0, "queued": 4, "active": 6, "success": 1, "failed": 3, "retrying": 0,
+        "created": 0, "queued": 4, "active": 6, "success": 1, "failed": 3, "retrying": 0, "other": 0,
     }  # fmt: skip
     deliveries = {
         (dict(k[1])["webhook"], dict(k[1])["outcome"]): v
@@ -131,7 +131,7 @@ async def test_exact_metrics_after_scenario_and_restart(
     await second.start()
     s = await second.wait_metrics(lambda s: watched(s, "active") is not None)
     assert by_label(s, "watcher_watched_jobs", "status") == {
-        "unknown": 0, "created": 0, "queued": 4, "active": 2, "retrying": 0,
+        "unknown": 0, "created": 0, "queued": 4, "active": 2, "retrying": 0, "other": 0,
     }  # fmt: skip
     assert by_label(s, "watcher_webhook_pending", "webhook") == {"ops": 0, "gone": 0, "later": 4}
     assert by_label(s, "watcher_webhook_dead", "webhook") == {"ops": 0, "gone": 4, "later": 0}

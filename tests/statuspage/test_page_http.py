@@ -89,7 +89,7 @@ async def test_pagination_and_bad_queries(tmp_path: Path) -> None:
         assert url is None
         assert sorted(seen) == sorted(scene.jobs.values())
         assert seen == sorted(seen)  # the store's stable order
-        for query, field in (("status=bogus", "status"), ("limit=0", "limit"), ("limit=²", "limit")):
+        for query, field in (("status=a%01b", "status"), ("limit=0", "limit"), ("limit=²", "limit")):
             async with http.get(scene.base_url + "/?" + query) as r:
                 assert r.status == 400, query
                 assert r.content_type == "application/problem+json"

@@ -93,6 +93,17 @@ class TestRender:
         token_input = re.search(r'<input id="token"[^>]*>', page)
         assert token_input is not None and "name=" not in token_input[0]
 
+    def test_grown_statuses_get_cards_in_their_group(self) -> None:
+        """A grown status (SPEC §2) has its own card: with the finished ones if it is a terminal status,
+        else with the watched ones, whose total includes it; tabs link to both."""
+        counts = {"active": 2, "failed": 1, "cancelled": 3, "paused": 4}
+        page = render(_view(counts=counts, terminal_statuses=frozenset({"success", "failed", "cancelled"})))
+        watched, finished = page.split("<h3>Finished", 1)
+        assert 'data-status="paused"' in watched and 'data-status="cancelled"' in finished
+        assert '<span id="queue-depth">6</span>' in watched
+        assert re.search(r'data-status="cancelled" href="\?status=cancelled"><span class="n">3<', finished)
+        assert 'href="?status=paused"' in page.split('<nav class="tabs">', 1)[1]
+
     def test_csp_allows_exactly_the_inline_script_and_style(self) -> None:
         """The Content-Security-Policy pins the hashes of our script and style and nothing else."""
         for source in (SCRIPT, STYLE):
@@ -109,11 +120,13 @@ class TestParseQuery:
 
     def test_valid(self) -> None:
         assert parse_query({"status": "missing", "cursor": "abc", "limit": "200"}) == ("missing", "abc", 200)
+        assert parse_query({"status": "cancelled"}) == ("cancelled", None, 50)  # a grown status
 
     @pytest.mark.parametrize(
         ("query", "field"),
         [
-            ({"status": "done"}, "status"),
+            ({"status": "a\x01b"}, "status"),
+            ({"status": "x" * 65}, "status"),
             ({"limit": "0"}, "limit"),
             ({"limit": "201"}, "limit"),
             ({"limit": "²"}, "limit"),

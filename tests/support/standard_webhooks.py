@@ -17,6 +17,7 @@ import base64
 import hashlib
 import hmac
 import json
+import math
 import signal
 import sys
 import time
@@ -34,6 +35,46 @@ REDIRECT_PATH = "/_redirected"
 
 class SignatureError(Exception):
     """Why a request failed verification."""
+
+
+class NotStrictJSON(ValueError):
+    """A body that a strict RFC 8259 parser refuses."""
+
+
+def _reject_constant(name: str) -> None:
+    raise NotStrictJSON(f"{name} is not JSON")
+
+
+def strict_json(body: bytes) -> Any:
+    """Parse `body` as a strict RFC 8259 parser does, or raise `NotStrictJSON`.
+
+    UTF-8 only (Python's own decoder refuses encoded surrogates); no NaN, Infinity or -Infinity; no
+    number out of a double's range (Python would read 1e400 as inf); no lone surrogate, escaped (\\ud800)
+    or not, in a string or a key. Independent of `watcher.strictjson` on purpose.
+    """
+    try:
+        value = json.loads(body.decode("utf-8"), parse_constant=_reject_constant)
+    except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
+        raise NotStrictJSON(str(exc)) from None
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, float) and not math.isfinite(item):
+            raise NotStrictJSON(f"number out of range: {item!r}")
+        texts: list[Any] = []
+        if isinstance(item, dict):
+            texts = list(item)
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+        elif isinstance(item, str):
+            texts = [item]
+        for text in texts:
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError:
+                raise NotStrictJSON(f"lone surrogate in {text[:40]!r}") from None
+    return value
 
 
 def verify_standard(
@@ -104,6 +145,7 @@ class TestReceiver:
         self.deliveries: list[Verified] = []
         self.attempts: Counter[str] = Counter()
         self.rejected = 0
+        self.not_strict = 0  # signed bodies that a strict JSON parser refused (answered 400)
         self.redirect_hits = 0
         self.in_progress = 0  # verified requests being answered right now
         self.max_in_progress = 0
@@ -186,17 +228,23 @@ class TestReceiver:
             self.rejected += 1
             self._changed.set()
             return web.json_response({"error": str(exc)}, status=401)
+        try:
+            parsed = strict_json(body)
+        except NotStrictJSON as exc:
+            self.not_strict += 1
+            self._changed.set()
+            return web.json_response({"error": f"not strict JSON: {exc}"}, status=400)
         self.attempts[msg_id] += 1
         self.requests.append((msg_id, time.monotonic()))
         self._changed.set()
         self.in_progress += 1
         self.max_in_progress = max(self.max_in_progress, self.in_progress)
         try:
-            return await self._answer(msg_id, timestamp, body, request)
+            return await self._answer(msg_id, timestamp, parsed, request)
         finally:
             self.in_progress -= 1
 
-    async def _answer(self, msg_id: str, timestamp: int, body: bytes, request: web.Request) -> web.Response:
+    async def _answer(self, msg_id: str, timestamp: int, parsed: Any, request: web.Request) -> web.Response:
         if self.delay_s > 0:
             await asyncio.sleep(self.delay_s)
         scripted = next((i for i, entry in enumerate(self._script) if entry[0] in (None, msg_id)), None)
@@ -205,7 +253,6 @@ class TestReceiver:
             return web.Response(status=status, headers=headers, text="scripted")
         if self.fixed_status is not None and not 200 <= self.fixed_status < 300:
             return web.Response(status=self.fixed_status, text="fixed status")
-        parsed = json.loads(body)
         verified = Verified(
             id=msg_id,
             type=parsed.get("type") if isinstance(parsed, dict) else None,
@@ -244,6 +291,7 @@ class TestReceiver:
                 "unique": len(set(self.ids())),
                 "attempts": sum(self.attempts.values()),
                 "rejected": self.rejected,
+                "not_strict": self.not_strict,
                 "redirect_hits": self.redirect_hits,
                 "status": self.fixed_status,
             }

@@ -340,7 +340,8 @@ secret = "{WHSEC_NEW}"
             ({"secret": WHSEC_NEW, "secrets": [WHSEC_OLD]}, "webhooks[0].secrets"),
             ({"secrets": []}, "webhooks[0].secrets"),
             ({"secret": None}, "webhooks[0].secret"),
-            ({"events": ["job.success", "job.exploded"]}, "webhooks[0].events[1]"),
+            ({"events": ["job.success", "exploded"]}, "webhooks[0].events[1]"),
+            ({"events": ["job.Exploded!"]}, "webhooks[0].events[0]"),
             ({"events": []}, "webhooks[0].events"),
             ({"format": "teams"}, "webhooks[0].format"),
             ({"name": "no/slash"}, "webhooks[0].name"),
@@ -505,3 +506,64 @@ class TestExample:
         for key in model.model_fields:
             documented = re.search(rf"^#? ?{key} = ", body, re.M) or f"[{section}.{key}" in text
             assert documented, f"[{section}] does not document {key}"
+
+
+class TestGrownStatuses:
+    """`[upstream] terminal_statuses`, `max_body_bytes` and webhook event types (SPEC §2, §16)."""
+
+    def test_defaults(self) -> None:
+        """success and failed end a watch; bodies up to 1 MiB; the default filter is the terminal ones."""
+        s = load_config(None, {**BASE_ENV, "WATCHER_WEBHOOKS": '[{"name": "a", "url": "https://a.example/",'
+                               f' "secret": "{WHSEC_NEW}"}}]'})  # fmt: skip
+        assert (s.upstream.terminal_statuses, s.upstream.max_body_bytes) == (["success", "failed"], 1048576)
+        assert s.webhooks[0].events == ["job.success", "job.failed", "job.expired", "job.missing"]
+        assert s.unknown_event_types() == []
+
+    def test_terminal_statuses_are_named_like_upstream_values_and_drive_the_default_filter(self) -> None:
+        """Lower-cased, reserved names prefixed, duplicates dropped; every one joins the default filter,
+        while a webhook's explicit events are kept as given."""
+        hooks = [
+            {"name": "a", "url": "https://a.example/", "secret": WHSEC_NEW},
+            {"name": "b", "url": "https://b.example/", "secret": WHSEC_NEW, "events": ["job.failed"]},
+        ]
+        env = {
+            **BASE_ENV,
+            "WATCHER_UPSTREAM__TERMINAL_STATUSES": '["success", "FAILED", "Cancelled", "expired", "failed"]',
+            "WATCHER_WEBHOOKS": json.dumps(hooks),
+        }
+        s = load_config(None, env)
+        assert s.upstream.terminal_statuses == ["success", "failed", "cancelled", "upstream_expired"]
+        assert s.webhooks[0].events == [
+            "job.success", "job.failed", "job.cancelled", "job.upstream_expired",
+            "job.expired", "job.missing",
+        ]  # fmt: skip
+        assert s.webhooks[1].events == ["job.failed"]
+        assert "job.cancelled" in render_config(s)
+
+    @pytest.mark.parametrize(
+        ("env", "key"),
+        [
+            ({"WATCHER_UPSTREAM__TERMINAL_STATUSES": '["success", "not a name"]'},
+             "upstream.terminal_statuses[1]"),
+            ({"WATCHER_UPSTREAM__TERMINAL_STATUSES": "[]"}, "upstream.terminal_statuses"),
+            ({"WATCHER_UPSTREAM__MAX_BODY_BYTES": "100"}, "upstream.max_body_bytes"),
+        ],
+    )  # fmt: skip
+    def test_bad_values_name_the_key(self, env: dict[str, str], key: str) -> None:
+        """A terminal status that is no name, an empty list or a tiny body limit: one line, key named."""
+        lines = problems(None, {**BASE_ENV, **env})
+        assert len(lines) == 1 and lines[0].startswith(f"{key}: "), lines
+
+    def test_any_job_event_is_accepted_and_unknown_ones_are_listed(self) -> None:
+        """job.cancelled and job.paused load; those the watcher does not know it emits are listed for the
+        start-up warning (job.cancelled stops being unknown once cancelled is a terminal status)."""
+        events = ["job.failed", "job.cancelled", "job.paused", "job.unknown", "job.upstream_slow"]
+        hook = {"name": "a", "url": "https://a.example/", "secret": WHSEC_NEW, "events": events}
+        env = {**BASE_ENV, "WATCHER_WEBHOOKS": json.dumps([hook])}
+        unknown = load_config(None, env).unknown_event_types()
+        assert [line.split(": ")[1].split()[0] for line in unknown] == [
+            "job.cancelled", "job.paused", "job.upstream_slow",
+        ]  # fmt: skip
+        assert all(line.startswith("webhooks[0].events: ") for line in unknown)
+        env["WATCHER_UPSTREAM__TERMINAL_STATUSES"] = '["success", "failed", "cancelled"]'
+        assert len(load_config(None, env).unknown_event_types()) == 2

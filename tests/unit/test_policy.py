@@ -223,7 +223,7 @@ class TestDecide:
         watch = make_watch(status="active", streak=4, next_poll_at=T0 + 5.0)
         d = decide(watch, ok("failed"), T0 + 20.0, POLICY, random.Random(0), route_all)
         new = d.saved.watch
-        assert d.final is FinalState.FAILED
+        assert d.final == FinalState.FAILED
         assert new.final == "failed"
         assert new.finished_at == T0 + 20.0
         assert new.finished
@@ -241,7 +241,7 @@ class TestDecide:
         """A missed deadline ends the watch as expired with a job.expired event."""
         watch = make_watch(status="active", polls=9)
         d = decide(watch, None, T0 + 4000.0, POLICY, random.Random(0), route_all)
-        assert d.final is FinalState.EXPIRED
+        assert d.final == FinalState.EXPIRED
         assert not d.transition
         assert d.saved.watch.final == "expired"
         assert d.saved.watch.finished_at == T0 + 4000.0
@@ -259,7 +259,7 @@ class TestDecide:
             assert d.saved.events == ()
             assert watch.streak == i + 1
         d = decide(watch, PollResult(PollOutcome.NOT_FOUND), T0 + 9, POLICY, rng, route_all)
-        assert d.final is FinalState.MISSING
+        assert d.final == FinalState.MISSING
         assert d.saved.watch.final == "missing"
         assert [e.event.type for e in d.saved.events] == ["job.missing"]
 
@@ -303,7 +303,7 @@ class TestDecide:
         d = decide(
             make_watch(status="active"), ok("success"), T0 + 5000.0, POLICY, random.Random(0), route_all
         )
-        assert d.final is FinalState.SUCCESS
+        assert d.final == FinalState.SUCCESS
 
     def test_ok_without_status_is_an_error(self) -> None:
         """An OK result with no usable body is treated as an invalid response, never a transition."""
@@ -366,6 +366,60 @@ class TestDecide:
             make_watch(), ok(status, "2026-04-01T10:19:00.000Z"), T0, POLICY, random.Random(0), route_all
         )
         assert other.saved.events[0].event.id != first.saved.events[0].event.id
+
+
+class TestGrownStatuses:
+    """SPEC §2: a status outside the documented list is a transition like any other, not an error."""
+
+    def test_a_grown_status_is_a_transition_on_the_normal_curve(self) -> None:
+        """`cancelled` (not terminal by default): job.cancelled, errors stay 0, the next poll follows the
+        backoff curve of an unchanged status (streak reset), never the error backoff."""
+        watch = make_watch(status="active", streak=5, polls=6, errors=0)
+        d = decide(watch, ok("cancelled"), T0 + 10.0, POLICY, random.Random(0), route_all)
+        new = d.saved.watch
+        assert d.transition and d.final is None and not new.finished
+        assert [e.event.type for e in d.saved.events] == ["job.cancelled"]
+        assert d.saved.events[0].event.payload["data"]["previous_status"] == "active"
+        assert (new.status, new.streak, new.errors, new.last_error) == ("cancelled", 0, 0, None)
+        assert T0 + 10.0 + 2.0 * 0.8 <= new.next_poll_at <= T0 + 10.0 + 2.0 * 1.2
+
+    def test_case_only_change_is_no_transition(self) -> None:
+        """CANCELLED then cancelled: one transition, then an unchanged status backing off."""
+        first = decide(make_watch(status="active"), ok("CANCELLED"), T0, POLICY, random.Random(0), route_all)
+        assert [e.event.type for e in first.saved.events] == ["job.cancelled"]
+        assert first.saved.events[0].event.payload["data"]["job"]["status"] == "CANCELLED"  # as received
+        again = decide(first.saved.watch, ok("cancelled"), T0 + 5, POLICY, random.Random(0), route_all)
+        assert not again.transition and again.saved.events == ()
+        assert again.saved.watch.streak == 1
+        upper = decide(make_watch(status="active"), ok("FAILED"), T0, POLICY, random.Random(0), route_all)
+        assert upper.final == "failed" and [e.event.type for e in upper.saved.events] == ["job.failed"]
+
+    def test_terminal_statuses_end_the_watch(self) -> None:
+        """With cancelled among the terminal statuses it finishes the watch, final `cancelled`."""
+        policy = replace(POLICY, terminal_statuses=frozenset({"success", "failed", "cancelled"}))
+        d = decide(make_watch(status="active"), ok("Cancelled"), T0 + 3, policy, random.Random(0), route_all)
+        new = d.saved.watch
+        assert d.final == "cancelled" and new.final == "cancelled" and new.finished_at == T0 + 3
+        assert [e.event.type for e in d.saved.events] == ["job.cancelled"]
+        assert d.saved.events[0].webhooks == ("hook-job.cancelled",)
+        only_success = replace(POLICY, terminal_statuses=frozenset({"success"}))
+        d = decide(make_watch(), ok("failed"), T0, only_success, random.Random(0), route_all)
+        assert d.final is None and d.saved.watch.next_poll_at > T0
+
+    def test_reserved_and_odd_values(self) -> None:
+        """`expired` from the upstream is job.upstream_expired (no watcher verdict); a value that is no
+        name is job.unknown with the raw value in data.job; two odd values differ, so they transition."""
+        d = decide(make_watch(status="active"), ok("expired"), T0, POLICY, random.Random(0), route_all)
+        assert (d.final, d.saved.watch.status) == (None, "upstream_expired")
+        assert [e.event.type for e in d.saved.events] == ["job.upstream_expired"]
+        d = decide(make_watch(status="active"), ok("On Hold!"), T0, POLICY, random.Random(0), route_all)
+        assert [e.event.type for e in d.saved.events] == ["job.unknown"]
+        assert d.saved.events[0].event.payload["data"]["job"]["status"] == "On Hold!"
+        d2 = decide(
+            d.saved.watch, ok("Held?", "2026-04-01T11:00:00Z"), T0 + 1, POLICY, random.Random(0), route_all
+        )
+        assert d2.transition and [e.event.type for e in d2.saved.events] == ["job.unknown"]
+        assert d2.saved.events[0].event.id != d.saved.events[0].event.id
 
 
 def test_watch_copy_carries_every_field() -> None:

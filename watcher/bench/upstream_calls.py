@@ -43,7 +43,11 @@ def durations(n: int, seed: int) -> list[float]:
 
 def model(durations_s: list[float], offsets_s: list[float], seed: int) -> tuple[float, float]:
     """(mean polls per job, mean detection lag) of the policy alone, registration `offset` after creation."""
-    policy = PollingPolicy(max_watch_s=86_400.0, not_found_limit=5, error_backoff_max_s=300.0, **DEFAULTS)
+    cfg = DEFAULTS
+    policy = PollingPolicy(
+        cfg["initial_interval_s"], cfg["multiplier"], cfg["max_interval_s"], cfg["jitter"],
+        max_watch_s=86_400.0, not_found_limit=5, error_backoff_max_s=300.0,
+    )  # fmt: skip
     rng = random.Random(seed)
     polls, lags = [], []
     for d, offset in zip(durations_s, offsets_s, strict=True):

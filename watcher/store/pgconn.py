@@ -18,6 +18,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import asyncpg  # type: ignore[import-untyped]  # asyncpg ships no type information
 
+from watcher import strictjson
 from watcher.errors import StoreError
 
 APPLICATION_NAME = "job-watcher"
@@ -69,8 +70,8 @@ def parse_url(url: str) -> PgTarget:
 
 
 def dumps(value: Any) -> str:
-    """Compact JSON text, as the SQLite store writes it."""
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+    """Compact strict JSON text, as the SQLite store writes it: PostgreSQL refuses NaN and lone surrogates."""
+    return strictjson.dumps(value)
 
 
 async def _init_connection(conn: asyncpg.Connection) -> None:

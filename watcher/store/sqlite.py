@@ -30,6 +30,7 @@ from typing import Any, TypeVar
 import aiosqlite
 import structlog
 
+from watcher import strictjson
 from watcher.containment import describe
 from watcher.errors import StoreError
 from watcher.models import (
@@ -92,7 +93,7 @@ def _marks(n: int) -> str:
 
 
 def _dumps(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+    return strictjson.dumps(value)  # strict JSON whatever it is given: no NaN, no lone surrogate
 
 
 def _watch(row: Sequence[Any]) -> Watch:
