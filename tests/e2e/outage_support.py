@@ -4,6 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
+import subprocess
+import sys
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -11,7 +16,7 @@ from typing import Any
 
 import aiohttp
 
-from tests.e2e.conftest import Receiver, Sim
+from tests.e2e.conftest import DaemonProc, Receiver, Sim
 
 
 async def probe(api: str, path: str, timeout: float = 5.0) -> tuple[int, Any, float]:
@@ -91,6 +96,31 @@ async def scripted_jobs(sim: Sim, n: int, first_s: float, spread_s: float) -> di
     return jobs
 
 
+async def active_jobs(sim: Sim, n: int) -> list[str]:
+    """`n` jobs that stay active until the test ends them."""
+    return [await sim.create_job(status="active") for _ in range(n)]
+
+
+async def all_polled(sim: Sim, jobs: list[str], timeout: float = 20.0) -> None:
+    """Wait until every job has been polled at least once (the daemon watches them all)."""
+
+    async def check() -> bool:
+        seen = {r["job_id"] for r in await sim.requests()}
+        return seen >= set(jobs)
+
+    await until(check, timeout, f"all {len(jobs)} jobs polled")
+
+
+async def end_jobs(sim: Sim, jobs: list[str]) -> dict[str, str]:
+    """End every job (a quarter failed, the rest success); job id -> the event type to be delivered."""
+    out = {}
+    for i, job in enumerate(jobs):
+        end = "failed" if i % 4 == 0 else "success"
+        await sim.set_status(job, end, error="boom" if end == "failed" else None)
+        out[job] = f"job.{end}"
+    return out
+
+
 def delivered_ends(receiver: Receiver) -> dict[str, set[str]]:
     """Job id -> the webhook-ids of its terminal deliveries (a duplicate keeps its id)."""
     out: dict[str, set[str]] = {}
@@ -111,3 +141,52 @@ async def every_end_delivered(receiver: Receiver, jobs: dict[str, str], timeout:
     types = {d["body"]["data"]["job"]["id"]: d["type"] for d in receiver.deliveries() if d["type"] in ends}
     assert types == jobs
     assert all(len(ids) == 1 for ids in delivered_ends(receiver).values()), "a duplicate changed its id"
+
+
+class PipedDaemon(DaemonProc):
+    """`watcher run` whose output reaches `log_path` through a pipe and a copying thread, so that a size
+    limit on the files the daemon writes (RLIMIT_FSIZE) never applies to its log; `preexec` runs in the
+    child before it starts."""
+
+    def __init__(
+        self, config: Path, log_path: Path, api_port: int, preexec: Callable[[], None] | None = None
+    ) -> None:
+        super().__init__(config, log_path, api_port)
+        self.preexec = preexec
+        self._copier: threading.Thread | None = None
+
+    def start(self) -> None:
+        self.starts += 1
+        env = {k: v for k, v in os.environ.items() if not k.startswith("WATCHER_")}
+        self.proc = subprocess.Popen(  # type: ignore[assignment]
+            [sys.executable, "-m", "watcher", "run", "-c", str(self.config)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=self.config.parent,
+            preexec_fn=self.preexec,  # only signal and rlimit set-up, before exec
+        )
+        out = self.proc.stdout
+        assert out is not None
+
+        def copy() -> None:
+            with out, self.log_path.open("ab") as f:
+                for line in out:
+                    f.write(line)
+                    f.flush()
+
+        self._copier = threading.Thread(target=copy, daemon=True)
+        self._copier.start()
+
+    def stop(self, timeout: float = 20.0) -> int:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        if self._copier is not None:
+            self._copier.join(5)
+        return self.proc.returncode

@@ -375,8 +375,8 @@ class SQLiteStore(Store):
                 except BaseException:
                     await rollback_async(db)
                     raise
-        except StoreOutage:
-            self._upkeep.failed()
+        except StoreOutage as e:
+            self._upkeep.failed(e)
             raise
         if db.total_changes != changes:  # an empty transaction (a claim that found nothing) wrote nothing
             self._upkeep.wrote()
@@ -670,7 +670,7 @@ class SQLiteStore(Store):
                 for jid, entry in superseded.items():
                     behind.setdefault(jid, entry)
                 if isinstance(e, StoreOutage):
-                    self._upkeep.failed()
+                    self._upkeep.failed(e)
                 raise
             self._upkeep.wrote(batch=True)
         for saved, fresh in zip(polls, ok, strict=True):

@@ -161,9 +161,11 @@ class Upkeep:
         """True while a checkpoint is under way."""
         return self._checkpointing is not None
 
-    def failed(self) -> None:
-        """A write failed: the next one that works is a recovery."""
-        self._outage = True
+    def failed(self, e: StoreError) -> None:
+        """A write failed: after anything but a lock held elsewhere, the next one that works is a recovery
+        worth an integrity check."""
+        if not (isinstance(e, StoreOutage) and e.fault is StoreFault.LOCKED):
+            self._outage = True
 
     def wrote(self, *, batch: bool = False) -> None:
         """A write was committed (`batch`: the scheduler's poll results); start what is due."""
