@@ -152,7 +152,7 @@ def test_every_alert_has_a_runbook_and_uses_existing_metrics() -> None:
     assert set(rules) == {
         "JobWatcherDown", "JobWatcherNotReady", "JobWatcherJobFailureRateHigh", "JobWatcherDeadDeliveries",
         "JobWatcherDeliveriesBackingUp", "JobWatcherUpstreamAuthErrors", "JobWatcherUpstreamErrorRatioHigh",
-        "JobWatcherSchedulerBacklog",
+        "JobWatcherSchedulerBacklog", "JobWatcherStoreUnavailable",
     }  # fmt: skip
     exposed = _exposed_names()
     for name, rule in rules.items():
