@@ -156,7 +156,8 @@ class _BatchWriter:
                 w.cancel()
 
     def cancel(self) -> None:
-        """Stop writing (the daemon gave up on the drain); what is pending is not saved."""
+        """Stop writing for good (the daemon gave up on the drain); what is pending is not saved."""
+        self._failed = True  # nothing is scheduled again
         if self._task is not None:
             self._task.cancel()
 
