@@ -16,6 +16,8 @@ from typing import Any
 import structlog
 
 from watcher.clock import Clock
+from watcher.errors import StoreUnavailable
+from watcher.health import StoreHealth
 from watcher.metrics import Metrics
 from watcher.models import Delivery, DeliveryState, DeliveryUpdate
 from watcher.store.base import Store
@@ -80,6 +82,7 @@ class DeliveryWorker:
         concurrency: int = 16,
         lease_s: float = 60.0,
         max_idle_s: float = 1.0,
+        health: StoreHealth | None = None,
     ) -> None:
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
@@ -92,6 +95,8 @@ class DeliveryWorker:
         self._concurrency = concurrency
         self._lease_s = lease_s
         self._max_idle_s = max_idle_s
+        self._health = health or StoreHealth(clock, rng)
+        self._stop: asyncio.Event | None = None
         self._wake = asyncio.Event()
         self._in_flight: set[asyncio.Task[None]] = set()
         self._blocked_pause = 0.0
@@ -108,17 +113,26 @@ class DeliveryWorker:
     async def run(self, stop: asyncio.Event) -> None:
         """Deliver until `stop` is set, claim what is due one last time, wait for in-flight sends, return.
 
-        A store error propagates (the supervisor stops the daemon); a failing send only fails its delivery.
+        A store outage (`StoreUnavailable`) is waited out with backoff, claims and recording alike; another
+        store error propagates (the supervisor stops the daemon); a failing send only fails its delivery.
         If this coroutine is cancelled, in-flight sends are cancelled too and their deliveries stay leased
         in the store, to be retried once the lease runs out or after a restart.
         """
+        self._stop = stop
         try:
             while not stop.is_set():
-                delay_s = await self._claim_and_start()
+                try:
+                    delay_s = await self._claim_and_start()
+                except StoreUnavailable as exc:
+                    await self._health.wait_out("delivery", exc, stop)
+                    continue
                 await self._wait(stop, delay_s)
                 self._reap()
             # One last claim: events saved by polls that finished during the daemon's drain go out now.
-            await self._claim_and_start()
+            try:
+                await self._claim_and_start()
+            except StoreUnavailable as exc:
+                log.warning("delivery.final_claim_failed", reason=str(exc))
             while self._in_flight:
                 await asyncio.wait(self._in_flight, return_when=asyncio.FIRST_COMPLETED)
                 self._reap()
@@ -134,6 +148,7 @@ class DeliveryWorker:
         self._wake.clear()
         now = self._clock.now()
         claimed = await self._store.claim_deliveries(now, room, self._lease_s)
+        self._health.ok("delivery")
         for delivery in claimed:
             target = self._targets.get(delivery.webhook)
             if target is None:
@@ -201,12 +216,38 @@ class DeliveryWorker:
             result = SendResult(SendKind.RETRY, None, None, detail, self._clock.monotonic() - start)
         now = self._clock.now()
         update = next_update(delivery, result, now, target, self._rng)
-        kept = await self._store.finish_delivery(delivery, update)
-        self._record(delivery, update, result, now, kept)
+        kept = await self._finish(delivery, update)
+        if kept is not None:
+            self._record(delivery, update, result, now, kept)
+
+    async def _finish(self, delivery: Delivery, update: DeliveryUpdate) -> bool | None:
+        """Record an attempt, waiting out a store outage; None if the worker stopped first.
+
+        The attempt happened, so its outcome is worth the wait: given up, the delivery stays leased and
+        goes out again (same id) after its lease or a restart.
+        """
+        while True:
+            try:
+                kept = await self._store.finish_delivery(delivery, update)
+            except StoreUnavailable as exc:
+                if self._stop is not None and self._stop.is_set():
+                    log.warning(
+                        "delivery.outcome_not_saved",
+                        event_id=delivery.event.id,
+                        webhook=delivery.webhook,
+                        reason=str(exc),
+                    )
+                    return None
+                await self._health.wait_out("delivery", exc, self._stop)
+                continue
+            self._health.ok("delivery")
+            return kept
 
     async def _finish_unconfigured(self, delivery: Delivery, now: float) -> None:
         update = DeliveryUpdate(DeliveryState.DEAD, delivery.attempts, now, NOT_CONFIGURED)
-        kept = await self._store.finish_delivery(delivery, update)
+        kept = await self._finish(delivery, update)
+        if kept is None:
+            return
         result = SendResult(SendKind.DEAD, None, None, NOT_CONFIGURED, 0.0)
         self._record(delivery, update, result, now, kept, sent=False)
 

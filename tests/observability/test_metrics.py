@@ -13,6 +13,7 @@ from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from tests.observability.conftest import ALERTS, DASHBOARD, parse_metrics, value
 from watcher.metrics import Metrics, observe_many
 from watcher.models import FinalState, JobStatus, PollOutcome, StoreCounts
+from watcher.store.faults import StoreFault
 
 # SPEC §8: family name -> (type, label names).
 SPEC = {
@@ -65,6 +66,7 @@ def test_label_values_are_bounded_enums_or_configured_webhooks() -> None:
         "status": {*(x.value for x in JobStatus), *(x.value for x in FinalState), "unknown", "other"},
         "outcome": {*(x.value for x in PollOutcome), "success", "retry", "dead"},
         "webhook": {"ops", "slack", "removed"},
+        "kind": {x.value for x in StoreFault},
         "le": None,
         "version": None,
         "generation": None,
@@ -150,7 +152,7 @@ def test_every_alert_has_a_runbook_and_uses_existing_metrics() -> None:
     assert set(rules) == {
         "JobWatcherDown", "JobWatcherNotReady", "JobWatcherJobFailureRateHigh", "JobWatcherDeadDeliveries",
         "JobWatcherDeliveriesBackingUp", "JobWatcherUpstreamAuthErrors", "JobWatcherUpstreamErrorRatioHigh",
-        "JobWatcherSchedulerBacklog",
+        "JobWatcherSchedulerBacklog", "JobWatcherStoreUnavailable",
     }  # fmt: skip
     exposed = _exposed_names()
     for name, rule in rules.items():

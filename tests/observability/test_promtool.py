@@ -36,7 +36,7 @@ def test_alert_rules_pass_promtool_check_rules() -> None:
     """`promtool check rules` accepts deploy/prometheus/alerts.yml."""
     r = promtool("check", "rules", str(ALERTS))
     assert r.returncode == 0, r.stdout + r.stderr
-    assert "SUCCESS: 8 rules found" in r.stdout
+    assert "SUCCESS: 9 rules found" in r.stdout
 
 
 def test_alert_rules_unit_tests_pass() -> None:
