@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -21,20 +21,28 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    """Ready when the store answers and every background loop runs."""
+    """Ready when the store answers, no loop is waiting out a store outage, and every loop runs."""
     state = request.app[STATE_KEY]
     problems = []
     if not state.ready:
         problems.append("starting or stopping")
     elif not state.loops_alive():
         problems.append("a background loop is not running")
-    try:
-        if not await state.store.ping():
-            problems.append("store not reachable")
-    except Exception as exc:  # any store failure means not ready, never a 500
-        problems.append(f"store not reachable: {type(exc).__name__}")
+    outage = state.health.describe()
+    if outage is not None:
+        # Already known: no ping, which could take seconds against a store that is out.
+        problems.append(f"store unavailable ({outage['kind']}) for {outage['for_s']}s: {outage['reason']}")
+    else:
+        try:
+            if not await state.store.ping():
+                problems.append("store not reachable")
+        except Exception as exc:  # any store failure means not ready, never a 500
+            problems.append(f"store not reachable: {type(exc).__name__}")
     if problems:
-        return web.json_response({"status": "not ready", "problems": problems}, status=503)
+        body: dict[str, Any] = {"status": "not ready", "problems": problems}
+        if outage is not None:
+            body["store"] = outage
+        return web.json_response(body, status=503)
     return web.json_response({"status": "ready"})
 
 

@@ -7,8 +7,8 @@ traceback: expected errors are one line naming what to fix, unexpected ones are 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
+import signal
 import sys
 from collections.abc import Sequence
 
@@ -16,6 +16,10 @@ from watcher import __version__
 from watcher.errors import ConfigError, StartupError, StoreError, WatcherError
 
 EXIT_OK, EXIT_RUNTIME, EXIT_USAGE = 0, 1, 2
+# Held back from the first moment of `watcher run` until the daemon handles them on its event loop: the
+# default action of SIGHUP ends the process, and start-up (reading the config, opening and restoring the
+# store) can take seconds while the API already answers. Blocked, a signal waits and is then handled.
+RUN_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
 
 def _config_arg(p: argparse.ArgumentParser) -> None:
@@ -72,9 +76,11 @@ def cmd_check_config(path: str | None) -> int:
 
 def cmd_run(path: str | None) -> int:
     """Run the daemon until SIGTERM/SIGINT."""
+    import asyncio
+
     from watcher.config import load_config
     from watcher.daemon import Daemon
-    from watcher.logs import configure_logging
+    from watcher.logs import configure_logging, route_process_errors
 
     try:
         settings = load_config(path)
@@ -82,6 +88,7 @@ def cmd_run(path: str | None) -> int:
         _print_config_error(exc)
         return EXIT_USAGE
     configure_logging(settings.log.level, settings.log.format)
+    route_process_errors()
     import structlog
 
     log = structlog.get_logger("watcher.cli")
@@ -110,6 +117,8 @@ def cmd_run(path: str | None) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `watcher` console script."""
     args_list = list(sys.argv[1:] if argv is None else argv)
+    if args_list[:1] == ["run"] and argv is None:
+        signal.pthread_sigmask(signal.SIG_BLOCK, RUN_SIGNALS)  # `Daemon.run` unblocks them
     if args_list and args_list[0] == "simulate":
         from watcher.simulate import simulate_main
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Final
 
-from watcher.errors import StoreUnavailable
+from watcher.errors import StoreError, StoreUnavailable
 
 # Unexpected exceptions in one watch's handling, over its life, before it is quarantined (SPEC §16).
 QUARANTINE_AFTER: Final = 3
@@ -44,3 +44,12 @@ def describe(exc: BaseException) -> str:
     except Exception:  # a broken __str__ must not fail the containment of the failure itself
         text = "(message unavailable)"
     return safe_line(f"{type(exc).__name__}: {text}" if text else type(exc).__name__)
+
+
+def as_store_error(exc: BaseException) -> StoreError:
+    """`exc` as a `StoreError` (itself if it is one), for what reports store health by error."""
+    if isinstance(exc, StoreError):
+        return exc
+    wrapped = StoreError(describe(exc))
+    wrapped.__cause__ = exc
+    return wrapped

@@ -4,6 +4,11 @@ Lifecycle (STYLE §7): resources are opened at start-up and closed at shutdown; 
 on SIGTERM the scheduler stops claiming polls, in-flight polls and deliveries get `shutdown_grace_s` to
 finish, the rest is cancelled (it stays in the store for the next start). If any loop dies, the supervisor
 stops the daemon and `run` returns 1.
+
+Start-up order: signal handlers first (a SIGHUP or SIGTERM during start-up is handled, never fatal), then
+the HTTP server (`/healthz` answers, `/readyz` says 503), then the store, opened, migrated and restored
+with backoff for as long as it is out (SPEC §16), then the loops. A store outage later on is waited out by
+each loop (`watcher.health`); it never ends one.
 """
 
 from __future__ import annotations
@@ -27,8 +32,9 @@ from watcher.api import build_app
 from watcher.clock import Clock, SystemClock
 from watcher.config import Settings
 from watcher.delivery import DeliveryWorker
-from watcher.errors import StartupError
+from watcher.errors import StartupError, StoreUnavailable
 from watcher.events import route
+from watcher.health import StoreHealth, one_line
 from watcher.metrics import Metrics
 from watcher.models import Watch
 from watcher.policy import PollingPolicy, first_due
@@ -41,6 +47,21 @@ from watcher.watchlist import WatchlistReloader
 from watcher.webhook import WebhookSender, WebhookTarget
 
 log = structlog.get_logger("watcher.daemon")
+
+
+async def _cancel(tasks: set[asyncio.Task[None]]) -> None:
+    """Cancel `tasks` and wait for them, cancelling again what is still running after a while.
+
+    A task cancelled in the middle of a database call may be waiting, in a cleanup step that shields
+    itself from the first cancellation, for a connection that an outage broke: a second one ends it.
+    """
+    for _ in range(CANCEL_ROUNDS):
+        for t in tasks:
+            t.cancel()
+        _, tasks = await asyncio.wait(tasks, timeout=CANCEL_WAIT_S)
+        if not tasks:
+            return
+    log.error("daemon.tasks_not_cancelled", tasks=sorted(t.get_name() for t in tasks))
 
 
 def webhook_targets(settings: Settings) -> dict[str, WebhookTarget]:
@@ -67,6 +88,11 @@ def webhook_targets(settings: Settings) -> dict[str, WebhookTarget]:
 # of them to the older generations, which then get traversed again and again. Measured on the throughput
 # benchmark: CPU per poll down by about a tenth. Memory is not held longer: refcounting frees them.
 GC_THRESHOLDS = (50_000, 20, 20)
+HANDLED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+CANCEL_ROUNDS = 3
+CANCEL_WAIT_S = 1.0
+# While the store is out at start-up, each retry tells systemd to wait this much longer for READY=1.
+START_EXTEND_US = 30_000_000
 
 
 def tune_gc() -> None:
@@ -99,6 +125,7 @@ class DaemonState:
     store: Store
     metrics: Metrics
     clock: Clock
+    health: StoreHealth = field(default_factory=StoreHealth)
     ready: bool = False
     tasks: dict[str, asyncio.Task[None]] = field(default_factory=dict)
     wake_scheduler: Callable[[], None] = lambda: None
@@ -107,6 +134,10 @@ class DaemonState:
     def loops_alive(self) -> bool:
         """True while every background loop is still running."""
         return bool(self.tasks) and all(not t.done() for t in self.tasks.values())
+
+    def is_ready(self) -> bool:
+        """Running, every loop alive, and the store available as the loops see it (`watcher_ready`)."""
+        return self.ready and self.loops_alive() and self.health.available
 
 
 class Daemon:
@@ -130,6 +161,7 @@ class Daemon:
         self.rng = rng or random.Random()
         self.targets = webhook_targets(settings)
         self.metrics = Metrics(registry, webhooks=tuple(self.targets), now=self.clock.now)
+        self.health = StoreHealth(self.clock, self.rng, self.metrics)
         self.handle_signals = handle_signals
         self._store = store  # injected by tests and embedders; otherwise built from store.url
         self.stop_event = asyncio.Event()
@@ -138,6 +170,7 @@ class Daemon:
         self.delivery_stop = asyncio.Event()
         self.state: DaemonState | None = None
         self._watchlist: WatchlistReloader | None = None
+        self._reload_requested = False  # a SIGHUP that came before the reloader existed
         self.notifier = notifier or Notifier.from_env()  # sd_notify; a no-op outside systemd
 
     def request_stop(self) -> None:
@@ -147,13 +180,23 @@ class Daemon:
         self.stop_event.set()
 
     def reload_watchlist(self) -> None:
-        """Re-read the watch-list file soon (what SIGHUP does)."""
+        """Re-read the watch-list file soon (what SIGHUP does); during start-up, once the daemon runs."""
         if self._watchlist is not None:
             log.info("watchlist.reload_requested")
             self._watchlist.trigger()
+        elif self.settings.watchlist.path is not None and not self._reload_requested:
+            log.info("watchlist.reload_requested", deferred="until the daemon has started")
+            self._reload_requested = True
 
     async def run(self) -> int:
-        """Run until stopped; 0 after a clean stop, 1 if a loop died."""
+        """Run until stopped; 0 after a clean stop (also during start-up), 1 if a loop died."""
+        self._install_signals()
+        try:
+            return await self._run()
+        finally:
+            self._remove_signals()
+
+    async def _run(self) -> int:
         s = self.settings
         if not s.api.is_loopback() and not s.api.tokens:
             raise StartupError(
@@ -161,7 +204,6 @@ class Daemon:
                 "(set api.tokens or listen on 127.0.0.1)"
             )
         store = self._store if self._store is not None else open_store(s.resolved_store_url())
-        await store.open()
         upstream_session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=s.upstream.max_concurrency, limit_per_host=0),
             headers={"User-Agent": f"job-watcher/{__version__}"},
@@ -170,11 +212,14 @@ class Daemon:
         webhook_session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=100))
         runner: web.AppRunner | None = None
         try:
-            state = DaemonState(s, store, self.metrics, self.clock)
+            state = DaemonState(s, store, self.metrics, self.clock, self.health)
             self.state = state
-            self.metrics.ready = lambda: state.ready and state.loops_alive()
+            self.metrics.ready = state.is_ready
             runner = await self._start_http(state)
-            return await self._run_loops(state, store, upstream_session, webhook_session)
+            restored = await self._open_store(store)
+            if restored is None:
+                return 0  # stopped while the store was out, or during the restore
+            return await self._run_loops(state, store, restored, upstream_session, webhook_session)
         finally:
             if runner is not None:
                 await runner.cleanup()
@@ -198,17 +243,41 @@ class Daemon:
             log.info("api.listening", address=f"{sock[0]}:{sock[1]}")
         return runner
 
+    async def _open_store(self, store: Store) -> int | None:
+        """Open, migrate and restore the store, waiting out an outage; the unfinished watches, or None if a
+        stop came first. An error that is not an outage (a newer schema, a bad password) propagates."""
+        s = self.settings
+        while not self.stop_event.is_set():
+            now = self.clock.now()
+
+            def spread(_w: Watch, now: float = now) -> float:
+                return first_due(now, s.polling.initial_interval_s, self.rng)
+
+            try:
+                await store.open()
+                restored = await store.restore(now, spread)
+            except StoreUnavailable as exc:
+                # systemd would give up on a start that takes longer than TimeoutStartSec: we are alive.
+                self.notifier.send(
+                    f"STATUS=waiting for the store: {one_line(exc)}",
+                    f"EXTEND_TIMEOUT_USEC={START_EXTEND_US}",
+                )
+                await self.health.wait_out("start", exc, self.stop_event)
+                continue
+            self.health.ok("start")
+            return None if self.stop_event.is_set() else restored
+        return None
+
     async def _run_loops(
         self,
         state: DaemonState,
         store: Store,
+        restored: int,
         upstream_session: aiohttp.ClientSession,
         webhook_session: aiohttp.ClientSession,
     ) -> int:
         s = self.settings
         policy = polling_policy(s)
-        now = self.clock.now()
-        restored = await store.restore(now, lambda _w: first_due(now, s.polling.initial_interval_s, self.rng))
         filters = [(t.name, t.events) for t in self.targets.values()]
         creds = s.upstream.credentials()
 
@@ -224,6 +293,7 @@ class Daemon:
             self.rng,
             concurrency=s.daemon.delivery_concurrency,
             lease_s=s.daemon.lease_s,
+            health=self.health,
         )
         scheduler = Scheduler(
             store,
@@ -243,6 +313,7 @@ class Daemon:
             max_concurrency=s.upstream.max_concurrency,
             lease_s=s.daemon.lease_s,
             on_events=delivery.wake,
+            health=self.health,
         )
         state.wake_scheduler = scheduler.wake
         state.wake_delivery = delivery.wake
@@ -261,7 +332,10 @@ class Daemon:
                 reload_interval_s=s.watchlist.reload_interval_s,
                 metrics=self.metrics,
                 on_change=scheduler.wake,
+                health=self.health,
             )
+            if self._reload_requested:
+                self._watchlist.trigger()  # the SIGHUP of the start-up, applied now
             loops["watchlist"] = self._watchlist.run(self.stop_event)
 
         def summary() -> str:
@@ -280,7 +354,6 @@ class Daemon:
         state.tasks = {name: asyncio.create_task(coro, name=name) for name, coro in loops.items()}
         if self.tune_gc:
             tune_gc()
-        self._install_signals()
         for problem in s.unknown_event_types():
             log.warning("config.unknown_event_type", problem=problem)
         state.ready = True
@@ -297,7 +370,6 @@ class Daemon:
             return await self._supervise(state, scheduler)
         finally:
             state.ready = False
-            self._remove_signals()
 
     async def _supervise(self, state: DaemonState, scheduler: Scheduler) -> int:
         tasks = state.tasks
@@ -332,9 +404,7 @@ class Daemon:
                     cancelled_loops=[t.get_name() for t in still],
                     inflight_polls=scheduler.inflight,
                 )
-                for t in still:
-                    t.cancel()
-                await asyncio.gather(*still, return_exceptions=True)
+                await _cancel(still)
         for name, task in tasks.items():
             if task.done() and not task.cancelled() and task.exception() is not None and code == 0:
                 log.error("daemon.loop_failed_during_stop", loop=name, error=repr(task.exception()))
@@ -349,28 +419,35 @@ class Daemon:
         while not self.stop_event.is_set():
             started = self.clock.monotonic()
             now = self.clock.now()
-            self.metrics.update_counts(await store.counts(), now, await store.count_due(now))
-            if now - last_purge >= s.daemon.purge_interval_s:
-                purged = await store.purge_finished(now - s.polling.retention_s)
-                if purged:
-                    log.info("watches.purged", count=purged)
-                last_purge = now
+            try:
+                self.metrics.update_counts(await store.counts(), now, await store.count_due(now))
+                if now - last_purge >= s.daemon.purge_interval_s:
+                    purged = await store.purge_finished(now - s.polling.retention_s)
+                    if purged:
+                        log.info("watches.purged", count=purged)
+                    last_purge = now
+            except StoreUnavailable as exc:
+                await self.health.wait_out("housekeeping", exc, self.stop_event)
+                continue
+            self.health.ok("housekeeping")
             # Aggregates over a million watches are not free: never spend more than ~10 % of the time on them.
             pause = max(1.0, 10 * (self.clock.monotonic() - started))
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.stop_event.wait(), timeout=pause)
 
     def _install_signals(self) -> None:
+        """Handle SIGTERM, SIGINT and SIGHUP on the loop, then let through what `watcher run` held back."""
         if not self.handle_signals:
             return
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGTERM, self.request_stop)
         loop.add_signal_handler(signal.SIGINT, self.request_stop)
         loop.add_signal_handler(signal.SIGHUP, self.reload_watchlist)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED_SIGNALS)
 
     def _remove_signals(self) -> None:
         if not self.handle_signals:
             return
         loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        for sig in HANDLED_SIGNALS:
             loop.remove_signal_handler(sig)

@@ -17,7 +17,9 @@ from typing import Any
 import structlog
 
 from watcher.clock import Clock
-from watcher.containment import describe, is_item_failure, safe_line
+from watcher.containment import as_store_error, describe, safe_line
+from watcher.errors import StoreUnavailable
+from watcher.health import StoreHealth
 from watcher.metrics import Metrics
 from watcher.models import Delivery, DeliveryState, DeliveryUpdate
 from watcher.store.base import Store
@@ -82,6 +84,7 @@ class DeliveryWorker:
         concurrency: int = 16,
         lease_s: float = 60.0,
         max_idle_s: float = 1.0,
+        health: StoreHealth | None = None,
     ) -> None:
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
@@ -94,6 +97,8 @@ class DeliveryWorker:
         self._concurrency = concurrency
         self._lease_s = lease_s
         self._max_idle_s = max_idle_s
+        self._health = health or StoreHealth(clock, rng)
+        self._stop: asyncio.Event | None = None
         self._wake = asyncio.Event()
         self._in_flight: set[asyncio.Task[None]] = set()
         self._blocked_pause = 0.0
@@ -110,17 +115,32 @@ class DeliveryWorker:
     async def run(self, stop: asyncio.Event) -> None:
         """Deliver until `stop` is set, claim what is due one last time, wait for in-flight sends, return.
 
-        A store error propagates (the supervisor stops the daemon); a failing send only fails its delivery.
+        A store outage (`StoreUnavailable`) is waited out with backoff, claims and recording alike; any other
+        failure is contained: a claim that fails keeps the daemon not-ready and is retried with backoff, a
+        failure around one delivery stays with that delivery (SPEC §16).
         If this coroutine is cancelled, in-flight sends are cancelled too and their deliveries stay leased
         in the store, to be retried once the lease runs out or after a restart.
         """
+        self._stop = stop
         try:
             while not stop.is_set():
-                delay_s = await self._claim_and_start()
+                try:
+                    delay_s = await self._claim_and_start()
+                except StoreUnavailable as exc:
+                    await self._health.wait_out("delivery", exc, stop)
+                    continue
+                except Exception as exc:  # e.g. a row that cannot be read back: not ready, never dead
+                    self._metrics.loop_errors.labels(loop="delivery").inc()
+                    log.error("delivery.claim_failed", exc_info=exc)
+                    await self._health.wait_out("delivery", as_store_error(exc), stop)
+                    continue
                 await self._wait(stop, delay_s)
                 self._reap()
             # One last claim: events saved by polls that finished during the daemon's drain go out now.
-            await self._claim_and_start()
+            try:
+                await self._claim_and_start()
+            except StoreUnavailable as exc:
+                log.warning("delivery.final_claim_failed", reason=str(exc))
             while self._in_flight:
                 await asyncio.wait(self._in_flight, return_when=asyncio.FIRST_COMPLETED)
                 self._reap()
@@ -136,6 +156,7 @@ class DeliveryWorker:
         self._wake.clear()
         now = self._clock.now()
         claimed = await self._store.claim_deliveries(now, room, self._lease_s)
+        self._health.ok("delivery")
         for delivery in claimed:
             target = self._targets.get(delivery.webhook)
             if target is None:
@@ -177,14 +198,15 @@ class DeliveryWorker:
             await asyncio.gather(*helpers, return_exceptions=True)
 
     def _reap(self) -> None:
-        """Forget finished sends; re-raise a store error one of them hit."""
+        """Forget finished sends; one that raised (a bug around one delivery) is logged and counted, and
+        its delivery stays leased, to go out again after its lease: the worker goes on (SPEC §16)."""
         done = [t for t in self._in_flight if t.done()]
         for task in done:
             self._in_flight.discard(task)
-        for task in done:
             exc = None if task.cancelled() else task.exception()
             if exc is not None:
-                raise exc
+                self._metrics.loop_errors.labels(loop="delivery").inc()
+                log.error("delivery.task_failed", task=task.get_name(), exc_info=exc)
 
     async def _cancel_in_flight(self) -> None:
         for task in self._in_flight:
@@ -204,33 +226,56 @@ class DeliveryWorker:
         now = self._clock.now()
         update = next_update(delivery, result, now, target, self._rng)
         kept = await self._finish(delivery, update)
-        self._record(delivery, update, result, now, kept)
+        if kept is not None:
+            self._record(delivery, update, result, now, kept)
 
-    async def _finish(self, delivery: Delivery, update: DeliveryUpdate) -> bool:
-        """Record an attempt; a record the store refuses for its data is retried once with a plain-ASCII
-        reason, the likeliest culprit (it quotes the receiver). If that fails too, the delivery stays
-        leased and is tried again when the lease runs out: never lost, and the loop goes on (SPEC §16)."""
-        try:
-            return await self._store.finish_delivery(delivery, update)
-        except Exception as exc:
-            if not is_item_failure(exc):
-                raise
-            self._metrics.loop_errors.labels(loop="delivery").inc()
-            log.error(
-                "delivery.handling_failed", delivery_id=delivery.id, event_id=delivery.event.id, exc_info=exc
-            )
-            reason = safe_line(update.last_error) if update.last_error is not None else None
-        try:
-            return await self._store.finish_delivery(delivery, replace(update, last_error=reason))
-        except Exception as exc:
-            if not is_item_failure(exc):
-                raise
-            log.error("delivery.not_recorded", delivery_id=delivery.id, error=describe(exc))
-            return False
+    async def _finish(self, delivery: Delivery, update: DeliveryUpdate) -> bool | None:
+        """Record an attempt; None if it could not be recorded.
+
+        A store outage is waited out (the attempt happened, so its outcome is worth the wait) unless the
+        worker stops first. A record the store refuses for its data is tried once more with a plain-ASCII
+        reason, the likeliest culprit (it quotes the receiver), then given up. Unrecorded, the delivery
+        stays leased and goes out again (same id) after its lease or a restart: never lost, and the worker
+        goes on (SPEC §16).
+        """
+        sanitised = False
+        while True:
+            try:
+                kept = await self._store.finish_delivery(delivery, update)
+            except StoreUnavailable as exc:
+                if self._stop is not None and self._stop.is_set():
+                    log.warning(
+                        "delivery.outcome_not_saved",
+                        event_id=delivery.event.id,
+                        webhook=delivery.webhook,
+                        reason=str(exc),
+                    )
+                    return None
+                await self._health.wait_out("delivery", exc, self._stop)
+                continue
+            except Exception as exc:  # this record's own failure, not the store being out
+                self._metrics.loop_errors.labels(loop="delivery").inc()
+                if sanitised:
+                    log.error("delivery.not_recorded", delivery_id=delivery.id, error=describe(exc))
+                    return None
+                log.error(
+                    "delivery.handling_failed",
+                    delivery_id=delivery.id,
+                    event_id=delivery.event.id,
+                    exc_info=exc,
+                )
+                reason = None if update.last_error is None else safe_line(update.last_error)
+                update = replace(update, last_error=reason)
+                sanitised = True
+                continue
+            self._health.ok("delivery")
+            return kept
 
     async def _finish_unconfigured(self, delivery: Delivery, now: float) -> None:
         update = DeliveryUpdate(DeliveryState.DEAD, delivery.attempts, now, NOT_CONFIGURED)
         kept = await self._finish(delivery, update)
+        if kept is None:
+            return
         result = SendResult(SendKind.DEAD, None, None, NOT_CONFIGURED, 0.0)
         self._record(delivery, update, result, now, kept, sent=False)
 

@@ -2,12 +2,19 @@
 
 Every log line about a job carries `job_id` and `workspace` (the callers pass them); secrets are never passed
 to a logger in the first place, so there is nothing to scrub here.
+
+Libraries log through the standard `logging` module (asyncpg, aiohttp, and asyncio's "Task exception was
+never retrieved" from the loop's exception handler): the root logger renders their records with the same
+processors, so they are JSON lines like ours, a traceback included as the `exception` field. A process that
+is ours (`watcher run`) also routes the errors Python would print to stderr as plain text (an exception
+in a thread, an exception ignored in a finaliser, a warning) through `route_process_errors`.
 """
 
 from __future__ import annotations
 
 import logging
 import sys
+import threading
 from typing import Any
 
 import structlog
@@ -16,7 +23,7 @@ _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARN
 
 
 def configure_logging(level: str = "info", fmt: str | None = None, stream: Any = None) -> None:
-    """Configure structlog for the process; `fmt` None picks json unless the stream is a TTY."""
+    """Configure structlog and the root logger; `fmt` None picks json unless the stream is a TTY."""
     out = stream if stream is not None else sys.stdout
     if fmt is None:
         fmt = "console" if getattr(out, "isatty", lambda: False)() else "json"
@@ -25,15 +32,56 @@ def configure_logging(level: str = "info", fmt: str | None = None, stream: Any =
         renderer = structlog.dev.ConsoleRenderer(colors=False)
     else:
         renderer = structlog.processors.JSONRenderer()
+    threshold = _LEVELS.get(level, logging.INFO)
+    stamp = structlog.processors.TimeStamper(fmt="iso", utc=True)
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            stamp,
             structlog.processors.format_exc_info,
             renderer,
         ],
-        wrapper_class=structlog.make_filtering_bound_logger(_LEVELS.get(level, logging.INFO)),
+        wrapper_class=structlog.make_filtering_bound_logger(threshold),
         logger_factory=structlog.PrintLoggerFactory(file=out),
         cache_logger_on_first_use=False,
     )
+    handler = logging.StreamHandler(out)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=[structlog.stdlib.add_log_level, structlog.stdlib.add_logger_name, stamp],
+            processors=[
+                structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                structlog.processors.format_exc_info,
+                renderer,
+            ],
+        )
+    )
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(threshold)
+    logging.captureWarnings(True)  # `warnings.warn` goes to the `py.warnings` logger, hence to JSON
+
+
+def route_process_errors() -> None:
+    """Log what Python would print to stderr as plain text: exceptions in threads and unraisable ones.
+
+    Process-wide hooks: only for a process that is ours (`watcher run`), never inside a test runner.
+    """
+    log = structlog.get_logger("watcher.process")
+
+    def thread_hook(args: threading.ExceptHookArgs) -> None:
+        name = args.thread.name if args.thread is not None else None
+        exc_info = (args.exc_type, args.exc_value, args.exc_traceback)
+        log.error("thread.crashed", thread=name, exc_info=exc_info)
+
+    def unraisable_hook(args: Any) -> None:
+        exc_info = (args.exc_type, args.exc_value, args.exc_traceback)
+        log.error(
+            "exception.unraisable", message=args.err_msg, object=repr(args.object)[:200], exc_info=exc_info
+        )
+
+    threading.excepthook = thread_hook
+    sys.unraisablehook = unraisable_hook

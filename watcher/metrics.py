@@ -29,6 +29,7 @@ from prometheus_client.registry import Collector
 from watcher import __version__
 from watcher.models import FinalState, JobStatus, PollOutcome, StoreCounts
 from watcher.statuses import OTHER_LABEL, metric_label
+from watcher.store.faults import StoreFault
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 _LAG_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 900.0, 3600.0)
@@ -51,7 +52,8 @@ class _StoreGauges(Collector):
     def collect(self) -> list[Metric]:
         m = self._m
         ready = GaugeMetricFamily(
-            "watcher_ready", "1 when the daemon is ready (store open, every loop running), else 0."
+            "watcher_ready",
+            "1 when the daemon is ready (store open and available, every loop running), else 0.",
         )
         ready.add_metric([], 1.0 if m.ready() else 0.0)
         counts = m.counts
@@ -229,6 +231,15 @@ class Metrics:
         )
         for loop in LOOPS:
             self.loop_errors.labels(loop=loop)
+        self.store_errors = Counter(
+            "watcher_store_errors",
+            "Failed store calls by kind: an outage (unreachable, disk_full, read_only, locked, io_error,"
+            " cannot_open) or one failed request.",
+            ["kind"],
+            registry=r,
+        )
+        for fault in StoreFault:
+            self.store_errors.labels(kind=fault.value)
         Info("watcher_build", "Build information.", registry=r).info({"version": __version__})
         r.register(_StoreGauges(self))
         if default_collectors:

@@ -10,13 +10,15 @@ from __future__ import annotations
 import asyncio
 import random
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 import structlog
 
 from watcher.clock import Clock
-from watcher.containment import QUARANTINE_AFTER, describe, is_item_failure
+from watcher.containment import QUARANTINE_AFTER, as_store_error, describe
+from watcher.errors import StoreUnavailable
+from watcher.health import StoreHealth
 from watcher.metrics import Metrics, observe_many
 from watcher.models import PollOutcome, PollResult, Watch
 from watcher.policy import Decision, PollingPolicy, decide, error_delay, is_expired
@@ -103,8 +105,10 @@ class _BatchWriter:
 
     A batch that fails for a reason of its own items (not the store being out) is split in halves until
     each failing item is alone (one poisoned row must not take the others with it, SPEC §16); each such
-    item goes to `on_item_failed`. Any other failing `save_polls` goes to `on_error` and nothing more is
-    written.
+    item goes to `on_item_failed`. A store outage (`StoreUnavailable`) is different: what is not written
+    yet is kept and written again after `wait_out` (the caller's backoff) until the store takes it, and
+    `stalled` is true meanwhile so that the scheduler neither claims nor polls; `recovered` is called when
+    a write works again. Without `wait_out`, an outage goes to `on_error` and nothing more is written.
     """
 
     def __init__(
@@ -115,11 +119,18 @@ class _BatchWriter:
         on_item_failed: Callable[[Decision, BaseException], None],
         max_batch: int = 512,
         linger_s: float = 0.1,
+        *,
+        wait_out: Callable[[StoreUnavailable], Awaitable[None]] | None = None,
+        recovered: Callable[[], None] | None = None,
     ) -> None:
         self._store = store
         self._on_saved = on_saved
         self._on_error = on_error
         self._on_item_failed = on_item_failed
+        self._wait_out = wait_out
+        self._recovered = recovered
+        self._healthy = asyncio.Event()
+        self._healthy.set()
         self._max_batch = max_batch
         self._linger_s = linger_s
         self._pending: list[Decision] = []
@@ -136,6 +147,26 @@ class _BatchWriter:
         """Decisions handed over and not yet committed (the batch being written included)."""
         return len(self._pending) + self._writing
 
+    @property
+    def stalled(self) -> bool:
+        """True while the store is out and a batch waits to be written again."""
+        return not self._healthy.is_set()
+
+    async def wait_healthy(self, halt: asyncio.Event) -> None:
+        """Wait until the store takes writes again, or until `halt` is set."""
+        waiters = {asyncio.ensure_future(self._healthy.wait()), asyncio.ensure_future(halt.wait())}
+        try:
+            await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for w in waiters:
+                w.cancel()
+
+    def cancel(self) -> None:
+        """Stop writing for good (the daemon gave up on the drain); what is pending is not saved."""
+        self._failed = True  # nothing is scheduled again
+        if self._task is not None:
+            self._task.cancel()
+
     def add(self, decision: Decision) -> None:
         """Hand one decision over; it is written with the next batch."""
         self._pending.append(decision)
@@ -150,21 +181,30 @@ class _BatchWriter:
         await self._idle.wait()
 
     async def _save(self, batch: list[Decision]) -> None:
-        """Save `batch`, splitting it around items whose own data makes the save fail."""
+        """Save `batch`, splitting it around items whose own data makes the save fail.
+
+        On an outage, what is not written yet goes back in front of the pending decisions (its watches
+        stay claimed by us until it is written) and the outage is raised.
+        """
         parts = [batch]
         while parts:
             part = parts.pop()
             try:
                 results = await self._store.save_polls([d.saved for d in part])
-            except Exception as exc:
-                if not is_item_failure(exc):
-                    raise
+            except StoreUnavailable:
+                self._pending[:0] = [d for p in (part, *reversed(parts)) for d in p]
+                raise
+            except Exception as exc:  # the items' own: not the store being out (SPEC §16)
                 if len(part) == 1:
                     self._on_item_failed(part[0], exc)
                 else:
                     half = len(part) // 2
                     parts += [part[half:], part[:half]]  # the first half is tried first
                 continue
+            if not self._healthy.is_set():
+                self._healthy.set()
+                if self._recovered is not None:
+                    self._recovered()
             self._on_saved(part, results)
 
     def _schedule(self) -> None:
@@ -193,6 +233,15 @@ class _BatchWriter:
                 self._writing = len(batch)
                 try:
                     await self._save(batch)
+                except StoreUnavailable as exc:
+                    if self._wait_out is None:
+                        self._failed = True
+                        self._pending = []
+                        self._on_error(exc)
+                        return
+                    self._healthy.clear()
+                    await self._wait_out(exc)
+                    continue
                 except Exception as exc:
                     self._failed = True
                     self._pending = []
@@ -233,6 +282,7 @@ class Scheduler:
         lease_s: float = 60.0,
         max_idle_s: float = 1.0,
         on_events: Callable[[], None] | None = None,
+        health: StoreHealth | None = None,
     ) -> None:
         self._store = store
         self._fetcher = fetcher
@@ -248,8 +298,16 @@ class Scheduler:
         self._lease_s = lease_s
         self._max_idle_s = max_idle_s
         self._on_events = on_events
-        self._writer = _BatchWriter(store, self._saved, self._store_failed, self._item_failed)
         self._noting: set[asyncio.Task[None]] = set()  # failures being written (see `_item_failed`)
+        self._health = health or StoreHealth(clock, rng)
+        self._writer = _BatchWriter(
+            store,
+            self._saved,
+            self._store_failed,
+            self._item_failed,
+            wait_out=lambda exc: self._health.wait_out("scheduler.save", exc),
+            recovered=lambda: self._health.ok("scheduler.save"),
+        )
         # Results waiting for the store beyond this stop further claims: a stalled store stalls polling.
         self._max_unsaved = 4 * max_concurrency + 512
         self._errors = ErrorLogLimiter(clock)
@@ -258,6 +316,7 @@ class Scheduler:
         self._busy = 0
         self._waiting_tokens = 0
         self._stopping = False
+        self._halt = asyncio.Event()  # set with `_stopping`, for workers waiting out a store outage
         self._wakeup = asyncio.Event()
         self._failure: BaseException | None = None
         self._poll_counters = {o: metrics.polls.labels(outcome=o.value) for o in PollOutcome}
@@ -289,18 +348,27 @@ class Scheduler:
                 self._raise_failure()
                 want = self._want()
                 claimed = 0
-                if want > 0:
-                    now = self._clock.now()
-                    watches = await self._store.claim_due(now, want, self._lease_s)
-                    claimed = len(watches)
-                    for watch in watches:
-                        self._hand_out(watch)
-                if claimed and claimed == want:
-                    await asyncio.sleep(0)  # more may be due: let the workers start, then look again
-                    continue
-                await self._idle(stop_wait, want > 0)
+                try:
+                    if want > 0:
+                        now = self._clock.now()
+                        watches = await self._store.claim_due(now, want, self._lease_s)
+                        self._health.ok("scheduler")
+                        claimed = len(watches)
+                        for watch in watches:
+                            self._hand_out(watch)
+                    if claimed and claimed == want:
+                        await asyncio.sleep(0)  # more may be due: let the workers start, then look again
+                        continue
+                    await self._idle(stop_wait, want > 0)
+                except StoreUnavailable as exc:
+                    await self._health.wait_out("scheduler", exc, stop)
+                except Exception as exc:  # e.g. a row that cannot be read back: not ready, never dead
+                    self._metrics.loop_errors.labels(loop="scheduler").inc()
+                    log.error("scheduler.claim_failed", exc_info=exc)
+                    await self._health.wait_out("scheduler", as_store_error(exc), stop)
             await self._stop(workers)
         finally:
+            self._writer.cancel()
             stop_wait.cancel()
             for w in workers:
                 w.cancel()
@@ -314,8 +382,15 @@ class Scheduler:
         self._raise_failure()
 
     def _want(self) -> int:
-        """How many watches to claim: enough for the free workers and the prefetch, if the queue is low."""
-        if len(self._ready) > self._prefetch // 2 or self._writer.unsaved >= self._max_unsaved:
+        """How many watches to claim: enough for the free workers and the prefetch, if the queue is low.
+
+        None while saves wait out a store outage: a poll whose result cannot be saved is a wasted poll.
+        """
+        if (
+            len(self._ready) > self._prefetch // 2
+            or self._writer.unsaved >= self._max_unsaved
+            or self._writer.stalled
+        ):
             return 0
         # Waiting for rate-limit tokens already: claiming ahead would only age the claims.
         ahead = 0 if self._waiting_tokens else self._prefetch
@@ -336,6 +411,7 @@ class Scheduler:
     async def _stop(self, workers: list[asyncio.Task[None]]) -> None:
         """No new polls: release the watches claimed ahead, let the workers finish, save what they found."""
         self._stopping = True
+        self._halt.set()
         while self._idle_workers:
             fut = self._idle_workers.popleft()
             if not fut.done():
@@ -343,13 +419,20 @@ class Scheduler:
         unpolled = list(self._ready)
         self._ready.clear()
         if unpolled:
-            await self._store.release(unpolled)
+            try:
+                await self._store.release(unpolled)
+            except StoreUnavailable as exc:
+                # Their claims run out by themselves after lease_s; nothing is lost.
+                log.warning("scheduler.release_failed", watches=len(unpolled), reason=str(exc))
         await asyncio.wait(workers)
         await self.drain()
 
     async def _worker(self) -> None:
         ready = self._ready
         while not self._stopping:
+            if self._writer.stalled:
+                await self._writer.wait_healthy(self._halt)  # poll nothing that could not be saved
+                continue
             if ready:
                 watch = ready.popleft()
                 if len(ready) <= self._prefetch // 2:

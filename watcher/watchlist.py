@@ -18,6 +18,8 @@ from pathlib import Path
 import structlog
 
 from watcher.clock import Clock
+from watcher.errors import StoreUnavailable
+from watcher.health import StoreHealth
 from watcher.metrics import Metrics
 from watcher.models import Registration, Source
 from watcher.store.base import Store
@@ -118,6 +120,7 @@ class WatchlistReloader:
         reload_interval_s: float,
         metrics: Metrics,
         on_change: Callable[[], None] | None = None,
+        health: StoreHealth | None = None,
     ) -> None:
         self._path = path
         self._store = store
@@ -127,6 +130,7 @@ class WatchlistReloader:
         self._interval = reload_interval_s
         self._metrics = metrics
         self._on_change = on_change
+        self._health = health or StoreHealth(clock)
         self._applied: _Signature | None = None  # the file version the store reflects
         self._failure: str | None = None  # the last failure reported, so a lasting one is logged once
         self._triggered = asyncio.Event()
@@ -181,12 +185,17 @@ class WatchlistReloader:
     async def run(self, stop: asyncio.Event) -> None:
         """Reload at start, then every `reload_interval_s` or at `trigger()`, until `stop` is set.
 
-        A failed sync (store down) is logged and counted, and retried at the next round: the loop lives on.
+        A store outage is waited out with backoff and the reload tried again (forced if it was); another
+        failed sync is logged and counted, and retried at the next round: the loop lives on.
         """
         force = True
         while not stop.is_set():
             try:
                 await self.reload(force=force)
+                self._health.ok("watchlist")
+            except StoreUnavailable as exc:
+                await self._health.wait_out("watchlist", exc, stop)
+                continue
             except Exception:
                 self._metrics.loop_errors.labels(loop="watchlist").inc()
                 log.exception("watchlist.reload_failed", path=str(self._path))

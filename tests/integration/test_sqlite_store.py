@@ -213,7 +213,7 @@ async def test_saves_reach_the_database_file_through_checkpoints(
             assert await s.save_polls(saves) == [True] * 10
             now += 1
         for _ in range(500):  # the checkpoint runs on a worker thread: give it a moment
-            if s._checkpointing is None:
+            if not s._upkeep.running:
                 break
             await asyncio.sleep(0.01)
         wal_sizes.append((tmp_path / "w.db-wal").stat().st_size)

@@ -13,6 +13,7 @@ from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from tests.observability.conftest import ALERTS, DASHBOARD, parse_metrics, value
 from watcher.metrics import Metrics, observe_many
 from watcher.models import FinalState, JobStatus, PollOutcome, StoreCounts
+from watcher.store.faults import StoreFault
 
 # SPEC §8: family name -> (type, label names).
 SPEC = {
@@ -69,6 +70,7 @@ def test_label_values_are_bounded_enums_or_configured_webhooks() -> None:
         "outcome": {*(x.value for x in PollOutcome), "success", "retry", "dead"},
         "webhook": {"ops", "slack", "removed"},
         "loop": {"scheduler", "delivery", "watchlist", "housekeeping"},
+        "kind": {x.value for x in StoreFault},
         "le": None,
         "version": None,
         "generation": None,
@@ -155,7 +157,7 @@ def test_every_alert_has_a_runbook_and_uses_existing_metrics() -> None:
     assert set(rules) == {
         "JobWatcherDown", "JobWatcherNotReady", "JobWatcherJobFailureRateHigh", "JobWatcherDeadDeliveries",
         "JobWatcherDeliveriesBackingUp", "JobWatcherUpstreamAuthErrors", "JobWatcherUpstreamErrorRatioHigh",
-        "JobWatcherSchedulerBacklog", "JobWatcherWatchesQuarantined",
+        "JobWatcherSchedulerBacklog", "JobWatcherStoreUnavailable", "JobWatcherWatchesQuarantined",
     }  # fmt: skip
     exposed = _exposed_names()
     for name, rule in rules.items():

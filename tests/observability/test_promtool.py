@@ -39,7 +39,7 @@ def test_alert_rules_pass_promtool_check_rules() -> None:
     r = promtool("check", "rules", str(ALERTS))
     assert r.returncode == 0, r.stdout + r.stderr
     rules = sum(len(g["rules"]) for g in yaml.safe_load(ALERTS.read_text())["groups"])
-    assert rules >= 9
+    assert rules >= 10
     assert f"SUCCESS: {rules} rules found" in r.stdout
 
 

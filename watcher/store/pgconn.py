@@ -10,6 +10,7 @@ for it, then find nothing to do.
 from __future__ import annotations
 
 import json
+import logging
 import re
 from dataclasses import dataclass
 from importlib import resources
@@ -20,21 +21,63 @@ import asyncpg  # type: ignore[import-untyped]  # asyncpg ships no type informat
 
 from watcher import strictjson
 from watcher.errors import StoreError
+from watcher.store.faults import StoreFault, StoreOutage
 
 APPLICATION_NAME = "job-watcher"
 POOL_MAX_SIZE = 10
 COMMAND_TIMEOUT_S = 30.0
 _SCHEMA_RE = re.compile(r"[a-z_][a-z0-9_]{0,62}")
-# Errors after which the whole transaction can simply run again: nothing of it was committed, or (for a
-# connection lost at commit) running it again is harmless because every write is idempotent or fenced.
-RETRYABLE = (
-    asyncpg.DeadlockDetectedError,
-    asyncpg.SerializationError,
-    asyncpg.ConnectionDoesNotExistError,
+# Errors after which the whole transaction can simply run again at once: nothing of it was committed.
+RETRYABLE = (asyncpg.DeadlockDetectedError, asyncpg.SerializationError)
+# The server, or the way to it, is out: down, restarting, refusing, out of connections or disk, a standby
+# after a failover, or the connection lost mid-call (asyncpg's InternalClientError about a state switch is
+# its protocol state machine after the socket broke). The same call works again once the server is back;
+# a transaction whose commit was cut off is safe to run again because every write is idempotent or fenced
+# by its lease.
+_OUTAGES = (
+    OSError,
+    TimeoutError,
+    asyncpg.PostgresConnectionError,
     asyncpg.CannotConnectNowError,
     asyncpg.AdminShutdownError,
-    ConnectionError,
+    asyncpg.CrashShutdownError,
+    asyncpg.IdleSessionTimeoutError,
+    asyncpg.InsufficientResourcesError,
+    asyncpg.ReadOnlySQLTransactionError,
+    asyncpg.InternalClientError,
 )
+# Everything a query can raise that is the database's business (the rest is a bug of ours).
+DB_ERRORS = (
+    OSError,
+    TimeoutError,
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+    asyncpg.InternalClientError,
+)
+
+
+def is_outage(e: BaseException) -> bool:
+    """True if `e` means the database as a whole cannot be used right now (see `_OUTAGES`)."""
+    if isinstance(e, _OUTAGES):
+        return True
+    # Interface errors other than bad data are about the connection or the pool: closed, closing, or still
+    # busy with an operation that will never finish.
+    return isinstance(e, asyncpg.InterfaceError) and not isinstance(e, asyncpg.DataError)
+
+
+def _fault(e: BaseException) -> StoreFault:
+    if isinstance(e, asyncpg.DiskFullError):
+        return StoreFault.DISK_FULL
+    if isinstance(e, asyncpg.ReadOnlySQLTransactionError):
+        return StoreFault.READ_ONLY
+    return StoreFault.UNREACHABLE
+
+
+def classify(message: str, e: BaseException) -> StoreError:
+    """`message` as a StoreOutage if `e` is an outage, else as a StoreError (this request failed)."""
+    if is_outage(e):
+        return StoreOutage(message, _fault(e))
+    return StoreError(message)
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +125,9 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
 
 async def create_pool(target: PgTarget) -> asyncpg.Pool:
     """A pool whose every connection uses `target.schema`; asyncpg prepares and caches each statement."""
+    # The pool reconnects its `min_size` floor by itself and logs each failed attempt as a warning with a
+    # traceback, every second or so of an outage; the daemon reports the outage once (`store.unavailable`).
+    logging.getLogger("asyncpg.pool").setLevel(logging.ERROR)
     settings = {"application_name": APPLICATION_NAME}
     if target.schema is not None:
         settings["search_path"] = target.schema
@@ -94,8 +140,8 @@ async def create_pool(target: PgTarget) -> asyncpg.Pool:
             server_settings=settings,
             init=_init_connection,
         )
-    except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as e:
-        raise StoreError(f"cannot connect to PostgreSQL at {target.where}: {_reason(e)}") from e
+    except DB_ERRORS as e:
+        raise classify(f"cannot connect to PostgreSQL at {target.where}: {_reason(e)}", e) from e
     return pool
 
 
@@ -149,12 +195,15 @@ async def migrate(pool: asyncpg.Pool, target: PgTarget) -> tuple[int, list[int]]
                     await conn.execute("INSERT INTO schema_migrations (version) VALUES ($1)", version)
                     applied.append(version)
             return max(current, latest), applied
-    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as e:
-        raise StoreError(f"cannot migrate the store at {target.where}: {_reason(e)}") from e
+    except DB_ERRORS as e:
+        raise classify(f"cannot migrate the store at {target.where}: {_reason(e)}", e) from e
 
 
 def store_error(target: PgTarget, e: BaseException) -> StoreError:
-    """A one-line StoreError for a failed query, naming the database but no credentials."""
+    """A one-line StoreError (a StoreOutage for an outage) for a failed query, naming the database but no
+    credentials."""
+    if is_outage(e):
+        return StoreOutage(f"store at {target.where} is unavailable: {_reason(e)}", _fault(e))
     return StoreError(f"store at {target.where}: {_reason(e)}")
 
 

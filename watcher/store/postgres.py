@@ -16,6 +16,7 @@ all leases back, like the single-process SQLite store: the store contract suite 
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import TypeVar
@@ -23,7 +24,6 @@ from typing import TypeVar
 import asyncpg  # type: ignore[import-untyped]  # asyncpg ships no type information
 
 from watcher.clock import Clock, SystemClock
-from watcher.errors import StoreError
 from watcher.models import (
     Delivery,
     DeliveryState,
@@ -38,12 +38,15 @@ from watcher.models import (
 )
 from watcher.store import pgsql as q
 from watcher.store.base import RegisterResult, Store, SyncResult, WatchPage
+from watcher.store.faults import StoreOutage
 from watcher.store.pgconn import (
+    DB_ERRORS,
     RETRYABLE,
     PgTarget,
     as_list,
     create_pool,
     dumps,
+    is_outage,
     migrate,
     parse_url,
     store_error,
@@ -54,6 +57,18 @@ T = TypeVar("T")
 _RESTORE_PAGE = 5000
 _RETRIES = 3
 _RETRY_PAUSE_S = 0.05
+_CLOSE_TIMEOUT_S = 5.0
+
+
+def _drop_if_broken(conn: asyncpg.Connection, e: BaseException) -> None:
+    """Close a connection that an outage left unusable, so the pool replaces it instead of handing it out."""
+    if not is_outage(e):
+        return
+    try:
+        if not conn.is_closed():
+            conn.terminate()
+    except asyncpg.InterfaceError:
+        pass  # asyncpg already gave a connection that closed under it back to the pool
 
 
 def _watch(r: asyncpg.Record) -> Watch:
@@ -127,10 +142,15 @@ class PostgresStore(Store):
         self._pool = pool
 
     async def close(self) -> None:
-        """Close the pool; safe to call twice."""
+        """Close the pool; safe to call twice. A connection that does not come back in time (an outage left
+        it hanging) is closed without ceremony."""
         pool, self._pool = self._pool, None
-        if pool is not None:
-            await pool.close()
+        if pool is None:
+            return
+        try:
+            await asyncio.wait_for(pool.close(), _CLOSE_TIMEOUT_S)
+        except TimeoutError:
+            pool.terminate()
 
     async def ping(self) -> bool:
         """True if the database answers a trivial query within a few seconds."""
@@ -139,40 +159,56 @@ class PostgresStore(Store):
         try:
             async with self._pool.acquire(timeout=5.0) as conn:
                 return bool(await conn.fetchval("SELECT 1", timeout=5.0) == 1)
-        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError):
+        except DB_ERRORS:
             return False
+
+    def _pool_or_raise(self) -> asyncpg.Pool:
+        if self._pool is None:
+            raise StoreOutage(f"store at {self.target.where} is not open")
+        return self._pool
 
     async def _run(self, work: Callable[[asyncpg.Connection], Awaitable[T]], *, tx: bool = True) -> T:
         """Run `work` in one transaction, again after a deadlock or a lost connection; errors → StoreError.
 
         `tx=False` is for work that is one statement: atomic by itself, it saves the BEGIN and COMMIT trips.
+        A connection that broke is closed before it goes back to the pool, so the next attempt (and every
+        later call) gets a new one: the pool recovers by itself once the server is back. What is still out
+        after the last attempt is a StoreOutage, for the caller's loop to wait out.
         """
-        if self._pool is None:
-            raise StoreError(f"store at {self.target.where} is not open")
+        pool = self._pool_or_raise()
         for attempt in range(_RETRIES):
             try:
-                async with self._pool.acquire() as conn:
-                    if not tx:
-                        return await work(conn)
-                    async with conn.transaction():
-                        return await work(conn)
+                async with pool.acquire() as conn:
+                    try:
+                        if not tx:
+                            return await work(conn)
+                        async with conn.transaction():
+                            return await work(conn)
+                    except DB_ERRORS as e:
+                        _drop_if_broken(conn, e)
+                        raise
             except RETRYABLE as e:
                 if attempt == _RETRIES - 1:
                     raise store_error(self.target, e) from e
                 await self._clock.sleep(_RETRY_PAUSE_S * (attempt + 1))
-            except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as e:
-                raise store_error(self.target, e) from e
+            except DB_ERRORS as e:
+                if not is_outage(e) or attempt == _RETRIES - 1:
+                    raise store_error(self.target, e) from e
+                await self._clock.sleep(_RETRY_PAUSE_S * (attempt + 1))
         raise AssertionError("unreachable")
 
     @asynccontextmanager
     async def _conn(self) -> AsyncIterator[asyncpg.Connection]:
-        """A connection for a single read; errors become StoreError."""
-        if self._pool is None:
-            raise StoreError(f"store at {self.target.where} is not open")
+        """A connection for a single read; errors become StoreError (StoreOutage for an outage)."""
+        pool = self._pool_or_raise()
         try:
-            async with self._pool.acquire() as conn:
-                yield conn
-        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as e:
+            async with pool.acquire() as conn:
+                try:
+                    yield conn
+                except DB_ERRORS as e:
+                    _drop_if_broken(conn, e)
+                    raise
+        except DB_ERRORS as e:
             raise store_error(self.target, e) from e
 
     def _now(self, now: float) -> float | None:

@@ -9,13 +9,13 @@ Concurrency: aiosqlite runs every statement on one thread, except the scheduler'
 run on the event loop's own connection (`_hot_connection` says why); an `asyncio.Lock` keeps one caller's
 multi-statement transaction from interleaving with another's, on either connection. Every write
 transaction is `BEGIN IMMEDIATE`, so it takes the write lock up front instead of failing to upgrade a read
-lock half-way.
+lock half-way. Outages (a full disk, a read-only file system, a lock held by another process) are
+`StoreOutage`s, and the WAL is kept small: see `watcher.store.sqlite_health`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import json
 import sqlite3
@@ -47,6 +47,17 @@ from watcher.models import (
 )
 from watcher.store.base import LIST_STATUS_SQL, RegisterResult, Store, SyncResult, WatchPage
 from watcher.store.due import DueIndex
+from watcher.store.faults import StoreOutage
+from watcher.store.sqlite_health import (
+    HOT_BUSY_TIMEOUT_MS,
+    WAL_MAX_BYTES,
+    Upkeep,
+    begin_immediate,
+    fault_of_sqlite,
+    rollback,
+    rollback_async,
+    sqlite_error,
+)
 
 T = TypeVar("T")
 log = structlog.get_logger("watcher.store")
@@ -122,9 +133,8 @@ WRITE_BEHIND_S = 5.0
 _BEHIND_FLUSH = 512
 # More deferred watches than this are written at once, whatever their age (bounds the memory they hold).
 _BEHIND_MAX = 50_000
-# Poll batches between WAL checkpoints: at a few hundred rows a batch the WAL stays at a few MiB.
+# Poll batches between WAL checkpoints (a bigger WAL is checkpointed at once, see `Upkeep`).
 _CHECKPOINT_EVERY = 64
-_WAL_SIZE_LIMIT = 64 * 1024 * 1024
 
 
 def _hot_connection(path: Path) -> sqlite3.Connection:
@@ -134,17 +144,18 @@ def _hot_connection(path: Path) -> sqlite3.Connection:
     around every row it steps: with batches of results in flight that thread and the event loop handed the
     GIL to each other hundreds of times a second, and the loop's socket calls waited each time. A claim or
     a save of a batch is a few hundred microseconds of C work, cheaper done on the loop than handed over.
-    This connection never checkpoints by itself (`_checkpoint` does, off the loop), and in WAL mode with
-    synchronous=NORMAL a commit does not fsync.
+    This connection never checkpoints by itself (`Upkeep` does, off the loop), and in WAL mode with
+    synchronous=NORMAL a commit does not fsync. Its busy timeout is short: a lock held by another process
+    is waited for between attempts (`begin_immediate`), never for long on the loop.
     """
     hot = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
     try:
-        hot.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
+        hot.execute(f"PRAGMA busy_timeout = {HOT_BUSY_TIMEOUT_MS}")
         hot.execute("PRAGMA synchronous = NORMAL")
         hot.execute("PRAGMA foreign_keys = ON")
         hot.execute("PRAGMA wal_autocheckpoint = 0")
         # A WAL that starts over is cut back to this size.
-        hot.execute(f"PRAGMA journal_size_limit = {_WAL_SIZE_LIMIT}")
+        hot.execute(f"PRAGMA journal_size_limit = {WAL_MAX_BYTES}")
     except sqlite3.Error:
         hot.close()
         raise
@@ -174,21 +185,10 @@ def _insert_events(db: sqlite3.Connection, events: dict[str, tuple[Event, tuple[
 
 
 def _is_poison(exc: BaseException) -> bool:
-    """True when a write failed because of the data written, not because the database cannot be written.
-
-    OperationalError is SQLite's "cannot do it now" (locked, full, read-only, I/O) and a bare DatabaseError
-    a damaged file: both are the store's state. Constraint and data errors, and Python's own errors while
-    binding a value (a lone surrogate, an integer too large), belong to the row.
-    """
-    if isinstance(exc, sqlite3.OperationalError) or type(exc) is sqlite3.DatabaseError:
-        return False
-    return isinstance(exc, Exception)
-
-
-def _passive_checkpoint(path: Path) -> None:
-    with contextlib.closing(sqlite3.connect(path, isolation_level=None)) as conn:
-        conn.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
-        conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+    """True when a write failed because of the data written, not because the database cannot be written
+    (`fault_of_sqlite`: full, read-only, locked, I/O): a constraint, or Python's own error while binding a
+    value (an integer too large for SQLite), belongs to the row."""
+    return isinstance(exc, Exception) and fault_of_sqlite(exc) is None
 
 
 def _event(row: Sequence[Any]) -> Event:
@@ -265,9 +265,8 @@ class SQLiteStore(Store):
         self._db: aiosqlite.Connection | None = None
         # The scheduler's claims and saves run on this connection, on the event loop's thread (see `_hot`).
         self._hot: sqlite3.Connection | None = None
-        self._checkpointing: asyncio.Task[None] | None = None
-        self._saves = 0
         self._lock = asyncio.Lock()
+        self._upkeep = Upkeep(self.path, self._lock, _CHECKPOINT_EVERY)
         self._index = DueIndex()
         self._delivery_tokens = 0
 
@@ -280,14 +279,15 @@ class SQLiteStore(Store):
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as e:
-            raise StoreError(f"cannot create the directory of store {self.path}: {e.strerror}") from e
+            raise sqlite_error(self.path, e, "cannot create its directory: ") from e
         try:
             db = await aiosqlite.connect(self.path, isolation_level=None)
         except sqlite3.Error as e:
-            raise StoreError(f"cannot open store {self.path}: {e}") from e
+            raise sqlite_error(self.path, e, "cannot open: ") from e
         try:
             await db.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
             await db.execute("PRAGMA journal_mode = WAL")
+            await db.execute(f"PRAGMA journal_size_limit = {WAL_MAX_BYTES}")
             # NORMAL in WAL mode survives a process crash (SIGKILL) with every committed transaction; only an
             # OS crash or power loss may roll back the last few, which FULL would protect at an fsync each.
             await db.execute("PRAGMA synchronous = NORMAL")
@@ -300,12 +300,12 @@ class SQLiteStore(Store):
             await db.close()
             if isinstance(e, StoreError):
                 raise
-            raise StoreError(f"cannot open store {self.path}: {e}") from e
+            raise sqlite_error(self.path, e, "cannot open: ") from e
         try:
             self._hot = _hot_connection(self.path)
         except sqlite3.Error as e:
             await db.close()
-            raise StoreError(f"cannot open store {self.path}: {e}") from e
+            raise sqlite_error(self.path, e, "cannot open: ") from e
         self._db = db
 
     async def _migrate(self, db: aiosqlite.Connection) -> None:
@@ -330,7 +330,7 @@ class SQLiteStore(Store):
                     await db.execute(f"PRAGMA user_version = {version}")
                 await db.commit()
             except BaseException:
-                await asyncio.shield(db.rollback())
+                await rollback_async(db)
                 raise
 
     async def close(self) -> None:
@@ -338,7 +338,7 @@ class SQLiteStore(Store):
         if self._hot is not None and self._behind:
             try:
                 async with self._lock:
-                    self._write_all_behind(self._hot)
+                    await self._write_all_behind(self._hot)
             except sqlite3.Error as e:
                 log.error(
                     "store.write_behind_failed", path=str(self.path), error=str(e), watches=len(self._behind)
@@ -347,9 +347,7 @@ class SQLiteStore(Store):
         db, self._db = self._db, None
         hot, self._hot = self._hot, None
         self._index.clear()
-        if self._checkpointing is not None:
-            await asyncio.gather(self._checkpointing, return_exceptions=True)
-            self._checkpointing = None
+        await self._upkeep.close()
         if hot is not None:
             hot.close()
         if db is not None:
@@ -369,25 +367,31 @@ class SQLiteStore(Store):
     async def _read(self) -> AsyncIterator[aiosqlite.Connection]:
         """The connection, for statements that need no transaction; sqlite errors become StoreError."""
         if self._db is None:
-            raise StoreError(f"store {self.path} is not open")
+            raise StoreOutage(f"store {self.path} is not open")
         async with self._lock:
             try:
                 yield self._db
             except sqlite3.Error as e:
-                raise StoreError(f"store {self.path}: {e}") from e
+                raise sqlite_error(self.path, e) from e
 
     @asynccontextmanager
     async def _write(self) -> AsyncIterator[aiosqlite.Connection]:
         """A `BEGIN IMMEDIATE` transaction, committed on success and rolled back on any exception."""
-        async with self._read() as db:
-            await db.execute("BEGIN IMMEDIATE")
-            try:
-                yield db
-                await db.commit()
-            except BaseException:
-                # Shielded: a cancelled caller must not leave the shared connection inside a transaction.
-                await asyncio.shield(db.rollback())
-                raise
+        try:
+            async with self._read() as db:
+                await db.execute("BEGIN IMMEDIATE")
+                changes = db.total_changes
+                try:
+                    yield db
+                    await db.commit()
+                except BaseException:
+                    await rollback_async(db)
+                    raise
+        except StoreOutage as e:
+            self._upkeep.failed(e)
+            raise
+        if db.total_changes != changes:  # an empty transaction (a claim that found nothing) wrote nothing
+            self._upkeep.wrote()
 
     async def _select(self, db: aiosqlite.Connection, sql: str, params: Sequence[Any] = ()) -> list[Any]:
         # One trip to aiosqlite's thread instead of three (execute, fetchall, close): on the hot path each
@@ -407,7 +411,7 @@ class SQLiteStore(Store):
         """Page through unfinished watches by id, give each its first due time, write them back, re-index."""
         items: list[tuple[str, float]] = []
         async with self._read():
-            self._write_all_behind(self._hot_db())
+            await self._write_all_behind(self._hot_db())
         async with self._write() as db:
             last = ""
             while True:
@@ -633,12 +637,15 @@ class SQLiteStore(Store):
         on it), so it is kept in memory and written with a later save, at most `write_behind_s` after the
         first unwritten one, or at `close`. A watch polled every second is then written every few seconds,
         and its claims need no read. Polls with events or a final state are written in this transaction,
-        as before; reads of the API see the deferred state (`get_watch`, `list_watches`).
+        as before; reads of the API see the deferred state (`get_watch`, `list_watches`). If the
+        transaction fails, nothing of it counts: the claims stay, deferred polls stay deferred, and the
+        caller saves the same batch again once the store is back (no event is lost).
         """
         ok: list[bool] = []
         taken: set[str] = set()
         updates: list[tuple[Any, ...]] = []
         events: dict[str, tuple[Event, tuple[str, ...]]] = {}
+        superseded: dict[str, list[Any]] = {}  # deferred polls this save writes over
         lease_of = self._index.lease_of
         behind = self._behind
         defer = self._write_behind_s > 0
@@ -658,7 +665,9 @@ class SQLiteStore(Store):
                 else:
                     entry[1] = w
                 continue
-            behind.pop(jid, None)
+            displaced = behind.pop(jid, None)
+            if displaced is not None:
+                superseded[jid] = displaced
             updates.append(_save_row(w))
             for new in saved.events:
                 events.setdefault(new.event.id, (new.event, new.webhooks))
@@ -666,8 +675,18 @@ class SQLiteStore(Store):
             clock - next(iter(behind.values()))[0] >= self._write_behind_s or len(behind) > _BEHIND_MAX
         )
         if updates or flush:
-            async with self._read():
-                self._commit(self._hot_db(), updates, events, _BEHIND_FLUSH if flush else 0)
+            try:
+                async with self._read():
+                    hot = self._hot_db()
+                    await begin_immediate(hot)
+                    self._commit(hot, updates, events, _BEHIND_FLUSH if flush else 0)
+            except StoreError as e:
+                for jid, entry in superseded.items():
+                    behind.setdefault(jid, entry)
+                if isinstance(e, StoreOutage):
+                    self._upkeep.failed(e)
+                raise
+            self._upkeep.wrote(batch=True)
         for saved, fresh in zip(polls, ok, strict=True):
             if fresh:
                 w = saved.watch
@@ -675,14 +694,11 @@ class SQLiteStore(Store):
                     self._index.put(w.job_id, w.next_poll_at)
                 else:
                     self._index.discard(w.job_id)
-        if updates or flush:
-            self._saves += 1
-            if self._saves % _CHECKPOINT_EVERY == 0 and self._checkpointing is None:
-                self._checkpointing = asyncio.create_task(self._checkpoint(), name="sqlite-checkpoint")
         return ok
 
-    def _write_all_behind(self, hot: sqlite3.Connection) -> None:
+    async def _write_all_behind(self, hot: sqlite3.Connection) -> None:
         while self._behind:
+            await begin_immediate(hot)
             self._commit(hot, [], {}, _BEHIND_MAX)
 
     def _commit(
@@ -692,9 +708,8 @@ class SQLiteStore(Store):
         events: dict[str, tuple[Event, tuple[str, ...]]],
         deferred: int,
     ) -> None:
-        """One transaction: `updates`, `events`, and the `deferred` oldest deferred watches, which stay
-        deferred if it fails (unless the watch was deleted or finished meanwhile)."""
-        hot.execute("BEGIN IMMEDIATE")
+        """The transaction the caller began: `updates`, `events`, and the `deferred` oldest deferred watches,
+        which stay deferred if it fails (unless the watch was deleted or finished meanwhile)."""
         behind = self._behind
         taken = {jid: behind.pop(jid) for jid in list(itertools.islice(behind, deferred))}
         try:
@@ -704,7 +719,7 @@ class SQLiteStore(Store):
                 _insert_events(hot, events)
             hot.execute("COMMIT")
         except BaseException as exc:
-            hot.execute("ROLLBACK")
+            rollback(hot)
             for jid, entry in taken.items():
                 if jid in self._index:
                     behind.setdefault(jid, entry)
@@ -712,7 +727,8 @@ class SQLiteStore(Store):
                 raise
             # One deferred row the store refuses (its data, not the store being out) must not fail this
             # save, nor every later one that would carry it: write this save's own rows alone, then the
-            # deferred ones one by one.
+            # deferred ones one by one. The write lock was ours a moment ago, so waiting for it is short.
+            hot.execute("BEGIN IMMEDIATE")
             self._commit(hot, updates, events, 0)
             self._write_behind_singly(hot, list(taken))
 
@@ -731,7 +747,7 @@ class SQLiteStore(Store):
                 hot.execute(_SAVE_WATCH, _save_row(entry[1]))
                 hot.execute("COMMIT")
             except BaseException as exc:
-                hot.execute("ROLLBACK")
+                rollback(hot)
                 if not _is_poison(exc):
                     self._behind.setdefault(jid, entry)
                     raise
@@ -739,24 +755,8 @@ class SQLiteStore(Store):
 
     def _hot_db(self) -> sqlite3.Connection:
         if self._hot is None:
-            raise StoreError(f"store {self.path} is not open")
+            raise StoreOutage(f"store {self.path} is not open")
         return self._hot
-
-    async def _checkpoint(self) -> None:
-        """Copy the WAL back into the database file on a worker thread, with a connection of its own.
-
-        The hot connection does not checkpoint by itself (that would fsync on the event loop).
-        """
-        try:
-            # Under the store's lock: with no write in between, the checkpoint gets to the end of the WAL
-            # and the next commit starts it over instead of growing it. Polls go on meanwhile; only claims
-            # and saves wait, and the scheduler has claimed ahead and does not wait for its saves.
-            async with self._lock:
-                await asyncio.to_thread(_passive_checkpoint, self.path)
-        except sqlite3.Error as e:
-            log.warning("store.checkpoint_failed", path=str(self.path), error=str(e))
-        finally:
-            self._checkpointing = None
 
     async def note_failure(
         self, watch: Watch, reason: str, now: float, retry_at: float, quarantine_after: int
