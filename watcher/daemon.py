@@ -29,6 +29,7 @@ from prometheus_client import CollectorRegistry
 
 from watcher import __version__
 from watcher.api import build_app
+from watcher.api_server import ApiRunner
 from watcher.clock import Clock, SystemClock
 from watcher.config import Settings
 from watcher.delivery import DeliveryWorker
@@ -229,7 +230,8 @@ class Daemon:
             log.info("daemon.stopped")
 
     async def _start_http(self, state: DaemonState) -> web.AppRunner:
-        runner = web.AppRunner(build_app(state), access_log=None, handle_signals=False)
+        # ApiRunner: a request aiohttp cannot parse gets problem+json that echoes nothing (SPEC §16).
+        runner = ApiRunner(build_app(state), access_log=None, handle_signals=False)
         await runner.setup()
         host, port = self.settings.api.host, self.settings.api.port
         try:

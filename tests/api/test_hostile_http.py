@@ -109,10 +109,6 @@ async def test_the_server_keeps_serving_after_unparseable_requests(api_port: tup
                 assert r.status == 200
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="needs watcher/daemon.py's _start_http to build ApiRunner instead of web.AppRunner (lead)",
-)
 async def test_the_daemon_itself_serves_through_api_runner(start_daemon: StartDaemon) -> None:
     """The daemon's own port answers an over-long header with problem+json, not aiohttp's text."""
     d = await start_daemon(token=SECRET)

@@ -191,12 +191,6 @@ def test_document_covers_every_route_and_model(tmp_path: Path) -> None:
     json.dumps(doc)  # serialisable as served
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="schemathesis probes with a NUL in a header, which aiohttp's own error answer logs as a "
-    "plain-text traceback until watcher/daemon.py's _start_http builds watcher.api_server.ApiRunner (lead)",
-)
 def test_schemathesis_cli_with_every_check(store_url: str | None, tmp_path: Path) -> None:
     """The run an outsider makes, `st run --checks all`: every phase (probes, examples, coverage with its
     undeclared methods and boundary values, fuzzing, stateful) and every check; no failure, and a daemon

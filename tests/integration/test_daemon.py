@@ -110,19 +110,67 @@ async def test_endpoints_and_graceful_stop(tmp_path: Path, sim: Simulator, recei
 
 
 class _FailingStore(SQLiteStore):
-    """A real SQLite store whose delivery claims start failing, as a broken disk would."""
+    """A real SQLite store whose delivery claims start failing: with a store error (a row it cannot read
+    back, say), or with `_Bug`, which stands for a bug outside any item that no loop can contain."""
 
-    fail = False
+    fail: BaseException | None = None
 
     async def claim_deliveries(self, now: float, limit: int, lease_s: float) -> list[Delivery]:
-        if self.fail:
-            raise StoreError("disk I/O error")
+        if self.fail is not None:
+            raise self.fail
         return await super().claim_deliveries(now, limit, lease_s)
+
+
+class _Bug(BaseException):
+    """Not an `Exception`: what the loops' containment deliberately lets through."""
+
+
+async def test_a_failing_claim_makes_the_daemon_not_ready_but_never_ends_it(
+    tmp_path: Path, sim: Simulator, receiver: Receiver
+) -> None:
+    """Claims that keep failing with a store error: /readyz 503 and logged, the loop backs off and lives;
+    once they work again the daemon is ready, and a stop still exits 0 (SPEC §16)."""
+    (tmp_path / "watchlist.txt").write_text("")
+    assert receiver.url is not None
+    settings = settings_for(tmp_path, _sim_url(sim), receiver.url, free_port())
+    store = _FailingStore(tmp_path / "w.db")
+    daemon = Daemon(settings, handle_signals=False, registry=CollectorRegistry(), store=store)
+    base = f"http://{settings.api.listen}"
+
+    async def readyz() -> int:
+        async with aiohttp.ClientSession() as http, http.get(base + "/readyz") as r:
+            return r.status
+
+    with capture_logs() as logs:
+        run = asyncio.create_task(daemon.run())
+        await wait_until(lambda: daemon.state is not None and daemon.state.ready)
+        store.fail = StoreError("database disk image is malformed")
+        await wait_until(lambda: any(e["event"] == "delivery.claim_failed" for e in logs))
+        for _ in range(100):
+            if await readyz() == 503:
+                break
+            await asyncio.sleep(0.05)
+        assert await readyz() == 503
+        assert not run.done()
+        store.fail = None
+        for _ in range(200):
+            if await readyz() == 200:
+                break
+            await asyncio.sleep(0.05)
+        assert await readyz() == 200
+        daemon.request_stop()
+        assert await asyncio.wait_for(run, 10) == 0
+    assert not [e for e in logs if e["event"] == "daemon.loop_died"]
+    failed = [e for e in logs if e["event"] == "delivery.claim_failed"]
+    assert failed and failed[0]["exc_info"] is not None
+    assert [e for e in logs if e["event"] == "store.recovered"]
 
 
 async def test_supervisor_stops_the_daemon_when_a_loop_dies(
     tmp_path: Path, sim: Simulator, receiver: Receiver
 ) -> None:
+    """A loop that dies of what no containment catches stops the whole daemon with exit code 1, so that
+    systemd or Kubernetes restarts it."""
     (tmp_path / "watchlist.txt").write_text("")
     assert receiver.url is not None
     settings = settings_for(tmp_path, _sim_url(sim), receiver.url, free_port())
@@ -131,12 +179,12 @@ async def test_supervisor_stops_the_daemon_when_a_loop_dies(
     with capture_logs() as logs:
         run = asyncio.create_task(daemon.run())
         await wait_until(lambda: daemon.state is not None and daemon.state.ready)
-        store.fail = True
+        store.fail = _Bug("a bug outside any item")
         code = await asyncio.wait_for(run, 10)
     assert code == 1
     died = [e for e in logs if e["event"] == "daemon.loop_died"]
     assert died and died[0]["loop"] == "delivery"
-    assert "disk I/O error" in died[0]["error"]
+    assert "a bug outside any item" in died[0]["error"]
 
 
 async def test_restart_restores_watches_and_pending_deliveries(
