@@ -35,7 +35,7 @@ from watcher.config import Settings
 from watcher.delivery import DeliveryWorker
 from watcher.errors import StartupError, StoreUnavailable
 from watcher.events import route
-from watcher.health import StoreHealth, one_line
+from watcher.health import StoreHealth, one_line, outage_delay, sleep_or_stop
 from watcher.metrics import Metrics
 from watcher.models import Watch
 from watcher.policy import PollingPolicy, first_due
@@ -418,6 +418,7 @@ class Daemon:
         """Refresh store-derived gauges and purge finished watches past their retention."""
         s = self.settings
         last_purge = 0.0
+        failures = 0
         while not self.stop_event.is_set():
             started = self.clock.monotonic()
             now = self.clock.now()
@@ -431,6 +432,13 @@ class Daemon:
             except StoreUnavailable as exc:
                 await self.health.wait_out("housekeeping", exc, self.stop_event)
                 continue
+            except Exception as exc:  # stale gauges are no reason to stop the daemon: log, count, go on
+                failures += 1
+                self.metrics.loop_errors.labels(loop="housekeeping").inc()
+                log.error("housekeeping.failed", exc_info=exc)
+                await sleep_or_stop(self.clock, outage_delay(failures, self.rng), self.stop_event)
+                continue
+            failures = 0
             self.health.ok("housekeeping")
             # Aggregates over a million watches are not free: never spend more than ~10 % of the time on them.
             pause = max(1.0, 10 * (self.clock.monotonic() - started))

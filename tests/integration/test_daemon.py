@@ -16,7 +16,7 @@ from tests.e2e.conftest import free_port
 from watcher.config import Settings, load_config
 from watcher.daemon import Daemon
 from watcher.errors import StartupError, StoreError
-from watcher.models import Delivery
+from watcher.models import Delivery, StoreCounts
 from watcher.receiver import ReceivedDelivery, Receiver
 from watcher.simulate import Simulator
 from watcher.store.sqlite import SQLiteStore
@@ -164,6 +164,41 @@ async def test_a_failing_claim_makes_the_daemon_not_ready_but_never_ends_it(
     failed = [e for e in logs if e["event"] == "delivery.claim_failed"]
     assert failed and failed[0]["exc_info"] is not None
     assert [e for e in logs if e["event"] == "store.recovered"]
+
+
+class _BadCountsStore(SQLiteStore):
+    """A real SQLite store whose aggregates fail for a while with a request error (not an outage)."""
+
+    fail = False
+
+    async def counts(self) -> StoreCounts:
+        if self.fail:
+            raise StoreError("aggregate refused")
+        return await super().counts()
+
+
+async def test_housekeeping_survives_a_failing_aggregate(
+    tmp_path: Path, sim: Simulator, receiver: Receiver
+) -> None:
+    """The gauges' refresh failing is logged and counted, and the loop goes on; a stop still exits 0."""
+    (tmp_path / "watchlist.txt").write_text("")
+    assert receiver.url is not None
+    settings = settings_for(tmp_path, _sim_url(sim), receiver.url, free_port())
+    store = _BadCountsStore(tmp_path / "w.db")
+    registry = CollectorRegistry()
+    daemon = Daemon(settings, handle_signals=False, registry=registry, store=store)
+    with capture_logs() as logs:
+        run = asyncio.create_task(daemon.run())
+        await wait_until(lambda: daemon.state is not None and daemon.state.ready)
+        store.fail = True
+        await wait_until(lambda: sum(e["event"] == "housekeeping.failed" for e in logs) >= 2)
+        assert not run.done()
+        store.fail = False
+        daemon.request_stop()
+        assert await asyncio.wait_for(run, 10) == 0
+    errors = registry.get_sample_value("watcher_internal_errors_total", {"loop": "housekeeping"})
+    assert errors is not None and errors >= 2
+    assert not [e for e in logs if e["event"] == "daemon.loop_died"]
 
 
 async def test_supervisor_stops_the_daemon_when_a_loop_dies(
