@@ -12,6 +12,8 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 from pydantic_core import PydanticCustomError
 
+from watcher.ids import UUID_PATTERN
+
 MAX_LABELS = 32
 MAX_LABEL_VALUE = 256
 MAX_WEBHOOKS = 32
@@ -20,7 +22,6 @@ MAX_PAGE = 1000
 MAX_WATCH_S = 10 * 366 * 86400.0  # ten years: a bound, so no float can overflow a due time
 MAX_DELIVERY_ID = 2**63 - 1  # SQL BIGINT
 
-UUID_PATTERN = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
 LABEL_KEY_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_./-]{0,62}$"
 LABEL_FILTER_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_./-]{0,62}:"
 NAME_PATTERN = r"^[^\x00-\x1f]{1,100}$"

@@ -8,7 +8,6 @@ them. `ROUTES` is the route table that both `add_v1_routes` and the OpenAPI docu
 
 from __future__ import annotations
 
-import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -21,7 +20,6 @@ from watcher.api import STATE_KEY
 from watcher.api_models import (
     MAX_DELIVERY_ID,
     MAX_PAGE,
-    UUID_PATTERN,
     BatchCreate,
     BatchItemOut,
     BatchOut,
@@ -37,6 +35,7 @@ from watcher.api_models import (
 )
 from watcher.api_views import delivery_out, transition_out, watch_out
 from watcher.errors import StoreError, StoreUnavailable
+from watcher.ids import is_uuid
 from watcher.models import DeliveryState, Registration, Source
 from watcher.problems import Problem, field_problem, read_json
 from watcher.store.base import RegisterResult
@@ -45,7 +44,6 @@ if TYPE_CHECKING:
     from watcher.daemon import DaemonState
 
 log = structlog.get_logger("watcher.api")
-_UUID = re.compile(UUID_PATTERN)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -80,7 +78,7 @@ def _query(request: web.Request, model: type[BaseModel]) -> Any:
 
 def _job_id(request: web.Request) -> str:
     raw = request.match_info["job_id"]
-    if not _UUID.fullmatch(raw):  # not `match`: `$` also matches before a trailing newline
+    if not is_uuid(raw):  # not `match`: `$` also matches before a trailing newline
         raise field_problem("job_id", "must be a UUID like 5135bfe3-b2c7-41f3-a44f-f4b58e7384df")
     return raw.lower()
 
@@ -223,7 +221,7 @@ def _invalid(index: int, item: Any, errors: list[dict[str, str]]) -> BatchItemOu
     return BatchItemOut.model_validate(
         {
             "index": index,
-            "job_id": job.lower() if isinstance(job, str) and _UUID.fullmatch(job) else None,
+            "job_id": job.lower() if isinstance(job, str) and is_uuid(job) else None,
             "result": "invalid",
             "errors": errors,
         }

@@ -30,12 +30,12 @@ from prometheus_client import CollectorRegistry
 from watcher import __version__
 from watcher.api import build_app
 from watcher.api_server import ApiRunner
-from watcher.clock import Clock, SystemClock
+from watcher.clock import Clock, SystemClock, sleep_or_stop
 from watcher.config import Settings
 from watcher.delivery import DeliveryWorker
 from watcher.errors import StartupError, StoreUnavailable
 from watcher.events import route
-from watcher.health import StoreHealth, one_line, outage_delay, sleep_or_stop
+from watcher.health import StoreHealth, one_line, outage_delay
 from watcher.metrics import Metrics
 from watcher.models import Watch
 from watcher.policy import PollingPolicy, first_due

@@ -10,9 +10,9 @@ from __future__ import annotations
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
 from typing import Any
 
+from watcher.clock import parse_timestamp
 from watcher.events import transition_event, verdict_event
 from watcher.models import (
     TERMINAL_STATUSES,
@@ -109,22 +109,6 @@ def deadline(watch: Watch, policy: PollingPolicy) -> float:
 def is_expired(watch: Watch, now: float, policy: PollingPolicy) -> bool:
     """True if an unfinished watch has reached its deadline; a finished watch never expires."""
     return watch.final is None and now >= deadline(watch, policy)
-
-
-def parse_timestamp(value: object) -> float | None:
-    """Epoch seconds of an ISO-8601 timestamp such as `2026-04-01T10:18:42.000Z`; None if unparsable.
-
-    A timestamp without an offset is taken as UTC, which is what the upstream means.
-    """
-    if not isinstance(value, str):
-        return None
-    try:
-        parsed = datetime.fromisoformat(value)
-    except ValueError:
-        return None
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=UTC)
-    return parsed.timestamp()
 
 
 def decide(

@@ -27,6 +27,7 @@ from aiohttp import web
 from watcher.clock import Clock, SystemClock, iso_utc
 from watcher.models import KNOWN_STATUSES
 from watcher.simulate_faults import GARBAGE_VARIANTS, POISON_VARIANTS, garbage_body, poison_body
+from watcher.usage import OneLineParser, UsageError
 
 API_PREFIX: Final = "/api/v2"
 FAULT_KINDS: Final = ("server_error", "rate_limit", "garbage", "slow", "drop", "poison")
@@ -646,15 +647,6 @@ def random_script(rng: random.Random) -> list[Step]:
     return steps
 
 
-class _UsageError(Exception):
-    pass
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> Any:  # argparse's multi-line usage dump is not "one line"
-        raise _UsageError(message)
-
-
 def _fraction(text: str) -> float:
     value = float(text)
     if not 0.0 <= value <= 1.0:
@@ -662,8 +654,8 @@ def _fraction(text: str) -> float:
     return value
 
 
-def _parser() -> _Parser:
-    p = _Parser(
+def _parser() -> OneLineParser:
+    p = OneLineParser(
         prog="watcher simulate",
         description="Serve a simulated Oration jobs API. The default credentials are throwaway values "
         "for local testing only.",
@@ -697,10 +689,10 @@ def _parser() -> _Parser:
 
 
 def _build(argv: list[str]) -> tuple[Simulator, str, int]:
-    """Parse the command line into a ready simulator; raises _UsageError with a one-line reason."""
+    """Parse the command line into a ready simulator; raises UsageError with a one-line reason."""
     args = _parser().parse_args(argv)
     if args.jobs < 0 or not 0 <= args.port <= 65535:
-        raise _UsageError("--jobs must be >= 0 and --port in 0..65535")
+        raise UsageError("--jobs must be >= 0 and --port in 0..65535")
     try:
         faults = Faults(
             server_error=args.fault_server_error,
@@ -714,10 +706,10 @@ def _build(argv: list[str]) -> tuple[Simulator, str, int]:
             poison_variant=args.poison_variant,
         )
     except ValueError as exc:
-        raise _UsageError(str(exc)) from None
+        raise UsageError(str(exc)) from None
     rng = random.Random(args.seed)
     if args.max_log < 0:
-        raise _UsageError("--max-log must be >= 0")
+        raise UsageError("--max-log must be >= 0")
     sim = Simulator(
         token=args.token,
         api_key=args.api_key,
@@ -733,14 +725,14 @@ def _build(argv: list[str]) -> tuple[Simulator, str, int]:
             with open(args.scenario, encoding="utf-8") as fh:
                 specs = json.load(fh)
         except (OSError, ValueError) as exc:
-            raise _UsageError(f"--scenario {args.scenario}: {exc}") from None
+            raise UsageError(f"--scenario {args.scenario}: {exc}") from None
         if not isinstance(specs, list):
-            raise _UsageError(f"--scenario {args.scenario}: expected a JSON list of job specs")
+            raise UsageError(f"--scenario {args.scenario}: expected a JSON list of job specs")
     for i, spec in enumerate(specs):
         try:
             sim.add_job_spec(spec)
         except (KeyError, ValueError) as exc:
-            raise _UsageError(f"--scenario {args.scenario}: job {i}: {exc}") from None
+            raise UsageError(f"--scenario {args.scenario}: job {i}: {exc}") from None
     for _ in range(args.jobs):
         sim.add_job(script=random_script(rng))
     return sim, args.host, args.port
@@ -767,7 +759,7 @@ def simulate_main(argv: list[str]) -> int:
     """Entry point of `watcher simulate`: 0 after SIGINT/SIGTERM, 2 on bad usage, 1 if it cannot serve."""
     try:
         sim, host, port = _build(argv)
-    except _UsageError as exc:
+    except UsageError as exc:
         print(f"watcher simulate: error: {exc}", file=sys.stderr)
         return 2
     except SystemExit as exc:  # --help

@@ -17,7 +17,7 @@ from collections.abc import Callable, Mapping
 
 import structlog
 
-from watcher.clock import Clock
+from watcher.clock import Clock, sleep_or_stop
 
 log = structlog.get_logger("watcher.systemd")
 
@@ -122,19 +122,7 @@ async def notify_loop(
             lines.append(f"STATUS={text}")
             last_status = text
         notifier.send(*lines)
-        await _sleep_or_stop(clock, interval, stop)
-
-
-async def _sleep_or_stop(clock: Clock, seconds: float, stop: asyncio.Event) -> None:
-    """Sleep `seconds` on the injected clock, returning early when `stop` is set."""
-    sleeper = asyncio.ensure_future(clock.sleep(seconds))
-    stopper = asyncio.ensure_future(stop.wait())
-    try:
-        await asyncio.wait((sleeper, stopper), return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for task in (sleeper, stopper):
-            task.cancel()
-        await asyncio.gather(sleeper, stopper, return_exceptions=True)
+        await sleep_or_stop(clock, interval, stop)
 
 
 def status_line(

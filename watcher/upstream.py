@@ -8,17 +8,14 @@ prefix, headers, timeout) is built once per workspace.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
-from datetime import UTC
-from email.utils import parsedate_to_datetime
 from typing import Any, Final
 from urllib.parse import quote
 
 import aiohttp
 from yarl import URL
 
-from watcher.clock import Clock, SystemClock
+from watcher.clock import Clock, SystemClock, parse_retry_after
 from watcher.models import KNOWN_STATUSES, Credentials, PollOutcome, PollResult
 from watcher.statuses import GrownStatusLog, is_grown
 from watcher.strictjson import MAX_DEPTH, TooDeep, parse_body
@@ -30,34 +27,6 @@ _MAX_DETAIL: Final = 200
 _REQUIRED_FIELDS: Final = ("id", "status", "updatedAt")
 # `updatedAt` goes into the event id and a text column: a timestamp is short and printable.
 _MAX_UPDATED_AT: Final = 64
-
-
-def parse_retry_after(value: str | None, now: float) -> float | None:
-    """Seconds to wait according to a `Retry-After` header, or None when absent or unreadable.
-
-    Accepts delta-seconds (integer or decimal) and HTTP dates (RFC 9110 §10.2.3); a date in the past
-    yields 0.
-    """
-    if value is None:
-        return None
-    text = value.strip()
-    if not text:
-        return None
-    try:
-        seconds = float(text)
-    except ValueError:
-        pass
-    else:
-        # float() also accepts "nan" and "inf", which no server means and no scheduler can use.
-        return max(0.0, seconds) if math.isfinite(seconds) else None
-    try:
-        when = parsedate_to_datetime(text)
-    except (TypeError, ValueError, IndexError):
-        return None
-    if when.tzinfo is None:
-        # RFC 9110 dates are always GMT; an obsolete format without a zone means the same.
-        when = when.replace(tzinfo=UTC)
-    return max(0.0, when.timestamp() - now)
 
 
 class _Workspace:
@@ -253,4 +222,4 @@ def _describe(exc: BaseException, secrets: tuple[str, ...]) -> str:
     return detail if len(detail) <= _MAX_DETAIL else detail[: _MAX_DETAIL - 3] + "..."
 
 
-__all__ = ["DEFAULT_MAX_BODY_BYTES", "UpstreamClient", "classify_body", "parse_retry_after"]
+__all__ = ["DEFAULT_MAX_BODY_BYTES", "UpstreamClient", "classify_body"]

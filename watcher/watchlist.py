@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import re
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,13 +19,12 @@ import structlog
 from watcher.clock import Clock
 from watcher.errors import StoreUnavailable
 from watcher.health import StoreHealth
+from watcher.ids import is_uuid
 from watcher.metrics import Metrics
 from watcher.models import Registration, Source
 from watcher.store.base import Store
 
 log = structlog.get_logger(__name__)
-
-_UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 
 # (st_mtime_ns, st_size, st_ino): an edit, a truncation or an atomic rename changes at least one of them.
 _Signature = tuple[int, int, int]
@@ -61,7 +59,7 @@ def parse_watchlist(
                 WatchlistProblem(number, f"expected '<job id> [workspace]', got {len(tokens)} words")
             )
             continue
-        if not _UUID.fullmatch(tokens[0]):
+        if not is_uuid(tokens[0]):
             problems.append(WatchlistProblem(number, f"not a job id (UUID): {tokens[0][:64]!r}"))
             continue
         job_id = tokens[0].lower()

@@ -16,10 +16,9 @@ from urllib.parse import urlsplit
 import aiohttp
 
 from watcher import __version__, strictjson
-from watcher.clock import Clock, SystemClock
+from watcher.clock import Clock, SystemClock, parse_retry_after
 from watcher.models import Delivery, Event
 from watcher.signing import HEADER_ID, HEADER_SIGNATURE, HEADER_TIMESTAMP, sign
-from watcher.upstream import parse_retry_after
 
 USER_AGENT = f"job-watcher/{__version__}"
 MAX_RESPONSE_BYTES = 4096  # enough to drain a typical acknowledgement; receivers' bodies are never used

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from structlog.testing import capture_logs
 
-from watcher.clock import ManualClock
+from watcher.devtools.clock import ManualClock
 from watcher.systemd import Notifier, notify_loop, one_line, status_line, watchdog_interval
 
 

@@ -19,9 +19,9 @@ from prometheus_client import CollectorRegistry
 from tests.e2e.conftest import free_port
 from tests.integration.test_store_contract import jid, polled, reg
 from tests.support.postgres import PG_URL, pg_schema
-from watcher.clock import ManualClock
 from watcher.config import load_config
 from watcher.daemon import Daemon
+from watcher.devtools.clock import ManualClock
 from watcher.errors import StoreError
 from watcher.migrate import migrate_url
 from watcher.models import DeliveryState, DeliveryUpdate, Registration, Source

@@ -16,7 +16,8 @@ from typing import Any
 import aiohttp
 import pytest
 
-from watcher.clock import ManualClock, iso_utc
+from watcher.clock import iso_utc
+from watcher.devtools.clock import ManualClock
 from watcher.simulate import Faults, Simulator, simulate_main
 
 AUTH = {"Authorization": "Bearer sim-token", "x-api-key": "sim-key", "x-workspace-slug": "sim"}

@@ -14,7 +14,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 from structlog.testing import capture_logs
 
-from watcher.clock import ManualClock
+from watcher.devtools.clock import ManualClock
 from watcher.errors import StoreError
 from watcher.metrics import Metrics
 from watcher.models import Registration, Source

@@ -8,8 +8,8 @@ from pathlib import Path
 from structlog.testing import capture_logs
 
 from tests.observability.conftest import RunningDaemon, Upstream, settings_for, value
-from watcher.clock import ManualClock
 from watcher.config import Settings
+from watcher.devtools.clock import ManualClock
 from watcher.models import PollOutcome, PollResult, Source, Watch
 from watcher.receiver import Receiver
 from watcher.scheduler import ErrorLogLimiter

@@ -10,7 +10,7 @@ import asyncio
 
 import pytest
 
-from watcher.clock import ManualClock
+from watcher.devtools.clock import ManualClock
 from watcher.ratelimit import PENALTY_WINDOW_S, TokenBucket
 
 STEP = 1 / 64
