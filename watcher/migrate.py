@@ -36,7 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
 async def migrate_url(url: str) -> str:
     """Migrate the store `url` names; one line saying where, which version, and what was applied."""
     if url.startswith(("postgresql:", "postgres:")):
-        from watcher.store.pgconn import create_pool, migrate, parse_url
+        from watcher.store.postgres.conn import create_pool, migrate, parse_url
 
         target = parse_url(url)
         pool = await create_pool(target)

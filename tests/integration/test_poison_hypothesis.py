@@ -30,8 +30,8 @@ from watcher.clock import SystemClock
 from watcher.models import Credentials, PollOutcome, Registration, Source, Watch
 from watcher.policy import PollingPolicy, decide
 from watcher.store.base import Store
-from watcher.store.pgconn import parse_url
 from watcher.store.postgres import PostgresStore
+from watcher.store.postgres.conn import parse_url
 from watcher.store.sqlite import SQLiteStore
 
 SLUG = "acme"

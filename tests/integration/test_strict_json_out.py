@@ -27,8 +27,8 @@ from tests.support.standard_webhooks import TestReceiver, strict_json
 from watcher.clock import SystemClock
 from watcher.models import Delivery, DeliveryState, Event, NewEvent, Registration, SavedPoll, Source
 from watcher.store.base import Store
-from watcher.store.pgconn import parse_url
 from watcher.store.postgres import PostgresStore
+from watcher.store.postgres.conn import parse_url
 from watcher.store.sqlite import SQLiteStore
 from watcher.webhook import SendKind, WebhookSender, WebhookTarget
 

@@ -25,7 +25,7 @@ from watcher.bench import stores
 from watcher.bench.harness import Context
 from watcher.bench.report import ScenarioResult, render_table, to_json
 from watcher.errors import WatcherError
-from watcher.store.pgconn import parse_url
+from watcher.store.postgres.conn import parse_url
 from watcher.usage import OneLineParser, UsageError
 
 # Scenario name -> module; the order is the order of a full run (cheap and telling first).

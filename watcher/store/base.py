@@ -29,12 +29,6 @@ from watcher.models import (
     Watch,
 )
 
-# The Python rule of `Watch.list_status` in SQL, valid in SQLite and PostgreSQL alike: what `list_watches`
-# filters on and `watch_counts` groups by.
-LIST_STATUS_SQL = (
-    "coalesce(final, CASE WHEN quarantined_at IS NOT NULL THEN 'quarantined' END, status, 'unknown')"
-)
-
 
 class RegisterResult(StrEnum):
     """What `register` did with one registration."""
@@ -119,9 +113,10 @@ class Store(ABC):
     ) -> WatchPage:
         """Watches in a stable order (by job id), optionally only those whose list status is `status`.
 
-        The list status is `Watch.list_status` (`LIST_STATUS_SQL`): final state, else "quarantined", else
-        last status, else "unknown" (not polled successfully yet). `cursor` is the last job id of the
-        previous page; `label` keeps watches whose labels map the key to exactly that value.
+        The list status is `Watch.list_status` (in SQL `watcher.store.sql.LIST_STATUS_SQL`): final state,
+        else "quarantined", else last status, else "unknown" (not polled successfully yet). `cursor` is the
+        last job id of the previous page; `label` keeps watches whose labels map the key to exactly that
+        value.
         """
 
     @abstractmethod

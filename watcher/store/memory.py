@@ -22,8 +22,8 @@ from watcher.models import (
     StoreCounts,
     Watch,
 )
-from watcher.store.base import RegisterResult, Store, SyncResult, WatchPage
-from watcher.store.due import DueIndex
+from watcher.store.base import RegisterResult, SyncResult, WatchPage
+from watcher.store.indexed import IndexedStore
 
 
 def _copy_watch(w: Watch, lease: int = 0) -> Watch:
@@ -58,12 +58,12 @@ def _apply_poll(stored: Watch, polled: Watch) -> None:
     stored.upstream_updated_at = polled.upstream_updated_at
 
 
-class MemoryStore(Store):
+class MemoryStore(IndexedStore):
     """Every watch, event and delivery in dicts; a `DueIndex` schedules the watches."""
 
     def __init__(self) -> None:
+        super().__init__()
         self._watches: dict[str, Watch] = {}
-        self._index = DueIndex()
         self._events: dict[str, Event] = {}  # insertion order is the order events happened
         self._events_by_job: dict[str, list[str]] = {}
         self._deliveries: dict[int, Delivery] = {}  # insertion order is id order
@@ -164,26 +164,13 @@ class MemoryStore(Store):
         """Claim due watches earliest first; each copy carries its lease token."""
         return [_copy_watch(self._watches[j], t) for j, t in self._index.claim(now, limit, lease_s)]
 
-    async def release(self, watches: Sequence[Watch]) -> None:
-        """Make never-polled claims due again at their old due time, if the claim is still theirs."""
-        for w in watches:
-            self._index.release(w.job_id, w.lease, w.next_poll_at)
-
-    async def next_due_at(self) -> float | None:
-        """Earliest due time (a claimed watch counts at its lease expiry)."""
-        return self._index.next_due_at()
-
-    async def count_due(self, now: float) -> int:
-        """Due watches not held by a live claim."""
-        return self._index.count_due(now)
-
     async def save_polls(self, polls: Sequence[SavedPoll]) -> list[bool]:
         """Apply each fenced poll result with its new events and deliveries."""
         results = []
         for saved in polls:
             polled = saved.watch
             stored = self._watches.get(polled.job_id)
-            if stored is None or self._index.lease_of(polled.job_id) != polled.lease:
+            if stored is None or not self._holds_lease(polled):
                 results.append(False)
                 continue
             _apply_poll(stored, polled)
@@ -204,10 +191,7 @@ class MemoryStore(Store):
                         next_attempt_at=ev.created_at,
                         created_at=ev.created_at,
                     )
-            if stored.finished:
-                self._index.discard(stored.job_id)
-            else:
-                self._index.put(stored.job_id, stored.next_poll_at)
+            self._reindex(stored)
             results.append(True)
         return results
 
@@ -216,17 +200,17 @@ class MemoryStore(Store):
     ) -> FailureNoted:
         """Count the failure on the stored watch; quarantine it (out of the index) at the limit."""
         stored = self._watches.get(watch.job_id)
-        if stored is None or self._index.lease_of(watch.job_id) != watch.lease:
+        if stored is None or not self._holds_lease(watch):
             return FailureNoted(kept=False)
         stored.failures += 1
         stored.quarantine_reason = reason
-        if stored.failures >= quarantine_after:
+        quarantined = stored.failures >= quarantine_after
+        if quarantined:
             stored.quarantined_at = now
-            self._index.discard(stored.job_id)
-            return FailureNoted(True, stored.failures, quarantined=True)
-        stored.next_poll_at = retry_at
-        self._index.put(stored.job_id, retry_at)
-        return FailureNoted(True, stored.failures)
+        else:
+            stored.next_poll_at = retry_at
+        self._reindex_after_failure(stored.job_id, quarantined, retry_at)
+        return FailureNoted(True, stored.failures, quarantined=quarantined)
 
     async def release_quarantine(self, job_id: str, now: float) -> bool:
         """Clear the quarantine and the failure count; the watch is due at `now`."""

@@ -222,3 +222,10 @@ class Upkeep:
                 problems=problems,
                 duration_s=took,
             )
+
+
+def is_poison(exc: BaseException) -> bool:
+    """True when a write failed because of the data written, not because the database cannot be written
+    (`fault_of_sqlite`: full, read-only, locked, I/O): a constraint, or Python's own error while binding a
+    value (an integer too large for SQLite), belongs to the row."""
+    return isinstance(exc, Exception) and fault_of_sqlite(exc) is None

@@ -1,4 +1,5 @@
-"""The SQL of the PostgreSQL store, one constant per statement (asyncpg prepares and caches each).
+"""The SQL of the PostgreSQL store, one constant per statement (asyncpg prepares and caches each), and rows
+as models (`watch_row`, `delivery_row`, `event_row`).
 
 JSON values travel as text and are cast in SQL: asyncpg would read a list inside an array as a dimension.
 
@@ -10,7 +11,10 @@ MATERIALIZED CTE so the planner cannot fold the pick into the UPDATE and re-run 
 
 from __future__ import annotations
 
-from watcher.store.base import LIST_STATUS_SQL
+import asyncpg  # type: ignore[import-untyped]  # asyncpg ships no type information
+
+from watcher.models import Delivery, DeliveryState, Event, Watch
+from watcher.store.sql import LIST_STATUS_SQL, PAIR_HEAD
 
 _NOW = "extract(epoch from now())::float8"
 
@@ -36,11 +40,6 @@ _DELIVERY_COLS = (
     f" d.lease, {_EVENT_COLS}"
 )
 DELIVERY_SELECT = f"SELECT {_DELIVERY_COLS} FROM deliveries d JOIN events e ON e.id = d.event_id"  # noqa: S608
-# `d` is the oldest pending delivery of its (job, webhook) pair: the only one of the pair that may go out.
-_PAIR_HEAD = (
-    "NOT EXISTS (SELECT 1 FROM deliveries p WHERE p.state = 'pending'"
-    " AND p.job_id = d.job_id AND p.webhook = d.webhook AND p.id < d.id)"
-)
 
 # Scoped to the schema, so independent watchers sharing a database never wait on each other.
 LOCK = "SELECT pg_advisory_xact_lock(hashtextextended('job-watcher:' || current_schema() || ':' || $1, 0))"
@@ -176,7 +175,7 @@ ORDER BY u.ord"""  # noqa: S608
 CLAIM_DELIVERIES = f"""
 WITH due AS MATERIALIZED (
     SELECT d.id, d.next_attempt_at FROM deliveries d
-    WHERE d.state = 'pending' AND d.next_attempt_at <= coalesce($1::float8, {_NOW}) AND {_PAIR_HEAD}
+    WHERE d.state = 'pending' AND d.next_attempt_at <= coalesce($1::float8, {_NOW}) AND {PAIR_HEAD}
     ORDER BY d.next_attempt_at, d.id
     LIMIT $2
     FOR UPDATE OF d SKIP LOCKED
@@ -191,7 +190,7 @@ claimed AS (
 SELECT {_DELIVERY_COLS.replace("d.", "c.")}, c.due
 FROM claimed c JOIN events e ON e.id = c.event_id"""  # noqa: S608
 
-NEXT_DELIVERY = f"SELECT min(d.next_attempt_at) FROM deliveries d WHERE d.state = 'pending' AND {_PAIR_HEAD}"  # noqa: S608
+NEXT_DELIVERY = f"SELECT min(d.next_attempt_at) FROM deliveries d WHERE d.state = 'pending' AND {PAIR_HEAD}"  # noqa: S608
 
 FINISH_DELIVERY = f"""
 UPDATE deliveries SET state = $1, attempts = $2, next_attempt_at = coalesce($3::float8, {_NOW}) + $4::float8,
@@ -211,15 +210,51 @@ UPDATE deliveries SET state = 'pending', attempts = 0, next_attempt_at = coalesc
 WHERE id = $2 AND state = 'dead'
 RETURNING id"""  # noqa: S608
 
-# -- aggregates -------------------------------------------------------------------------------------------
 
-WATCHED_BY_STATUS = (
-    "SELECT coalesce(status, 'unknown') AS s, count(*) AS n FROM watches"
-    " WHERE final IS NULL AND quarantined_at IS NULL GROUP BY 1"
-)
-QUARANTINED_COUNT = "SELECT count(*) FROM watches WHERE quarantined_at IS NOT NULL AND final IS NULL"
-DELIVERIES_BY_WEBHOOK = (
-    "SELECT webhook, state, count(*) AS n FROM deliveries WHERE state IN ('pending', 'dead')"
-    " GROUP BY webhook, state"
-)
-WATCH_COUNTS = f"SELECT {LIST_STATUS_SQL} AS s, count(*) AS n FROM watches GROUP BY 1"  # noqa: S608
+def watch_row(r: asyncpg.Record) -> Watch:
+    """A watch from a row of `WATCH_COLS`."""
+    return Watch(
+        job_id=r["job_id"],
+        workspace=r["workspace"],
+        sources=r["sources"],
+        registered_at=r["registered_at"],
+        labels=r["labels"],
+        webhooks=None if r["webhooks"] is None else tuple(r["webhooks"]),
+        max_watch_s=r["max_watch_s"],
+        status=r["status"],
+        final=r["final"],
+        polls=r["polls"],
+        streak=r["streak"],
+        errors=r["errors"],
+        not_found=r["not_found"],
+        next_poll_at=r["next_poll_at"],
+        last_polled_at=r["last_polled_at"],
+        finished_at=r["finished_at"],
+        last_error=r["last_error"],
+        upstream_updated_at=r["upstream_updated_at"],
+        lease=r["lease"] or 0,
+        failures=r["failures"],
+        quarantined_at=r["quarantined_at"],
+        quarantine_reason=r["quarantine_reason"],
+    )
+
+
+def event_row(r: asyncpg.Record) -> Event:
+    """An event from the `e_`-prefixed columns of `EVENT_SELECT` or `DELIVERY_SELECT`."""
+    return Event(r["e_id"], r["e_job_id"], r["e_workspace"], r["e_type"], r["e_created_at"], r["e_payload"])
+
+
+def delivery_row(r: asyncpg.Record) -> Delivery:
+    """A delivery with its event from a row of `DELIVERY_SELECT`."""
+    return Delivery(
+        id=r["id"],
+        event=event_row(r),
+        webhook=r["webhook"],
+        state=DeliveryState(r["state"]),
+        attempts=r["attempts"],
+        next_attempt_at=r["next_attempt_at"],
+        created_at=r["created_at"],
+        last_error=r["last_error"],
+        delivered_at=r["delivered_at"],
+        lease=r["lease"] or 0,
+    )

@@ -16,17 +16,13 @@ all leases back, like the single-process SQLite store: the store contract suite 
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from contextlib import asynccontextmanager
-from typing import TypeVar
+from collections.abc import Callable, Sequence
 
 import asyncpg  # type: ignore[import-untyped]  # asyncpg ships no type information
 
 from watcher.clock import Clock, SystemClock
 from watcher.models import (
     Delivery,
-    DeliveryState,
     DeliveryUpdate,
     Event,
     FailureNoted,
@@ -36,85 +32,18 @@ from watcher.models import (
     StoreCounts,
     Watch,
 )
-from watcher.store import pgsql as q
 from watcher.store.base import RegisterResult, Store, SyncResult, WatchPage
-from watcher.store.faults import StoreOutage
-from watcher.store.pgconn import (
-    DB_ERRORS,
-    RETRYABLE,
-    PgTarget,
-    as_list,
-    create_pool,
-    dumps,
-    is_outage,
-    migrate,
-    parse_url,
-    store_error,
+from watcher.store.postgres import sql as q
+from watcher.store.postgres.conn import PgPool, PgTarget, dumps, parse_url
+from watcher.store.sql import (
+    DELIVERIES_BY_WEBHOOK,
+    OLDEST_PENDING,
+    QUARANTINED_COUNT,
+    WATCH_COUNTS,
+    WATCHED_BY_STATUS,
 )
 
-T = TypeVar("T")
-
 _RESTORE_PAGE = 5000
-_RETRIES = 3
-_RETRY_PAUSE_S = 0.05
-_CLOSE_TIMEOUT_S = 5.0
-
-
-def _drop_if_broken(conn: asyncpg.Connection, e: BaseException) -> None:
-    """Close a connection that an outage left unusable, so the pool replaces it instead of handing it out."""
-    if not is_outage(e):
-        return
-    try:
-        if not conn.is_closed():
-            conn.terminate()
-    except asyncpg.InterfaceError:
-        pass  # asyncpg already gave a connection that closed under it back to the pool
-
-
-def _watch(r: asyncpg.Record) -> Watch:
-    return Watch(
-        job_id=r["job_id"],
-        workspace=r["workspace"],
-        sources=r["sources"],
-        registered_at=r["registered_at"],
-        labels=r["labels"],
-        webhooks=as_list(r["webhooks"]),
-        max_watch_s=r["max_watch_s"],
-        status=r["status"],
-        final=r["final"],
-        polls=r["polls"],
-        streak=r["streak"],
-        errors=r["errors"],
-        not_found=r["not_found"],
-        next_poll_at=r["next_poll_at"],
-        last_polled_at=r["last_polled_at"],
-        finished_at=r["finished_at"],
-        last_error=r["last_error"],
-        upstream_updated_at=r["upstream_updated_at"],
-        lease=r["lease"] or 0,
-        failures=r["failures"],
-        quarantined_at=r["quarantined_at"],
-        quarantine_reason=r["quarantine_reason"],
-    )
-
-
-def _event(r: asyncpg.Record) -> Event:
-    return Event(r["e_id"], r["e_job_id"], r["e_workspace"], r["e_type"], r["e_created_at"], r["e_payload"])
-
-
-def _delivery(r: asyncpg.Record) -> Delivery:
-    return Delivery(
-        id=r["id"],
-        event=_event(r),
-        webhook=r["webhook"],
-        state=DeliveryState(r["state"]),
-        attempts=r["attempts"],
-        next_attempt_at=r["next_attempt_at"],
-        created_at=r["created_at"],
-        last_error=r["last_error"],
-        delivered_at=r["delivered_at"],
-        lease=r["lease"] or 0,
-    )
 
 
 class PostgresStore(Store):
@@ -124,92 +53,23 @@ class PostgresStore(Store):
         self.target: PgTarget = parse_url(url)
         self.shared = shared
         self._clock = clock or SystemClock()
-        self._pool: asyncpg.Pool | None = None
+        self.pool = PgPool(self.target, self._clock)
         self.schema_version = 0
 
     # -- lifecycle ------------------------------------------------------------------------------------
 
     async def open(self) -> None:
         """Create the pool and apply pending migrations (once, whichever replica gets the lock first)."""
-        if self._pool is not None:
-            return
-        pool = await create_pool(self.target)
-        try:
-            self.schema_version, _ = await migrate(pool, self.target)
-        except BaseException:
-            await pool.close()
-            raise
-        self._pool = pool
+        if not self.pool.is_open:
+            self.schema_version = await self.pool.open()
 
     async def close(self) -> None:
-        """Close the pool; safe to call twice. A connection that does not come back in time (an outage left
-        it hanging) is closed without ceremony."""
-        pool, self._pool = self._pool, None
-        if pool is None:
-            return
-        try:
-            await asyncio.wait_for(pool.close(), _CLOSE_TIMEOUT_S)
-        except TimeoutError:
-            pool.terminate()
+        """Close the pool; safe to call twice."""
+        await self.pool.close()
 
     async def ping(self) -> bool:
         """True if the database answers a trivial query within a few seconds."""
-        if self._pool is None:
-            return False
-        try:
-            async with self._pool.acquire(timeout=5.0) as conn:
-                return bool(await conn.fetchval("SELECT 1", timeout=5.0) == 1)
-        except DB_ERRORS:
-            return False
-
-    def _pool_or_raise(self) -> asyncpg.Pool:
-        if self._pool is None:
-            raise StoreOutage(f"store at {self.target.where} is not open")
-        return self._pool
-
-    async def _run(self, work: Callable[[asyncpg.Connection], Awaitable[T]], *, tx: bool = True) -> T:
-        """Run `work` in one transaction, again after a deadlock or a lost connection; errors → StoreError.
-
-        `tx=False` is for work that is one statement: atomic by itself, it saves the BEGIN and COMMIT trips.
-        A connection that broke is closed before it goes back to the pool, so the next attempt (and every
-        later call) gets a new one: the pool recovers by itself once the server is back. What is still out
-        after the last attempt is a StoreOutage, for the caller's loop to wait out.
-        """
-        pool = self._pool_or_raise()
-        for attempt in range(_RETRIES):
-            try:
-                async with pool.acquire() as conn:
-                    try:
-                        if not tx:
-                            return await work(conn)
-                        async with conn.transaction():
-                            return await work(conn)
-                    except DB_ERRORS as e:
-                        _drop_if_broken(conn, e)
-                        raise
-            except RETRYABLE as e:
-                if attempt == _RETRIES - 1:
-                    raise store_error(self.target, e) from e
-                await self._clock.sleep(_RETRY_PAUSE_S * (attempt + 1))
-            except DB_ERRORS as e:
-                if not is_outage(e) or attempt == _RETRIES - 1:
-                    raise store_error(self.target, e) from e
-                await self._clock.sleep(_RETRY_PAUSE_S * (attempt + 1))
-        raise AssertionError("unreachable")
-
-    @asynccontextmanager
-    async def _conn(self) -> AsyncIterator[asyncpg.Connection]:
-        """A connection for a single read; errors become StoreError (StoreOutage for an outage)."""
-        pool = self._pool_or_raise()
-        try:
-            async with pool.acquire() as conn:
-                try:
-                    yield conn
-                except DB_ERRORS as e:
-                    _drop_if_broken(conn, e)
-                    raise
-        except DB_ERRORS as e:
-            raise store_error(self.target, e) from e
+        return await self.pool.ping()
 
     def _now(self, now: float) -> float | None:
         """The `now` to send: None makes the SQL use the database clock."""
@@ -232,7 +92,7 @@ class PostgresStore(Store):
 
         async def page(conn: asyncpg.Connection, last: str) -> list[Watch]:
             rows = await conn.fetch(q.RESTORE_PAGE, self._now(now), self.shared, last, _RESTORE_PAGE)
-            watches = [_watch(r) for r in rows]
+            watches = [q.watch_row(r) for r in rows]
             bases, offsets = (
                 zip(*(self._at(first_due(w)) for w in watches), strict=True) if rows else ((), ())
             )
@@ -241,16 +101,16 @@ class PostgresStore(Store):
 
         last = ""
         while True:
-            got = await self._run(lambda c, last=last: page(c, last))  # type: ignore[misc]
+            got = await self.pool.run(lambda c, last=last: page(c, last))  # type: ignore[misc]
             if len(got) < _RESTORE_PAGE:
                 break
             last = got[-1].job_id
-        async with self._conn() as conn:
+        async with self.pool.connection() as conn:
             return int(await conn.fetchval("SELECT count(*) FROM watches WHERE final IS NULL"))
 
     async def register(self, regs: Sequence[Registration], now: float) -> list[RegisterResult]:
         """Insert new watches due now; OR the source into existing ones (concurrent replicas included)."""
-        return await self._run(lambda c: self._register(c, regs, now))
+        return await self.pool.run(lambda c: self._register(c, regs, now))
 
     async def _register(
         self, conn: asyncpg.Connection, regs: Sequence[Registration], now: float
@@ -301,7 +161,7 @@ class PostgresStore(Store):
             await conn.execute(q.DELETE_WATCHES, gone)
             return SyncResult(added=len(joining), removed=len(leaving))
 
-        return await self._run(work)
+        return await self.pool.run(work)
 
     async def delete_watch(self, job_id: str) -> bool:
         """Delete the watch and its fully delivered events; pending and dead deliveries stay."""
@@ -312,7 +172,7 @@ class PostgresStore(Store):
                 await self._drop_events(conn, [job_id], ["pending", "dead"])
             return bool(deleted)
 
-        return await self._run(work)
+        return await self.pool.run(work)
 
     async def _drop_events(self, conn: asyncpg.Connection, job_ids: list[str], keep: list[str]) -> None:
         await conn.execute(q.DROP_EVENT_DELIVERIES, job_ids, keep)
@@ -320,9 +180,9 @@ class PostgresStore(Store):
 
     async def get_watch(self, job_id: str) -> Watch | None:
         """One watch by id."""
-        async with self._conn() as conn:
+        async with self.pool.connection() as conn:
             row = await conn.fetchrow(f"SELECT {q.WATCH_COLS} FROM watches WHERE job_id = $1", job_id)  # noqa: S608
-        return None if row is None else _watch(row)
+        return None if row is None else q.watch_row(row)
 
     async def list_watches(
         self,
@@ -334,19 +194,21 @@ class PostgresStore(Store):
     ) -> WatchPage:
         """Watches ordered by job id after `cursor`; the label filter uses the GIN index on labels."""
         contains = None if label is None else {label[0]: label[1]}
-        async with self._conn() as conn:
+        async with self.pool.connection() as conn:
             rows = await conn.fetch(q.LIST_WATCHES, cursor or "", status, contains, limit + 1)
-        page = [_watch(r) for r in rows[:limit]]
+        page = [q.watch_row(r) for r in rows[:limit]]
         return WatchPage(page, page[-1].job_id if len(rows) > limit and page else None)
 
     async def claim_due(self, now: float, limit: int, lease_s: float) -> list[Watch]:
         """Lease up to `limit` due watches (skipping rows another replica is claiming), earliest first."""
         if limit <= 0:
             return []
-        rows = await self._run(lambda c: c.fetch(q.CLAIM_WATCHES, self._now(now), limit, lease_s), tx=False)
+        rows = await self.pool.run(
+            lambda c: c.fetch(q.CLAIM_WATCHES, self._now(now), limit, lease_s), tx=False
+        )
         out = []
         for r in sorted(rows, key=lambda r: (r["due"], r["job_id"])):
-            w = _watch(r)
+            w = q.watch_row(r)
             w.next_poll_at = r["due"]  # the caller sees when it was due, not the lease expiry
             out.append(w)
         return out
@@ -358,17 +220,17 @@ class PostgresStore(Store):
         ids = [w.job_id for w in watches]
         leases = [w.lease for w in watches]
         dues = [w.next_poll_at for w in watches]
-        await self._run(lambda c: c.execute(q.RELEASE_WATCHES, ids, leases, dues), tx=False)
+        await self.pool.run(lambda c: c.execute(q.RELEASE_WATCHES, ids, leases, dues), tx=False)
 
     async def next_due_at(self) -> float | None:
         """Earliest due time of an unfinished watch (a claimed one counts at its lease expiry)."""
-        async with self._conn() as conn:
+        async with self.pool.connection() as conn:
             value = await conn.fetchval(q.NEXT_DUE)
         return None if value is None else float(value)
 
     async def count_due(self, now: float) -> int:
         """Unfinished watches due now and not under a live lease."""
-        async with self._conn() as conn:
+        async with self.pool.connection() as conn:
             return int(await conn.fetchval(q.COUNT_DUE, self._now(now)))
 
     async def save_polls(self, polls: Sequence[SavedPoll]) -> list[bool]:
@@ -393,7 +255,7 @@ class PostgresStore(Store):
                 await self._insert_events(conn, list(events.values()))
             return kept
 
-        kept = await self._run(work)
+        kept = await self.pool.run(work)
         ok, taken = [], set()
         for p in polls:
             key = (p.watch.job_id, p.watch.lease)
@@ -434,7 +296,7 @@ class PostgresStore(Store):
         """Count the failure, fenced by the claim's lease; quarantine at the limit (database clock)."""
         base, offset = self._at(retry_at)
         args = (watch.job_id, watch.lease, reason, base, offset, quarantine_after, self._now(now))
-        rows = await self._run(lambda c: c.fetch(q.NOTE_FAILURE, *args), tx=False)
+        rows = await self.pool.run(lambda c: c.fetch(q.NOTE_FAILURE, *args), tx=False)
         if not rows:
             return FailureNoted(kept=False)
         failures = int(rows[0]["failures"])
@@ -442,7 +304,7 @@ class PostgresStore(Store):
 
     async def release_quarantine(self, job_id: str, now: float) -> bool:
         """Clear the quarantine and the failure count; the watch is due now."""
-        rows = await self._run(lambda c: c.fetch(q.RELEASE_QUARANTINE, job_id, self._now(now)), tx=False)
+        rows = await self.pool.run(lambda c: c.fetch(q.RELEASE_QUARANTINE, job_id, self._now(now)), tx=False)
         return bool(rows)
 
     async def purge_finished(self, before: float) -> int:
@@ -456,39 +318,39 @@ class PostgresStore(Store):
             await conn.execute(q.DELETE_WATCHES, ids)
             return len(ids)
 
-        return await self._run(work)
+        return await self.pool.run(work)
 
     # -- events and deliveries ------------------------------------------------------------------------
 
     async def events_for(self, job_id: str) -> list[Event]:
         """A job's events in the order they were stored."""
-        async with self._conn() as conn:
+        async with self.pool.connection() as conn:
             rows = await conn.fetch(f"{q.EVENT_SELECT} WHERE e.job_id = $1 ORDER BY e.seq", job_id)
-        return [_event(r) for r in rows]
+        return [q.event_row(r) for r in rows]
 
     async def recent_events(self, limit: int) -> list[Event]:
         """The newest stored events first."""
-        async with self._conn() as conn:
+        async with self.pool.connection() as conn:
             rows = await conn.fetch(f"{q.EVENT_SELECT} ORDER BY e.seq DESC LIMIT $1", max(0, limit))
-        return [_event(r) for r in rows]
+        return [q.event_row(r) for r in rows]
 
     async def claim_deliveries(self, now: float, limit: int, lease_s: float) -> list[Delivery]:
         """Lease due pair heads (the oldest pending delivery of each job and webhook), oldest first."""
         if limit <= 0:
             return []
-        rows = await self._run(
+        rows = await self.pool.run(
             lambda c: c.fetch(q.CLAIM_DELIVERIES, self._now(now), limit, lease_s), tx=False
         )
         out = []
         for r in sorted(rows, key=lambda r: (r["due"], r["id"])):
-            d = _delivery(r)
+            d = q.delivery_row(r)
             d.next_attempt_at = r["due"]
             out.append(d)
         return out
 
     async def next_delivery_at(self) -> float | None:
         """Earliest time a pair head becomes claimable (a leased one counts at its lease expiry)."""
-        async with self._conn() as conn:
+        async with self.pool.connection() as conn:
             value = await conn.fetchval(q.NEXT_DELIVERY)
         return None if value is None else float(value)
 
@@ -496,7 +358,7 @@ class PostgresStore(Store):
         """Record an attempt if `delivery.lease` still holds; clears the lease."""
         base, offset = self._at(update.next_attempt_at)
         args = (update.state.value, update.attempts, base, offset, update.last_error, update.delivered_at)
-        rows = await self._run(
+        rows = await self.pool.run(
             lambda c: c.fetch(q.FINISH_DELIVERY, *args, delivery.id, delivery.lease), tx=False
         )
         return bool(rows)
@@ -511,34 +373,34 @@ class PostgresStore(Store):
         job_id: str | None = None,
     ) -> list[Delivery]:
         """Newest first below the `before` cursor, optionally filtered by state, webhook and job."""
-        async with self._conn() as conn:
+        async with self.pool.connection() as conn:
             rows = await conn.fetch(q.LIST_DELIVERIES, state, webhook, before, job_id, limit)
-        return [_delivery(r) for r in rows]
+        return [q.delivery_row(r) for r in rows]
 
     async def get_delivery(self, delivery_id: int) -> Delivery | None:
         """One delivery with its event."""
-        async with self._conn() as conn:
+        async with self.pool.connection() as conn:
             row = await conn.fetchrow(f"{q.DELIVERY_SELECT} WHERE d.id = $1", delivery_id)
-        return None if row is None else _delivery(row)
+        return None if row is None else q.delivery_row(row)
 
     async def retry_delivery(self, delivery_id: int, now: float) -> bool:
         """Dead back to pending, attempts reset, due now."""
-        rows = await self._run(lambda c: c.fetch(q.RETRY_DELIVERY, self._now(now), delivery_id), tx=False)
+        rows = await self.pool.run(lambda c: c.fetch(q.RETRY_DELIVERY, self._now(now), delivery_id), tx=False)
         return bool(rows)
 
     async def counts(self) -> StoreCounts:
         """Aggregates from SQL (every replica reports the same values: aggregate them with max)."""
-        async with self._conn() as conn:
-            by_status = await conn.fetch(q.WATCHED_BY_STATUS)
-            by_hook = await conn.fetch(q.DELIVERIES_BY_WEBHOOK)
-            oldest = await conn.fetchval("SELECT min(created_at) FROM deliveries WHERE state = 'pending'")
-            quarantined = await conn.fetchval(q.QUARANTINED_COUNT)
+        async with self.pool.connection() as conn:
+            by_status = await conn.fetch(WATCHED_BY_STATUS)
+            by_hook = await conn.fetch(DELIVERIES_BY_WEBHOOK)
+            oldest = await conn.fetchval(OLDEST_PENDING)
+            quarantined = await conn.fetchval(QUARANTINED_COUNT)
         pending = {r["webhook"]: r["n"] for r in by_hook if r["state"] == "pending"}
         dead = {r["webhook"]: r["n"] for r in by_hook if r["state"] == "dead"}
         return StoreCounts({r["s"]: r["n"] for r in by_status}, pending, dead, oldest, int(quarantined))
 
     async def watch_counts(self) -> dict[str, int]:
         """Watches per list status, finished ones included."""
-        async with self._conn() as conn:
-            rows = await conn.fetch(q.WATCH_COUNTS)
+        async with self.pool.connection() as conn:
+            rows = await conn.fetch(WATCH_COUNTS)
         return {r["s"]: r["n"] for r in rows}

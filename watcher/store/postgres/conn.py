@@ -1,4 +1,5 @@
-"""PostgreSQL plumbing for the shared store: the URL, the connection pool and versioned migrations.
+"""PostgreSQL plumbing for the shared store: the URL, the connection pool, versioned migrations, and running
+a store call on a pooled connection (`PgPool`: in a transaction, again after a deadlock or a lost connection).
 
 `store.url = "postgresql://user@host:5432/db?schema=watcher"`: every query parameter asyncpg knows
 (`sslmode`, `connect_timeout`, …) passes through; `schema` is ours and puts the tables in that schema (created
@@ -9,21 +10,31 @@ for it, then find nothing to do.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import re
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from importlib import resources
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import asyncpg  # type: ignore[import-untyped]  # asyncpg ships no type information
 
 from watcher import strictjson
+from watcher.clock import Clock
 from watcher.errors import StoreError
 from watcher.store.faults import StoreFault, StoreOutage
+from watcher.store.schema import packaged_migrations
+
+T = TypeVar("T")
 
 APPLICATION_NAME = "job-watcher"
+# A store call is tried this often (pausing a little longer each time) after a deadlock or a lost connection.
+RETRIES = 3
+RETRY_PAUSE_S = 0.05
+CLOSE_TIMEOUT_S = 5.0
 POOL_MAX_SIZE = 10
 COMMAND_TIMEOUT_S = 30.0
 _SCHEMA_RE = re.compile(r"[a-z_][a-z0-9_]{0,62}")
@@ -152,15 +163,7 @@ def _reason(e: BaseException) -> str:
 
 def migrations() -> list[tuple[int, str]]:
     """The packaged PostgreSQL migrations as `(version, sql)`, in the order they apply."""
-    found = []
-    for res in resources.files("watcher.store.migrations").iterdir():
-        name = res.name
-        if name.startswith("postgres_") and name.endswith(".sql"):
-            found.append((int(name.split("_")[1].split(".")[0]), res.read_text(encoding="utf-8")))
-    found.sort()
-    if [v for v, _ in found] != list(range(1, len(found) + 1)):
-        raise StoreError(f"packaged PostgreSQL migrations are not numbered 1..n: {[v for v, _ in found]}")
-    return found
+    return packaged_migrations("postgres")
 
 
 async def migrate(pool: asyncpg.Pool, target: PgTarget) -> tuple[int, list[int]]:
@@ -207,6 +210,109 @@ def store_error(target: PgTarget, e: BaseException) -> StoreError:
     return StoreError(f"store at {target.where}: {_reason(e)}")
 
 
-def as_list(value: Any) -> tuple[str, ...] | None:
-    """A JSON list column as a tuple (None stays None)."""
-    return None if value is None else tuple(value)
+def _drop_if_broken(conn: asyncpg.Connection, e: BaseException) -> None:
+    """Close a connection that an outage left unusable, so the pool replaces it instead of handing it out."""
+    if not is_outage(e):
+        return
+    try:
+        if not conn.is_closed():
+            conn.terminate()
+    except asyncpg.InterfaceError:
+        pass  # asyncpg already gave a connection that closed under it back to the pool
+
+
+class PgPool:
+    """The store's connection pool: opened with the migrations applied, closed without waiting forever, and
+    the two ways a store call gets a connection (`run`, `connection`), every error a `StoreError`."""
+
+    def __init__(self, target: PgTarget, clock: Clock) -> None:
+        self.target = target
+        self._clock = clock
+        self._pool: asyncpg.Pool | None = None
+
+    @property
+    def is_open(self) -> bool:
+        """True between `open` and `close`."""
+        return self._pool is not None
+
+    async def open(self) -> int:
+        """Create the pool and apply pending migrations (once, whichever replica gets the lock first);
+        returns the schema version."""
+        pool = await create_pool(self.target)
+        try:
+            version, _ = await migrate(pool, self.target)
+        except BaseException:
+            await pool.close()
+            raise
+        self._pool = pool
+        return version
+
+    async def close(self) -> None:
+        """Close the pool; safe to call twice. A connection that does not come back in time (an outage left
+        it hanging) is closed without ceremony."""
+        pool, self._pool = self._pool, None
+        if pool is None:
+            return
+        try:
+            await asyncio.wait_for(pool.close(), CLOSE_TIMEOUT_S)
+        except TimeoutError:
+            pool.terminate()
+
+    async def ping(self) -> bool:
+        """True if the database answers a trivial query within a few seconds."""
+        if self._pool is None:
+            return False
+        try:
+            async with self._pool.acquire(timeout=5.0) as conn:
+                return bool(await conn.fetchval("SELECT 1", timeout=5.0) == 1)
+        except DB_ERRORS:
+            return False
+
+    def _pool_or_raise(self) -> asyncpg.Pool:
+        if self._pool is None:
+            raise StoreOutage(f"store at {self.target.where} is not open")
+        return self._pool
+
+    async def run(self, work: Callable[[asyncpg.Connection], Awaitable[T]], *, tx: bool = True) -> T:
+        """Run `work` in one transaction, again after a deadlock or a lost connection; errors → StoreError.
+
+        `tx=False` is for work that is one statement: atomic by itself, it saves the BEGIN and COMMIT trips.
+        A connection that broke is closed before it goes back to the pool, so the next attempt (and every
+        later call) gets a new one: the pool recovers by itself once the server is back. What is still out
+        after the last attempt is a StoreOutage, for the caller's loop to wait out.
+        """
+        pool = self._pool_or_raise()
+        for attempt in range(RETRIES):
+            try:
+                async with pool.acquire() as conn:
+                    try:
+                        if not tx:
+                            return await work(conn)
+                        async with conn.transaction():
+                            return await work(conn)
+                    except DB_ERRORS as e:
+                        _drop_if_broken(conn, e)
+                        raise
+            except RETRYABLE as e:
+                if attempt == RETRIES - 1:
+                    raise store_error(self.target, e) from e
+                await self._clock.sleep(RETRY_PAUSE_S * (attempt + 1))
+            except DB_ERRORS as e:
+                if not is_outage(e) or attempt == RETRIES - 1:
+                    raise store_error(self.target, e) from e
+                await self._clock.sleep(RETRY_PAUSE_S * (attempt + 1))
+        raise AssertionError("unreachable")
+
+    @asynccontextmanager
+    async def connection(self) -> AsyncIterator[asyncpg.Connection]:
+        """A connection for a single read; errors become StoreError (StoreOutage for an outage)."""
+        pool = self._pool_or_raise()
+        try:
+            async with pool.acquire() as conn:
+                try:
+                    yield conn
+                except DB_ERRORS as e:
+                    _drop_if_broken(conn, e)
+                    raise
+        except DB_ERRORS as e:
+            raise store_error(self.target, e) from e
