@@ -86,7 +86,9 @@ def store_url(request: pytest.FixtureRequest) -> Iterator[str | None]:
 
 @contextlib.contextmanager
 def _daemon(tmp: Path, store_url: str | None) -> Iterator[str]:
-    """`watcher run` on a free loopback port; on exit, it must stop cleanly with no traceback in its log."""
+    """`watcher run` on a free loopback port, yielded once ready (its store open: before that the API answers
+    503, which the checks count as a server error); on exit, it must stop cleanly with no traceback in its
+    log."""
     port = free_port()
     log = (tmp / "daemon.log").open("wb")
     env = {k: v for k, v in os.environ.items() if not k.startswith("WATCHER_")}
@@ -101,7 +103,7 @@ def _daemon(tmp: Path, store_url: str | None) -> Iterator[str]:
         deadline = time.monotonic() + 20
         while True:
             try:
-                with urllib.request.urlopen(url + "/healthz", timeout=1):  # noqa: S310 -- loopback
+                with urllib.request.urlopen(url + "/readyz", timeout=1):  # noqa: S310 -- loopback
                     break
             except OSError:
                 if proc.poll() is not None or time.monotonic() > deadline:
