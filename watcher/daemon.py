@@ -32,20 +32,21 @@ from watcher.api import build_app
 from watcher.api_server import ApiRunner
 from watcher.clock import Clock, SystemClock, sleep_or_stop
 from watcher.config import Settings
-from watcher.delivery import DeliveryWorker
+from watcher.delivery.target import WebhookTarget
+from watcher.delivery.webhook import WebhookSender
+from watcher.delivery.worker import DeliveryWorker
 from watcher.errors import StartupError, StoreUnavailable
 from watcher.events import route
 from watcher.health import StoreHealth, one_line, outage_delay
 from watcher.metrics import Metrics
 from watcher.models import Watch
-from watcher.policy import PollingPolicy, first_due
-from watcher.ratelimit import TokenBucket
-from watcher.scheduler import Scheduler
+from watcher.polling.policy import PollingPolicy, first_due
+from watcher.polling.ratelimit import TokenBucket
+from watcher.polling.scheduler import Scheduler
+from watcher.polling.upstream import UpstreamClient
+from watcher.sources.watchlist import WatchlistReloader
 from watcher.store import Store, open_store
 from watcher.systemd import Notifier, notify_loop, status_line, watchdog_interval
-from watcher.upstream import UpstreamClient
-from watcher.watchlist import WatchlistReloader
-from watcher.webhook import WebhookSender, WebhookTarget
 
 log = structlog.get_logger("watcher.daemon")
 

@@ -16,7 +16,7 @@ from typing import Any
 from aiohttp import web
 
 from watcher.clock import Clock, SystemClock
-from watcher.signing import DEFAULT_TOLERANCE_S, HEADER_ID, HEADER_TIMESTAMP, decode_secret, verify
+from watcher.delivery.signing import DEFAULT_TOLERANCE_S, HEADER_ID, HEADER_TIMESTAMP, decode_secret, verify
 
 MAX_BODY_BYTES = 1 << 20
 

@@ -18,7 +18,9 @@ from structlog.testing import capture_logs
 from tests.support.standard_webhooks import TestReceiver
 from watcher import __version__
 from watcher.clock import SystemClock
-from watcher.delivery import NOT_CONFIGURED, DeliveryWorker
+from watcher.delivery.target import WebhookTarget
+from watcher.delivery.webhook import WebhookSender
+from watcher.delivery.worker import NOT_CONFIGURED, DeliveryWorker
 from watcher.errors import StoreError
 from watcher.events import transition_event
 from watcher.metrics import Metrics
@@ -34,7 +36,6 @@ from watcher.models import (
 )
 from watcher.receiver import Receiver
 from watcher.store.memory import MemoryStore
-from watcher.webhook import WebhookSender, WebhookTarget
 
 SECRET = "whsec_" + base64.b64encode(b"integration-test-key-0001").decode()
 OLD_SECRET = "whsec_" + base64.b64encode(b"integration-test-key-old!").decode()

@@ -25,12 +25,13 @@ import pytest
 from tests.support.postgres import pg_schema
 from tests.support.standard_webhooks import TestReceiver, strict_json
 from watcher.clock import SystemClock
+from watcher.delivery.target import WebhookTarget
+from watcher.delivery.webhook import SendKind, WebhookSender
 from watcher.models import Delivery, DeliveryState, Event, NewEvent, Registration, SavedPoll, Source
 from watcher.store.base import Store
 from watcher.store.postgres import PostgresStore
 from watcher.store.postgres.conn import parse_url
 from watcher.store.sqlite import SQLiteStore
-from watcher.webhook import SendKind, WebhookSender, WebhookTarget
 
 SECRET = "whsec_" + base64.b64encode(b"strict-json-test-key-0001").decode()
 JOB = "5135bfe3-b2c7-41f3-a44f-f4b58e7384df"

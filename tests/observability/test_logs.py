@@ -11,8 +11,8 @@ from tests.observability.conftest import RunningDaemon, Upstream, settings_for, 
 from watcher.config import Settings
 from watcher.devtools.clock import ManualClock
 from watcher.models import PollOutcome, PollResult, Source, Watch
+from watcher.polling.errorlog import ErrorLogLimiter
 from watcher.receiver import Receiver
-from watcher.scheduler import ErrorLogLimiter
 from watcher.simulate import Faults
 
 

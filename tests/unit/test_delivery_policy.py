@@ -10,10 +10,12 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from watcher.delivery import RETRY_JITTER, next_update, retry_delay
+from watcher.delivery.bodies import render_body
+from watcher.delivery.retry import RETRY_JITTER, next_update, retry_delay
+from watcher.delivery.target import WebhookTarget
+from watcher.delivery.webhook import SendKind, SendResult, classify
 from watcher.events import transition_event, verdict_event
 from watcher.models import Delivery, DeliveryState, FinalState, Source, Watch
-from watcher.webhook import SendKind, SendResult, WebhookTarget, classify, render_body
 
 JOB = "5135bfe3-b2c7-41f3-a44f-f4b58e7384df"
 NOW = 1_775_000_000.0

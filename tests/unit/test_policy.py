@@ -14,7 +14,15 @@ from hypothesis import strategies as st
 
 from watcher.clock import parse_timestamp
 from watcher.models import FinalState, PollOutcome, PollResult, Source, Watch
-from watcher.policy import PollingPolicy, deadline, decide, error_delay, first_due, is_expired, poll_delay
+from watcher.polling.policy import (
+    PollingPolicy,
+    deadline,
+    decide,
+    error_delay,
+    first_due,
+    is_expired,
+    poll_delay,
+)
 
 JOB = "5135bfe3-b2c7-41f3-a44f-f4b58e7384df"
 T0 = 1_775_000_000.0

@@ -11,7 +11,7 @@ import asyncio
 import pytest
 
 from watcher.devtools.clock import ManualClock
-from watcher.ratelimit import PENALTY_WINDOW_S, TokenBucket
+from watcher.polling.ratelimit import PENALTY_WINDOW_S, TokenBucket
 
 STEP = 1 / 64
 

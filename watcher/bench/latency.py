@@ -36,7 +36,7 @@ from watcher.bench.harness import (
 )
 from watcher.bench.report import ScenarioResult
 from watcher.clock import iso_utc
-from watcher.signing import HEADER_ID, HEADER_SIGNATURE, HEADER_TIMESTAMP, sign
+from watcher.delivery.signing import HEADER_ID, HEADER_SIGNATURE, HEADER_TIMESTAMP, sign
 
 TARGET_P99_MS = 50.0
 

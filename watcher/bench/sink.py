@@ -22,7 +22,7 @@ from typing import Any
 from aiohttp import web
 
 from watcher.clock import parse_timestamp
-from watcher.signing import HEADER_ID, verify
+from watcher.delivery.signing import HEADER_ID, verify
 
 SECRET_ENV = "BENCH_WEBHOOK_SECRET"  # noqa: S105 - the name of a variable, not a secret
 

@@ -26,7 +26,7 @@ from watcher.bench.harness import Child, Context, daemon, free_port, fresh_store
 from watcher.bench.harness import write_config as _write_config
 from watcher.bench.latency import new_secret, percentile, wait_deliveries
 from watcher.bench.report import ScenarioResult
-from watcher.policy import PollingPolicy, poll_delay
+from watcher.polling.policy import PollingPolicy, poll_delay
 
 SCALE = 60.0  # a minute of real time per second of the run
 MEDIAN_S, SIGMA, CAP_S = 120.0, 1.0, 900.0

@@ -1,9 +1,9 @@
-"""Webhook delivery: the retry policy (pure) and the worker that drains the outbox (SPEC §6).
+"""The delivery worker: it drains the outbox (SPEC §6).
 
-The worker claims due deliveries from the store, sends each in its own task through `WebhookSender`, and
-records the outcome decided by `next_update`. The store is only touched before and after a send, so no
-transaction is ever open while an HTTP request is in flight. Per (job, webhook) ordering is the store's job:
-it only hands out the oldest pending delivery of each pair.
+It claims due deliveries from the store, sends each in its own task through `WebhookSender`, and records
+the outcome the pure retry policy decides (`watcher.delivery.retry.next_update`). The store is only touched
+before and after a send, so no transaction is ever open while an HTTP request is in flight. Per (job,
+webhook) ordering is the store's job: it only hands out the oldest pending delivery of each pair.
 """
 
 from __future__ import annotations
@@ -18,52 +18,21 @@ import structlog
 
 from watcher.clock import Clock
 from watcher.containment import as_store_error, describe, safe_line
+from watcher.delivery.retry import next_update
+from watcher.delivery.target import WebhookTarget
+from watcher.delivery.webhook import SendKind, SendResult, WebhookSender
 from watcher.errors import StoreUnavailable
 from watcher.health import StoreHealth
 from watcher.metrics import Metrics
 from watcher.models import Delivery, DeliveryState, DeliveryUpdate
 from watcher.store.base import Store
-from watcher.webhook import SendKind, SendResult, WebhookSender, WebhookTarget
 
 log = structlog.get_logger("watcher.delivery")
 
-RETRY_JITTER = 0.2  # a delay is drawn from [1 - jitter, 1] x the nominal backoff, so it never exceeds the cap
 NOT_CONFIGURED = "webhook not configured"
-_MAX_ERROR_LEN = 200
 # When due deliveries exist but none could be claimed (they wait behind an earlier one of the same pair),
 # re-check with a growing pause instead of spinning; reset as soon as a claim returns something.
 _BLOCKED_PAUSE_MIN_S = 0.005
-
-
-def retry_delay(
-    attempts: int, target: WebhookTarget, rng: random.Random, retry_after_s: float | None
-) -> float:
-    """Seconds before the next attempt after `attempts` failed ones: capped exponential, jittered.
-
-    The nominal delay is `retry_initial_s * 2**(attempts-1)` capped at `retry_max_s`; the result is drawn
-    from `[(1 - RETRY_JITTER) * nominal, nominal]` and is never shorter than the receiver's Retry-After.
-    """
-    exponent = max(0, attempts - 1)
-    # Cap the exponent before raising so a huge attempt count cannot overflow a float.
-    nominal = min(target.retry_max_s, target.retry_initial_s * 2.0 ** min(exponent, 64))
-    delay = nominal * rng.uniform(1.0 - RETRY_JITTER, 1.0)
-    if retry_after_s is not None:
-        delay = max(delay, retry_after_s)
-    return delay
-
-
-def next_update(
-    delivery: Delivery, result: SendResult, now: float, target: WebhookTarget, rng: random.Random
-) -> DeliveryUpdate:
-    """The delivery's state after one attempt with `result`: delivered, dead, or pending for a retry."""
-    attempts = delivery.attempts + 1
-    reason = result.detail[:_MAX_ERROR_LEN] or result.kind.value
-    if result.kind is SendKind.SUCCESS:
-        return DeliveryUpdate(DeliveryState.DELIVERED, attempts, now, None, delivered_at=now)
-    if result.kind is SendKind.DEAD or attempts >= target.max_attempts:
-        return DeliveryUpdate(DeliveryState.DEAD, attempts, now, reason)
-    delay = retry_delay(attempts, target, rng, result.retry_after_s)
-    return DeliveryUpdate(DeliveryState.PENDING, attempts, now + delay, reason)
 
 
 _OUTCOME = {DeliveryState.DELIVERED: "success", DeliveryState.PENDING: "retry", DeliveryState.DEAD: "dead"}

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import random
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import structlog
@@ -21,8 +21,10 @@ from watcher.errors import StoreUnavailable
 from watcher.health import StoreHealth
 from watcher.metrics import Metrics, observe_many
 from watcher.models import PollOutcome, PollResult, Watch
-from watcher.policy import Decision, PollingPolicy, decide, error_delay, is_expired
-from watcher.ratelimit import TokenBucket
+from watcher.polling.errorlog import ErrorLogLimiter
+from watcher.polling.policy import Decision, PollingPolicy, decide, error_delay, is_expired
+from watcher.polling.ratelimit import TokenBucket
+from watcher.polling.writer import BatchWriter
 from watcher.statuses import metric_label
 from watcher.store.base import Store
 
@@ -39,232 +41,12 @@ class JobFetcher(Protocol):
         ...
 
 
-class ErrorLogLimiter:
-    """Logs upstream errors once per burst: an outage must not flood the log.
-
-    Per (workspace, outcome), the first error is logged as `upstream.error`; the next ones within `window_s`
-    are only counted. The first one after the window is logged with `suppressed`, the count since the last
-    line; when a burst is over (a poll finds its window elapsed), `upstream.error_burst_end` reports what
-    was still suppressed, so no count is lost.
-    """
-
-    def __init__(self, clock: Clock, window_s: float = 10.0) -> None:
-        self._clock = clock
-        self._window_s = window_s
-        self._since: dict[tuple[str, str], float] = {}
-        self._suppressed: dict[tuple[str, str], int] = {}
-
-    def error(self, watch: Watch, result: PollResult) -> None:
-        """Record one failed poll, logging it if its kind has not been logged in this window."""
-        key = (watch.workspace, result.outcome.value)
-        now = self._clock.monotonic()
-        start = self._since.get(key)
-        if start is not None and now - start < self._window_s:
-            self._suppressed[key] = self._suppressed.get(key, 0) + 1
-            return
-        suppressed = self._suppressed.pop(key, 0)
-        self._since[key] = now
-        log.warning(
-            "upstream.error",
-            job_id=watch.job_id,
-            workspace=watch.workspace,
-            reason=result.outcome.value,
-            status_code=result.status_code,
-            detail=result.detail,
-            suppressed=suppressed,
-        )
-
-    def settle(self) -> None:
-        """Close the bursts whose window has elapsed, logging what they suppressed (cheap when none)."""
-        if not self._since:
-            return
-        now = self._clock.monotonic()
-        for key, start in list(self._since.items()):
-            if now - start < self._window_s:
-                continue
-            del self._since[key]
-            suppressed = self._suppressed.pop(key, 0)
-            if suppressed:
-                log.warning(
-                    "upstream.error_burst_end",
-                    workspace=key[0],
-                    reason=key[1],
-                    suppressed=suppressed,
-                    window_s=self._window_s,
-                )
-
-
-class _BatchWriter:
-    """Coalesces poll results into `save_polls` calls (one transaction each) without making polls wait.
-
-    A poll hands its decision over and goes on to the next watch; its watch stays claimed until the batch
-    that carries it is committed, so nobody polls it twice meanwhile. One flush runs at a time. A decision
-    that stores an event (a transition, a verdict) is written at once, since a webhook waits for it; the
-    others (most polls see no change) linger up to `linger_s` so they are written in bigger batches, which
-    costs the store less per row. `on_saved` gets each batch with the store's verdicts.
-
-    A batch that fails for a reason of its own items (not the store being out) is split in halves until
-    each failing item is alone (one poisoned row must not take the others with it, SPEC §16); each such
-    item goes to `on_item_failed`. A store outage (`StoreUnavailable`) is different: what is not written
-    yet is kept and written again after `wait_out` (the caller's backoff) until the store takes it, and
-    `stalled` is true meanwhile so that the scheduler neither claims nor polls; `recovered` is called when
-    a write works again. Without `wait_out`, an outage goes to `on_error` and nothing more is written.
-    """
-
-    def __init__(
-        self,
-        store: Store,
-        on_saved: Callable[[list[Decision], list[bool]], None],
-        on_error: Callable[[BaseException], None],
-        on_item_failed: Callable[[Decision, BaseException], None],
-        max_batch: int = 512,
-        linger_s: float = 0.1,
-        *,
-        wait_out: Callable[[StoreUnavailable], Awaitable[None]] | None = None,
-        recovered: Callable[[], None] | None = None,
-    ) -> None:
-        self._store = store
-        self._on_saved = on_saved
-        self._on_error = on_error
-        self._on_item_failed = on_item_failed
-        self._wait_out = wait_out
-        self._recovered = recovered
-        self._healthy = asyncio.Event()
-        self._healthy.set()
-        self._max_batch = max_batch
-        self._linger_s = linger_s
-        self._pending: list[Decision] = []
-        self._urgent = False  # something pending must not linger
-        self._writing = 0
-        self._task: asyncio.Task[None] | None = None
-        self._timer: asyncio.TimerHandle | None = None
-        self._idle = asyncio.Event()
-        self._idle.set()
-        self._failed = False
-
-    @property
-    def unsaved(self) -> int:
-        """Decisions handed over and not yet committed (the batch being written included)."""
-        return len(self._pending) + self._writing
-
-    @property
-    def stalled(self) -> bool:
-        """True while the store is out and a batch waits to be written again."""
-        return not self._healthy.is_set()
-
-    async def wait_healthy(self, halt: asyncio.Event) -> None:
-        """Wait until the store takes writes again, or until `halt` is set."""
-        waiters = {asyncio.ensure_future(self._healthy.wait()), asyncio.ensure_future(halt.wait())}
-        try:
-            await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for w in waiters:
-                w.cancel()
-
-    def cancel(self) -> None:
-        """Stop writing for good (the daemon gave up on the drain); what is pending is not saved."""
-        self._failed = True  # nothing is scheduled again
-        if self._task is not None:
-            self._task.cancel()
-
-    def add(self, decision: Decision) -> None:
-        """Hand one decision over; it is written with the next batch."""
-        self._pending.append(decision)
-        if decision.saved.events or len(self._pending) >= self._max_batch:
-            self._urgent = True
-        self._schedule()
-
-    async def drained(self) -> None:
-        """Write everything pending now, without lingering, and wait until it is committed (or failed)."""
-        self._urgent = True
-        self._schedule()
-        await self._idle.wait()
-
-    async def _save(self, batch: list[Decision]) -> None:
-        """Save `batch`, splitting it around items whose own data makes the save fail.
-
-        On an outage, what is not written yet goes back in front of the pending decisions (its watches
-        stay claimed by us until it is written) and the outage is raised.
-        """
-        parts = [batch]
-        while parts:
-            part = parts.pop()
-            try:
-                results = await self._store.save_polls([d.saved for d in part])
-            except StoreUnavailable:
-                self._pending[:0] = [d for p in (part, *reversed(parts)) for d in p]
-                raise
-            except Exception as exc:  # the items' own: not the store being out (SPEC §16)
-                if len(part) == 1:
-                    self._on_item_failed(part[0], exc)
-                else:
-                    half = len(part) // 2
-                    parts += [part[half:], part[:half]]  # the first half is tried first
-                continue
-            if not self._healthy.is_set():
-                self._healthy.set()
-                if self._recovered is not None:
-                    self._recovered()
-            self._on_saved(part, results)
-
-    def _schedule(self) -> None:
-        if self._failed or self._task is not None or not self._pending:
-            return
-        self._idle.clear()
-        if self._urgent:
-            self._start()
-        elif self._timer is None:
-            self._timer = asyncio.get_running_loop().call_later(self._linger_s, self._start)
-
-    def _start(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        if self._task is None:
-            self._task = asyncio.create_task(self._flush(), name="scheduler-writer")
-
-    async def _flush(self) -> None:
-        try:
-            while self._pending:
-                batch, self._pending = self._pending[: self._max_batch], self._pending[self._max_batch :]
-                self._urgent = len(self._pending) >= self._max_batch or any(
-                    d.saved.events for d in self._pending
-                )
-                self._writing = len(batch)
-                try:
-                    await self._save(batch)
-                except StoreUnavailable as exc:
-                    if self._wait_out is None:
-                        self._failed = True
-                        self._pending = []
-                        self._on_error(exc)
-                        return
-                    self._healthy.clear()
-                    await self._wait_out(exc)
-                    continue
-                except Exception as exc:
-                    self._failed = True
-                    self._pending = []
-                    self._on_error(exc)
-                    return
-                finally:
-                    self._writing = 0
-                if not self._urgent:
-                    break  # the rest may linger for company
-        finally:
-            self._task = None
-            if self._pending and not self._failed:
-                self._schedule()
-            else:
-                self._idle.set()
-
-
 class Scheduler:
     """Claims due watches from the store and runs their polls within the concurrency and rate limits.
 
     `max_concurrency` worker coroutines take claimed watches from a local queue, one poll at a time each.
     The queue is refilled with one `claim_due` call per batch, and the poll results go back to the store
-    in batches through `_BatchWriter`: neither a claim nor a save costs a store round trip per poll.
+    in batches through `BatchWriter`: neither a claim nor a save costs a store round trip per poll.
     """
 
     def __init__(
@@ -300,7 +82,7 @@ class Scheduler:
         self._on_events = on_events
         self._noting: set[asyncio.Task[None]] = set()  # failures being written (see `_item_failed`)
         self._health = health or StoreHealth(clock, rng)
-        self._writer = _BatchWriter(
+        self._writer = BatchWriter(
             store,
             self._saved,
             self._store_failed,
