@@ -18,8 +18,7 @@ import contextlib
 import gc
 import random
 import signal
-from collections.abc import Callable, Coroutine
-from dataclasses import dataclass, field
+from collections.abc import Coroutine
 from typing import Any
 
 import aiohttp
@@ -28,8 +27,6 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from watcher import __version__
-from watcher.api import build_app
-from watcher.api_server import ApiRunner
 from watcher.clock import Clock, SystemClock, sleep_or_stop
 from watcher.config import Settings
 from watcher.delivery.target import WebhookTarget
@@ -38,6 +35,9 @@ from watcher.delivery.worker import DeliveryWorker
 from watcher.errors import StartupError, StoreUnavailable
 from watcher.events import route
 from watcher.health import StoreHealth, one_line, outage_delay
+from watcher.http.app import build_app
+from watcher.http.server import ApiRunner
+from watcher.http.state import AppState
 from watcher.metrics import Metrics
 from watcher.models import Watch
 from watcher.polling.policy import PollingPolicy, first_due
@@ -119,27 +119,16 @@ def polling_policy(settings: Settings) -> PollingPolicy:
     )
 
 
-@dataclass
-class DaemonState:
-    """What the HTTP handlers may look at: the store, the metrics and whether the loops run."""
+class Loops:
+    """The supervisor's background tasks by name, and whether the daemon runs them (`LoopStatus`)."""
 
-    settings: Settings
-    store: Store
-    metrics: Metrics
-    clock: Clock
-    health: StoreHealth = field(default_factory=StoreHealth)
-    ready: bool = False
-    tasks: dict[str, asyncio.Task[None]] = field(default_factory=dict)
-    wake_scheduler: Callable[[], None] = lambda: None
-    wake_delivery: Callable[[], None] = lambda: None  # the API's replay: look for due deliveries at once
+    def __init__(self) -> None:
+        self.tasks: dict[str, asyncio.Task[None]] = {}
+        self.running = False  # every loop started and no stop begun: what `/readyz` calls "ready"
 
     def loops_alive(self) -> bool:
         """True while every background loop is still running."""
         return bool(self.tasks) and all(not t.done() for t in self.tasks.values())
-
-    def is_ready(self) -> bool:
-        """Running, every loop alive, and the store available as the loops see it (`watcher_ready`)."""
-        return self.ready and self.loops_alive() and self.health.available
 
 
 class Daemon:
@@ -162,7 +151,15 @@ class Daemon:
         self.clock = clock or SystemClock()
         self.rng = rng or random.Random()
         self.targets = webhook_targets(settings)
-        self.metrics = Metrics(registry, webhooks=tuple(self.targets), now=self.clock.now)
+        self._loops = Loops()
+        self._scheduler: Scheduler | None = None
+        self.metrics = Metrics(
+            registry,
+            webhooks=tuple(self.targets),
+            now=self.clock.now,
+            ready=self.is_ready,
+            polls_waiting=self._polls_waiting,
+        )
         self.health = StoreHealth(self.clock, self.rng, self.metrics)
         self.handle_signals = handle_signals
         self._store = store  # injected by tests and embedders; otherwise built from store.url
@@ -170,10 +167,17 @@ class Daemon:
         # Deliveries stop after the scheduler has drained, so events from polls finishing during the drain
         # still go out before exit (within the same grace period).
         self.delivery_stop = asyncio.Event()
-        self.state: DaemonState | None = None
+        self.state: AppState | None = None  # what the HTTP handlers read, once `run` has built it
         self._watchlist: WatchlistReloader | None = None
         self._reload_requested = False  # a SIGHUP that came before the reloader existed
         self.notifier = notifier or Notifier.from_env()  # sd_notify; a no-op outside systemd
+
+    def is_ready(self) -> bool:
+        """Running, every loop alive, and the store available as the loops see it (`watcher_ready`)."""
+        return self._loops.running and self._loops.loops_alive() and self.health.available
+
+    def _polls_waiting(self) -> int:
+        return 0 if self._scheduler is None else self._scheduler.polls_waiting()
 
     def request_stop(self) -> None:
         """Begin a graceful stop (what SIGTERM does)."""
@@ -214,14 +218,17 @@ class Daemon:
         webhook_session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=100))
         runner: web.AppRunner | None = None
         try:
-            state = DaemonState(s, store, self.metrics, self.clock, self.health)
-            self.state = state
-            self.metrics.ready = state.is_ready
-            runner = await self._start_http(state)
+            delivery = self._delivery_worker(store, webhook_session)
+            scheduler = self._build_scheduler(store, upstream_session, delivery)
+            # The API answers (`/healthz`, 503 from `/readyz`) while the store is opened and restored.
+            self.state = AppState(
+                s, store, self.metrics, self.clock, self.health, self._loops, scheduler.wake, delivery.wake
+            )
+            runner = await self._start_http(self.state)
             restored = await self._open_store(store)
             if restored is None:
                 return 0  # stopped while the store was out, or during the restore
-            return await self._run_loops(state, store, restored, upstream_session, webhook_session)
+            return await self._run_loops(store, restored, delivery, scheduler)
         finally:
             if runner is not None:
                 await runner.cleanup()
@@ -230,7 +237,7 @@ class Daemon:
             await store.close()
             log.info("daemon.stopped")
 
-    async def _start_http(self, state: DaemonState) -> web.AppRunner:
+    async def _start_http(self, state: AppState) -> web.AppRunner:
         # ApiRunner: a request aiohttp cannot parse gets problem+json that echoes nothing (SPEC §16).
         runner = ApiRunner(build_app(state), access_log=None, handle_signals=False)
         await runner.setup()
@@ -271,25 +278,11 @@ class Daemon:
             return None if self.stop_event.is_set() else restored
         return None
 
-    async def _run_loops(
-        self,
-        state: DaemonState,
-        store: Store,
-        restored: int,
-        upstream_session: aiohttp.ClientSession,
-        webhook_session: aiohttp.ClientSession,
-    ) -> int:
+    def _delivery_worker(self, store: Store, session: aiohttp.ClientSession) -> DeliveryWorker:
         s = self.settings
-        policy = polling_policy(s)
-        filters = [(t.name, t.events) for t in self.targets.values()]
-        creds = s.upstream.credentials()
-
-        def route_event(event_type: str, watch: Watch) -> tuple[str, ...]:
-            return route(event_type, watch, filters)
-
-        delivery = DeliveryWorker(
+        return DeliveryWorker(
             store,
-            WebhookSender(webhook_session, self.clock),
+            WebhookSender(session, self.clock),
             self.targets,
             self.metrics,
             self.clock,
@@ -298,16 +291,27 @@ class Daemon:
             lease_s=s.daemon.lease_s,
             health=self.health,
         )
-        scheduler = Scheduler(
+
+    def _build_scheduler(
+        self, store: Store, session: aiohttp.ClientSession, delivery: DeliveryWorker
+    ) -> Scheduler:
+        s = self.settings
+        filters = [(t.name, t.events) for t in self.targets.values()]
+
+        def route_event(event_type: str, watch: Watch) -> tuple[str, ...]:
+            return route(event_type, watch, filters)
+
+        upstream = UpstreamClient(
+            session,
+            s.upstream.credentials(),
+            s.upstream.timeout_s,
+            self.clock,
+            max_body_bytes=s.upstream.max_body_bytes,
+        )
+        self._scheduler = Scheduler(
             store,
-            UpstreamClient(
-                upstream_session,
-                creds,
-                s.upstream.timeout_s,
-                self.clock,
-                max_body_bytes=s.upstream.max_body_bytes,
-            ),
-            policy,
+            upstream,
+            polling_policy(s),
             TokenBucket(s.upstream.rate_limit_per_s, self.clock),
             self.metrics,
             self.clock,
@@ -318,8 +322,13 @@ class Daemon:
             on_events=delivery.wake,
             health=self.health,
         )
-        state.wake_scheduler = scheduler.wake
-        state.wake_delivery = delivery.wake
+        return self._scheduler
+
+    async def _run_loops(
+        self, store: Store, restored: int, delivery: DeliveryWorker, scheduler: Scheduler
+    ) -> int:
+        s = self.settings
+        creds = s.upstream.credentials()
         loops: dict[str, Coroutine[Any, Any, None]] = {
             "scheduler": scheduler.run(self.stop_event),
             "delivery": delivery.run(self.delivery_stop),
@@ -354,12 +363,12 @@ class Daemon:
             loops["systemd"] = notify_loop(
                 self.notifier, self.stop_event, self.clock, summary, watchdog_s=watchdog_interval()
             )
-        state.tasks = {name: asyncio.create_task(coro, name=name) for name, coro in loops.items()}
+        self._loops.tasks = {name: asyncio.create_task(coro, name=name) for name, coro in loops.items()}
         if self.tune_gc:
             tune_gc()
         for problem in s.unknown_event_types():
             log.warning("config.unknown_event_type", problem=problem)
-        state.ready = True
+        self._loops.running = True
         self.notifier.ready(summary())
         log.info(
             "daemon.started",
@@ -370,12 +379,12 @@ class Daemon:
             listen=s.api.listen,
         )
         try:
-            return await self._supervise(state, scheduler)
+            return await self._supervise(scheduler)
         finally:
-            state.ready = False
+            self._loops.running = False
 
-    async def _supervise(self, state: DaemonState, scheduler: Scheduler) -> int:
-        tasks = state.tasks
+    async def _supervise(self, scheduler: Scheduler) -> int:
+        tasks = self._loops.tasks
         stop_wait = asyncio.create_task(self.stop_event.wait())
         done, _ = await asyncio.wait({stop_wait, *tasks.values()}, return_when=asyncio.FIRST_COMPLETED)
         code = 0
@@ -390,7 +399,9 @@ class Daemon:
                 code = 1
         self.stop_event.set()
         stop_wait.cancel()
-        state.ready = False  # /readyz fails at once, so a load balancer stops sending work while we drain
+        self._loops.running = (
+            False  # /readyz fails at once, so a load balancer stops sending work while we drain
+        )
         grace = self.settings.daemon.shutdown_grace_s
         self.notifier.stopping(f"stopping: draining {scheduler.inflight} polls (grace {grace:g}s)")
         deadline = self.clock.monotonic() + grace

@@ -141,10 +141,10 @@ def _register_default_collectors(registry: CollectorRegistry) -> None:
 class Metrics:
     """Every metric the daemon exports; store-derived gauges are refreshed by `update_counts`.
 
-    `now` is the wall clock used for ages at scrape time; `ready` says whether the daemon is ready (the
-    daemon sets it once it runs). `polls_waiting` counts claimed polls not started yet (queued for a worker
-    or waiting for a rate-limit token): with the store's due-but-unclaimed count it makes
-    `watcher_polls_due`, the scheduler backlog.
+    `now` is the wall clock used for ages at scrape time; `ready` says whether the daemon is ready
+    (`watcher_ready`). `polls_waiting` counts claimed polls not started yet (queued for a worker or waiting
+    for a rate-limit token): with the store's due-but-unclaimed count it makes `watcher_polls_due`, the
+    scheduler backlog. All three are read at scrape time.
     """
 
     def __init__(
@@ -153,16 +153,18 @@ class Metrics:
         webhooks: tuple[str, ...] = (),
         *,
         now: Callable[[], float] = time.time,
+        ready: Callable[[], bool] = lambda: False,
+        polls_waiting: Callable[[], int] = lambda: 0,
         default_collectors: bool = True,
     ) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
         self.webhooks = webhooks
         self.now = now
-        self.ready: Callable[[], bool] = lambda: False
+        self.ready = ready
         self.counts: StoreCounts | None = None
         self.counts_at = 0.0
         self.polls_due = 0
-        self.polls_waiting: Callable[[], int] = lambda: 0
+        self.polls_waiting = polls_waiting
         # The client's `*_created` series would appear as `watcher_polls_created` and the like, which reads
         # as a count of created polls; Prometheus does not need them. The switch is process-wide.
         disable_created_metrics()  # type: ignore[no-untyped-call]  # the client leaves it unannotated

@@ -20,10 +20,10 @@ from structlog.testing import capture_logs
 
 from tests.api.conftest import Running, StartDaemon
 from tests.e2e.conftest import free_port
-from watcher.api import build_app
-from watcher.api_server import ApiRunner
-from watcher.api_v1 import ROUTES
 from watcher.errors import StoreUnavailable
+from watcher.http.app import build_app
+from watcher.http.server import ApiRunner
+from watcher.http.v1.routes import ROUTES
 from watcher.store.memory import MemoryStore
 
 PROBLEM = "application/problem+json"

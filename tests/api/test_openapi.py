@@ -25,10 +25,10 @@ from schemathesis.config import SchemathesisConfig
 from tests.api.conftest import SECRET
 from tests.e2e.conftest import free_port
 from tests.support.postgres import pg_schema
-from watcher.api_models import WatchCreate
-from watcher.api_v1 import ROUTES
 from watcher.config import load_config
-from watcher.openapi import openapi_document
+from watcher.http.openapi import openapi_document
+from watcher.http.v1.models import WatchCreate
+from watcher.http.v1.routes import ROUTES
 
 TOKEN = "schemathesis-token"
 ST_CONFIG = Path(__file__).with_name("schemathesis.toml")

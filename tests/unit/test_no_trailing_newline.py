@@ -13,9 +13,9 @@ from typing import Any
 import pytest
 from pydantic import BaseModel, ValidationError
 
-from watcher.api_models import DeliveryListQuery, WatchCreate, WatchListQuery
 from watcher.config import load_config
 from watcher.errors import ConfigError, StoreError
+from watcher.http.v1.models import DeliveryListQuery, WatchCreate, WatchListQuery
 from watcher.sources.watchlist import parse_watchlist
 from watcher.store.postgres.conn import parse_url
 

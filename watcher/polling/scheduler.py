@@ -108,7 +108,6 @@ class Scheduler:
         self._poll_counts = dict.fromkeys(PollOutcome, 0)
         self._durations: list[float] = []
         self.polls_started = 0
-        metrics.polls_waiting = self._not_started
 
     @property
     def inflight(self) -> int:
@@ -186,8 +185,9 @@ class Scheduler:
                 return
         self._ready.append(watch)
 
-    def _not_started(self) -> int:
-        # Claimed but not started (queued, or waiting for a rate-limit token): part of `watcher_polls_due`.
+    def polls_waiting(self) -> int:
+        """Polls claimed but not started (queued, or waiting for a rate-limit token): part of
+        `watcher_polls_due`, the backlog."""
         return len(self._ready) + self._waiting_tokens
 
     async def _stop(self, workers: list[asyncio.Task[None]]) -> None:

@@ -19,7 +19,7 @@ from aiohttp import web
 from aiohttp.http_exceptions import BadStatusLine, InvalidHeader, LineTooLong
 from aiohttp.web_protocol import RequestHandler
 
-from watcher.problems import problem_response
+from watcher.http.problems import problem_response
 
 log = structlog.get_logger("watcher.api")
 

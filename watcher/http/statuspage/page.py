@@ -12,17 +12,14 @@ from __future__ import annotations
 import re
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import replace
-from typing import TYPE_CHECKING
 
 import structlog
 from aiohttp import web
 
 from watcher import __version__
-from watcher.problems import bearer_token, problem_response, token_matches
-from watcher.statuspage_render import CSP, LIST_STATUSES, PageView, render
-
-if TYPE_CHECKING:
-    from watcher.daemon import DaemonState
+from watcher.http.problems import bearer_token, problem_response, token_matches
+from watcher.http.state import AppState
+from watcher.http.statuspage.render import CSP, LIST_STATUSES, PageView, render
 
 log = structlog.get_logger("watcher.statuspage")
 
@@ -73,7 +70,7 @@ def _problem(
 
 
 async def build_view(
-    state: DaemonState, *, detail: bool, status: str | None, cursor: str | None, limit: int
+    state: AppState, *, detail: bool, status: str | None, cursor: str | None, limit: int
 ) -> PageView:
     """Read what the page shows from the store; details only when `detail`."""
     store = state.store
@@ -107,7 +104,7 @@ async def build_view(
     )
 
 
-def status_page(state: DaemonState) -> Handler:
+def status_page(state: AppState) -> Handler:
     """The `GET /` handler for the daemon whose state is `state`."""
 
     async def handle(request: web.Request) -> web.StreamResponse:

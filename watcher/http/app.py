@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from watcher.statuspage import status_page
-
-if TYPE_CHECKING:
-    from watcher.daemon import DaemonState
-
-STATE_KEY: web.AppKey[DaemonState] = web.AppKey("state")
+from watcher.http.openapi import openapi_document
+from watcher.http.problems import problem_middleware
+from watcher.http.state import STATE_KEY, AppState
+from watcher.http.statuspage.page import status_page
+from watcher.http.v1.routes import add_v1_routes
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -26,7 +25,7 @@ async def readyz(request: web.Request) -> web.Response:
     problems = []
     if not state.ready:
         problems.append("starting or stopping")
-    elif not state.loops_alive():
+    elif not state.loops.loops_alive():
         problems.append("a background loop is not running")
     outage = state.health.describe()
     if outage is not None:
@@ -53,12 +52,8 @@ async def metrics(request: web.Request) -> web.Response:
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
-def build_app(state: DaemonState) -> web.Application:
+def build_app(state: AppState) -> web.Application:
     """The aiohttp application with every route of the daemon."""
-    from watcher.api_v1 import add_v1_routes  # imports STATE_KEY from here
-    from watcher.openapi import openapi_document
-    from watcher.problems import problem_middleware
-
     api = state.settings.api
     tokens = [t.get_secret_value() for t in api.tokens]
     # client_max_size backs up problem_middleware's Content-Length check for bodies read by aiohttp itself.

@@ -15,11 +15,11 @@ from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
 from watcher import __version__
-from watcher.api_models import MAX_DELIVERY_ID, ProblemOut
-from watcher.api_v1 import ROUTES, Route
 from watcher.config import Settings
+from watcher.http.problems import PROBLEM_TYPE
+from watcher.http.v1.models import MAX_DELIVERY_ID, ProblemOut
+from watcher.http.v1.routes import ROUTES, Route
 from watcher.ids import UUID_PATTERN
-from watcher.problems import PROBLEM_TYPE
 
 _REF = "#/components/schemas/{model}"
 _PATH_PARAMS: dict[str, dict[str, Any]] = {

@@ -1,11 +1,15 @@
-"""The store's dataclasses as the API's response models: times as RFC 3339, sources by name."""
+"""The store's dataclasses as the API's response models (times as RFC 3339, sources by name), and a model as
+the JSON answer (`ok`)."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from watcher.api_models import DeliveryOut, TransitionOut, WatchOut
+from aiohttp import web
+from pydantic import BaseModel
+
 from watcher.clock import iso_utc
+from watcher.http.v1.models import DeliveryOut, TransitionOut, WatchOut
 from watcher.models import Delivery, DeliveryState, Event, Source, Watch
 
 
@@ -89,3 +93,8 @@ def delivery_out(delivery: Delivery) -> DeliveryOut:
             "delivered_at": _iso(delivery.delivered_at),
         }
     )
+
+
+def ok(model: BaseModel, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    """`model` as the JSON body of a success."""
+    return web.json_response(model.model_dump(mode="json"), status=status, headers=headers)
