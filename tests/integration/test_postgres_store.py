@@ -19,13 +19,13 @@ from prometheus_client import CollectorRegistry
 from tests.e2e.conftest import free_port
 from tests.integration.test_store_contract import jid, polled, reg
 from tests.support.postgres import PG_URL, pg_schema
+from watcher.cli.migrate import migrate_url
 from watcher.config import load_config
 from watcher.daemon import Daemon
 from watcher.devtools.clock import ManualClock
+from watcher.devtools.simulate import Faults, Simulator
 from watcher.errors import StoreError
-from watcher.migrate import migrate_url
 from watcher.models import DeliveryState, DeliveryUpdate, Registration, Source
-from watcher.simulate import Faults, Simulator
 from watcher.store import open_store
 from watcher.store.postgres import PostgresStore
 from watcher.store.postgres.conn import migrations, parse_url

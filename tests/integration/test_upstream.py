@@ -16,9 +16,9 @@ from structlog.testing import capture_logs
 
 from watcher.clock import SystemClock, parse_retry_after
 from watcher.devtools.clock import ManualClock
+from watcher.devtools.simulate import GARBAGE_VARIANTS, Faults, Simulator
 from watcher.models import Credentials, PollOutcome, PollResult
 from watcher.polling.upstream import DEFAULT_MAX_BODY_BYTES, UpstreamClient
-from watcher.simulate import GARBAGE_VARIANTS, Faults, Simulator
 
 TOKEN = "tok-7f3a9c1e-very-secret"
 API_KEY = "key-b21d44e0-very-secret"

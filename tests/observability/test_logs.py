@@ -10,10 +10,10 @@ from structlog.testing import capture_logs
 from tests.observability.conftest import RunningDaemon, Upstream, settings_for, value
 from watcher.config import Settings
 from watcher.devtools.clock import ManualClock
+from watcher.devtools.receiver import Receiver
+from watcher.devtools.simulate import Faults
 from watcher.models import PollOutcome, PollResult, Source, Watch
 from watcher.polling.errorlog import ErrorLogLimiter
-from watcher.receiver import Receiver
-from watcher.simulate import Faults
 
 
 def _watch(job_id: str, workspace: str) -> Watch:

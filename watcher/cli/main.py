@@ -80,7 +80,7 @@ def cmd_run(path: str | None) -> int:
 
     from watcher.config import load_config
     from watcher.daemon import Daemon
-    from watcher.logs import configure_logging, route_process_errors
+    from watcher.daemon.logs import configure_logging, route_process_errors
 
     try:
         settings = load_config(path)
@@ -120,7 +120,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args_list[:1] == ["run"] and argv is None:
         signal.pthread_sigmask(signal.SIG_BLOCK, RUN_SIGNALS)  # `Daemon.run` unblocks them
     if args_list and args_list[0] == "simulate":
-        from watcher.simulate import simulate_main
+        from watcher.devtools.simulate import simulate_main
 
         return simulate_main(args_list[1:])
     if args_list and args_list[0] == "bench":
@@ -128,11 +128,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return bench_main(args_list[1:])
     if args_list and args_list[0] in ("watches", "deliveries"):
-        from watcher.client import client_main
+        from watcher.cli.client import client_main
 
         return client_main(args_list)
     if args_list and args_list[0] == "migrate":
-        from watcher.migrate import migrate_main
+        from watcher.cli.migrate import migrate_main
 
         return migrate_main(args_list[1:])
     parser = build_parser()
@@ -145,7 +145,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "check-config":
         return cmd_check_config(args.config)
     if args.command == "demo":
-        from watcher.demo import demo_main
+        from watcher.devtools.demo import demo_main
 
         return demo_main(timeout_s=args.timeout)
     parser.print_help(sys.stderr)

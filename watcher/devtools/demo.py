@@ -20,9 +20,9 @@ from typing import Any
 
 from watcher.config import load_config
 from watcher.daemon import Daemon
-from watcher.logs import configure_logging
-from watcher.receiver import ReceivedDelivery, Receiver
-from watcher.simulate import Simulator
+from watcher.daemon.logs import configure_logging
+from watcher.devtools.receiver import ReceivedDelivery, Receiver
+from watcher.devtools.simulate import Simulator
 
 # (name, initial status, script of (after seconds, status[, error]))
 JOBS: list[tuple[str, str, list[dict[str, Any]]]] = [

@@ -1,5 +1,6 @@
-"""Bodies of the simulator's 200-answer faults: garbage (not a valid job) and poison (a valid job that lenient
-JSON code chokes on), so that users can reproduce each with `watcher simulate`.
+"""The simulator's faults: which fraction of requests misbehave, and how (`Faults`), and the bodies of its
+200-answer faults: garbage (not a valid job) and poison (a valid job that lenient JSON code chokes on), so
+that users can reproduce each with `watcher simulate`.
 
 Garbage must be an `invalid_response` to the daemon. Poison is what SPEC §16 names: a daemon must survive
 each one, keep the job's body (sanitised: NaN/Infinity as null, lone surrogates as U+FFFD, over-long
@@ -11,7 +12,9 @@ error (SPEC §2).
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable
+from dataclasses import dataclass, fields
 from typing import Any, Final
 
 GARBAGE_VARIANTS: Final = (
@@ -29,9 +32,48 @@ POISON_VARIANTS: Final = (
     "huge_int",
     "grown_status",
 )
+FAULT_KINDS: Final = ("server_error", "rate_limit", "garbage", "slow", "drop", "poison")
 DEEP_LEVELS: Final = 100_000
 HUGE_INT_DIGITS: Final = 5_000
 GROWN_STATUS: Final = "cancelled"
+
+
+@dataclass(slots=True)
+class Faults:
+    """Fractions of upstream requests that misbehave, and how; every field defaults to 0 (none)."""
+
+    server_error: float = 0.0  # answered 500, 502 or 503
+    rate_limit: float = 0.0  # answered 429 with `Retry-After: retry_after_s`
+    retry_after_s: float = 0.0
+    garbage: float = 0.0  # answered 200 with a body that is not a valid job (see GARBAGE_VARIANTS)
+    slow: float = 0.0  # answered only after slow_s (independent of the other faults)
+    slow_s: float = 0.0
+    drop: float = 0.0  # connection closed without an answer
+    poison: float = 0.0  # answered 200 with a valid job that lenient JSON code chokes on (POISON_VARIANTS)
+    poison_variant: str = ""  # the poison to serve; "" draws one of POISON_VARIANTS per answer
+
+    def __post_init__(self) -> None:
+        if self.poison_variant not in ("", *POISON_VARIANTS):
+            raise ValueError(f'poison_variant: expected one of {", ".join(POISON_VARIANTS)} or ""')
+        for f in fields(self):
+            if f.name == "poison_variant":
+                continue
+            value = getattr(self, f.name)
+            if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+                raise ValueError(f"{f.name}: expected a number, got {value!r}")
+            if value < 0 or (not f.name.endswith("_s") and value > 1):
+                raise ValueError(f"{f.name}: must be {'>= 0' if f.name.endswith('_s') else 'in [0, 1]'}")
+            setattr(self, f.name, float(value))
+
+    @classmethod
+    def from_json(cls, data: Any) -> Faults:
+        """Build from a control-API body; unknown keys are an error so typos do not go unnoticed."""
+        if not isinstance(data, dict):
+            raise ValueError("expected a JSON object")
+        unknown = set(data) - {f.name for f in fields(cls)}
+        if unknown:
+            raise ValueError(f"unknown fault settings: {', '.join(sorted(unknown))}")
+        return cls(**data)
 
 
 def garbage_body(view: dict[str, Any], variant: str, new_id: Callable[[], str]) -> tuple[str, str]:
@@ -78,4 +120,4 @@ def poison_body(view: dict[str, Any], variant: str) -> bytes:
     raise ValueError(f"variant: expected one of {', '.join(POISON_VARIANTS)}")
 
 
-__all__ = ["GARBAGE_VARIANTS", "POISON_VARIANTS", "garbage_body", "poison_body"]
+__all__ = ["FAULT_KINDS", "GARBAGE_VARIANTS", "POISON_VARIANTS", "Faults", "garbage_body", "poison_body"]

@@ -14,7 +14,6 @@ each loop (`watcher.health`); it never ends one.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import gc
 import random
 import signal
@@ -27,14 +26,16 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from watcher import __version__
-from watcher.clock import Clock, SystemClock, sleep_or_stop
+from watcher.clock import Clock, SystemClock
 from watcher.config import Settings
+from watcher.daemon.housekeeping import Housekeeping
+from watcher.daemon.systemd import Notifier, notify_loop, status_line, watchdog_interval
 from watcher.delivery.target import WebhookTarget
 from watcher.delivery.webhook import WebhookSender
 from watcher.delivery.worker import DeliveryWorker
 from watcher.errors import StartupError, StoreUnavailable
 from watcher.events import route
-from watcher.health import StoreHealth, one_line, outage_delay
+from watcher.health import StoreHealth, one_line
 from watcher.http.app import build_app
 from watcher.http.server import ApiRunner
 from watcher.http.state import AppState
@@ -46,7 +47,6 @@ from watcher.polling.scheduler import Scheduler
 from watcher.polling.upstream import UpstreamClient
 from watcher.sources.watchlist import WatchlistReloader
 from watcher.store import Store, open_store
-from watcher.systemd import Notifier, notify_loop, status_line, watchdog_interval
 
 log = structlog.get_logger("watcher.daemon")
 
@@ -332,7 +332,15 @@ class Daemon:
         loops: dict[str, Coroutine[Any, Any, None]] = {
             "scheduler": scheduler.run(self.stop_event),
             "delivery": delivery.run(self.delivery_stop),
-            "housekeeping": self._housekeeping(store),
+            "housekeeping": Housekeeping(
+                store,
+                self.metrics,
+                self.health,
+                self.clock,
+                self.rng,
+                purge_interval_s=s.daemon.purge_interval_s,
+                retention_s=s.polling.retention_s,
+            ).run(self.stop_event),
         }
         if s.watchlist.path is not None:
             self._watchlist = WatchlistReloader(
@@ -425,37 +433,6 @@ class Daemon:
                 code = 1
         log.info("daemon.drained", polls_started=scheduler.polls_started, exit_code=code)
         return code
-
-    async def _housekeeping(self, store: Store) -> None:
-        """Refresh store-derived gauges and purge finished watches past their retention."""
-        s = self.settings
-        last_purge = 0.0
-        failures = 0
-        while not self.stop_event.is_set():
-            started = self.clock.monotonic()
-            now = self.clock.now()
-            try:
-                self.metrics.update_counts(await store.counts(), now, await store.count_due(now))
-                if now - last_purge >= s.daemon.purge_interval_s:
-                    purged = await store.purge_finished(now - s.polling.retention_s)
-                    if purged:
-                        log.info("watches.purged", count=purged)
-                    last_purge = now
-            except StoreUnavailable as exc:
-                await self.health.wait_out("housekeeping", exc, self.stop_event)
-                continue
-            except Exception as exc:  # stale gauges are no reason to stop the daemon: log, count, go on
-                failures += 1
-                self.metrics.loop_errors.labels(loop="housekeeping").inc()
-                log.error("housekeeping.failed", exc_info=exc)
-                await sleep_or_stop(self.clock, outage_delay(failures, self.rng), self.stop_event)
-                continue
-            failures = 0
-            self.health.ok("housekeeping")
-            # Aggregates over a million watches are not free: never spend more than ~10 % of the time on them.
-            pause = max(1.0, 10 * (self.clock.monotonic() - started))
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.stop_event.wait(), timeout=pause)
 
     def _install_signals(self) -> None:
         """Handle SIGTERM, SIGINT and SIGHUP on the loop, then let through what `watcher run` held back."""
