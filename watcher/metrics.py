@@ -27,18 +27,16 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from watcher import __version__
-from watcher.models import FinalState, JobStatus, PollOutcome, StoreCounts
-from watcher.statuses import OTHER_LABEL, metric_label
+from watcher.models import DeliveryOutcome, FinalState, JobStatus, PollOutcome
+from watcher.statuses import OTHER_LABEL, UNFINISHED_STATUSES, metric_label
+from watcher.store.base import StoreCounts
 from watcher.store.faults import StoreFault
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 _LAG_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 900.0, 3600.0)
-WATCH_STATUSES: tuple[str, ...] = (
-    "unknown",
-    *(s.value for s in JobStatus if s.value not in ("success", "failed")),
-    OTHER_LABEL,  # every grown status (SPEC §2): a label never carries what the upstream made up
-)
-DELIVERY_OUTCOMES: tuple[str, ...] = ("success", "retry", "dead")
+# The `status` labels of `watcher_watched_jobs`: every grown status is `other` (SPEC §2), a label never
+# carries what the upstream made up.
+WATCH_STATUSES: tuple[str, ...] = (*UNFINISHED_STATUSES, OTHER_LABEL)
 # The loops that contain their items' failures: the `loop` label of `watcher_internal_errors_total`.
 LOOPS: tuple[str, ...] = ("scheduler", "delivery", "watchlist", "housekeeping")
 
@@ -205,7 +203,7 @@ class Metrics:
             registry=r,
         )
         for name in webhooks:
-            for result in DELIVERY_OUTCOMES:
+            for result in DeliveryOutcome:
                 self.deliveries.labels(webhook=name, outcome=result)
             self.delivery_duration.labels(webhook=name)
         self.detection_lag = Histogram(

@@ -87,7 +87,7 @@ def cmd_run(path: str | None) -> int:
     except ConfigError as exc:
         _print_config_error(exc)
         return EXIT_USAGE
-    configure_logging(settings.log.level, settings.log.format)
+    configure_logging(settings.log.level, settings.log.resolved_format(sys.stdout.isatty()))
     route_process_errors()
     import structlog
 

@@ -28,7 +28,7 @@ from watcher import __version__
 from watcher.clock import Clock, SystemClock
 from watcher.config import Settings
 from watcher.daemon.housekeeping import Housekeeping
-from watcher.daemon.parts import delivery_worker, scheduler_for, upstream_http, webhook_http, webhook_targets
+from watcher.daemon.parts import upstream_http, webhook_http, webhook_targets, workers
 from watcher.daemon.systemd import Notifier, notify_loop, status_line, watchdog_interval
 from watcher.delivery.worker import DeliveryWorker
 from watcher.errors import StartupError, StoreUnavailable
@@ -175,13 +175,11 @@ class Daemon:
         webhook_session = webhook_http()
         runner: web.AppRunner | None = None
         try:
-            delivery = delivery_worker(
-                s, store, webhook_session, self.targets, self.metrics, self.clock, self.rng, self.health
-            )
-            scheduler = self._scheduler = scheduler_for(
-                s, store, upstream_session, self.targets, self.metrics, self.clock, self.rng, self.health,
-                on_events=delivery.wake,
+            delivery, scheduler = workers(
+                s, store, self.targets, self.metrics, self.clock, self.rng, self.health,
+                upstream_session=upstream_session, webhook_session=webhook_session,
             )  # fmt: skip
+            self._scheduler = scheduler
             # The API answers (`/healthz`, 503 from `/readyz`) while the store is opened and restored.
             self.state = AppState(
                 s, store, self.metrics, self.clock, self.health, self._loops, scheduler.wake, delivery.wake

@@ -14,6 +14,7 @@ import structlog
 from watcher.clock import Clock, sleep_or_stop
 from watcher.errors import StoreUnavailable
 from watcher.health import StoreHealth, outage_delay
+from watcher.loop import StoreLoop
 from watcher.metrics import Metrics
 from watcher.store.base import Store
 
@@ -24,8 +25,10 @@ log = structlog.get_logger("watcher.daemon")
 MIN_PAUSE_S = 1.0
 
 
-class Housekeeping:
+class Housekeeping(StoreLoop):
     """Refreshes the gauges from `Store.counts` and purges finished watches past `retention_s`."""
+
+    name = "housekeeping"
 
     def __init__(
         self,
@@ -38,11 +41,7 @@ class Housekeeping:
         purge_interval_s: float,
         retention_s: float,
     ) -> None:
-        self._store = store
-        self._metrics = metrics
-        self._health = health
-        self._clock = clock
-        self._rng = rng
+        super().__init__(store, metrics, clock, rng, health)
         self._purge_interval_s = purge_interval_s
         self._retention_s = retention_s
 
@@ -62,14 +61,14 @@ class Housekeeping:
                         log.info("watches.purged", count=purged)
                     last_purge = now
             except StoreUnavailable as exc:
-                await self._health.wait_out("housekeeping", exc, stop)
+                await self._health.wait_out(self.name, exc, stop)
                 continue
             except Exception as exc:  # stale gauges are no reason to stop the daemon: log, count, go on
                 failures += 1
-                self._metrics.loop_errors.labels(loop="housekeeping").inc()
+                self._contained()
                 log.error("housekeeping.failed", exc_info=exc)
                 await sleep_or_stop(clock, outage_delay(failures, self._rng), stop)
                 continue
             failures = 0
-            self._health.ok("housekeeping")
+            self._health.ok(self.name)
             await sleep_or_stop(clock, max(MIN_PAUSE_S, 10 * (clock.monotonic() - started)), stop)

@@ -22,11 +22,10 @@ import structlog
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
 
 
-def configure_logging(level: str = "info", fmt: str | None = None, stream: Any = None) -> None:
-    """Configure structlog and the root logger; `fmt` None picks json unless the stream is a TTY."""
+def configure_logging(level: str = "info", fmt: str = "json", stream: Any = None) -> None:
+    """Configure structlog and the root logger to write `fmt` ("json" or "console") lines to `stream`
+    (stdout by default); `[log] format` unset means console on a terminal (`LogConfig.resolved_format`)."""
     out = stream if stream is not None else sys.stdout
-    if fmt is None:
-        fmt = "console" if getattr(out, "isatty", lambda: False)() else "json"
     renderer: structlog.typing.Processor
     if fmt == "console":
         renderer = structlog.dev.ConsoleRenderer(colors=False)

@@ -4,7 +4,7 @@ delivery worker and the scheduler with its upstream client and rate limit. Build
 from __future__ import annotations
 
 import random
-from collections.abc import Callable
+from dataclasses import fields
 
 import aiohttp
 
@@ -24,20 +24,18 @@ from watcher.polling.scheduler import Scheduler
 from watcher.polling.upstream import UpstreamClient
 from watcher.store.base import Store
 
+# What a webhook's target and the polling policy take from their sections as they are; the rest is converted.
+_TARGET_KEYS = {"name", "url", "format", "timeout_s", "max_attempts", "retry_initial_s", "retry_max_s"}
+_POLICY_KEYS = {f.name for f in fields(PollingPolicy)} - {"terminal_statuses"}
+
 
 def webhook_targets(settings: Settings) -> dict[str, WebhookTarget]:
     """The configured webhooks as delivery targets, keyed by name."""
     return {
         w.name: WebhookTarget(
-            name=w.name,
-            url=str(w.url),
+            **w.model_dump(include=_TARGET_KEYS),
             secrets=tuple(w.all_secrets()),
             events=frozenset(w.events or ()),
-            format=w.format,
-            timeout_s=w.timeout_s,
-            max_attempts=w.max_attempts,
-            retry_initial_s=w.retry_initial_s,
-            retry_max_s=w.retry_max_s,
             headers=dict(w.headers),
         )
         for w in settings.webhooks
@@ -46,15 +44,8 @@ def webhook_targets(settings: Settings) -> dict[str, WebhookTarget]:
 
 def polling_policy(settings: Settings) -> PollingPolicy:
     """The `[polling]` section as the pure policy's parameters."""
-    p = settings.polling
     return PollingPolicy(
-        initial_interval_s=p.initial_interval_s,
-        multiplier=p.multiplier,
-        max_interval_s=p.max_interval_s,
-        jitter=p.jitter,
-        max_watch_s=p.max_watch_s,
-        not_found_limit=p.not_found_limit,
-        error_backoff_max_s=p.error_backoff_max_s,
+        **settings.polling.model_dump(include=_POLICY_KEYS),
         terminal_statuses=frozenset(settings.upstream.terminal_statuses),
     )
 
@@ -73,57 +64,45 @@ def webhook_http() -> aiohttp.ClientSession:
     return aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=100))
 
 
-def delivery_worker(
+def workers(
     settings: Settings,
     store: Store,
-    session: aiohttp.ClientSession,
-    targets: dict[str, WebhookTarget],
-    metrics: Metrics,
-    clock: Clock,
-    rng: random.Random,
-    health: StoreHealth,
-) -> DeliveryWorker:
-    """The worker that drains the outbox to `targets`."""
-    return DeliveryWorker(
-        store,
-        WebhookSender(session, clock),
-        targets,
-        metrics,
-        clock,
-        rng,
-        concurrency=settings.daemon.delivery_concurrency,
-        lease_s=settings.daemon.lease_s,
-        health=health,
-    )
-
-
-def scheduler_for(
-    settings: Settings,
-    store: Store,
-    session: aiohttp.ClientSession,
     targets: dict[str, WebhookTarget],
     metrics: Metrics,
     clock: Clock,
     rng: random.Random,
     health: StoreHealth,
     *,
-    on_events: Callable[[], None],
-) -> Scheduler:
-    """The scheduler polling every due watch, routing its events to `targets` by their filters."""
+    upstream_session: aiohttp.ClientSession,
+    webhook_session: aiohttp.ClientSession,
+) -> tuple[DeliveryWorker, Scheduler]:
+    """The worker that drains the outbox to `targets`, and the scheduler that polls every due watch, routes
+    its events to `targets` by their filters and wakes the worker when it saved some."""
     s = settings
+    delivery = DeliveryWorker(
+        store,
+        WebhookSender(webhook_session, clock),
+        targets,
+        metrics,
+        clock,
+        rng,
+        concurrency=s.daemon.delivery_concurrency,
+        lease_s=s.daemon.lease_s,
+        health=health,
+    )
     filters = [(t.name, t.events) for t in targets.values()]
 
     def route_event(event_type: str, watch: Watch) -> tuple[str, ...]:
         return route(event_type, watch, filters)
 
     upstream = UpstreamClient(
-        session,
+        upstream_session,
         s.upstream.credentials(),
         s.upstream.timeout_s,
         clock,
         max_body_bytes=s.upstream.max_body_bytes,
     )
-    return Scheduler(
+    scheduler = Scheduler(
         store,
         upstream,
         polling_policy(s),
@@ -134,6 +113,7 @@ def scheduler_for(
         route_event,
         max_concurrency=s.upstream.max_concurrency,
         lease_s=s.daemon.lease_s,
-        on_events=on_events,
+        on_events=delivery.wake,
         health=health,
     )
+    return delivery, scheduler

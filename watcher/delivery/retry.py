@@ -5,8 +5,8 @@ from __future__ import annotations
 import random
 
 from watcher.delivery.target import WebhookTarget
-from watcher.delivery.webhook import SendKind, SendResult
-from watcher.models import Delivery, DeliveryState, DeliveryUpdate
+from watcher.delivery.webhook import SendResult
+from watcher.models import DeadReason, Delivery, DeliveryOutcome, DeliveryState, DeliveryUpdate
 
 RETRY_JITTER = 0.2  # a delay is drawn from [1 - jitter, 1] x the nominal backoff, so it never exceeds the cap
 _MAX_ERROR_LEN = 200
@@ -35,9 +35,11 @@ def next_update(
     """The delivery's state after one attempt with `result`: delivered, dead, or pending for a retry."""
     attempts = delivery.attempts + 1
     reason = result.detail[:_MAX_ERROR_LEN] or result.kind.value
-    if result.kind is SendKind.SUCCESS:
+    if result.kind is DeliveryOutcome.SUCCESS:
         return DeliveryUpdate(DeliveryState.DELIVERED, attempts, now, None, delivered_at=now)
-    if result.kind is SendKind.DEAD or attempts >= target.max_attempts:
-        return DeliveryUpdate(DeliveryState.DEAD, attempts, now, reason)
+    if result.kind is DeliveryOutcome.DEAD:
+        return DeliveryUpdate(DeliveryState.DEAD, attempts, now, reason, dead_reason=result.dead_reason)
+    if attempts >= target.max_attempts:
+        return DeliveryUpdate(DeliveryState.DEAD, attempts, now, reason, dead_reason=DeadReason.MAX_ATTEMPTS)
     delay = retry_delay(attempts, target, rng, result.retry_after_s)
     return DeliveryUpdate(DeliveryState.PENDING, attempts, now + delay, reason)

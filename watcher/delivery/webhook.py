@@ -7,7 +7,6 @@ metrics and logging belong to the retry policy (`watcher.delivery.retry`) and th
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import StrEnum
 
 import aiohttp
 
@@ -16,29 +15,22 @@ from watcher.clock import Clock, SystemClock, parse_retry_after
 from watcher.delivery.bodies import one_line, render_body
 from watcher.delivery.signing import HEADER_ID, HEADER_SIGNATURE, HEADER_TIMESTAMP, sign
 from watcher.delivery.target import WebhookTarget
-from watcher.models import Delivery
+from watcher.models import DeadReason, Delivery, DeliveryOutcome
 
 USER_AGENT = f"job-watcher/{__version__}"
 MAX_RESPONSE_BYTES = 4096  # enough to drain a typical acknowledgement; receivers' bodies are never used
-
-
-class SendKind(StrEnum):
-    """How one attempt ended, as the transport sees it."""
-
-    SUCCESS = "success"
-    RETRY = "retry"
-    DEAD = "dead"
 
 
 @dataclass(frozen=True)
 class SendResult:
     """What one POST observed; `detail` is a short reason that is safe to log and store."""
 
-    kind: SendKind
+    kind: DeliveryOutcome
     status_code: int | None
     retry_after_s: float | None
     detail: str
     duration_s: float
+    dead_reason: DeadReason | None = None  # why, when `kind` is DEAD
 
 
 class WebhookSender:
@@ -80,11 +72,11 @@ class WebhookSender:
                 reason = resp.reason or ""
                 retry_after_header = resp.headers.get("Retry-After")
         except TimeoutError:
-            return SendResult(SendKind.RETRY, None, None, "timeout", self._clock.monotonic() - start)
+            return SendResult(DeliveryOutcome.RETRY, None, None, "timeout", self._clock.monotonic() - start)
         except (aiohttp.ClientError, OSError) as exc:
             # The exception text may name the URL (whose path can be a secret), so only its type is kept.
             detail = f"connection error: {type(exc).__name__}"
-            return SendResult(SendKind.RETRY, None, None, detail, self._clock.monotonic() - start)
+            return SendResult(DeliveryOutcome.RETRY, None, None, detail, self._clock.monotonic() - start)
         duration = self._clock.monotonic() - start
         return classify(status, reason, retry_after_header, self._clock.now(), duration)
 
@@ -93,10 +85,10 @@ def classify(status: int, reason: str, retry_after: str | None, now: float, dura
     """Turn an HTTP answer into a `SendResult`: 2xx success, 410 dead, anything else retryable."""
     label = f"HTTP {status}"
     if 200 <= status < 300:
-        return SendResult(SendKind.SUCCESS, status, None, label, duration_s)
+        return SendResult(DeliveryOutcome.SUCCESS, status, None, label, duration_s)
     if status == 410:
-        return SendResult(SendKind.DEAD, status, None, f"{label} Gone", duration_s)
+        return SendResult(DeliveryOutcome.DEAD, status, None, f"{label} Gone", duration_s, DeadReason.GONE)
     if 300 <= status < 400:
-        return SendResult(SendKind.RETRY, status, None, f"{label} redirect not followed", duration_s)
+        return SendResult(DeliveryOutcome.RETRY, status, None, f"{label} redirect not followed", duration_s)
     detail = f"{label} {one_line(reason, 60)}".rstrip()
-    return SendResult(SendKind.RETRY, status, parse_retry_after(retry_after, now), detail, duration_s)
+    return SendResult(DeliveryOutcome.RETRY, status, parse_retry_after(retry_after, now), detail, duration_s)

@@ -20,26 +20,26 @@ from watcher.clock import Clock
 from watcher.containment import as_store_error, describe, safe_line
 from watcher.delivery.retry import next_update
 from watcher.delivery.target import WebhookTarget
-from watcher.delivery.webhook import SendKind, SendResult, WebhookSender
+from watcher.delivery.webhook import SendResult, WebhookSender
 from watcher.errors import StoreUnavailable
 from watcher.health import StoreHealth
+from watcher.loop import StoreLoop
 from watcher.metrics import Metrics
-from watcher.models import Delivery, DeliveryState, DeliveryUpdate
+from watcher.models import DeadReason, Delivery, DeliveryOutcome, DeliveryState, DeliveryUpdate
 from watcher.store.base import Store
 
 log = structlog.get_logger("watcher.delivery")
 
-NOT_CONFIGURED = "webhook not configured"
+NOT_CONFIGURED = "webhook not configured"  # the `last_error` of a delivery dead for `NOT_CONFIGURED`
 # When due deliveries exist but none could be claimed (they wait behind an earlier one of the same pair),
 # re-check with a growing pause instead of spinning; reset as soon as a claim returns something.
 _BLOCKED_PAUSE_MIN_S = 0.005
 
 
-_OUTCOME = {DeliveryState.DELIVERED: "success", DeliveryState.PENDING: "retry", DeliveryState.DEAD: "dead"}
-
-
-class DeliveryWorker:
+class DeliveryWorker(StoreLoop):
     """Sends due deliveries with bounded concurrency until stopped; wake it when new events are saved."""
+
+    name = "delivery"
 
     def __init__(
         self,
@@ -57,25 +57,16 @@ class DeliveryWorker:
     ) -> None:
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
-        self._store = store
+        super().__init__(store, metrics, clock, rng, health)
         self._sender = sender
         self._targets = dict(targets)
-        self._metrics = metrics
-        self._clock = clock
-        self._rng = rng
         self._concurrency = concurrency
         self._lease_s = lease_s
         self._max_idle_s = max_idle_s
-        self._health = health or StoreHealth(clock, rng)
         self._stop: asyncio.Event | None = None
         self._wake = asyncio.Event()
         self._in_flight: set[asyncio.Task[None]] = set()
         self._blocked_pause = 0.0
-
-    @property
-    def in_flight(self) -> int:
-        """How many sends are running now."""
-        return len(self._in_flight)
 
     def wake(self) -> None:
         """Look for new deliveries at once (called by the scheduler after it saved events)."""
@@ -96,12 +87,12 @@ class DeliveryWorker:
                 try:
                     delay_s = await self._claim_and_start()
                 except StoreUnavailable as exc:
-                    await self._health.wait_out("delivery", exc, stop)
+                    await self._health.wait_out(self.name, exc, stop)
                     continue
                 except Exception as exc:  # e.g. a row that cannot be read back: not ready, never dead
-                    self._metrics.loop_errors.labels(loop="delivery").inc()
+                    self._contained()
                     log.error("delivery.claim_failed", exc_info=exc)
-                    await self._health.wait_out("delivery", as_store_error(exc), stop)
+                    await self._health.wait_out(self.name, as_store_error(exc), stop)
                     continue
                 await self._wait(stop, delay_s)
                 self._reap()
@@ -125,7 +116,7 @@ class DeliveryWorker:
         self._wake.clear()
         now = self._clock.now()
         claimed = await self._store.claim_deliveries(now, room, self._lease_s)
-        self._health.ok("delivery")
+        self._health.ok(self.name)
         for delivery in claimed:
             target = self._targets.get(delivery.webhook)
             if target is None:
@@ -174,7 +165,7 @@ class DeliveryWorker:
             self._in_flight.discard(task)
             exc = None if task.cancelled() else task.exception()
             if exc is not None:
-                self._metrics.loop_errors.labels(loop="delivery").inc()
+                self._contained()
                 log.error("delivery.task_failed", task=task.get_name(), exc_info=exc)
 
     async def _cancel_in_flight(self) -> None:
@@ -191,7 +182,7 @@ class DeliveryWorker:
         except Exception as exc:  # a bug in the sender must fail one attempt, not the worker
             log.exception("delivery.send_crashed", webhook=target.name, event_id=delivery.event.id)
             detail = f"internal error: {type(exc).__name__}"
-            result = SendResult(SendKind.RETRY, None, None, detail, self._clock.monotonic() - start)
+            result = SendResult(DeliveryOutcome.RETRY, None, None, detail, self._clock.monotonic() - start)
         now = self._clock.now()
         update = next_update(delivery, result, now, target, self._rng)
         kept = await self._finish(delivery, update)
@@ -220,10 +211,10 @@ class DeliveryWorker:
                         reason=str(exc),
                     )
                     return None
-                await self._health.wait_out("delivery", exc, self._stop)
+                await self._health.wait_out(self.name, exc, self._stop)
                 continue
             except Exception as exc:  # this record's own failure, not the store being out
-                self._metrics.loop_errors.labels(loop="delivery").inc()
+                self._contained()
                 if sanitised:
                     log.error("delivery.not_recorded", delivery_id=delivery.id, error=describe(exc))
                     return None
@@ -237,15 +228,18 @@ class DeliveryWorker:
                 update = replace(update, last_error=reason)
                 sanitised = True
                 continue
-            self._health.ok("delivery")
+            self._health.ok(self.name)
             return kept
 
     async def _finish_unconfigured(self, delivery: Delivery, now: float) -> None:
-        update = DeliveryUpdate(DeliveryState.DEAD, delivery.attempts, now, NOT_CONFIGURED)
+        reason = DeadReason.NOT_CONFIGURED
+        update = DeliveryUpdate(
+            DeliveryState.DEAD, delivery.attempts, now, NOT_CONFIGURED, dead_reason=reason
+        )
         kept = await self._finish(delivery, update)
         if kept is None:
             return
-        result = SendResult(SendKind.DEAD, None, None, NOT_CONFIGURED, 0.0)
+        result = SendResult(DeliveryOutcome.DEAD, None, None, NOT_CONFIGURED, 0.0, reason)
         self._record(delivery, update, result, now, kept, sent=False)
 
     def _record(
@@ -259,12 +253,12 @@ class DeliveryWorker:
         sent: bool = True,
     ) -> None:
         """Metrics and one log event per attempt outcome."""
-        outcome = _OUTCOME[update.state]
+        outcome = update.outcome
         webhook = delivery.webhook
         self._metrics.deliveries.labels(webhook=webhook, outcome=outcome).inc()
         if sent:
             self._metrics.delivery_duration.labels(webhook=webhook).observe(result.duration_s)
-        if update.state is DeliveryState.DELIVERED:
+        if outcome is DeliveryOutcome.SUCCESS:
             self._metrics.notify_lag.observe(max(0.0, now - delivery.event.created_at))
         fields = {
             "job_id": delivery.event.job_id,
@@ -279,9 +273,9 @@ class DeliveryWorker:
         if not kept:
             # Another worker took the lease over (it expired mid-send); its outcome is the one that counts.
             log.warning("delivery.lease_lost", **fields)
-        if update.state is DeliveryState.DELIVERED:
+        if outcome is DeliveryOutcome.SUCCESS:
             log.info("delivery.success", duration_s=round(result.duration_s, 4), **fields)
-        elif update.state is DeliveryState.PENDING:
+        elif outcome is DeliveryOutcome.RETRY:
             log.warning("delivery.retry", retry_in_s=round(update.next_attempt_at - now, 3), **fields)
         else:
             log.error("delivery.dead", **fields)

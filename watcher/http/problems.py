@@ -108,14 +108,11 @@ def token_matches(presented: str | None, tokens: Sequence[str]) -> bool:
     return found
 
 
-def require_token(request: web.Request, tokens: Sequence[str], presented: str | None = None) -> None:
-    """Raise a 401 problem unless no tokens are configured or the request carries one of them.
-
-    `presented` overrides the Authorization header, e.g. for a token typed into an HTML form.
-    """
+def require_token(request: web.Request, tokens: Sequence[str]) -> None:
+    """Raise a 401 problem unless no tokens are configured or the request carries one of them."""
     if not tokens:
         return
-    if token_matches(presented if presented is not None else bearer_token(request), tokens):
+    if token_matches(bearer_token(request), tokens):
         return
     raise Problem(
         401,

@@ -14,15 +14,7 @@ from typing import Any
 
 from watcher.clock import parse_timestamp
 from watcher.events import transition_event, verdict_event
-from watcher.models import (
-    TERMINAL_STATUSES,
-    FinalState,
-    NewEvent,
-    PollOutcome,
-    PollResult,
-    SavedPoll,
-    Watch,
-)
+from watcher.models import TERMINAL_STATUSES, FinalState, NewEvent, PollOutcome, PollResult, SavedPoll, Watch
 from watcher.statuses import status_name
 
 # Beyond this many doublings every realistic error backoff has long hit its cap; clamping the exponent

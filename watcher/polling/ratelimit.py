@@ -56,11 +56,6 @@ class TokenBucket:
         """The rate the bucket was built with and recovers to."""
         return self._configured
 
-    @property
-    def hold_until(self) -> float:
-        """The monotonic time before which no acquire returns (a past time when there is no hold)."""
-        return self._hold_until
-
     def _slot(self, now: float) -> float:
         """When the next token is free: up to `burst` slots may be taken ahead of the steady schedule."""
         return max(now, self._next_free - (self._burst - 1.0) / self._rate, self._hold_until)

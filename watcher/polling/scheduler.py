@@ -19,12 +19,13 @@ from watcher.clock import Clock
 from watcher.containment import QUARANTINE_AFTER, as_store_error, describe
 from watcher.errors import StoreUnavailable
 from watcher.health import StoreHealth
+from watcher.loop import StoreLoop
 from watcher.metrics import Metrics, observe_many
 from watcher.models import PollOutcome, PollResult, Watch
 from watcher.polling.errorlog import ErrorLogLimiter
 from watcher.polling.policy import Decision, PollingPolicy, decide, error_delay, is_expired
 from watcher.polling.ratelimit import TokenBucket
-from watcher.polling.writer import BatchWriter
+from watcher.polling.writer import BatchWriter, WriterEvents
 from watcher.statuses import metric_label
 from watcher.store.base import Store
 
@@ -41,13 +42,15 @@ class JobFetcher(Protocol):
         ...
 
 
-class Scheduler:
+class Scheduler(StoreLoop):
     """Claims due watches from the store and runs their polls within the concurrency and rate limits.
 
     `max_concurrency` worker coroutines take claimed watches from a local queue, one poll at a time each.
     The queue is refilled with one `claim_due` call per batch, and the poll results go back to the store
     in batches through `BatchWriter`: neither a claim nor a save costs a store round trip per poll.
     """
+
+    name = "scheduler"
 
     def __init__(
         self,
@@ -66,13 +69,10 @@ class Scheduler:
         on_events: Callable[[], None] | None = None,
         health: StoreHealth | None = None,
     ) -> None:
-        self._store = store
+        super().__init__(store, metrics, clock, rng, health)
         self._fetcher = fetcher
         self._policy = policy
         self._bucket = bucket
-        self._metrics = metrics
-        self._clock = clock
-        self._rng = rng
         self._route = route
         self._max_concurrency = max_concurrency
         # Claimed ahead of the workers, so a worker that finishes finds its next watch without a store trip.
@@ -81,14 +81,16 @@ class Scheduler:
         self._max_idle_s = max_idle_s
         self._on_events = on_events
         self._noting: set[asyncio.Task[None]] = set()  # failures being written (see `_item_failed`)
-        self._health = health or StoreHealth(clock, rng)
+        saving = f"{self.name}.save"
         self._writer = BatchWriter(
             store,
-            self._saved,
-            self._store_failed,
-            self._item_failed,
-            wait_out=lambda exc: self._health.wait_out("scheduler.save", exc),
-            recovered=lambda: self._health.ok("scheduler.save"),
+            WriterEvents(
+                saved=self._saved,
+                failed=self._store_failed,
+                item_failed=self._item_failed,
+                wait_out=lambda exc: self._health.wait_out(saving, exc),
+                recovered=lambda: self._health.ok(saving),
+            ),
         )
         # Results waiting for the store beyond this stop further claims: a stalled store stalls polling.
         self._max_unsaved = 4 * max_concurrency + 512
@@ -133,7 +135,7 @@ class Scheduler:
                     if want > 0:
                         now = self._clock.now()
                         watches = await self._store.claim_due(now, want, self._lease_s)
-                        self._health.ok("scheduler")
+                        self._health.ok(self.name)
                         claimed = len(watches)
                         for watch in watches:
                             self._hand_out(watch)
@@ -142,11 +144,11 @@ class Scheduler:
                         continue
                     await self._idle(stop_wait, want > 0)
                 except StoreUnavailable as exc:
-                    await self._health.wait_out("scheduler", exc, stop)
+                    await self._health.wait_out(self.name, exc, stop)
                 except Exception as exc:  # e.g. a row that cannot be read back: not ready, never dead
-                    self._metrics.loop_errors.labels(loop="scheduler").inc()
+                    self._contained()
                     log.error("scheduler.claim_failed", exc_info=exc)
-                    await self._health.wait_out("scheduler", as_store_error(exc), stop)
+                    await self._health.wait_out(self.name, as_store_error(exc), stop)
             await self._stop(workers)
         finally:
             self._writer.cancel()
@@ -255,7 +257,7 @@ class Scheduler:
         lease runs out and the watch is polled again later, so nothing is lost.
         """
         watch = item.saved.watch if isinstance(item, Decision) else item
-        self._metrics.loop_errors.labels(loop="scheduler").inc()
+        self._contained()
         log.error(
             "watch.handling_failed",
             job_id=watch.job_id,
@@ -355,7 +357,7 @@ class Scheduler:
                     try:
                         self._record(decision)  # most polls change nothing and have nothing to record
                     except Exception:  # saved already: a failing log line or metric must not stop the writer
-                        self._metrics.loop_errors.labels(loop="scheduler").inc()
+                        self._contained()
                         log.exception("scheduler.record_failed", job_id=decision.saved.watch.job_id)
             else:
                 watch = decision.saved.watch

@@ -4,10 +4,22 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 
 from watcher.errors import StoreUnavailable
 from watcher.polling.policy import Decision
 from watcher.store.base import Store
+
+
+@dataclass(frozen=True, slots=True)
+class WriterEvents:
+    """What a `BatchWriter` tells its owner (the scheduler)."""
+
+    saved: Callable[[list[Decision], list[bool]], None]  # a batch was committed, with the store's verdicts
+    failed: Callable[[BaseException], None]  # writing failed for good: nothing more is written
+    item_failed: Callable[[Decision, BaseException], None]  # one decision's own data made its save fail
+    wait_out: Callable[[StoreUnavailable], Awaitable[None]] | None = None  # an outage: back off, then retry
+    recovered: Callable[[], None] | None = None  # a write worked again after an outage
 
 
 class BatchWriter:
@@ -17,34 +29,21 @@ class BatchWriter:
     that carries it is committed, so nobody polls it twice meanwhile. One flush runs at a time. A decision
     that stores an event (a transition, a verdict) is written at once, since a webhook waits for it; the
     others (most polls see no change) linger up to `linger_s` so they are written in bigger batches, which
-    costs the store less per row. `on_saved` gets each batch with the store's verdicts.
+    costs the store less per row. Its owner hears of each batch and failure through `WriterEvents`.
 
     A batch that fails for a reason of its own items (not the store being out) is split in halves until
     each failing item is alone (one poisoned row must not take the others with it, SPEC §16); each such
-    item goes to `on_item_failed`. A store outage (`StoreUnavailable`) is different: what is not written
+    item goes to `item_failed`. A store outage (`StoreUnavailable`) is different: what is not written
     yet is kept and written again after `wait_out` (the caller's backoff) until the store takes it, and
     `stalled` is true meanwhile so that the scheduler neither claims nor polls; `recovered` is called when
-    a write works again. Without `wait_out`, an outage goes to `on_error` and nothing more is written.
+    a write works again. Without `wait_out`, an outage goes to `failed` and nothing more is written.
     """
 
     def __init__(
-        self,
-        store: Store,
-        on_saved: Callable[[list[Decision], list[bool]], None],
-        on_error: Callable[[BaseException], None],
-        on_item_failed: Callable[[Decision, BaseException], None],
-        max_batch: int = 512,
-        linger_s: float = 0.1,
-        *,
-        wait_out: Callable[[StoreUnavailable], Awaitable[None]] | None = None,
-        recovered: Callable[[], None] | None = None,
+        self, store: Store, events: WriterEvents, max_batch: int = 512, linger_s: float = 0.1
     ) -> None:
         self._store = store
-        self._on_saved = on_saved
-        self._on_error = on_error
-        self._on_item_failed = on_item_failed
-        self._wait_out = wait_out
-        self._recovered = recovered
+        self._events = events
         self._healthy = asyncio.Event()
         self._healthy.set()
         self._max_batch = max_batch
@@ -112,16 +111,16 @@ class BatchWriter:
                 raise
             except Exception as exc:  # the items' own: not the store being out (SPEC §16)
                 if len(part) == 1:
-                    self._on_item_failed(part[0], exc)
+                    self._events.item_failed(part[0], exc)
                 else:
                     half = len(part) // 2
                     parts += [part[half:], part[:half]]  # the first half is tried first
                 continue
             if not self._healthy.is_set():
                 self._healthy.set()
-                if self._recovered is not None:
-                    self._recovered()
-            self._on_saved(part, results)
+                if self._events.recovered is not None:
+                    self._events.recovered()
+            self._events.saved(part, results)
 
     def _schedule(self) -> None:
         if self._failed or self._task is not None or not self._pending:
@@ -150,18 +149,18 @@ class BatchWriter:
                 try:
                     await self._save(batch)
                 except StoreUnavailable as exc:
-                    if self._wait_out is None:
+                    if self._events.wait_out is None:
                         self._failed = True
                         self._pending = []
-                        self._on_error(exc)
+                        self._events.failed(exc)
                         return
                     self._healthy.clear()
-                    await self._wait_out(exc)
+                    await self._events.wait_out(exc)
                     continue
                 except Exception as exc:
                     self._failed = True
                     self._pending = []
-                    self._on_error(exc)
+                    self._events.failed(exc)
                     return
                 finally:
                     self._writing = 0

@@ -20,6 +20,7 @@ from watcher.clock import Clock
 from watcher.errors import StoreUnavailable
 from watcher.health import StoreHealth
 from watcher.ids import is_uuid
+from watcher.loop import StoreLoop
 from watcher.metrics import Metrics
 from watcher.models import Registration, Source
 from watcher.store.base import Store
@@ -104,8 +105,10 @@ def _read(path: Path, known: _Signature | None) -> _Snapshot:
     return _Snapshot(after, text)
 
 
-class WatchlistReloader:
+class WatchlistReloader(StoreLoop):
     """Keeps the store's FILE-sourced watches equal to the watch-list file."""
+
+    name = "watchlist"
 
     def __init__(
         self,
@@ -120,15 +123,12 @@ class WatchlistReloader:
         on_change: Callable[[], None] | None = None,
         health: StoreHealth | None = None,
     ) -> None:
+        super().__init__(store, metrics, clock, health=health)
         self._path = path
-        self._store = store
         self._default_workspace = default_workspace
         self._workspaces = frozenset(workspaces)
-        self._clock = clock
         self._interval = reload_interval_s
-        self._metrics = metrics
         self._on_change = on_change
-        self._health = health or StoreHealth(clock)
         self._applied: _Signature | None = None  # the file version the store reflects
         self._failure: str | None = None  # the last failure reported, so a lasting one is logged once
         self._triggered = asyncio.Event()
@@ -190,12 +190,12 @@ class WatchlistReloader:
         while not stop.is_set():
             try:
                 await self.reload(force=force)
-                self._health.ok("watchlist")
+                self._health.ok(self.name)
             except StoreUnavailable as exc:
-                await self._health.wait_out("watchlist", exc, stop)
+                await self._health.wait_out(self.name, exc, stop)
                 continue
             except Exception:
-                self._metrics.loop_errors.labels(loop="watchlist").inc()
+                self._contained()
                 log.exception("watchlist.reload_failed", path=str(self._path))
             force = await self._wait(stop)
 

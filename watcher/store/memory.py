@@ -15,14 +15,20 @@ from watcher.models import (
     DeliveryState,
     DeliveryUpdate,
     Event,
-    FailureNoted,
     Registration,
     SavedPoll,
     Source,
-    StoreCounts,
     Watch,
 )
-from watcher.store.base import RegisterResult, SyncResult, WatchPage
+from watcher.store.base import (
+    DeliveryQuery,
+    FailureNoted,
+    RegisterResult,
+    StoreCounts,
+    SyncResult,
+    WatchPage,
+    WatchQuery,
+)
 from watcher.store.indexed import IndexedStore
 
 
@@ -139,23 +145,16 @@ class MemoryStore(IndexedStore):
         w = self._watches.get(job_id)
         return None if w is None else _copy_watch(w)
 
-    async def list_watches(
-        self,
-        *,
-        status: str | None = None,
-        limit: int = 100,
-        cursor: str | None = None,
-        label: tuple[str, str] | None = None,
-    ) -> WatchPage:
+    async def _list_watches(self, query: WatchQuery) -> WatchPage:
         """Watches ordered by job id after `cursor` (the last id of the previous page)."""
-        ids = sorted(j for j in self._watches if cursor is None or j > cursor)
+        ids = sorted(j for j in self._watches if query.cursor is None or j > query.cursor)
         page: list[Watch] = []
         for job_id in ids:
             w = self._watches[job_id]
-            if (status is None or w.list_status == status) and (
-                label is None or w.labels.get(label[0]) == label[1]
+            if (query.status is None or w.list_status == query.status) and (
+                query.label is None or w.labels.get(query.label[0]) == query.label[1]
             ):
-                if len(page) == limit:
+                if len(page) == query.limit:
                     return WatchPage(page, page[-1].job_id)
                 page.append(_copy_watch(w))
         return WatchPage(page, None)
@@ -306,25 +305,17 @@ class MemoryStore(IndexedStore):
         del self._lease_until[d.id]
         return True
 
-    async def list_deliveries(
-        self,
-        *,
-        state: str | None = None,
-        webhook: str | None = None,
-        limit: int = 100,
-        before: int | None = None,
-        job_id: str | None = None,
-    ) -> list[Delivery]:
+    async def _list_deliveries(self, query: DeliveryQuery) -> list[Delivery]:
         """Newest first, below the `before` cursor."""
         out: list[Delivery] = []
         for d in reversed(self._deliveries.values()):
-            if len(out) == limit:
+            if len(out) == query.limit:
                 break
             if (
-                (before is None or d.id < before)
-                and (state is None or d.state == state)
-                and (webhook is None or d.webhook == webhook)
-                and (job_id is None or d.event.job_id == job_id)
+                (query.before is None or d.id < query.before)
+                and (query.state is None or d.state == query.state)
+                and (query.webhook is None or d.webhook == query.webhook)
+                and (query.job_id is None or d.event.job_id == query.job_id)
             ):
                 out.append(replace(d))
         return out

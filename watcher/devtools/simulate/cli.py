@@ -10,7 +10,7 @@ import signal
 import sys
 from typing import Any
 
-from watcher.devtools.simulate.faults import POISON_VARIANTS, Faults
+from watcher.devtools.simulate.faults import FAULT_KINDS, POISON_VARIANTS, Faults
 from watcher.devtools.simulate.jobs import random_script
 from watcher.devtools.simulate.server import Simulator
 from watcher.models import KNOWN_STATUSES
@@ -36,8 +36,8 @@ def _parser() -> OneLineParser:
     p.add_argument("--api-key", default="sim-key", help="x-api-key clients must send (local testing)")
     p.add_argument("--workspace-slug", default="sim", help="x-workspace-slug clients must send")
     p.add_argument("--seed", type=int, default=None, help="seed for faults and generated jobs")
-    for name in ("server-error", "rate-limit", "garbage", "slow", "drop", "poison"):
-        p.add_argument(f"--fault-{name}", type=_fraction, default=0.0, metavar="FRACTION")
+    for kind in FAULT_KINDS:
+        p.add_argument(f"--fault-{kind.replace('_', '-')}", type=_fraction, default=0.0, metavar="FRACTION")
     p.add_argument(
         "--poison-variant",
         choices=POISON_VARIANTS,
@@ -65,14 +65,9 @@ def _build(argv: list[str]) -> tuple[Simulator, str, int]:
         raise UsageError("--jobs must be >= 0 and --port in 0..65535")
     try:
         faults = Faults(
-            server_error=args.fault_server_error,
-            rate_limit=args.fault_rate_limit,
+            **{kind: getattr(args, f"fault_{kind}") for kind in FAULT_KINDS},
             retry_after_s=args.retry_after_s,
-            garbage=args.fault_garbage,
-            slow=args.fault_slow,
             slow_s=args.slow_s,
-            drop=args.fault_drop,
-            poison=args.fault_poison,
             poison_variant=args.poison_variant,
         )
     except ValueError as exc:

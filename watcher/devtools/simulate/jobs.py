@@ -143,6 +143,7 @@ class SimState:
         clock: Clock | None = None,
         faults: Faults | None = None,
         max_log: int = 100_000,
+        shutdown_timeout_s: float = 2.0,
         unknown_jobs: str | None = None,
     ) -> None:
         self.rng = rng if rng is not None else random.Random(0)
@@ -164,6 +165,7 @@ class SimState:
         self._inflight: dict[str, int] = {}
         self._max_inflight = 0
         self._concurrent_jobs: set[str] = set()
+        self._shutdown_timeout_s = shutdown_timeout_s  # what a stopping server gives requests in flight
         # `watcher bench`: any UUID not created through the control API answers as a job in this status,
         # so a million watches need no million control calls. None (the default): such ids are 404.
         if unknown_jobs is not None and unknown_jobs not in KNOWN_STATUSES:

@@ -9,19 +9,16 @@ tests (`watcher simulate`). Time comes from an injected clock, fault decisions f
 from __future__ import annotations
 
 import json
-import random
 import uuid
-from collections.abc import Mapping
 from typing import Any, Final
 
 from aiohttp import web
 
-from watcher.clock import Clock, iso_utc
+from watcher.clock import iso_utc
 from watcher.devtools.simulate.control import add_control_routes
 from watcher.devtools.simulate.faults import (
     GARBAGE_VARIANTS,
     POISON_VARIANTS,
-    Faults,
     garbage_body,
     poison_body,
 )
@@ -41,33 +38,7 @@ def _delta_seconds(value: float) -> str:
 class Simulator(SimState):
     """The simulated upstream and the aiohttp app serving it (`start`, `url`, `stop`)."""
 
-    def __init__(
-        self,
-        *,
-        token: str = "sim-token",  # noqa: S107 -- a documented throwaway value for local testing
-        api_key: str = "sim-key",
-        workspace_slug: str = "sim",
-        workspaces: Mapping[str, tuple[str, str]] | None = None,
-        rng: random.Random | None = None,
-        clock: Clock | None = None,
-        faults: Faults | None = None,
-        max_log: int = 100_000,
-        shutdown_timeout_s: float = 2.0,
-        unknown_jobs: str | None = None,
-    ) -> None:
-        super().__init__(
-            token=token,
-            api_key=api_key,
-            workspace_slug=workspace_slug,
-            workspaces=workspaces,
-            rng=rng,
-            clock=clock,
-            faults=faults,
-            max_log=max_log,
-            unknown_jobs=unknown_jobs,
-        )
-        self._shutdown_timeout_s = shutdown_timeout_s
-        self._runner: web.AppRunner | None = None
+    _runner: web.AppRunner | None = None
 
     def _authorize(self, request: web.Request) -> web.Response | None:
         auth = request.headers.get("Authorization", "")

@@ -19,7 +19,8 @@ from aiohttp import web
 from watcher import __version__
 from watcher.http.problems import bearer_token, problem_response, token_matches
 from watcher.http.state import AppState
-from watcher.http.statuspage.render import CSP, LIST_STATUSES, PageView, render
+from watcher.http.statuspage.render import CSP, PageView, render
+from watcher.statuses import LIST_STATUSES
 
 log = structlog.get_logger("watcher.statuspage")
 

@@ -18,11 +18,8 @@ from urllib.parse import urlencode
 
 from watcher.clock import iso_utc
 from watcher.models import Delivery, Event, Watch
+from watcher.statuses import FINISHED_STATUSES, LIST_STATUSES, UNFINISHED_STATUSES
 
-# Display order of the count cards: not yet finished (the queue depth) first, then the final states.
-UNFINISHED = ("unknown", "created", "queued", "active", "retrying")
-FINISHED = ("success", "failed", "expired", "missing")
-LIST_STATUSES = frozenset(UNFINISHED + FINISHED)
 _MAX_GROWN = 20  # cards for statuses the upstream grew (SPEC §2); a page stays bounded whatever it sends
 _FIRST = '<span class="dim">(first seen)</span>'
 _CUT = 160  # longest error or label text shown in a cell; the full text is in the cell's title
@@ -107,8 +104,8 @@ def _counts(v: PageView) -> str:
         )
 
     grown_open, grown_done = _grown(v)
-    unfinished, finished = UNFINISHED + grown_open, FINISHED + grown_done
-    depth = sum(n for s, n in v.counts.items() if s not in FINISHED and s not in v.terminal_statuses)
+    unfinished, finished = UNFINISHED_STATUSES + grown_open, FINISHED_STATUSES + grown_done
+    depth = sum(n for s, n in v.counts.items() if s not in FINISHED_STATUSES and s not in v.terminal_statuses)
     return (
         '<section id="counts"><h2>Watches by status</h2>'
         f'<div class="group"><h3>Being watched: <span id="queue-depth">{depth}</span></h3>'
@@ -129,7 +126,7 @@ def _labels(labels: Mapping[str, str]) -> str:
 def _watches(v: PageView) -> str:
     tabs = [f'<a href="./"{" class=current" if v.status is None else ""}>all</a>']
     grown_open, grown_done = _grown(v)
-    for s in UNFINISHED + grown_open + FINISHED + grown_done:
+    for s in UNFINISHED_STATUSES + grown_open + FINISHED_STATUSES + grown_done:
         cur = " class=current" if v.status == s else ""
         tabs.append(f'<a href="{_e(_href(status=s))}"{cur}>{_e(s)}</a>')
     rows = [

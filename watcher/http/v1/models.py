@@ -13,6 +13,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 from pydantic_core import PydanticCustomError
 
 from watcher.ids import UUID_PATTERN
+from watcher.statuses import FINISHED_STATUSES, UNFINISHED_STATUSES
 
 MAX_LABELS = 32
 MAX_LABEL_VALUE = 256
@@ -60,8 +61,7 @@ ListStatus = Annotated[
     str,
     Field(
         pattern=r"^[^\x00-\x1f\x7f]{1,64}$",
-        examples=["unknown", "created", "queued", "active", "success", "failed", "retrying", "expired",
-                  "missing", "cancelled"],
+        examples=[*UNFINISHED_STATUSES, *FINISHED_STATUSES, "cancelled"],
     ),
 ]  # fmt: skip
 DeliveryStateName = Literal["pending", "delivered", "dead"]

@@ -211,32 +211,14 @@ WHERE id = $2 AND state = 'dead'
 RETURNING id"""  # noqa: S608
 
 
+# The columns of `WATCH_COLS` that are `Watch` fields as they come (the JSON list and the lease are not).
+_WATCH_AS_IS = tuple(f for f in WATCH_FIELDS if f not in ("webhooks", "lease"))
+
+
 def watch_row(r: asyncpg.Record) -> Watch:
     """A watch from a row of `WATCH_COLS`."""
-    return Watch(
-        job_id=r["job_id"],
-        workspace=r["workspace"],
-        sources=r["sources"],
-        registered_at=r["registered_at"],
-        labels=r["labels"],
-        webhooks=None if r["webhooks"] is None else tuple(r["webhooks"]),
-        max_watch_s=r["max_watch_s"],
-        status=r["status"],
-        final=r["final"],
-        polls=r["polls"],
-        streak=r["streak"],
-        errors=r["errors"],
-        not_found=r["not_found"],
-        next_poll_at=r["next_poll_at"],
-        last_polled_at=r["last_polled_at"],
-        finished_at=r["finished_at"],
-        last_error=r["last_error"],
-        upstream_updated_at=r["upstream_updated_at"],
-        lease=r["lease"] or 0,
-        failures=r["failures"],
-        quarantined_at=r["quarantined_at"],
-        quarantine_reason=r["quarantine_reason"],
-    )
+    webhooks = None if r["webhooks"] is None else tuple(r["webhooks"])
+    return Watch(**{f: r[f] for f in _WATCH_AS_IS}, webhooks=webhooks, lease=r["lease"] or 0)
 
 
 def event_row(r: asyncpg.Record) -> Event:

@@ -21,18 +21,17 @@ from collections.abc import Callable, Sequence
 import asyncpg  # type: ignore[import-untyped]  # asyncpg ships no type information
 
 from watcher.clock import Clock, SystemClock
-from watcher.models import (
-    Delivery,
-    DeliveryUpdate,
-    Event,
+from watcher.models import Delivery, DeliveryUpdate, Event, Registration, SavedPoll, Source, Watch
+from watcher.store.base import (
+    DeliveryQuery,
     FailureNoted,
-    Registration,
-    SavedPoll,
-    Source,
+    RegisterResult,
+    Store,
     StoreCounts,
-    Watch,
+    SyncResult,
+    WatchPage,
+    WatchQuery,
 )
-from watcher.store.base import RegisterResult, Store, SyncResult, WatchPage
 from watcher.store.postgres import sql as q
 from watcher.store.postgres.conn import PgPool, PgTarget, dumps, parse_url
 from watcher.store.sql import (
@@ -80,6 +79,15 @@ class PostgresStore(Store):
         if self.shared:
             return None, when - self._clock.now()
         return 0.0, when
+
+    async def _claim(
+        self, sql: str, now: float, limit: int, lease_s: float, key: str
+    ) -> list[asyncpg.Record]:
+        """Run a claim statement: its rows, earliest due first (then by `key`); none when `limit` is 0."""
+        if limit <= 0:
+            return []
+        rows = await self.pool.run(lambda c: c.fetch(sql, self._now(now), limit, lease_s), tx=False)
+        return sorted(rows, key=lambda r: (r["due"], r[key]))
 
     # -- watches --------------------------------------------------------------------------------------
 
@@ -184,30 +192,20 @@ class PostgresStore(Store):
             row = await conn.fetchrow(f"SELECT {q.WATCH_COLS} FROM watches WHERE job_id = $1", job_id)  # noqa: S608
         return None if row is None else q.watch_row(row)
 
-    async def list_watches(
-        self,
-        *,
-        status: str | None = None,
-        limit: int = 100,
-        cursor: str | None = None,
-        label: tuple[str, str] | None = None,
-    ) -> WatchPage:
+    async def _list_watches(self, query: WatchQuery) -> WatchPage:
         """Watches ordered by job id after `cursor`; the label filter uses the GIN index on labels."""
-        contains = None if label is None else {label[0]: label[1]}
+        contains = None if query.label is None else {query.label[0]: query.label[1]}
         async with self.pool.connection() as conn:
-            rows = await conn.fetch(q.LIST_WATCHES, cursor or "", status, contains, limit + 1)
-        page = [q.watch_row(r) for r in rows[:limit]]
-        return WatchPage(page, page[-1].job_id if len(rows) > limit and page else None)
+            rows = await conn.fetch(
+                q.LIST_WATCHES, query.cursor or "", query.status, contains, query.limit + 1
+            )
+        page = [q.watch_row(r) for r in rows[: query.limit]]
+        return WatchPage(page, page[-1].job_id if len(rows) > query.limit and page else None)
 
     async def claim_due(self, now: float, limit: int, lease_s: float) -> list[Watch]:
         """Lease up to `limit` due watches (skipping rows another replica is claiming), earliest first."""
-        if limit <= 0:
-            return []
-        rows = await self.pool.run(
-            lambda c: c.fetch(q.CLAIM_WATCHES, self._now(now), limit, lease_s), tx=False
-        )
         out = []
-        for r in sorted(rows, key=lambda r: (r["due"], r["job_id"])):
+        for r in await self._claim(q.CLAIM_WATCHES, now, limit, lease_s, "job_id"):
             w = q.watch_row(r)
             w.next_poll_at = r["due"]  # the caller sees when it was due, not the lease expiry
             out.append(w)
@@ -336,13 +334,8 @@ class PostgresStore(Store):
 
     async def claim_deliveries(self, now: float, limit: int, lease_s: float) -> list[Delivery]:
         """Lease due pair heads (the oldest pending delivery of each job and webhook), oldest first."""
-        if limit <= 0:
-            return []
-        rows = await self.pool.run(
-            lambda c: c.fetch(q.CLAIM_DELIVERIES, self._now(now), limit, lease_s), tx=False
-        )
         out = []
-        for r in sorted(rows, key=lambda r: (r["due"], r["id"])):
+        for r in await self._claim(q.CLAIM_DELIVERIES, now, limit, lease_s, "id"):
             d = q.delivery_row(r)
             d.next_attempt_at = r["due"]
             out.append(d)
@@ -363,18 +356,12 @@ class PostgresStore(Store):
         )
         return bool(rows)
 
-    async def list_deliveries(
-        self,
-        *,
-        state: str | None = None,
-        webhook: str | None = None,
-        limit: int = 100,
-        before: int | None = None,
-        job_id: str | None = None,
-    ) -> list[Delivery]:
+    async def _list_deliveries(self, query: DeliveryQuery) -> list[Delivery]:
         """Newest first below the `before` cursor, optionally filtered by state, webhook and job."""
         async with self.pool.connection() as conn:
-            rows = await conn.fetch(q.LIST_DELIVERIES, state, webhook, before, job_id, limit)
+            rows = await conn.fetch(
+                q.LIST_DELIVERIES, query.state, query.webhook, query.before, query.job_id, query.limit
+            )
         return [q.delivery_row(r) for r in rows]
 
     async def get_delivery(self, delivery_id: int) -> Delivery | None:

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from watcher.models import Delivery, DeliveryUpdate, Event, StoreCounts
-from watcher.store.base import Store
+from watcher.models import Delivery, DeliveryUpdate, Event
+from watcher.store.base import DeliveryQuery, Store, StoreCounts
 from watcher.store.sql import (
     DELIVERIES_BY_WEBHOOK,
     OLDEST_PENDING,
@@ -83,31 +83,23 @@ class SQLiteOutbox(Store):
             cur = await db.execute(FINISH_DELIVERY, (*row, delivery.id, delivery.lease))
             return cur.rowcount > 0
 
-    async def list_deliveries(
-        self,
-        *,
-        state: str | None = None,
-        webhook: str | None = None,
-        limit: int = 100,
-        before: int | None = None,
-        job_id: str | None = None,
-    ) -> list[Delivery]:
+    async def _list_deliveries(self, query: DeliveryQuery) -> list[Delivery]:
         """Newest first below the `before` cursor, optionally filtered by state, webhook and job."""
         where: list[str] = ["1"]
         params: list[Any] = []
         for clause, value in (
-            ("d.state = ?", state),
-            ("d.webhook = ?", webhook),
-            ("d.id < ?", before),
+            ("d.state = ?", query.state),
+            ("d.webhook = ?", query.webhook),
+            ("d.id < ?", query.before),
             # Through the events' job index and deliveries_event: no extra index needed.
-            ("d.event_id IN (SELECT id FROM events WHERE job_id = ?)", job_id),
+            ("d.event_id IN (SELECT id FROM events WHERE job_id = ?)", query.job_id),
         ):
             if value is not None:
                 where.append(clause)
                 params.append(value)
         sql = f"{DELIVERY_SELECT} WHERE {' AND '.join(where)} ORDER BY d.id DESC LIMIT ?"
         async with self.connections.read() as db:
-            rows = await select(db, sql, (*params, limit))
+            rows = await select(db, sql, (*params, query.limit))
         return [delivery_row(r) for r in rows]
 
     async def get_delivery(self, delivery_id: int) -> Delivery | None:

@@ -23,15 +23,8 @@ import aiosqlite
 import structlog
 
 from watcher.errors import StoreError
-from watcher.models import (
-    Event,
-    FailureNoted,
-    Registration,
-    SavedPoll,
-    Source,
-    Watch,
-)
-from watcher.store.base import RegisterResult, SyncResult, WatchPage
+from watcher.models import Event, Registration, SavedPoll, Source, Watch
+from watcher.store.base import FailureNoted, RegisterResult, SyncResult, WatchPage, WatchQuery
 from watcher.store.faults import StoreOutage
 from watcher.store.indexed import IndexedStore
 from watcher.store.sql import LIST_STATUS_SQL
@@ -247,31 +240,24 @@ class SQLiteStore(SQLiteOutbox, IndexedStore):
             rows = await self._watch_rows(db, WATCH_COLS, [job_id])
         return self._behind.latest(watch_row(rows[0])) if rows else None
 
-    async def list_watches(
-        self,
-        *,
-        status: str | None = None,
-        limit: int = 100,
-        cursor: str | None = None,
-        label: tuple[str, str] | None = None,
-    ) -> WatchPage:
+    async def _list_watches(self, query: WatchQuery) -> WatchPage:
         """Watches ordered by job id after `cursor`; the label filter reads the JSON column row by row."""
-        where, params = ["job_id > ?"], [cursor or ""]
-        if status is not None:
+        where, params = ["job_id > ?"], [query.cursor or ""]
+        if query.status is not None:
             where.append(f"{LIST_STATUS_SQL} = ?")
-            params.append(status)
-        if label is not None:
+            params.append(query.status)
+        if query.label is not None:
             # json_each rather than a JSON path: a key may contain dots, quotes or brackets.
             where.append(
                 "EXISTS (SELECT 1 FROM json_each(watches.labels) l WHERE l.key = ? AND l.value = ?"
                 " AND l.type = 'text')"
             )
-            params += [label[0], label[1]]
+            params += [query.label[0], query.label[1]]
         sql = f"SELECT {WATCH_COLS} FROM watches WHERE {' AND '.join(where)} ORDER BY job_id LIMIT ?"  # noqa: S608
         async with self.connections.read() as db:
-            rows = await select(db, sql, (*params, limit + 1))
-        page = [self._behind.latest(watch_row(r)) for r in rows[:limit]]
-        return WatchPage(page, page[-1].job_id if len(rows) > limit and page else None)
+            rows = await select(db, sql, (*params, query.limit + 1))
+        page = [self._behind.latest(watch_row(r)) for r in rows[: query.limit]]
+        return WatchPage(page, page[-1].job_id if len(rows) > query.limit and page else None)
 
     async def claim_due(self, now: float, limit: int, lease_s: float) -> list[Watch]:
         """Pop due ids from the index; a deferred quiet poll is its own latest state, the rest are read
