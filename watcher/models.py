@@ -1,7 +1,7 @@
 """The data every module shares: job statuses, watches, poll results, events and deliveries.
 
 These are plain slotted dataclasses so that a million of them stay cheap; the store persists them and the
-pure decision functions in `watcher.policy` compute their next state.
+pure decision functions in `watcher.polling.policy` compute their next state.
 """
 
 from __future__ import annotations

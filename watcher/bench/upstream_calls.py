@@ -6,8 +6,9 @@ in seconds the run is time-scaled: every interval, duration and rate is divided 
 measured is multiplied back, so the figures read as real seconds. Jobs go through the real pipeline: the
 simulator, the watch-list file (SIGHUP after each wave), the daemon, a receiver timing every `job.success`.
 
-Same-run baseline: the pure polling policy (`watcher.policy`) replayed without I/O on the same durations and
-registration times, i.e. what the schedule alone costs. Measured above it is the pipeline's own delay.
+Same-run baseline: the pure polling policy (`watcher.polling.policy`) replayed without I/O on the same
+durations and registration times, i.e. what the schedule alone costs. Measured above it is the pipeline's
+own delay.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """`GET /openapi.json`: the OpenAPI 3.1 document, built from the route table and the pydantic models.
 
 Nothing here is written twice: bodies and query parameters are the models that validate requests, the
-operations are `api_v1.ROUTES`, and the names a client may pick (workspaces, webhooks) and whether a bearer
+operations are `v1.routes.ROUTES`, and the names a client may pick (workspaces, webhooks) and whether a bearer
 token is required come from the running configuration. A test runs schemathesis against this document.
 """
 

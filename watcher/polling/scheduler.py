@@ -1,8 +1,9 @@
 """The one scheduler for every watch: claim due watches, poll them, decide, save in batches.
 
 There is no sleeping task per job. The store's due index says what is due; at most `max_concurrency` polls
-are in flight; every poll first takes a token from the shared bucket that 429s slow down. Decisions come from
-the pure `watcher.policy.decide`; this module only moves data between the store, the client and the policy.
+are in flight; every poll first takes a token from the shared bucket that 429s slow down. Decisions come
+from the pure `watcher.polling.policy.decide`; this module only moves data between the store, the client and
+the policy.
 """
 
 from __future__ import annotations
