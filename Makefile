@@ -29,6 +29,7 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check watcher tests
 	$(VENV)/bin/ruff format --check watcher tests
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
 
 # --strict turns every warning into an error: a link to a missing page or anchor fails the build.
 # NO_MKDOCS_2_WARNING silences mkdocs-material's end-of-life banner (see docs/development.md).
@@ -40,4 +41,4 @@ fmt: $(STAMP)
 	$(VENV)/bin/ruff check --fix watcher tests
 
 clean:
-	rm -rf $(VENV) build site *.egg-info .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) build site *.egg-info .pytest_cache .mypy_cache .ruff_cache .import_linter_cache

@@ -1,13 +1,18 @@
-"""Injected time: production uses the system clock, tests a manual one.
+"""Injected time, and the time formats the daemon reads and writes.
 
-Times handed around the daemon are wall-clock epoch seconds (floats) because they are persisted and
-compared across restarts; `monotonic()` is only for measuring durations inside one process.
+Production uses the system clock, tests a manual one (`watcher.devtools.clock.ManualClock`). Times handed
+around the daemon are wall-clock epoch seconds (floats) because they are persisted and compared across
+restarts; `monotonic()` is only for measuring durations inside one process. The upstream's timestamps are
+RFC 3339 (`iso_utc`, `parse_timestamp`); an HTTP `Retry-After` is seconds or a date (`parse_retry_after`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
 import time
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
 from typing import Protocol
 
 
@@ -43,44 +48,6 @@ class SystemClock:
         await asyncio.sleep(max(0.0, seconds))
 
 
-class ManualClock:
-    """A clock that only moves when a test advances it; sleepers wake when their time comes."""
-
-    def __init__(self, start: float = 1_700_000_000.0) -> None:
-        self._now = start
-        self._mono = 0.0
-        self._sleepers: list[tuple[float, asyncio.Future[None]]] = []
-
-    def now(self) -> float:
-        """The current fake wall-clock time."""
-        return self._now
-
-    def monotonic(self) -> float:
-        """The current fake monotonic time."""
-        return self._mono
-
-    async def sleep(self, seconds: float) -> None:
-        """Wait until the clock has been advanced past now + seconds."""
-        if seconds <= 0:
-            await asyncio.sleep(0)
-            return
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._sleepers.append((self._now + seconds, fut))
-        await fut
-
-    async def advance(self, seconds: float) -> None:
-        """Move time forward and let every sleeper whose time has come run."""
-        self._now += seconds
-        self._mono += seconds
-        due = [s for s in self._sleepers if s[0] <= self._now]
-        self._sleepers = [s for s in self._sleepers if s[0] > self._now]
-        for _, fut in due:
-            if not fut.done():
-                fut.set_result(None)
-        for _ in range(5):
-            await asyncio.sleep(0)
-
-
 def iso_utc(ts: float) -> str:
     """Format epoch seconds as RFC 3339 UTC with milliseconds, like the upstream API does."""
     whole = int(ts)
@@ -88,3 +55,64 @@ def iso_utc(ts: float) -> str:
     if millis == 1000:
         whole, millis = whole + 1, 0
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole)) + f".{millis:03d}Z"
+
+
+def parse_timestamp(value: object) -> float | None:
+    """Epoch seconds of an ISO-8601 timestamp such as `2026-04-01T10:18:42.000Z`; None if unparsable.
+
+    A timestamp without an offset is taken as UTC, which is what the upstream means.
+    """
+    if not isinstance(value, str):
+        return None
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=UTC)
+    return parsed.timestamp()
+
+
+def parse_retry_after(value: str | None, now: float) -> float | None:
+    """Seconds to wait according to a `Retry-After` header, or None when absent or unreadable.
+
+    Accepts delta-seconds (integer or decimal) and HTTP dates (RFC 9110 §10.2.3); a date in the past
+    yields 0.
+    """
+    if value is None:
+        return None
+    text = value.strip()
+    if not text:
+        return None
+    try:
+        seconds = float(text)
+    except ValueError:
+        pass
+    else:
+        # float() also accepts "nan" and "inf", which no server means and no scheduler can use.
+        return max(0.0, seconds) if math.isfinite(seconds) else None
+    try:
+        when = parsedate_to_datetime(text)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:
+        # RFC 9110 dates are always GMT; an obsolete format without a zone means the same.
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, when.timestamp() - now)
+
+
+async def sleep_or_stop(clock: Clock, seconds: float, stop: asyncio.Event | None) -> None:
+    """Sleep `seconds` on `clock`, returning early once `stop` is set."""
+    if stop is None:
+        await clock.sleep(seconds)
+        return
+    if stop.is_set():
+        return
+    sleeper = asyncio.ensure_future(clock.sleep(seconds))
+    stopper = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait((sleeper, stopper), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in (sleeper, stopper):
+            task.cancel()
+        await asyncio.gather(sleeper, stopper, return_exceptions=True)

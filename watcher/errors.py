@@ -29,13 +29,5 @@ class StoreUnavailable(StoreError):
     """
 
 
-class LeaseLost(StoreError):
-    """A write was fenced off because another worker took over the lease."""
-
-
-class UpstreamError(WatcherError):
-    """The upstream API could not be used at all (not a per-poll outcome)."""
-
-
 class StartupError(WatcherError):
     """The daemon refuses to start (e.g. an unsafe listen address); the message is one line."""

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from watcher.clock import Clock, SystemClock
+from watcher.clock import Clock, SystemClock, sleep_or_stop
 from watcher.errors import StoreError
 from watcher.store.faults import StoreFault, fault_of
 
@@ -51,23 +51,6 @@ def one_line(exc: BaseException) -> str:
     """The first line of an error's message (its type when empty), bounded."""
     text = str(exc).strip()
     return (text.splitlines()[0] if text else type(exc).__name__)[:_MAX_REASON]
-
-
-async def sleep_or_stop(clock: Clock, seconds: float, stop: asyncio.Event | None) -> None:
-    """Sleep `seconds` on `clock`, returning early once `stop` is set."""
-    if stop is None:
-        await clock.sleep(seconds)
-        return
-    if stop.is_set():
-        return
-    sleeper = asyncio.ensure_future(clock.sleep(seconds))
-    stopper = asyncio.ensure_future(stop.wait())
-    try:
-        await asyncio.wait((sleeper, stopper), return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for task in (sleeper, stopper):
-            task.cancel()
-        await asyncio.gather(sleeper, stopper, return_exceptions=True)
 
 
 @dataclass(frozen=True, slots=True)

@@ -27,18 +27,16 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from watcher import __version__
-from watcher.models import FinalState, JobStatus, PollOutcome, StoreCounts
-from watcher.statuses import OTHER_LABEL, metric_label
+from watcher.models import DeliveryOutcome, FinalState, JobStatus, PollOutcome
+from watcher.statuses import OTHER_LABEL, UNFINISHED_STATUSES, metric_label
+from watcher.store.base import StoreCounts
 from watcher.store.faults import StoreFault
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 _LAG_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 900.0, 3600.0)
-WATCH_STATUSES: tuple[str, ...] = (
-    "unknown",
-    *(s.value for s in JobStatus if s.value not in ("success", "failed")),
-    OTHER_LABEL,  # every grown status (SPEC §2): a label never carries what the upstream made up
-)
-DELIVERY_OUTCOMES: tuple[str, ...] = ("success", "retry", "dead")
+# The `status` labels of `watcher_watched_jobs`: every grown status is `other` (SPEC §2), a label never
+# carries what the upstream made up.
+WATCH_STATUSES: tuple[str, ...] = (*UNFINISHED_STATUSES, OTHER_LABEL)
 # The loops that contain their items' failures: the `loop` label of `watcher_internal_errors_total`.
 LOOPS: tuple[str, ...] = ("scheduler", "delivery", "watchlist", "housekeeping")
 
@@ -141,10 +139,10 @@ def _register_default_collectors(registry: CollectorRegistry) -> None:
 class Metrics:
     """Every metric the daemon exports; store-derived gauges are refreshed by `update_counts`.
 
-    `now` is the wall clock used for ages at scrape time; `ready` says whether the daemon is ready (the
-    daemon sets it once it runs). `polls_waiting` counts claimed polls not started yet (queued for a worker
-    or waiting for a rate-limit token): with the store's due-but-unclaimed count it makes
-    `watcher_polls_due`, the scheduler backlog.
+    `now` is the wall clock used for ages at scrape time; `ready` says whether the daemon is ready
+    (`watcher_ready`). `polls_waiting` counts claimed polls not started yet (queued for a worker or waiting
+    for a rate-limit token): with the store's due-but-unclaimed count it makes `watcher_polls_due`, the
+    scheduler backlog. All three are read at scrape time.
     """
 
     def __init__(
@@ -153,16 +151,18 @@ class Metrics:
         webhooks: tuple[str, ...] = (),
         *,
         now: Callable[[], float] = time.time,
+        ready: Callable[[], bool] = lambda: False,
+        polls_waiting: Callable[[], int] = lambda: 0,
         default_collectors: bool = True,
     ) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
         self.webhooks = webhooks
         self.now = now
-        self.ready: Callable[[], bool] = lambda: False
+        self.ready = ready
         self.counts: StoreCounts | None = None
         self.counts_at = 0.0
         self.polls_due = 0
-        self.polls_waiting: Callable[[], int] = lambda: 0
+        self.polls_waiting = polls_waiting
         # The client's `*_created` series would appear as `watcher_polls_created` and the like, which reads
         # as a count of created polls; Prometheus does not need them. The switch is process-wide.
         disable_created_metrics()  # type: ignore[no-untyped-call]  # the client leaves it unannotated
@@ -203,7 +203,7 @@ class Metrics:
             registry=r,
         )
         for name in webhooks:
-            for result in DELIVERY_OUTCOMES:
+            for result in DeliveryOutcome:
                 self.deliveries.labels(webhook=name, outcome=result)
             self.delivery_duration.labels(webhook=name)
         self.detection_lag = Histogram(

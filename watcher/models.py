@@ -1,7 +1,7 @@
 """The data every module shares: job statuses, watches, poll results, events and deliveries.
 
 These are plain slotted dataclasses so that a million of them stay cheap; the store persists them and the
-pure decision functions in `watcher.policy` compute their next state.
+pure decision functions in `watcher.polling.policy` compute their next state.
 """
 
 from __future__ import annotations
@@ -179,6 +179,26 @@ class DeliveryState(StrEnum):
     DEAD = "dead"
 
 
+class DeliveryOutcome(StrEnum):
+    """How one delivery attempt ended: the transport's verdict, and the `outcome` label of
+    `watcher_webhook_deliveries_total`."""
+
+    SUCCESS = "success"  # delivered
+    RETRY = "retry"  # failed; another attempt follows
+    DEAD = "dead"  # failed for good: kept for replay
+
+
+class DeadReason(StrEnum):
+    """Why a delivery is dead (SPEC §13)."""
+
+    MAX_ATTEMPTS = "max_attempts"  # the last of the webhook's `max_attempts` failed
+    GONE = "gone"  # the receiver answered 410 Gone
+    BLOCKED_ADDRESS = "blocked_address"  # the address guard refused the receiver's address
+    MAX_AGE = "max_age"  # still undelivered after `max_delivery_age_s`
+    RENDER_FAILED = "render_failed"  # the body could not be rendered
+    NOT_CONFIGURED = "not_configured"  # its webhook is no longer in the configuration
+
+
 @dataclass(slots=True)
 class Delivery:
     """One event on its way to one webhook."""
@@ -197,33 +217,25 @@ class Delivery:
 
 @dataclass(slots=True, frozen=True)
 class DeliveryUpdate:
-    """The outcome of one delivery attempt, decided by the delivery policy."""
+    """The outcome of one delivery attempt, decided by the delivery policy.
+
+    A dead delivery says why in `dead_reason`; `last_error` keeps the words of the last failure (what the
+    API shows). The stores keep `last_error`, not the reason (SPEC §13 exposes it).
+    """
 
     state: DeliveryState
     attempts: int
     next_attempt_at: float
     last_error: str | None
     delivered_at: float | None = None
+    dead_reason: DeadReason | None = None
 
-
-@dataclass(slots=True, frozen=True)
-class StoreCounts:
-    """Aggregates for the gauges; exact after a restart because they come from the store."""
-
-    watched_by_status: dict[str, int]  # unfinished watches by last status, "unknown" before a poll
-    pending_by_webhook: dict[str, int]
-    dead_by_webhook: dict[str, int]
-    oldest_pending_created_at: float | None
-    quarantined: int = 0  # unfinished watches in quarantine (not in `watched_by_status`)
-
-
-@dataclass(slots=True, frozen=True)
-class FailureNoted:
-    """What `Store.note_failure` did: the watch's failure count now, and whether it is quarantined."""
-
-    kept: bool  # False: the lease was lost (the watch was claimed again or deleted); nothing was written
-    failures: int = 0
-    quarantined: bool = False
+    @property
+    def outcome(self) -> DeliveryOutcome:
+        """The attempt's outcome as `watcher_webhook_deliveries_total` counts it."""
+        if self.state is DeliveryState.DELIVERED:
+            return DeliveryOutcome.SUCCESS
+        return DeliveryOutcome.DEAD if self.state is DeliveryState.DEAD else DeliveryOutcome.RETRY
 
 
 @dataclass(slots=True, frozen=True)

@@ -23,7 +23,7 @@ from typing import Final
 
 import structlog
 
-from watcher.models import KNOWN_STATUSES
+from watcher.models import KNOWN_STATUSES, TERMINAL_STATUSES, FinalState, JobStatus
 
 log = structlog.get_logger("watcher.statuses")
 
@@ -39,6 +39,12 @@ METRIC_STATUSES: Final = frozenset({*KNOWN_STATUSES, "expired", "missing", "unkn
 MAX_ODD_LENGTH: Final = 64
 DEFAULT_TERMINAL: Final = ("success", "failed")
 VERDICT_EVENTS: Final = ("job.expired", "job.missing")
+# The list statuses (`Watch.list_status`) of the documented statuses and the watcher's verdicts, the ones
+# every page, gauge and example names: unfinished first, in lifecycle order ("unknown": not polled yet),
+# then the final ones. A grown status and "quarantined" are list statuses too, named as they come.
+UNFINISHED_STATUSES: Final = ("unknown", *(s.value for s in JobStatus if s not in TERMINAL_STATUSES))
+FINISHED_STATUSES: Final = tuple(s.value for s in FinalState)
+LIST_STATUSES: Final = frozenset(UNFINISHED_STATUSES + FINISHED_STATUSES)
 
 
 def status_name(value: str) -> str:
@@ -157,8 +163,11 @@ class GrownStatusLog:
 
 __all__ = [
     "DEFAULT_TERMINAL",
+    "FINISHED_STATUSES",
+    "LIST_STATUSES",
     "METRIC_STATUSES",
     "OTHER_LABEL",
+    "UNFINISHED_STATUSES",
     "GrownStatusLog",
     "config_name",
     "default_events",

@@ -17,8 +17,8 @@ from tests.e2e.conftest import free_port
 from tests.support.postgres import pg_schema
 from watcher.config import Settings, load_config
 from watcher.daemon import Daemon
-from watcher.receiver import Receiver
-from watcher.simulate import Simulator
+from watcher.devtools.receiver import Receiver
+from watcher.devtools.simulate import Simulator
 from watcher.store import Store
 from watcher.store.postgres import PostgresStore
 from watcher.store.sqlite import SQLiteStore

@@ -12,9 +12,9 @@ import pytest
 from structlog.testing import capture_logs
 
 from tests.api.conftest import Running, StartDaemon
-from watcher.api_v1 import ROUTES
+from watcher.http.problems import token_matches
+from watcher.http.v1.routes import ROUTES
 from watcher.models import Watch
-from watcher.problems import token_matches
 from watcher.store.memory import MemoryStore
 
 JOB = "5135bfe3-b2c7-41f3-a44f-f4b58e7384df"

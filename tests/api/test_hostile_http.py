@@ -20,10 +20,10 @@ from structlog.testing import capture_logs
 
 from tests.api.conftest import Running, StartDaemon
 from tests.e2e.conftest import free_port
-from watcher.api import build_app
-from watcher.api_server import ApiRunner
-from watcher.api_v1 import ROUTES
 from watcher.errors import StoreUnavailable
+from watcher.http.app import build_app
+from watcher.http.server import ApiRunner
+from watcher.http.v1.routes import ROUTES
 from watcher.store.memory import MemoryStore
 
 PROBLEM = "application/problem+json"
@@ -118,8 +118,8 @@ async def test_the_daemon_itself_serves_through_api_runner(start_daemon: StartDa
 
 
 def test_aiohttp_still_has_the_hooks_api_server_uses() -> None:
-    """`api_server` overrides `RequestHandler.handle_error` and reads `Server._kwargs`: an upgrade that
-    renames either must fail here, with this message, rather than quietly echo request bytes again."""
+    """`watcher.http.server` overrides `RequestHandler.handle_error` and reads `Server._kwargs`: an upgrade
+    that renames either must fail here, with this message, rather than quietly echo request bytes again."""
     params = list(inspect.signature(RequestHandler.handle_error).parameters)
     assert params == ["self", "request", "status", "exc", "message"], (aiohttp.__version__, params)
     assert "_make_server" in vars(web.AppRunner), aiohttp.__version__

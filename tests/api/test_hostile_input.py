@@ -14,7 +14,7 @@ import asyncpg  # type: ignore[import-untyped]
 import pytest
 
 from tests.api.conftest import Backend, Running, StartDaemon
-from watcher.store.pgconn import parse_url
+from watcher.store.postgres.conn import parse_url
 
 PROBLEM = "application/problem+json"
 JOB = "5135bfe3-b2c7-41f3-a44f-f4b58e7384df"

@@ -25,10 +25,10 @@ from schemathesis.config import SchemathesisConfig
 from tests.api.conftest import SECRET
 from tests.e2e.conftest import free_port
 from tests.support.postgres import pg_schema
-from watcher.api_models import WatchCreate
-from watcher.api_v1 import ROUTES
 from watcher.config import load_config
-from watcher.openapi import openapi_document
+from watcher.http.openapi import openapi_document
+from watcher.http.v1.models import WatchCreate
+from watcher.http.v1.routes import ROUTES
 
 TOKEN = "schemathesis-token"
 ST_CONFIG = Path(__file__).with_name("schemathesis.toml")
@@ -86,7 +86,9 @@ def store_url(request: pytest.FixtureRequest) -> Iterator[str | None]:
 
 @contextlib.contextmanager
 def _daemon(tmp: Path, store_url: str | None) -> Iterator[str]:
-    """`watcher run` on a free loopback port; on exit, it must stop cleanly with no traceback in its log."""
+    """`watcher run` on a free loopback port, yielded once ready (its store open: before that the API answers
+    503, which the checks count as a server error); on exit, it must stop cleanly with no traceback in its
+    log."""
     port = free_port()
     log = (tmp / "daemon.log").open("wb")
     env = {k: v for k, v in os.environ.items() if not k.startswith("WATCHER_")}
@@ -101,7 +103,7 @@ def _daemon(tmp: Path, store_url: str | None) -> Iterator[str]:
         deadline = time.monotonic() + 20
         while True:
             try:
-                with urllib.request.urlopen(url + "/healthz", timeout=1):  # noqa: S310 -- loopback
+                with urllib.request.urlopen(url + "/readyz", timeout=1):  # noqa: S310 -- loopback
                     break
             except OSError:
                 if proc.poll() is not None or time.monotonic() > deadline:

@@ -16,7 +16,7 @@ import pytest
 from tests.support.postgres import PG_URL, require_postgres
 from watcher.bench import SCENARIOS
 from watcher.bench.report import ScenarioResult, render_table
-from watcher.simulate import Simulator
+from watcher.devtools.simulate import Simulator
 
 HEADERS = {"Authorization": "Bearer sim-token", "x-api-key": "sim-key", "x-workspace-slug": "sim"}
 

@@ -143,7 +143,7 @@ def test_wheel_builds_from_the_docker_context(tmp_path: Path) -> None:
         names = set(zf.namelist())
         entry_points = next(n for n in names if n.endswith(".dist-info/entry_points.txt"))
         assert "watcher = watcher.cli:main" in zf.read(entry_points).decode()
-    assert "watcher/py.typed" in names and "watcher/systemd.py" in names
+    assert "watcher/py.typed" in names and "watcher/daemon/systemd.py" in names
     migrations = {p.name for p in (ROOT / "watcher" / "store" / "migrations").glob("*.sql")}
     assert migrations and {f"watcher/store/migrations/{m}" for m in migrations} <= names
 

@@ -1,4 +1,4 @@
-"""watcher.systemd on its own: datagram format, socket kinds, the watchdog variables and the notify loop."""
+"""watcher.daemon.systemd on its own: datagram format, socket kinds, watchdog variables, the notify loop."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from structlog.testing import capture_logs
 
-from watcher.clock import ManualClock
-from watcher.systemd import Notifier, notify_loop, one_line, status_line, watchdog_interval
+from watcher.daemon.systemd import Notifier, notify_loop, one_line, status_line, watchdog_interval
+from watcher.devtools.clock import ManualClock
 
 
 @pytest.fixture

@@ -19,7 +19,8 @@ import pytest
 
 from tests.deploy.conftest import DEPLOY, NotifySocket, require_tool
 from tests.e2e.conftest import SIM_KEY, SIM_TOKEN, WEBHOOK_SECRET, Receiver, Sim, free_port
-from watcher.config import DaemonConfig, load_config
+from watcher.config import load_config
+from watcher.config.model import DaemonConfig
 
 UNIT = DEPLOY / "systemd" / "job-watcher.service"
 DROPIN = DEPLOY / "systemd" / "job-watcher.service.d" / "credentials.conf"

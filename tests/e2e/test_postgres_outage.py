@@ -30,7 +30,7 @@ from tests.e2e.outage_support import (
 )
 from tests.support.postgres import pg_schema
 from tests.support.tcp_proxy import TcpProxy
-from watcher.store.pgconn import parse_url
+from watcher.store.postgres.conn import parse_url
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres]
 

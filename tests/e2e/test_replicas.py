@@ -20,7 +20,7 @@ import pytest
 
 from tests.e2e.conftest import DaemonProc, Receiver, Sim, free_port, write_config
 from tests.support.postgres import pg_schema
-from watcher.store.pgconn import parse_url
+from watcher.store.postgres.conn import parse_url
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres]
 

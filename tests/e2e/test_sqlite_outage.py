@@ -34,7 +34,7 @@ from tests.e2e.outage_support import (
     until,
 )
 from tests.support.small_disk import SmallDisk
-from watcher.store.sqlite_health import WAL_MAX_BYTES
+from watcher.store.sqlite.health import WAL_MAX_BYTES
 
 pytestmark = pytest.mark.slow
 

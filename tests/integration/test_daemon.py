@@ -15,10 +15,11 @@ from structlog.testing import capture_logs
 from tests.e2e.conftest import free_port
 from watcher.config import Settings, load_config
 from watcher.daemon import Daemon
+from watcher.devtools.receiver import ReceivedDelivery, Receiver
+from watcher.devtools.simulate import Simulator
 from watcher.errors import StartupError, StoreError
-from watcher.models import Delivery, StoreCounts
-from watcher.receiver import ReceivedDelivery, Receiver
-from watcher.simulate import Simulator
+from watcher.models import Delivery
+from watcher.store.base import StoreCounts
 from watcher.store.sqlite import SQLiteStore
 
 SECRET = "whsec_" + base64.b64encode(b"daemon-integration-secret").decode()

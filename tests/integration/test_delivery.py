@@ -18,7 +18,10 @@ from structlog.testing import capture_logs
 from tests.support.standard_webhooks import TestReceiver
 from watcher import __version__
 from watcher.clock import SystemClock
-from watcher.delivery import NOT_CONFIGURED, DeliveryWorker
+from watcher.delivery.target import WebhookTarget
+from watcher.delivery.webhook import WebhookSender
+from watcher.delivery.worker import NOT_CONFIGURED, DeliveryWorker
+from watcher.devtools.receiver import Receiver
 from watcher.errors import StoreError
 from watcher.events import transition_event
 from watcher.metrics import Metrics
@@ -32,9 +35,7 @@ from watcher.models import (
     SavedPoll,
     Source,
 )
-from watcher.receiver import Receiver
 from watcher.store.memory import MemoryStore
-from watcher.webhook import WebhookSender, WebhookTarget
 
 SECRET = "whsec_" + base64.b64encode(b"integration-test-key-0001").decode()
 OLD_SECRET = "whsec_" + base64.b64encode(b"integration-test-key-old!").decode()
@@ -439,7 +440,7 @@ def unused_port() -> int:
 
 
 async def test_demo_receiver_verifies_records_and_scripts(make_harness: MakeHarness) -> None:
-    """watcher.receiver.Receiver accepts our signatures, follows its script and rejects bad ones."""
+    """watcher.devtools.receiver.Receiver accepts our signatures, follows its script and rejects bad ones."""
     seen: list[str] = []
     demo = Receiver([SECRET], on_delivery=lambda d: seen.append(d.webhook_id))
     url = await demo.start()

@@ -28,10 +28,10 @@ from tests.support.postgres import pg_schema
 from tests.support.standard_webhooks import strict_json
 from watcher.clock import SystemClock
 from watcher.models import Credentials, PollOutcome, Registration, Source, Watch
-from watcher.policy import PollingPolicy, decide
+from watcher.polling.policy import PollingPolicy, decide
 from watcher.store.base import Store
-from watcher.store.pgconn import parse_url
 from watcher.store.postgres import PostgresStore
+from watcher.store.postgres.conn import parse_url
 from watcher.store.sqlite import SQLiteStore
 
 SLUG = "acme"
@@ -200,7 +200,7 @@ async def harness(kind: str, tmp_path: Path) -> AsyncIterator[Harness]:
         await web.TCPSite(runner, "127.0.0.1", 0).start()
         host, port = runner.addresses[0][:2]
         session = await stack.enter_async_context(aiohttp.ClientSession())
-        from watcher.upstream import UpstreamClient
+        from watcher.polling.upstream import UpstreamClient
 
         creds = {SLUG: Credentials(SLUG, f"http://{host}:{port}/api/v2", "tok", "key")}
         client = UpstreamClient(session, creds, 10.0, SystemClock())

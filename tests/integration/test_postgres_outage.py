@@ -18,8 +18,8 @@ from tests.support.postgres import pg_schema
 from tests.support.tcp_proxy import TcpProxy
 from watcher.errors import StoreUnavailable
 from watcher.store.faults import StoreFault, fault_of
-from watcher.store.pgconn import is_outage, parse_url
 from watcher.store.postgres import PostgresStore
+from watcher.store.postgres.conn import is_outage, parse_url
 
 pytestmark = pytest.mark.postgres
 NOW = 1_700_000_000.0
@@ -79,7 +79,7 @@ async def test_a_connection_reset_mid_query_is_unavailable_and_replaced(
     accepted = proxy.accepted
 
     async def slow_read() -> None:
-        async with store._conn() as conn:
+        async with store.pool.connection() as conn:
             await conn.fetchval("SELECT pg_sleep(2)")
 
     call = asyncio.create_task(slow_read())

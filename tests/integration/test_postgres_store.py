@@ -19,16 +19,16 @@ from prometheus_client import CollectorRegistry
 from tests.e2e.conftest import free_port
 from tests.integration.test_store_contract import jid, polled, reg
 from tests.support.postgres import PG_URL, pg_schema
-from watcher.clock import ManualClock
+from watcher.cli.migrate import migrate_url
 from watcher.config import load_config
 from watcher.daemon import Daemon
+from watcher.devtools.clock import ManualClock
+from watcher.devtools.simulate import Faults, Simulator
 from watcher.errors import StoreError
-from watcher.migrate import migrate_url
 from watcher.models import DeliveryState, DeliveryUpdate, Registration, Source
-from watcher.simulate import Faults, Simulator
 from watcher.store import open_store
-from watcher.store.pgconn import migrations, parse_url
 from watcher.store.postgres import PostgresStore
+from watcher.store.postgres.conn import migrations, parse_url
 
 pytestmark = pytest.mark.postgres
 
@@ -76,7 +76,7 @@ class TestMigrations:
         stores = [PostgresStore(url) for _ in range(3)]
         await asyncio.gather(*(s.open() for s in stores))
         try:
-            async with stores[0]._conn() as conn:
+            async with stores[0].pool.connection() as conn:
                 rows = await conn.fetch("SELECT version FROM schema_migrations ORDER BY version")
             assert [r["version"] for r in rows] == [v for v, _ in migrations()]
             assert all(s.schema_version == len(migrations()) for s in stores)
@@ -94,7 +94,7 @@ class TestMigrations:
     async def test_newer_schema_is_refused(self, url: str, replica: Factory) -> None:
         """A database migrated by a newer watcher is refused with a one-line reason."""
         s = await replica()
-        async with s._conn() as conn:
+        async with s.pool.connection() as conn:
             await conn.execute("INSERT INTO schema_migrations (version) VALUES (999)")
         with pytest.raises(StoreError, match="schema version 999, newer than") as exc:
             await PostgresStore(url).open()

@@ -16,8 +16,9 @@ from typing import Any
 import aiohttp
 import pytest
 
-from watcher.clock import ManualClock, iso_utc
-from watcher.simulate import Faults, Simulator, simulate_main
+from watcher.clock import iso_utc
+from watcher.devtools.clock import ManualClock
+from watcher.devtools.simulate import Faults, Simulator, simulate_main
 
 AUTH = {"Authorization": "Bearer sim-token", "x-api-key": "sim-key", "x-workspace-slug": "sim"}
 OTHER = {"Authorization": "Bearer t2", "x-api-key": "k2", "x-workspace-slug": "other"}
@@ -284,7 +285,7 @@ class TestRequestLog:
 SIM_CMD = [
     sys.executable,
     "-c",
-    "import sys; from watcher.simulate import simulate_main; sys.exit(simulate_main(sys.argv[1:]))",
+    "import sys; from watcher.devtools.simulate import simulate_main; sys.exit(simulate_main(sys.argv[1:]))",
 ]
 
 

@@ -23,7 +23,7 @@ from tests.support.small_disk import SmallDisk
 from watcher.errors import StoreUnavailable
 from watcher.store.faults import StoreFault, fault_of
 from watcher.store.sqlite import SQLiteStore
-from watcher.store.sqlite_health import WAL_MAX_BYTES, wal_bytes
+from watcher.store.sqlite.health import WAL_MAX_BYTES, wal_bytes
 
 T0 = 1_700_000_000.0
 LEASE = 30.0
@@ -139,5 +139,5 @@ async def test_a_big_wal_is_truncated(tmp_path: Path, make_store: type[SQLiteSto
     padding = {"pad": "x" * 4000}
     for start in range(0, 600, 100):
         await store.register([reg(n, labels=padding) for n in range(start, start + 100)], T0)
-    await eventually(lambda: not store._upkeep.running and wal_bytes(path) < WAL_MAX_BYTES)
+    await eventually(lambda: not store.connections.upkeep.running and wal_bytes(path) < WAL_MAX_BYTES)
     assert wal_bytes(path) < WAL_MAX_BYTES

@@ -15,7 +15,9 @@ from tests.integration.test_store_contract import LEASE, T0, jid, polled, reg
 from watcher.errors import StoreError
 from watcher.models import DeliveryState, DeliveryUpdate, NewEvent, SavedPoll, Watch
 from watcher.store import open_store
-from watcher.store.sqlite import _CHECKPOINT_EVERY, WRITE_BEHIND_S, SQLiteStore, migrations, sqlite_path
+from watcher.store.sqlite import SQLiteStore, migrations, sqlite_path
+from watcher.store.sqlite.connection import CHECKPOINT_EVERY as _CHECKPOINT_EVERY
+from watcher.store.sqlite.writebehind import WRITE_BEHIND_S
 
 StoreFactory = Callable[..., SQLiteStore]
 
@@ -104,7 +106,7 @@ async def test_wal_mode_and_foreign_keys(tmp_path: Path, make_store: StoreFactor
     await s.open()
     assert _query(tmp_path / "w.db", "PRAGMA journal_mode") == [("wal",)]
     assert await s.ping()
-    async with s._read() as db, db.execute("PRAGMA foreign_keys") as cur:
+    async with s.connections.read() as db, db.execute("PRAGMA foreign_keys") as cur:
         assert await cur.fetchone() == (1,)
 
 
@@ -213,7 +215,7 @@ async def test_saves_reach_the_database_file_through_checkpoints(
             assert await s.save_polls(saves) == [True] * 10
             now += 1
         for _ in range(500):  # the checkpoint runs on a worker thread: give it a moment
-            if not s._upkeep.running:
+            if not s.connections.upkeep.running:
                 break
             await asyncio.sleep(0.01)
         wal_sizes.append((tmp_path / "w.db-wal").stat().st_size)
@@ -344,8 +346,8 @@ async def test_a_failed_write_keeps_the_deferred_state(tmp_path: Path, make_stor
     await s.register([reg(1)], T0)
     now = await _poll_quietly(s, 2, T0)
     await asyncio.sleep(0.1)
-    assert s._hot is not None
-    s._hot.execute("PRAGMA busy_timeout = 0")  # fail at once instead of after 5 s
+    assert s.connections.hot is not None
+    s.connections.hot.execute("PRAGMA busy_timeout = 0")  # fail at once instead of after 5 s
     with closing(sqlite3.connect(path, isolation_level=None)) as other:
         other.execute("BEGIN IMMEDIATE")
         (w,) = await s.claim_due(now, 10, LEASE)

@@ -10,10 +10,10 @@ import asyncpg  # type: ignore[import-untyped]
 
 from tests.integration.test_store_contract import LEASE, T0, claim_one, jid, polled, reg
 from tests.support.postgres import PG_URL, pg_schema
-from watcher.models import QUARANTINED, FailureNoted
-from watcher.store.base import Store
-from watcher.store.pgconn import migrations as pg_migrations
+from watcher.models import QUARANTINED
+from watcher.store.base import FailureNoted, Store
 from watcher.store.postgres import PostgresStore
+from watcher.store.postgres.conn import migrations as pg_migrations
 from watcher.store.sqlite import SQLiteStore
 from watcher.store.sqlite import migrations as sqlite_migrations
 

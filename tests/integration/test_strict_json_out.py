@@ -25,12 +25,22 @@ import pytest
 from tests.support.postgres import pg_schema
 from tests.support.standard_webhooks import TestReceiver, strict_json
 from watcher.clock import SystemClock
-from watcher.models import Delivery, DeliveryState, Event, NewEvent, Registration, SavedPoll, Source
+from watcher.delivery.target import WebhookTarget
+from watcher.delivery.webhook import WebhookSender
+from watcher.models import (
+    Delivery,
+    DeliveryOutcome,
+    DeliveryState,
+    Event,
+    NewEvent,
+    Registration,
+    SavedPoll,
+    Source,
+)
 from watcher.store.base import Store
-from watcher.store.pgconn import parse_url
 from watcher.store.postgres import PostgresStore
+from watcher.store.postgres.conn import parse_url
 from watcher.store.sqlite import SQLiteStore
-from watcher.webhook import SendKind, WebhookSender, WebhookTarget
 
 SECRET = "whsec_" + base64.b64encode(b"strict-json-test-key-0001").decode()
 JOB = "5135bfe3-b2c7-41f3-a44f-f4b58e7384df"
@@ -129,7 +139,7 @@ async def test_webhook_body_is_strict_json_for_an_unsanitised_payload() -> None:
             result = await WebhookSender(session, SystemClock()).send(target, delivery)
     finally:
         await receiver.stop()
-    assert (result.kind, receiver.not_strict) == (SendKind.SUCCESS, 0), result
+    assert (result.kind, receiver.not_strict) == (DeliveryOutcome.SUCCESS, 0), result
     (got,) = receiver.deliveries
     assert got.body["data"]["job"] == SANITISED_JOB
     assert json.dumps(got.body, allow_nan=False)  # what the receiver parsed is plain, finite JSON

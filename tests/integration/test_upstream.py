@@ -14,10 +14,11 @@ import pytest
 from aiohttp import web
 from structlog.testing import capture_logs
 
-from watcher.clock import ManualClock, SystemClock
+from watcher.clock import SystemClock, parse_retry_after
+from watcher.devtools.clock import ManualClock
+from watcher.devtools.simulate import GARBAGE_VARIANTS, Faults, Simulator
 from watcher.models import Credentials, PollOutcome, PollResult
-from watcher.simulate import GARBAGE_VARIANTS, Faults, Simulator
-from watcher.upstream import DEFAULT_MAX_BODY_BYTES, UpstreamClient, parse_retry_after
+from watcher.polling.upstream import DEFAULT_MAX_BODY_BYTES, UpstreamClient
 
 TOKEN = "tok-7f3a9c1e-very-secret"
 API_KEY = "key-b21d44e0-very-secret"

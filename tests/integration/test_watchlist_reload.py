@@ -14,13 +14,13 @@ import pytest
 from prometheus_client import CollectorRegistry
 from structlog.testing import capture_logs
 
-from watcher.clock import ManualClock
+from watcher.devtools.clock import ManualClock
 from watcher.errors import StoreError
 from watcher.metrics import Metrics
 from watcher.models import Registration, Source
+from watcher.sources.watchlist import WatchlistReloader
 from watcher.store.base import SyncResult
 from watcher.store.memory import MemoryStore
-from watcher.watchlist import WatchlistReloader
 
 A = "5135bfe3-b2c7-41f3-a44f-f4b58e7384df"
 B = "b9eb98d0-2445-46a3-8107-4fcf243f85e4"

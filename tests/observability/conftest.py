@@ -21,8 +21,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from tests.e2e.conftest import free_port
 from watcher.config import Settings, load_config
 from watcher.daemon import Daemon
-from watcher.receiver import Receiver
-from watcher.simulate import Simulator
+from watcher.devtools.receiver import Receiver
+from watcher.devtools.simulate import Simulator
 
 ROOT = Path(__file__).resolve().parents[2]
 ALERTS = ROOT / "deploy" / "prometheus" / "alerts.yml"

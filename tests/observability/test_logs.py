@@ -8,12 +8,12 @@ from pathlib import Path
 from structlog.testing import capture_logs
 
 from tests.observability.conftest import RunningDaemon, Upstream, settings_for, value
-from watcher.clock import ManualClock
 from watcher.config import Settings
+from watcher.devtools.clock import ManualClock
+from watcher.devtools.receiver import Receiver
+from watcher.devtools.simulate import Faults
 from watcher.models import PollOutcome, PollResult, Source, Watch
-from watcher.receiver import Receiver
-from watcher.scheduler import ErrorLogLimiter
-from watcher.simulate import Faults
+from watcher.polling.errorlog import ErrorLogLimiter
 
 
 def _watch(job_id: str, workspace: str) -> Watch:

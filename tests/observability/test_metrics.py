@@ -12,7 +12,8 @@ from prometheus_client import CollectorRegistry, Histogram, generate_latest
 
 from tests.observability.conftest import ALERTS, DASHBOARD, parse_metrics, value
 from watcher.metrics import Metrics, observe_many
-from watcher.models import FinalState, JobStatus, PollOutcome, StoreCounts
+from watcher.models import FinalState, JobStatus, PollOutcome
+from watcher.store.base import StoreCounts
 from watcher.store.faults import StoreFault
 
 # SPEC §8: family name -> (type, label names).

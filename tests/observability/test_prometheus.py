@@ -28,7 +28,7 @@ from tests.observability.conftest import (
 )
 from tests.observability.test_scenario import finish_four, start_ten, watched
 from watcher.config import Settings
-from watcher.receiver import Receiver
+from watcher.devtools.receiver import Receiver
 
 Vector = dict[frozenset[tuple[str, str]], float]
 

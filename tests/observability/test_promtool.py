@@ -19,7 +19,7 @@ from tests.observability.conftest import (
     value,
 )
 from watcher.config import Settings
-from watcher.receiver import Receiver
+from watcher.devtools.receiver import Receiver
 
 
 def promtool(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:

@@ -12,7 +12,7 @@ from structlog.testing import capture_logs
 from tests.e2e.conftest import free_port
 from tests.observability.conftest import SECRET, RunningDaemon, Samples, Upstream, settings_for, value
 from watcher.config import Settings
-from watcher.receiver import Receiver
+from watcher.devtools.receiver import Receiver
 
 Daemons = Callable[[Settings], RunningDaemon]
 

@@ -14,7 +14,7 @@ import textwrap
 SCRIPT = textwrap.dedent(
     """
     import asyncio, gc, logging, threading, warnings
-    from watcher.logs import configure_logging, route_process_errors
+    from watcher.daemon.logs import configure_logging, route_process_errors
 
     configure_logging("info", "json")
     route_process_errors()

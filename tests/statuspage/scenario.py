@@ -24,9 +24,9 @@ from prometheus_client import CollectorRegistry
 from tests.e2e.conftest import free_port
 from watcher.config import load_config
 from watcher.daemon import Daemon
+from watcher.devtools.receiver import Receiver
+from watcher.devtools.simulate import Simulator
 from watcher.models import Registration, Source
-from watcher.receiver import Receiver
-from watcher.simulate import Simulator
 from watcher.store.sqlite import SQLiteStore
 
 SECRET = "whsec_" + base64.b64encode(b"status-page-webhook-secret").decode()

@@ -8,9 +8,9 @@ import re
 
 import pytest
 
+from watcher.http.statuspage.page import parse_query
+from watcher.http.statuspage.render import CSP, SCRIPT, STYLE, PageView, render
 from watcher.models import Delivery, DeliveryState, Event, Watch
-from watcher.statuspage import parse_query
-from watcher.statuspage_render import CSP, SCRIPT, STYLE, PageView, render
 
 NOW = 1_700_000_000.0
 EVIL = "\"'><script>alert(1)</script>&"

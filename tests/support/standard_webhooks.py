@@ -1,7 +1,9 @@
-"""An independent Standard Webhooks verifier and a scriptable receiver for tests.
+"""An independent Standard Webhooks verifier and strict JSON parser, and the tests' receiver built on them.
 
-Deliberately shares no code with `watcher.signing`: a bug there must not be mirrored here. Used in-process
-(`TestReceiver`) and as a standalone script for end-to-end tests:
+The verifier and the parser deliberately share no code with `watcher.delivery.signing` and
+`watcher.strictjson`: a bug there must not be mirrored here. The receiver around them is the devtools one
+(`watcher.devtools.receiver`). Used in-process (`TestReceiver`) and as a standalone script for end-to-end
+tests:
 
     python tests/support/standard_webhooks.py --port 0 --secret whsec_... --out deliveries.jsonl
 
@@ -21,16 +23,17 @@ import math
 import signal
 import sys
 import time
-from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 
+from watcher.devtools.receiver import Receiver
+from watcher.devtools.receiver import SignatureError as ReceiverSignatureError
+
 TOLERANCE_S = 300.0
-REDIRECT_PATH = "/_redirected"
 
 
 class SignatureError(Exception):
@@ -122,8 +125,13 @@ class Verified:
     headers: dict[str, str] = field(repr=False)
 
 
-class TestReceiver:
-    """A loopback aiohttp server that verifies, records and answers webhooks as scripted."""
+class TestReceiver(Receiver):
+    """The devtools receiver (`watcher.devtools.receiver`), verifying with this module's own code.
+
+    Its signature check and JSON parser are this module's, so a bug in `watcher.delivery.signing` or
+    `watcher.strictjson` cannot be mirrored here; what it records is a `Verified`, and it can append each
+    to a JSON-lines file and obey a control API when it runs as a script.
+    """
 
     __test__ = False  # not a pytest test class
 
@@ -131,84 +139,55 @@ class TestReceiver:
         self,
         secrets: Sequence[str],
         *,
-        now: Callable[[], float] = time.time,
         tolerance_s: float = TOLERANCE_S,
         out: Path | None = None,
     ) -> None:
-        self.secrets = tuple(secrets)
-        self._now = now
-        self._tolerance_s = tolerance_s
+        super().__init__(secrets, tolerance_s=tolerance_s, path="/hook", ok_status=204)
         self._out = out
-        self._script: list[tuple[str | None, int, dict[str, str]]] = []
-        self.fixed_status: int | None = None
-        self.delay_s = 0.0
-        self.deliveries: list[Verified] = []
-        self.attempts: Counter[str] = Counter()
-        self.rejected = 0
         self.not_strict = 0  # signed bodies that a strict JSON parser refused (answered 400)
-        self.redirect_hits = 0
-        self.in_progress = 0  # verified requests being answered right now
-        self.max_in_progress = 0
-        self.requests: list[tuple[str, float]] = []  # (webhook-id, monotonic arrival) of verified requests
-        self._changed = asyncio.Event()
-        self._runner: web.AppRunner | None = None
-        self.url = ""
 
-    async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
-        """Listen (port 0: a free one) and return the URL to post to."""
-        app = web.Application()
+    def check(self, headers: Mapping[str, str], body: bytes, now: float) -> tuple[str, int]:
+        """`verify_standard`, this module's own check."""
+        try:
+            return verify_standard(self.secrets, headers, body, now, self._tolerance_s)
+        except SignatureError as exc:
+            raise ReceiverSignatureError(str(exc)) from None
+
+    def parse(self, body: bytes) -> Any:
+        """`strict_json`, this module's own strict parser."""
+        try:
+            return strict_json(body)
+        except NotStrictJSON as exc:
+            self.not_strict += 1
+            raise ValueError(f"not strict JSON: {exc}") from None
+
+    def record(self, msg_id: str, timestamp: int, body: Any, request: web.Request) -> Verified:
+        """A `Verified`, appended to `--out` when given."""
+        verified = Verified(
+            id=msg_id,
+            type=body.get("type") if isinstance(body, dict) else None,
+            body=body,
+            timestamp=timestamp,
+            received_at=time.time(),
+            attempt=self.attempts[msg_id],
+            headers=dict(request.headers),
+        )
+        if self._out is not None:
+            line = {
+                k: getattr(verified, k) for k in ("id", "type", "timestamp", "received_at", "attempt", "body")
+            }
+            with self._out.open("a", encoding="utf-8") as fh:
+                fh.write(json.dumps(line) + "\n")
+        return verified
+
+    def delivery_id(self, delivery: Any) -> str:
+        """The id of a `Verified`."""
+        return str(delivery.id)
+
+    def extra_routes(self, app: web.Application) -> None:
+        """`PUT /_ctl/status` and `GET /_ctl/stats`, for the end-to-end tests that run this as a script."""
         app.router.add_put("/_ctl/status", self._ctl_status)
         app.router.add_get("/_ctl/stats", self._ctl_stats)
-        app.router.add_route("*", REDIRECT_PATH, self._redirected)
-        app.router.add_post("/{tail:.*}", self._handle)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        await web.TCPSite(self._runner, host, port).start()
-        bound_host, bound_port = self._runner.addresses[0][:2]
-        self.url = f"http://{bound_host}:{bound_port}/hook"
-        return self.url
-
-    async def stop(self) -> None:
-        """Stop listening; safe to call twice."""
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
-
-    def fail_next(
-        self, n: int, status: int = 503, retry_after: float | None = None, *, only_id: str | None = None
-    ) -> None:
-        """Answer the next `n` verified requests (for `only_id`, if given) with `status`.
-
-        3xx answers carry a Location pointing at a path that counts hits, to prove redirects are not followed.
-        """
-        headers: dict[str, str] = {}
-        if retry_after is not None:
-            headers["Retry-After"] = f"{retry_after:g}"
-        if 300 <= status < 400:
-            headers["Location"] = self.url.rsplit("/", 1)[0] + REDIRECT_PATH
-        self._script.extend((only_id, status, headers) for _ in range(n))
-
-    def set_status(self, status: int | None) -> None:
-        """Answer every verified request with `status` until reset with None."""
-        self.fixed_status = status
-
-    def ids(self) -> list[str]:
-        """Ids of accepted deliveries in arrival order."""
-        return [d.id for d in self.deliveries]
-
-    async def wait_for(self, count: int, within_s: float = 5.0) -> list[Verified]:
-        """Wait until at least `count` deliveries were accepted; AssertionError after `within_s` seconds."""
-        deadline = time.monotonic() + within_s
-        while len(self.deliveries) < count:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise AssertionError(f"got {len(self.deliveries)} deliveries, expected {count}")
-            self._changed.clear()
-            try:
-                await asyncio.wait_for(self._changed.wait(), remaining)
-            except TimeoutError:
-                continue
-        return list(self.deliveries)
 
     async def wait_attempts(self, webhook_id: str, count: int, within_s: float = 5.0) -> None:
         """Wait until `webhook_id` was seen in at least `count` verified requests."""
@@ -217,64 +196,6 @@ class TestReceiver:
             if time.monotonic() > deadline:
                 raise AssertionError(f"{webhook_id}: {self.attempts[webhook_id]} attempts, expected {count}")
             await asyncio.sleep(0.005)
-
-    async def _handle(self, request: web.Request) -> web.Response:
-        body = await request.read()
-        try:
-            msg_id, timestamp = verify_standard(
-                self.secrets, request.headers, body, self._now(), self._tolerance_s
-            )
-        except SignatureError as exc:
-            self.rejected += 1
-            self._changed.set()
-            return web.json_response({"error": str(exc)}, status=401)
-        try:
-            parsed = strict_json(body)
-        except NotStrictJSON as exc:
-            self.not_strict += 1
-            self._changed.set()
-            return web.json_response({"error": f"not strict JSON: {exc}"}, status=400)
-        self.attempts[msg_id] += 1
-        self.requests.append((msg_id, time.monotonic()))
-        self._changed.set()
-        self.in_progress += 1
-        self.max_in_progress = max(self.max_in_progress, self.in_progress)
-        try:
-            return await self._answer(msg_id, timestamp, parsed, request)
-        finally:
-            self.in_progress -= 1
-
-    async def _answer(self, msg_id: str, timestamp: int, parsed: Any, request: web.Request) -> web.Response:
-        if self.delay_s > 0:
-            await asyncio.sleep(self.delay_s)
-        scripted = next((i for i, entry in enumerate(self._script) if entry[0] in (None, msg_id)), None)
-        if scripted is not None:
-            _, status, headers = self._script.pop(scripted)
-            return web.Response(status=status, headers=headers, text="scripted")
-        if self.fixed_status is not None and not 200 <= self.fixed_status < 300:
-            return web.Response(status=self.fixed_status, text="fixed status")
-        verified = Verified(
-            id=msg_id,
-            type=parsed.get("type") if isinstance(parsed, dict) else None,
-            body=parsed,
-            timestamp=timestamp,
-            received_at=time.time(),
-            attempt=self.attempts[msg_id],
-            headers=dict(request.headers),
-        )
-        self.deliveries.append(verified)
-        if self._out is not None:
-            line = {
-                k: getattr(verified, k) for k in ("id", "type", "timestamp", "received_at", "attempt", "body")
-            }
-            with self._out.open("a", encoding="utf-8") as fh:
-                fh.write(json.dumps(line) + "\n")
-        self._changed.set()
-        return web.Response(status=self.fixed_status or 204)
-
-    async def _redirected(self, request: web.Request) -> web.Response:
-        self.redirect_hits += 1
-        return web.Response(status=200, text="a redirect was followed")
 
     async def _ctl_status(self, request: web.Request) -> web.Response:
         doc = await request.json()

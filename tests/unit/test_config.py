@@ -11,21 +11,19 @@ from pathlib import Path
 import pytest
 from pydantic import BaseModel
 
-from watcher.config import (
-    MASK,
+from watcher.config import Settings, load_config, render_config
+from watcher.config.model import (
     ApiConfig,
     DaemonConfig,
     LogConfig,
     PollingConfig,
-    Settings,
     StoreConfig,
     UpstreamConfig,
     WatchlistConfig,
     WebhookConfig,
     WorkspaceConfig,
-    load_config,
-    render_config,
 )
+from watcher.config.render import MASK
 from watcher.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[2]

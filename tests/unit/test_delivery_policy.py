@@ -10,10 +10,12 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from watcher.delivery import RETRY_JITTER, next_update, retry_delay
+from watcher.delivery.bodies import render_body
+from watcher.delivery.retry import RETRY_JITTER, next_update, retry_delay
+from watcher.delivery.target import WebhookTarget
+from watcher.delivery.webhook import SendResult, classify
 from watcher.events import transition_event, verdict_event
-from watcher.models import Delivery, DeliveryState, FinalState, Source, Watch
-from watcher.webhook import SendKind, SendResult, WebhookTarget, classify, render_body
+from watcher.models import Delivery, DeliveryOutcome, DeliveryState, FinalState, Source, Watch
 
 JOB = "5135bfe3-b2c7-41f3-a44f-f4b58e7384df"
 NOW = 1_775_000_000.0
@@ -62,7 +64,7 @@ def _delivery(attempts: int = 0) -> Delivery:
     return Delivery(1, event, "ops", DeliveryState.PENDING, attempts, NOW, NOW)
 
 
-def _result(kind: SendKind, retry_after: float | None = None, detail: str = "HTTP 503") -> SendResult:
+def _result(kind: DeliveryOutcome, retry_after: float | None = None, detail: str = "HTTP 503") -> SendResult:
     return SendResult(kind, 503, retry_after, detail, 0.01)
 
 
@@ -112,24 +114,29 @@ class TestNextUpdate:
 
     @given(
         attempts=st.integers(0, 50),
-        kind=st.sampled_from(SendKind),
+        kind=st.sampled_from(DeliveryOutcome),
         target=targets,
         retry_after=retry_afters,
         seed=st.integers(0, 2**32),
     )
     def test_state_machine(
-        self, attempts: int, kind: SendKind, target: WebhookTarget, retry_after: float | None, seed: int
+        self,
+        attempts: int,
+        kind: DeliveryOutcome,
+        target: WebhookTarget,
+        retry_after: float | None,
+        seed: int,
     ) -> None:
         """Success delivers, 410 kills, a retry is pending until max_attempts is reached, then dead."""
         update = next_update(
             _delivery(attempts), _result(kind, retry_after), NOW, target, random.Random(seed)
         )
         assert update.attempts == attempts + 1
-        if kind is SendKind.SUCCESS:
+        if kind is DeliveryOutcome.SUCCESS:
             assert update.state is DeliveryState.DELIVERED
             assert update.delivered_at == NOW
             assert update.last_error is None
-        elif kind is SendKind.DEAD or attempts + 1 >= target.max_attempts:
+        elif kind is DeliveryOutcome.DEAD or attempts + 1 >= target.max_attempts:
             assert update.state is DeliveryState.DEAD
             assert update.last_error == "HTTP 503"
             assert update.delivered_at is None
@@ -142,7 +149,7 @@ class TestNextUpdate:
     def test_reason_is_short(self) -> None:
         """A long detail is cut so the stored last_error stays small."""
         update = next_update(
-            _delivery(), _result(SendKind.RETRY, detail="x" * 1000), NOW, TARGET, random.Random(1)
+            _delivery(), _result(DeliveryOutcome.RETRY, detail="x" * 1000), NOW, TARGET, random.Random(1)
         )
         assert update.last_error is not None
         assert len(update.last_error) <= 200
@@ -199,17 +206,17 @@ class TestClassify:
     @pytest.mark.parametrize(
         ("status", "kind"),
         [
-            (200, SendKind.SUCCESS),
-            (204, SendKind.SUCCESS),
-            (410, SendKind.DEAD),
-            (301, SendKind.RETRY),
-            (308, SendKind.RETRY),
-            (400, SendKind.RETRY),
-            (429, SendKind.RETRY),
-            (503, SendKind.RETRY),
+            (200, DeliveryOutcome.SUCCESS),
+            (204, DeliveryOutcome.SUCCESS),
+            (410, DeliveryOutcome.DEAD),
+            (301, DeliveryOutcome.RETRY),
+            (308, DeliveryOutcome.RETRY),
+            (400, DeliveryOutcome.RETRY),
+            (429, DeliveryOutcome.RETRY),
+            (503, DeliveryOutcome.RETRY),
         ],
     )
-    def test_kinds(self, status: int, kind: SendKind) -> None:
+    def test_kinds(self, status: int, kind: DeliveryOutcome) -> None:
         """2xx succeeds, 410 is dead at once, redirects and other errors are retried."""
         assert classify(status, "", None, NOW, 0.0).kind is kind
 

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 from structlog.testing import capture_logs
 
-from watcher.clock import ManualClock
+from watcher.devtools.clock import ManualClock
 from watcher.errors import StoreError, StoreUnavailable
 from watcher.health import OUTAGE_BACKOFF_MAX_S, OUTAGE_JITTER, StoreHealth, outage_delay
 from watcher.metrics import Metrics

@@ -13,11 +13,11 @@ from typing import Any
 import pytest
 from pydantic import BaseModel, ValidationError
 
-from watcher.api_models import DeliveryListQuery, WatchCreate, WatchListQuery
 from watcher.config import load_config
 from watcher.errors import ConfigError, StoreError
-from watcher.store.pgconn import parse_url
-from watcher.watchlist import parse_watchlist
+from watcher.http.v1.models import DeliveryListQuery, WatchCreate, WatchListQuery
+from watcher.sources.watchlist import parse_watchlist
+from watcher.store.postgres.conn import parse_url
 
 JOB = "5135bfe3-b2c7-41f3-a44f-f4b58e7384df"
 SUFFIXES = ["\n", "\r\n", "\n\n"]

@@ -12,15 +12,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from watcher.clock import parse_timestamp
 from watcher.models import FinalState, PollOutcome, PollResult, Source, Watch
-from watcher.policy import (
+from watcher.polling.policy import (
     PollingPolicy,
     deadline,
     decide,
     error_delay,
     first_due,
     is_expired,
-    parse_timestamp,
     poll_delay,
 )
 

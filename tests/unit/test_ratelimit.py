@@ -10,8 +10,8 @@ import asyncio
 
 import pytest
 
-from watcher.clock import ManualClock
-from watcher.ratelimit import PENALTY_WINDOW_S, TokenBucket
+from watcher.devtools.clock import ManualClock
+from watcher.polling.ratelimit import PENALTY_WINDOW_S, TokenBucket
 
 STEP = 1 / 64
 

@@ -17,9 +17,9 @@ from watcher.containment import QUARANTINE_AFTER, describe
 from watcher.errors import StoreError
 from watcher.metrics import Metrics
 from watcher.models import PollOutcome, PollResult, Registration, SavedPoll, Source, Watch
-from watcher.policy import PollingPolicy
-from watcher.ratelimit import TokenBucket
-from watcher.scheduler import Scheduler
+from watcher.polling.policy import PollingPolicy
+from watcher.polling.ratelimit import TokenBucket
+from watcher.polling.scheduler import Scheduler
 from watcher.store.memory import MemoryStore
 
 POISONED = "00000000-0000-4000-8000-000000000000"

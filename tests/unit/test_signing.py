@@ -7,7 +7,7 @@ import base64
 import pytest
 
 from tests.support.standard_webhooks import SignatureError, verify_standard
-from watcher.signing import decode_secret, sign, verify
+from watcher.delivery.signing import decode_secret, sign, verify
 
 VECTOR_SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 VECTOR_ID = "msg_p5jXN8AQM9LWM0D4loKWxJek"

@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from watcher.models import Source
-from watcher.watchlist import WatchlistProblem, parse_watchlist
+from watcher.sources.watchlist import WatchlistProblem, parse_watchlist
 
 WORKSPACES = ("acme", "beta")
 A = "5135bfe3-b2c7-41f3-a44f-f4b58e7384df"

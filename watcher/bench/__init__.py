@@ -25,7 +25,8 @@ from watcher.bench import stores
 from watcher.bench.harness import Context
 from watcher.bench.report import ScenarioResult, render_table, to_json
 from watcher.errors import WatcherError
-from watcher.store.pgconn import parse_url
+from watcher.store.postgres.conn import parse_url
+from watcher.usage import OneLineParser, UsageError
 
 # Scenario name -> module; the order is the order of a full run (cheap and telling first).
 SCENARIOS: dict[str, str] = {
@@ -38,15 +39,6 @@ SCENARIOS: dict[str, str] = {
 }
 SCENARIO_TIMEOUT_S = 420.0
 QUICK_SIZES = (1_000, 3_000)
-
-
-class _UsageError(Exception):
-    pass
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # type: ignore[override]  # one line, not a usage dump
-        raise _UsageError(message)
 
 
 def _sizes(text: str) -> tuple[int, ...]:
@@ -71,8 +63,8 @@ def _store(text: str) -> str:
     return text
 
 
-def _parser() -> _Parser:
-    p = _Parser(
+def _parser() -> OneLineParser:
+    p = OneLineParser(
         prog="watcher bench",
         description="Measure job-watcher against the performance targets of SPEC §9 on this machine.",
     )
@@ -131,10 +123,10 @@ def bench_main(argv: Sequence[str]) -> int:
         args = _parser().parse_args(list(argv))
         unknown = [s for s in args.scenarios if s not in SCENARIOS]
         if unknown:
-            raise _UsageError(f"unknown scenario {unknown[0]!r} (choose from {', '.join(SCENARIOS)})")
+            raise UsageError(f"unknown scenario {unknown[0]!r} (choose from {', '.join(SCENARIOS)})")
         if args.window_s is not None and args.window_s <= 0:
-            raise _UsageError("--window-s must be positive")
-    except _UsageError as exc:
+            raise UsageError("--window-s must be positive")
+    except UsageError as exc:
         print(f"watcher bench: error: {exc}", file=sys.stderr)
         return 2
     except SystemExit as exc:  # --help

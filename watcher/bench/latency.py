@@ -21,22 +21,10 @@ from typing import Any
 
 import aiohttp
 
-from watcher.bench.harness import (
-    BenchError,
-    Child,
-    Context,
-    build_store,
-    daemon,
-    free_port,
-    fresh_store_url,
-    job_ids,
-    simulator,
-    sink,
-    write_config,
-)
+from watcher.bench import harness
 from watcher.bench.report import ScenarioResult
 from watcher.clock import iso_utc
-from watcher.signing import HEADER_ID, HEADER_SIGNATURE, HEADER_TIMESTAMP, sign
+from watcher.delivery.signing import HEADER_ID, HEADER_SIGNATURE, HEADER_TIMESTAMP, sign
 
 TARGET_P99_MS = 50.0
 
@@ -53,7 +41,7 @@ def new_secret() -> str:
     return "whsec_" + base64.b64encode(os.urandom(24)).decode()
 
 
-async def deliveries(rx: Child, session: aiohttp.ClientSession) -> list[dict[str, Any]]:
+async def deliveries(rx: harness.Child, session: aiohttp.ClientSession) -> list[dict[str, Any]]:
     """What the sink has recorded so far."""
     async with session.get(rx.url.rsplit("/", 1)[0] + "/_bench/deliveries") as resp:
         doc = await resp.json()
@@ -61,7 +49,7 @@ async def deliveries(rx: Child, session: aiohttp.ClientSession) -> list[dict[str
 
 
 async def wait_deliveries(
-    rx: Child, session: aiohttp.ClientSession, count: int, timeout_s: float
+    rx: harness.Child, session: aiohttp.ClientSession, count: int, timeout_s: float
 ) -> list[dict[str, Any]]:
     """Poll the sink until it holds `count` deliveries; BenchError after `timeout_s`."""
     deadline = time.monotonic() + timeout_s
@@ -70,11 +58,11 @@ async def wait_deliveries(
         if len(got) >= count:
             return got
         if time.monotonic() > deadline:
-            raise BenchError(f"only {len(got)} of {count} webhooks arrived within {timeout_s:g}s")
+            raise harness.BenchError(f"only {len(got)} of {count} webhooks arrived within {timeout_s:g}s")
         await asyncio.sleep(0.25)
 
 
-async def _bare_posts(rx: Child, secret: str, count: int) -> list[float]:
+async def _bare_posts(rx: harness.Child, secret: str, count: int) -> list[float]:
     """One-way latency of `count` signed POSTs sent one at a time, in milliseconds."""
     async with aiohttp.ClientSession() as session:
         for _ in range(count):
@@ -92,19 +80,21 @@ async def _bare_posts(rx: Child, secret: str, count: int) -> list[float]:
             }
             async with session.post(rx.url, data=body, headers=headers) as resp:
                 if resp.status >= 300:
-                    raise BenchError(f"latency: the receiver answered {resp.status} to a baseline POST")
+                    raise harness.BenchError(
+                        f"latency: the receiver answered {resp.status} to a baseline POST"
+                    )
             await asyncio.sleep(0.005)
         got = await deliveries(rx, session)
     return [(d["received_at"] - d["detected_at"]) * 1000 for d in got if d["type"] == "bench.baseline"]
 
 
-async def run(ctx: Context) -> ScenarioResult:
+async def run(ctx: harness.Context) -> ScenarioResult:
     """Jobs finishing steadily over a spread; every `job.success` webhook timed."""
     res = ScenarioResult("latency")
     jobs, spread_s, poll_s, lead_s = (60, 3.0, 1.0, 3.0) if ctx.quick else (1_200, 12.0, 4.0, 5.0)
-    ids = job_ids(jobs, seed=7)
-    store_url = fresh_store_url(ctx.store, ctx.workdir, "latency")
-    await build_store(store_url, ids, time.time())
+    ids = harness.job_ids(jobs, seed=7)
+    store_url = harness.fresh_store_url(ctx.store, ctx.workdir, "latency")
+    await harness.build_store(store_url, ids, time.time())
     scenario = ctx.workdir / "latency-jobs.json"
     specs = [
         {"id": j, "status": "active", "script": [[lead_s + i * spread_s / jobs, "success"]]}
@@ -113,13 +103,13 @@ async def run(ctx: Context) -> ScenarioResult:
     scenario.write_text(json.dumps(specs))
     secret = new_secret()
     async with (
-        simulator(ctx.workdir, "--scenario", str(scenario), "--max-log", "0") as sim,
-        sink(ctx.workdir, secret) as rx,
+        harness.simulator(ctx.workdir, "--scenario", str(scenario), "--max-log", "0") as sim,
+        harness.sink(ctx.workdir, secret) as rx,
     ):
         ctx.say("latency: baseline of plain signed POSTs to the receiver")
         bare = await _bare_posts(rx, secret, 50 if ctx.quick else 300)
-        port = free_port()
-        config = write_config(
+        port = harness.free_port()
+        config = harness.write_config(
             ctx.workdir / "latency.toml",
             upstream_url=sim.url,
             store_url=store_url,
@@ -134,7 +124,10 @@ async def run(ctx: Context) -> ScenarioResult:
             webhooks=[{"name": "bench", "url": rx.url, "secret": secret, "timeout_s": 5.0}],
         )
         ctx.say(f"latency: {jobs:,} jobs finishing over {spread_s:g}s, each polled every ~{poll_s:g}s")
-        async with daemon(ctx.workdir, config, port, name="latency-daemon"), aiohttp.ClientSession() as s:
+        async with (
+            harness.daemon(ctx.workdir, config, port, name="latency-daemon"),
+            aiohttp.ClientSession() as s,
+        ):
             got = await wait_deliveries(rx, s, len(bare) + jobs, lead_s + spread_s + 3 * poll_s + 60.0)
     (ctx.workdir / "latency-deliveries.json").write_text(json.dumps(got))
     lat = [(d["received_at"] - d["detected_at"]) * 1000 for d in got if d["type"] == "job.success"]

@@ -15,18 +15,7 @@ import time
 
 import aiohttp
 
-from watcher.bench.harness import (
-    BenchError,
-    Context,
-    Daemon,
-    build_store,
-    daemon,
-    free_port,
-    fresh_store_url,
-    job_ids,
-    simulator,
-    write_config,
-)
+from watcher.bench import harness
 from watcher.bench.report import ScenarioResult
 
 TARGET_S = 20.0
@@ -35,7 +24,7 @@ CLIENTS = 4
 SAMPLE_S = 0.5  # "keeps polling": no interval this long without a poll during the registration
 
 
-async def _post_all(d: Daemon, ids: list[str]) -> float:
+async def _post_all(d: harness.Daemon, ids: list[str]) -> float:
     """Post every id in batches from `CLIENTS` concurrent clients; the seconds it took."""
     batches = [ids[i : i + BATCH] for i in range(0, len(ids), BATCH)]
     queue = iter(batches)
@@ -45,10 +34,12 @@ async def _post_all(d: Daemon, ids: list[str]) -> float:
             body = {"watches": [{"job_id": j} for j in batch]}
             async with session.post(d.api + "/v1/watches/batch", json=body) as resp:
                 if resp.status != 200:
-                    raise BenchError(f"register: POST /v1/watches/batch answered {resp.status}")
+                    raise harness.BenchError(f"register: POST /v1/watches/batch answered {resp.status}")
                 doc = await resp.json()
             if doc.get("created") != len(batch):
-                raise BenchError(f"register: a batch created {doc.get('created')} of {len(batch)} watches")
+                raise harness.BenchError(
+                    f"register: a batch created {doc.get('created')} of {len(batch)} watches"
+                )
 
     started = time.monotonic()
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as session:
@@ -56,24 +47,24 @@ async def _post_all(d: Daemon, ids: list[str]) -> float:
     return time.monotonic() - started
 
 
-async def _rate(d: Daemon, session: aiohttp.ClientSession, seconds: float) -> float:
+async def _rate(d: harness.Daemon, session: aiohttp.ClientSession, seconds: float) -> float:
     before, t0 = await d.polls_total(session), time.monotonic()
     await asyncio.sleep(seconds)
     return (await d.polls_total(session) - before) / (time.monotonic() - t0)
 
 
-async def run(ctx: Context) -> ScenarioResult:
+async def run(ctx: harness.Context) -> ScenarioResult:
     """Steady polling, then the registration with the poll rate watched alongside."""
     res = ScenarioResult("register")
     new, existing, rate = (5_000, 1_000, 100.0) if ctx.quick else (100_000, 10_000, 200.0)
     sample_s = SAMPLE_S / 5 if ctx.quick else SAMPLE_S
-    store_url = fresh_store_url(ctx.store, ctx.workdir, "register")
-    await build_store(store_url, job_ids(existing, seed=21), time.time())
-    ids = job_ids(new, seed=22)
-    async with simulator(ctx.workdir, "--unknown-jobs", "active", "--max-log", "0") as sim:
-        port = free_port()
+    store_url = harness.fresh_store_url(ctx.store, ctx.workdir, "register")
+    await harness.build_store(store_url, harness.job_ids(existing, seed=21), time.time())
+    ids = harness.job_ids(new, seed=22)
+    async with harness.simulator(ctx.workdir, "--unknown-jobs", "active", "--max-log", "0") as sim:
+        port = harness.free_port()
         period = existing / rate
-        config = write_config(
+        config = harness.write_config(
             ctx.workdir / "register.toml",
             upstream_url=sim.url,
             store_url=store_url,
@@ -87,7 +78,7 @@ async def run(ctx: Context) -> ScenarioResult:
             },
         )
         async with (
-            daemon(ctx.workdir, config, port, name="register-daemon") as d,
+            harness.daemon(ctx.workdir, config, port, name="register-daemon") as d,
             aiohttp.ClientSession() as s,
         ):
             window = min(ctx.window_s, 3.0)

@@ -29,20 +29,7 @@ from urllib.parse import urlsplit
 
 import aiohttp
 
-from watcher.bench import stores
-from watcher.bench.harness import (
-    BenchError,
-    Child,
-    Context,
-    Daemon,
-    build_store,
-    daemon,
-    free_port,
-    fresh_store_url,
-    job_ids,
-    simulator,
-    write_config,
-)
+from watcher.bench import harness, stores
 from watcher.bench.report import ScenarioResult
 
 REPLICAS = 3
@@ -60,7 +47,7 @@ SKIP_REASON = (
 ALWAYS_DUE = {"initial_interval_s": 0.001, "multiplier": 1.0, "max_interval_s": 0.001, "jitter": 0.0}
 
 
-async def run(ctx: Context) -> ScenarioResult:
+async def run(ctx: harness.Context) -> ScenarioResult:
     """Throughput of 1 and of 3 replicas, then the takeover after one of 3 is killed."""
     res = ScenarioResult("replicas")
     if not stores.is_postgres(ctx.store):
@@ -70,16 +57,16 @@ async def run(ctx: Context) -> ScenarioResult:
     takeover_watches = 120 if ctx.quick else 600
     warmup_s = 0.5 if ctx.quick else 2.0
 
-    store_url = fresh_store_url(ctx.store, ctx.workdir, "replicas")
-    await build_store(store_url, job_ids(watches, seed=31), time.time())
-    async with simulator(ctx.workdir, "--unknown-jobs", "active", "--max-log", "0") as sim:
+    store_url = harness.fresh_store_url(ctx.store, ctx.workdir, "replicas")
+    await harness.build_store(store_url, harness.job_ids(watches, seed=31), time.time())
+    async with harness.simulator(ctx.workdir, "--unknown-jobs", "active", "--max-log", "0") as sim:
         one = await _rate(ctx, sim, store_url, 1, watches, warmup_s)
         three = await _rate(ctx, sim, store_url, REPLICAS, watches, warmup_s)
 
-    takeover_url = fresh_store_url(ctx.store, ctx.workdir, "replicas-takeover")
-    await build_store(takeover_url, job_ids(takeover_watches, seed=32), time.time())
+    takeover_url = harness.fresh_store_url(ctx.store, ctx.workdir, "replicas-takeover")
+    await harness.build_store(takeover_url, harness.job_ids(takeover_watches, seed=32), time.time())
     slow = ("--fault-slow", "1", "--slow-s", str(SLOW_S))
-    async with simulator(ctx.workdir, "--unknown-jobs", "active", *slow) as sim:
+    async with harness.simulator(ctx.workdir, "--unknown-jobs", "active", *slow) as sim:
         held, delays, inflight = await _takeover(ctx, sim, takeover_url)
 
     res.add("1 replica", one["rate"], "polls/s")
@@ -110,9 +97,11 @@ async def run(ctx: Context) -> ScenarioResult:
     return res
 
 
-def _config(ctx: Context, sim: Child, store_url: str, name: str, polling: dict[str, Any]) -> tuple[Path, int]:
-    port = free_port()
-    path = write_config(
+def _config(
+    ctx: harness.Context, sim: harness.Child, store_url: str, name: str, polling: dict[str, Any]
+) -> tuple[Path, int]:
+    port = harness.free_port()
+    path = harness.write_config(
         ctx.workdir / f"{name}.toml",
         upstream_url=sim.url,
         store_url=store_url,
@@ -126,14 +115,16 @@ def _config(ctx: Context, sim: Child, store_url: str, name: str, polling: dict[s
 
 @contextlib.asynccontextmanager
 async def _replicas(
-    ctx: Context, sim: Child, store_url: str, n: int, name: str, polling: dict[str, Any]
-) -> AsyncIterator[list[Daemon]]:
+    ctx: harness.Context, sim: harness.Child, store_url: str, n: int, name: str, polling: dict[str, Any]
+) -> AsyncIterator[list[harness.Daemon]]:
     """`n` `watcher run` processes on one store, each in its own process with its own API port."""
     async with contextlib.AsyncExitStack() as stack:
-        ds: list[Daemon] = []
+        ds: list[harness.Daemon] = []
         for i in range(n):
             path, port = _config(ctx, sim, store_url, f"{name}-{i}", polling)
-            ds.append(await stack.enter_async_context(daemon(ctx.workdir, path, port, name=f"{name}-{i}")))
+            ds.append(
+                await stack.enter_async_context(harness.daemon(ctx.workdir, path, port, name=f"{name}-{i}"))
+            )
         yield ds
 
 
@@ -144,12 +135,12 @@ def _machine_cpu() -> tuple[float, float]:
     return sum(ticks) - ticks[3] - ticks[4], sum(ticks)  # minus idle and iowait
 
 
-async def _polls(ds: list[Daemon], s: aiohttp.ClientSession) -> list[float]:
+async def _polls(ds: list[harness.Daemon], s: aiohttp.ClientSession) -> list[float]:
     return list(await asyncio.gather(*(d.polls_total(s) for d in ds)))
 
 
 async def _rate(
-    ctx: Context, sim: Child, store_url: str, n: int, watches: int, warmup_s: float
+    ctx: harness.Context, sim: harness.Child, store_url: str, n: int, watches: int, warmup_s: float
 ) -> dict[str, Any]:
     """Polls/s of `n` replicas polling always-due watches, summed, with their CPU per poll."""
     ctx.say(f"replicas: {n} replica(s), {watches:,} always-due watches, {ctx.window_s:g}s")
@@ -162,7 +153,7 @@ async def _rate(
         deadline = ready_at + 60.0
         while sum(await _polls(ds, s)) < 1.2 * watches or time.monotonic() - ready_at < warmup_s + LEASE_S:
             if time.monotonic() > deadline:
-                raise BenchError(f"replicas: {n} replica(s) did not poll every watch within 60s")
+                raise harness.BenchError(f"replicas: {n} replica(s) did not poll every watch within 60s")
             await asyncio.sleep(0.1)
         m0, p0 = _machine_cpu(), await _polls(ds, s)
         c0, sc0, t0 = [d.cpu_seconds() for d in ds], sim.cpu_seconds(), time.monotonic()
@@ -171,7 +162,7 @@ async def _rate(
         c1, sc1, t1 = [d.cpu_seconds() for d in ds], sim.cpu_seconds(), time.monotonic()
     polls = sum(p1) - sum(p0)
     if polls <= 0:
-        raise BenchError(f"replicas: {n} replica(s) made no polls in the window")
+        raise harness.BenchError(f"replicas: {n} replica(s) made no polls in the window")
     return {
         "rate": polls / (t1 - t0),
         "per_replica": [(b - a) / (t1 - t0) for a, b in zip(p0, p1, strict=True)],
@@ -184,11 +175,13 @@ async def _rate(
 async def _sim_get(s: aiohttp.ClientSession, root: str, path: str) -> Any:
     async with s.get(root + path) as resp:
         if resp.status != 200:
-            raise BenchError(f"replicas: simulator {path} answered {resp.status}")
+            raise harness.BenchError(f"replicas: simulator {path} answered {resp.status}")
         return await resp.json()
 
 
-async def _takeover(ctx: Context, sim: Child, store_url: str) -> tuple[set[str], list[float], int]:
+async def _takeover(
+    ctx: harness.Context, sim: harness.Child, store_url: str
+) -> tuple[set[str], list[float], int]:
     """(watches the killed replica held, seconds until each was polled again, most in flight per job)."""
     polling = {
         "initial_interval_s": TAKEOVER_INTERVAL_S,
@@ -212,7 +205,9 @@ async def _takeover(ctx: Context, sim: Child, store_url: str) -> tuple[set[str],
         later = await stores.leases(store_url)
         held = {job for job, lease in at_kill.items() if later.get(job) == lease}
         if not held:
-            raise BenchError("replicas: the killed replica held no lease, the takeover was not exercised")
+            raise harness.BenchError(
+                "replicas: the killed replica held no lease, the takeover was not exercised"
+            )
         first: dict[str, float] = {}
         deadline = killed_at + 3 * LEASE_S + 5.0
         while time.time() < deadline:
@@ -225,7 +220,7 @@ async def _takeover(ctx: Context, sim: Child, store_url: str) -> tuple[set[str],
             await asyncio.sleep(0.25)
         inflight = int((await _sim_get(s, root, "/_sim/stats"))["max_inflight_per_job"])
     if len(first) < len(held):
-        raise BenchError(
+        raise harness.BenchError(
             f"replicas: {len(held) - len(first)} of {len(held)} watches of the killed replica were not"
             f" polled again within {deadline - killed_at:g}s"
         )

@@ -19,19 +19,7 @@ from dataclasses import dataclass
 
 import aiohttp
 
-from watcher.bench.harness import (
-    BenchError,
-    Child,
-    Context,
-    Daemon,
-    build_store,
-    daemon,
-    free_port,
-    fresh_store_url,
-    job_ids,
-    simulator,
-    write_config,
-)
+from watcher.bench import harness
 from watcher.bench.report import ScenarioResult
 
 RATE = 500.0  # polls per second at every size; well inside what the pipeline sustains on two cores
@@ -50,11 +38,11 @@ class _Size:
     rate: float = 0.0  # polls per second in the window
 
 
-async def run(ctx: Context) -> ScenarioResult:
+async def run(ctx: harness.Context) -> ScenarioResult:
     """An empty daemon for reference, then each size in turn against one always-active simulator."""
     res = ScenarioResult("scale")
     rate = 100.0 if ctx.quick else RATE
-    async with simulator(ctx.workdir, "--unknown-jobs", "active", "--max-log", "0") as sim:
+    async with harness.simulator(ctx.workdir, "--unknown-jobs", "active", "--max-log", "0") as sim:
         empty = await _measure(ctx, sim, 0, rate)
         sizes = [await _measure(ctx, sim, n, rate) for n in ctx.sizes]
     res.add("empty daemon: RSS", empty.rss / 2**20, "MiB")
@@ -87,7 +75,7 @@ async def run(ctx: Context) -> ScenarioResult:
     return res
 
 
-async def _steady(ctx: Context, d: Daemon, s: aiohttp.ClientSession, rate: float) -> None:
+async def _steady(ctx: harness.Context, d: harness.Daemon, s: aiohttp.ClientSession, rate: float) -> None:
     """Wait until the daemon polls at `rate`: a restore that took long leaves a backlog to catch up first."""
     deadline = time.monotonic() + 180.0
     step = 0.5 if ctx.quick else 1.0
@@ -96,22 +84,22 @@ async def _steady(ctx: Context, d: Daemon, s: aiohttp.ClientSession, rate: float
         await asyncio.sleep(step)
         if abs((await d.polls_total(s) - before) / step - rate) <= 0.25 * rate:
             return
-    raise BenchError(f"scale: the daemon did not settle at {rate:g} polls/s within 180s")
+    raise harness.BenchError(f"scale: the daemon did not settle at {rate:g} polls/s within 180s")
 
 
-async def _measure(ctx: Context, sim: Child, watches: int, rate: float) -> _Size:
+async def _measure(ctx: harness.Context, sim: harness.Child, watches: int, rate: float) -> _Size:
     """Build a store of `watches`, start a daemon on it and measure it."""
     out = _Size(watches)
     name = f"scale-{watches}"
-    store_url = fresh_store_url(ctx.store, ctx.workdir, name)
-    ids = job_ids(watches, seed=watches)
+    store_url = harness.fresh_store_url(ctx.store, ctx.workdir, name)
+    ids = harness.job_ids(watches, seed=watches)
     ctx.say(f"scale: registering {watches:,} watches in the store")
-    out.build_s = await build_store(store_url, ids, time.time())
+    out.build_s = await harness.build_store(store_url, ids, time.time())
     del ids
     gc.collect()  # the bench's own million ids and registrations are garbage now
     period = max(1.0, watches / rate)
-    port = free_port()
-    config = write_config(
+    port = harness.free_port()
+    config = harness.write_config(
         ctx.workdir / f"{name}.toml",
         upstream_url=sim.url,
         store_url=store_url,
@@ -120,7 +108,10 @@ async def _measure(ctx: Context, sim: Child, watches: int, rate: float) -> _Size
         polling={"initial_interval_s": period, "multiplier": 1.0, "max_interval_s": period, "jitter": 0.2},
     )
     ctx.say(f"scale: daemon restoring {watches:,} watches")
-    async with daemon(ctx.workdir, config, port, name=f"{name}-daemon") as d, aiohttp.ClientSession() as s:
+    async with (
+        harness.daemon(ctx.workdir, config, port, name=f"{name}-daemon") as d,
+        aiohttp.ClientSession() as s,
+    ):
         out.startup_s = d.startup_s
         out.rss, _ = d.memory()
         if watches:
@@ -129,7 +120,9 @@ async def _measure(ctx: Context, sim: Child, watches: int, rate: float) -> _Size
             await asyncio.sleep(ctx.window_s)
             polls1, cpu1, t1 = await d.polls_total(s), d.cpu_seconds(), time.monotonic()
             if polls1 <= polls0:
-                raise BenchError(f"scale: the daemon with {watches:,} watches made no polls in the window")
+                raise harness.BenchError(
+                    f"scale: the daemon with {watches:,} watches made no polls in the window"
+                )
             out.cost_us = (cpu1 - cpu0) / (polls1 - polls0) * 1e6
             out.rate = (polls1 - polls0) / (t1 - t0)
         _, out.peak = d.memory()

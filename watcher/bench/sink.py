@@ -4,7 +4,8 @@ Run as `python -m watcher.bench.sink --port 0` with the signing secret in `$BENC
 the command line, where `ps` would show it). It prints one JSON line `{"event": "listening", "url": …}`,
 answers every verified delivery 204 at once, and serves what it received at `GET /_bench/deliveries`: per
 delivery the webhook id, event type, job id, the arrival time, and the body's `detected_at` and the job's
-`updatedAt`, so the bench can compute notify latency and detection lag without parsing logs.
+`updatedAt`, so the bench can compute notify latency and detection lag without parsing logs. It is the
+devtools receiver (`watcher.devtools.receiver.Receiver`) with these records and that route.
 """
 
 from __future__ import annotations
@@ -15,77 +16,64 @@ import json
 import os
 import signal
 import sys
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from aiohttp import web
 
-from watcher.policy import parse_timestamp
-from watcher.signing import HEADER_ID, verify
+from watcher.clock import parse_timestamp
+from watcher.devtools.receiver import ARRIVED, Receiver
 
 SECRET_ENV = "BENCH_WEBHOOK_SECRET"  # noqa: S105 - the name of a variable, not a secret
 
 
-class Sink:
+class Sink(Receiver):
     """Records verified deliveries, the first one of each webhook id only (retries are not new events)."""
 
-    def __init__(self, secret: str, now: Callable[[], float] = time.time) -> None:
-        self._secrets = (secret,)
-        self._now = now
-        self._seen: set[str] = set()
+    def __init__(self, secret: str) -> None:
+        super().__init__([secret], path="/hook", ok_status=204)
         self.records: list[dict[str, Any]] = []
-        self.rejected = 0
 
-    async def handle(self, request: web.Request) -> web.Response:
-        """Verify and record one delivery; arrival is taken before the body is parsed."""
-        arrived = self._now()
-        body = await request.read()
-        if not verify(self._secrets, request.headers, body, arrived):
-            self.rejected += 1
-            return web.Response(status=401)
-        msg_id = request.headers[HEADER_ID]
-        if msg_id not in self._seen:
-            self._seen.add(msg_id)
-            payload = json.loads(body)
-            data = payload.get("data", {})
-            job = data.get("job") or {}
-            self.records.append({
-                "id": msg_id,
-                "type": payload.get("type"),
-                "job_id": job.get("id"),
-                "received_at": arrived,
-                "detected_at": parse_timestamp(data.get("detected_at")),
-                "updated_at": parse_timestamp(job.get("updatedAt")),
-            })  # fmt: skip
-        return web.Response(status=204)
+    def record(self, msg_id: str, timestamp: int, body: Any, request: web.Request) -> dict[str, Any]:
+        """The bench's figures of one delivery; kept in `records` for its first arrival only."""
+        data = body.get("data", {}) if isinstance(body, dict) else {}
+        job = data.get("job") or {}
+        found = {
+            "id": msg_id,
+            "type": body.get("type") if isinstance(body, dict) else None,
+            "job_id": job.get("id"),
+            "received_at": request[ARRIVED],
+            "detected_at": parse_timestamp(data.get("detected_at")),
+            "updated_at": parse_timestamp(job.get("updatedAt")),
+        }
+        if self.attempts[msg_id] == 1:
+            self.records.append(found)
+        return found
 
-    async def deliveries(self, request: web.Request) -> web.Response:
-        """What arrived so far, in arrival order."""
+    def delivery_id(self, delivery: Any) -> str:
+        """The webhook id of a record."""
+        return str(delivery["id"])
+
+    def extra_routes(self, app: web.Application) -> None:
+        """`GET /_bench/deliveries`: what arrived so far, in arrival order."""
+        app.router.add_get("/_bench/deliveries", self._report)
+
+    async def _report(self, request: web.Request) -> web.Response:
         return web.json_response({"deliveries": self.records, "rejected": self.rejected})
-
-    def app(self) -> web.Application:
-        """The aiohttp application: POST anywhere delivers, `GET /_bench/deliveries` reports."""
-        app = web.Application()
-        app.router.add_get("/_bench/deliveries", self.deliveries)
-        app.router.add_post("/{tail:.*}", self.handle)
-        return app
 
 
 async def _serve(host: str, port: int, secret: str) -> None:
-    runner = web.AppRunner(Sink(secret).app(), access_log=None)
-    await runner.setup()
+    sink = Sink(secret)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     try:
-        await web.TCPSite(runner, host, port).start()
-        bound_host, bound_port = runner.addresses[0][:2]
-        print(json.dumps({"event": "listening", "url": f"http://{bound_host}:{bound_port}/hook"}), flush=True)
+        url = await sink.start(host, port)
+        print(json.dumps({"event": "listening", "url": url}), flush=True)
         await stop.wait()
     finally:
-        await runner.cleanup()
+        await sink.stop()
 
 
 def main(argv: Sequence[str] | None = None) -> int:

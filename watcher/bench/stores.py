@@ -14,7 +14,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 import asyncpg  # type: ignore[import-untyped]  # asyncpg ships no type information
 
 from watcher.errors import StoreError
-from watcher.store.pgconn import parse_url
+from watcher.store.postgres.conn import parse_url
 
 SCHEMA_PREFIX = "watcher_bench_"
 _CONNECT_TIMEOUT_S = 10.0

@@ -18,22 +18,7 @@ import time
 
 import aiohttp
 
-from watcher.bench.harness import (
-    SIM_KEY,
-    SIM_SLUG,
-    SIM_TOKEN,
-    BenchError,
-    Child,
-    Context,
-    Daemon,
-    build_store,
-    daemon,
-    free_port,
-    fresh_store_url,
-    job_ids,
-    simulator,
-    write_config,
-)
+from watcher.bench import harness
 from watcher.bench.report import ScenarioResult
 
 TARGET_RATIO = 0.80
@@ -47,9 +32,9 @@ async def bare_client_rate(
 ) -> tuple[float, float]:
     """(requests/s, CPU µs per request) of `concurrency` plain GET loops on one session, after a warm-up."""
     headers = {
-        "Authorization": f"Bearer {SIM_TOKEN}",
-        "x-api-key": SIM_KEY,
-        "x-workspace-slug": SIM_SLUG,
+        "Authorization": f"Bearer {harness.SIM_TOKEN}",
+        "x-api-key": harness.SIM_KEY,
+        "x-workspace-slug": harness.SIM_SLUG,
         "Accept": "application/json",
     }
     prefix = base_url.rstrip("/") + "/jobs/"
@@ -83,11 +68,11 @@ async def bare_client_rate(
         elapsed = loop.time() - start
         cpu = time.process_time() - cpu_at_start
     if failed or not counted:
-        raise BenchError(f"baseline: {failed} requests were not answered 200, {counted} were")
+        raise harness.BenchError(f"baseline: {failed} requests were not answered 200, {counted} were")
     return counted / elapsed, cpu / counted * 1e6
 
 
-async def run(ctx: Context) -> ScenarioResult:
+async def run(ctx: harness.Context) -> ScenarioResult:
     """Alternating windows of the bare loop and the daemon; the median of the pairs' ratios.
 
     A shared machine's speed drifts within seconds, so one baseline before and one after a long daemon
@@ -100,18 +85,18 @@ async def run(ctx: Context) -> ScenarioResult:
     warmup_s = 0.5 if ctx.quick else 2.0
     pairs = 2 if ctx.quick else PAIRS
     window_s = ctx.window_s / 2 if ctx.quick else max(1.0, ctx.window_s * 2 / 5)
-    ids = job_ids(watches, seed=1)
-    store_url = fresh_store_url(ctx.store, ctx.workdir, "throughput")
-    await build_store(store_url, ids, time.time())
+    ids = harness.job_ids(watches, seed=1)
+    store_url = harness.fresh_store_url(ctx.store, ctx.workdir, "throughput")
+    await harness.build_store(store_url, ids, time.time())
     bare_rates: list[float] = []
     bare_cpu: list[float] = []
     rates: list[float] = []
     cpu: list[float] = []
     sim_bare: list[float] = []
     sim_daemon: list[float] = []
-    async with simulator(ctx.workdir, "--unknown-jobs", "active", "--max-log", "0") as sim:
-        port = free_port()
-        config = write_config(
+    async with harness.simulator(ctx.workdir, "--unknown-jobs", "active", "--max-log", "0") as sim:
+        port = harness.free_port()
+        config = harness.write_config(
             ctx.workdir / "throughput.toml",
             upstream_url=sim.url,
             store_url=store_url,
@@ -124,7 +109,7 @@ async def run(ctx: Context) -> ScenarioResult:
             f"throughput: daemon with {watches:,} always-due watches; {pairs} pairs of {window_s:g}s windows"
         )
         async with (
-            daemon(ctx.workdir, config, port, name="throughput-daemon") as d,
+            harness.daemon(ctx.workdir, config, port, name="throughput-daemon") as d,
             aiohttp.ClientSession() as s,
         ):
             await _warm_up(d, s, watches, warmup_s)
@@ -162,18 +147,18 @@ async def run(ctx: Context) -> ScenarioResult:
     return res
 
 
-async def _warm_up(d: Daemon, s: aiohttp.ClientSession, watches: int, warmup_s: float) -> None:
+async def _warm_up(d: harness.Daemon, s: aiohttp.ClientSession, watches: int, warmup_s: float) -> None:
     """Past every watch's first poll (a transition that stores an event) and the warm-up time."""
     ready_at = time.monotonic()
     deadline = ready_at + max(30.0, 10 * warmup_s)
     while await d.polls_total(s) < 1.2 * watches or time.monotonic() - ready_at < warmup_s:
         if time.monotonic() > deadline:
-            raise BenchError("throughput: the daemon did not poll every watch within the warm-up")
+            raise harness.BenchError("throughput: the daemon did not poll every watch within the warm-up")
         await asyncio.sleep(0.1)
 
 
 async def _daemon_window(
-    d: Daemon, s: aiohttp.ClientSession, sim: Child, window_s: float
+    d: harness.Daemon, s: aiohttp.ClientSession, sim: harness.Child, window_s: float
 ) -> tuple[float, float, float]:
     """(polls/s, daemon CPU µs per poll, simulator CPU share) over one window."""
     polls0, cpu0, t0 = await d.polls_total(s), d.cpu_seconds(), time.monotonic()
@@ -183,5 +168,5 @@ async def _daemon_window(
     sim_cpu1 = sim.cpu_seconds()
     polls = polls1 - polls0
     if polls <= 0:
-        raise BenchError("throughput: the daemon made no polls in the window")
+        raise harness.BenchError("throughput: the daemon made no polls in the window")
     return polls / (t1 - t0), (cpu1 - cpu0) / polls * 1e6, (sim_cpu1 - sim_cpu0) / (t1 - t0)

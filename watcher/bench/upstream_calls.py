@@ -6,8 +6,9 @@ in seconds the run is time-scaled: every interval, duration and rate is divided 
 measured is multiplied back, so the figures read as real seconds. Jobs go through the real pipeline: the
 simulator, the watch-list file (SIGHUP after each wave), the daemon, a receiver timing every `job.success`.
 
-Same-run baseline: the pure polling policy (`watcher.policy`) replayed without I/O on the same durations and
-registration times, i.e. what the schedule alone costs. Measured above it is the pipeline's own delay.
+Same-run baseline: the pure polling policy (`watcher.polling.policy`) replayed without I/O on the same
+durations and registration times, i.e. what the schedule alone costs. Measured above it is the pipeline's
+own delay.
 """
 
 from __future__ import annotations
@@ -22,11 +23,10 @@ from typing import Any
 
 import aiohttp
 
-from watcher.bench.harness import Child, Context, daemon, free_port, fresh_store_url, job_ids, simulator, sink
-from watcher.bench.harness import write_config as _write_config
+from watcher.bench import harness
 from watcher.bench.latency import new_secret, percentile, wait_deliveries
 from watcher.bench.report import ScenarioResult
-from watcher.policy import PollingPolicy, poll_delay
+from watcher.polling.policy import PollingPolicy, poll_delay
 
 SCALE = 60.0  # a minute of real time per second of the run
 MEDIAN_S, SIGMA, CAP_S = 120.0, 1.0, 900.0
@@ -61,7 +61,7 @@ def model(durations_s: list[float], offsets_s: list[float], seed: int) -> tuple[
     return fmean(polls), fmean(lags)
 
 
-async def _create(session: aiohttp.ClientSession, sim: Child, job_id: str, after_s: float) -> None:
+async def _create(session: aiohttp.ClientSession, sim: harness.Child, job_id: str, after_s: float) -> None:
     spec = {"id": job_id, "status": "active", "script": [[after_s, "success"]]}
     async with session.post(sim.url.split("/api/")[0] + "/_sim/jobs", json=spec) as resp:
         resp.raise_for_status()
@@ -73,21 +73,21 @@ def _write_watchlist(path: Any, ids: list[str]) -> None:
     os.replace(tmp, path)  # atomic: the daemon never reads half a file
 
 
-async def run(ctx: Context) -> ScenarioResult:
+async def run(ctx: harness.Context) -> ScenarioResult:
     """Waves of jobs created and registered together; every webhook and upstream request accounted for."""
     res = ScenarioResult("upstream-calls")
     scale = SCALE * (10 if ctx.quick else 1)
     jobs, waves, arrive_s = (40, 8, 0.5) if ctx.quick else (300, 50, 5.0)
-    ids, dur = job_ids(jobs, seed=11), durations(jobs, seed=11)
+    ids, dur = harness.job_ids(jobs, seed=11), durations(jobs, seed=11)
     watchlist = ctx.workdir / "upstream-calls.watchlist"
     watchlist.write_text("")
     secret = new_secret()
-    async with simulator(ctx.workdir) as sim, sink(ctx.workdir, secret) as rx:
-        port = free_port()
-        config = _write_config(
+    async with harness.simulator(ctx.workdir) as sim, harness.sink(ctx.workdir, secret) as rx:
+        port = harness.free_port()
+        config = harness.write_config(
             ctx.workdir / "upstream-calls.toml",
             upstream_url=sim.url,
-            store_url=fresh_store_url(ctx.store, ctx.workdir, "upstream-calls"),
+            store_url=harness.fresh_store_url(ctx.store, ctx.workdir, "upstream-calls"),
             api_port=port,
             upstream={"rate_limit_per_s": DEFAULT_RATE_PER_S * scale},
             polling={
@@ -102,7 +102,7 @@ async def run(ctx: Context) -> ScenarioResult:
             f"upstream-calls: {jobs} jobs, time scaled 1/{scale:g}, about {(arrive_s + CAP_S / scale):.0f}s"
         )
         async with (
-            daemon(ctx.workdir, config, port, name="upstream-calls-daemon") as d,
+            harness.daemon(ctx.workdir, config, port, name="upstream-calls-daemon") as d,
             aiohttp.ClientSession() as s,
         ):
             per_wave = math.ceil(jobs / waves)
@@ -122,7 +122,7 @@ async def run(ctx: Context) -> ScenarioResult:
     return res
 
 
-async def _requests(session: aiohttp.ClientSession, sim: Child) -> list[dict[str, Any]]:
+async def _requests(session: aiohttp.ClientSession, sim: harness.Child) -> list[dict[str, Any]]:
     async with session.get(sim.url.split("/api/")[0] + "/_sim/requests") as resp:
         return list((await resp.json())["requests"])
 

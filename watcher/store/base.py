@@ -17,23 +17,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
-from watcher.models import (
-    Delivery,
-    DeliveryUpdate,
-    Event,
-    FailureNoted,
-    Registration,
-    SavedPoll,
-    Source,
-    StoreCounts,
-    Watch,
-)
-
-# The Python rule of `Watch.list_status` in SQL, valid in SQLite and PostgreSQL alike: what `list_watches`
-# filters on and `watch_counts` groups by.
-LIST_STATUS_SQL = (
-    "coalesce(final, CASE WHEN quarantined_at IS NOT NULL THEN 'quarantined' END, status, 'unknown')"
-)
+from watcher.models import Delivery, DeliveryUpdate, Event, Registration, SavedPoll, Source, Watch
 
 
 class RegisterResult(StrEnum):
@@ -52,11 +36,52 @@ class SyncResult:
 
 
 @dataclass(slots=True, frozen=True)
+class WatchQuery:
+    """The filters of one `list_watches` call."""
+
+    status: str | None
+    limit: int
+    cursor: str | None
+    label: tuple[str, str] | None
+
+
+@dataclass(slots=True, frozen=True)
+class DeliveryQuery:
+    """The filters of one `list_deliveries` call."""
+
+    state: str | None
+    webhook: str | None
+    limit: int
+    before: int | None
+    job_id: str | None
+
+
+@dataclass(slots=True, frozen=True)
 class WatchPage:
     """One page of `list_watches`; `next_cursor` is None on the last page."""
 
     watches: list[Watch]
     next_cursor: str | None
+
+
+@dataclass(slots=True, frozen=True)
+class StoreCounts:
+    """Aggregates for the gauges; exact after a restart because they come from the store."""
+
+    watched_by_status: dict[str, int]  # unfinished watches by last status, "unknown" before a poll
+    pending_by_webhook: dict[str, int]
+    dead_by_webhook: dict[str, int]
+    oldest_pending_created_at: float | None
+    quarantined: int = 0  # unfinished watches in quarantine (not in `watched_by_status`)
+
+
+@dataclass(slots=True, frozen=True)
+class FailureNoted:
+    """What `Store.note_failure` did: the watch's failure count now, and whether it is quarantined."""
+
+    kept: bool  # False: the lease was lost (the watch was claimed again or deleted); nothing was written
+    failures: int = 0
+    quarantined: bool = False
 
 
 class Store(ABC):
@@ -108,7 +133,6 @@ class Store(ABC):
     async def get_watch(self, job_id: str) -> Watch | None:
         """One watch, finished or not."""
 
-    @abstractmethod
     async def list_watches(
         self,
         *,
@@ -119,10 +143,16 @@ class Store(ABC):
     ) -> WatchPage:
         """Watches in a stable order (by job id), optionally only those whose list status is `status`.
 
-        The list status is `Watch.list_status` (`LIST_STATUS_SQL`): final state, else "quarantined", else
-        last status, else "unknown" (not polled successfully yet). `cursor` is the last job id of the
-        previous page; `label` keeps watches whose labels map the key to exactly that value.
+        The list status is `Watch.list_status` (in SQL `watcher.store.sql.LIST_STATUS_SQL`): final state,
+        else "quarantined", else last status, else "unknown" (not polled successfully yet). `cursor` is the
+        last job id of the previous page; `label` keeps watches whose labels map the key to exactly that
+        value.
         """
+        return await self._list_watches(WatchQuery(status, limit, cursor, label))
+
+    @abstractmethod
+    async def _list_watches(self, query: WatchQuery) -> WatchPage:
+        """`list_watches` as the backend runs it: the filters are the interface's, with their defaults."""
 
     @abstractmethod
     async def claim_due(self, now: float, limit: int, lease_s: float) -> list[Watch]:
@@ -201,7 +231,6 @@ class Store(ABC):
     async def finish_delivery(self, delivery: Delivery, update: DeliveryUpdate) -> bool:
         """Record an attempt's outcome, fenced by the delivery's lease; False if the lease was lost."""
 
-    @abstractmethod
     async def list_deliveries(
         self,
         *,
@@ -216,6 +245,11 @@ class Store(ABC):
         `before` is the cursor of the next page: only deliveries whose id is lower (pass the last id of the
         previous page); `job_id` keeps the deliveries of one job's events.
         """
+        return await self._list_deliveries(DeliveryQuery(state, webhook, limit, before, job_id))
+
+    @abstractmethod
+    async def _list_deliveries(self, query: DeliveryQuery) -> list[Delivery]:
+        """`list_deliveries` as the backend runs it: the filters are the interface's, with their defaults."""
 
     @abstractmethod
     async def get_delivery(self, delivery_id: int) -> Delivery | None:

@@ -15,15 +15,21 @@ from watcher.models import (
     DeliveryState,
     DeliveryUpdate,
     Event,
-    FailureNoted,
     Registration,
     SavedPoll,
     Source,
-    StoreCounts,
     Watch,
 )
-from watcher.store.base import RegisterResult, Store, SyncResult, WatchPage
-from watcher.store.due import DueIndex
+from watcher.store.base import (
+    DeliveryQuery,
+    FailureNoted,
+    RegisterResult,
+    StoreCounts,
+    SyncResult,
+    WatchPage,
+    WatchQuery,
+)
+from watcher.store.indexed import IndexedStore
 
 
 def _copy_watch(w: Watch, lease: int = 0) -> Watch:
@@ -58,12 +64,12 @@ def _apply_poll(stored: Watch, polled: Watch) -> None:
     stored.upstream_updated_at = polled.upstream_updated_at
 
 
-class MemoryStore(Store):
+class MemoryStore(IndexedStore):
     """Every watch, event and delivery in dicts; a `DueIndex` schedules the watches."""
 
     def __init__(self) -> None:
+        super().__init__()
         self._watches: dict[str, Watch] = {}
-        self._index = DueIndex()
         self._events: dict[str, Event] = {}  # insertion order is the order events happened
         self._events_by_job: dict[str, list[str]] = {}
         self._deliveries: dict[int, Delivery] = {}  # insertion order is id order
@@ -139,23 +145,16 @@ class MemoryStore(Store):
         w = self._watches.get(job_id)
         return None if w is None else _copy_watch(w)
 
-    async def list_watches(
-        self,
-        *,
-        status: str | None = None,
-        limit: int = 100,
-        cursor: str | None = None,
-        label: tuple[str, str] | None = None,
-    ) -> WatchPage:
+    async def _list_watches(self, query: WatchQuery) -> WatchPage:
         """Watches ordered by job id after `cursor` (the last id of the previous page)."""
-        ids = sorted(j for j in self._watches if cursor is None or j > cursor)
+        ids = sorted(j for j in self._watches if query.cursor is None or j > query.cursor)
         page: list[Watch] = []
         for job_id in ids:
             w = self._watches[job_id]
-            if (status is None or w.list_status == status) and (
-                label is None or w.labels.get(label[0]) == label[1]
+            if (query.status is None or w.list_status == query.status) and (
+                query.label is None or w.labels.get(query.label[0]) == query.label[1]
             ):
-                if len(page) == limit:
+                if len(page) == query.limit:
                     return WatchPage(page, page[-1].job_id)
                 page.append(_copy_watch(w))
         return WatchPage(page, None)
@@ -164,26 +163,13 @@ class MemoryStore(Store):
         """Claim due watches earliest first; each copy carries its lease token."""
         return [_copy_watch(self._watches[j], t) for j, t in self._index.claim(now, limit, lease_s)]
 
-    async def release(self, watches: Sequence[Watch]) -> None:
-        """Make never-polled claims due again at their old due time, if the claim is still theirs."""
-        for w in watches:
-            self._index.release(w.job_id, w.lease, w.next_poll_at)
-
-    async def next_due_at(self) -> float | None:
-        """Earliest due time (a claimed watch counts at its lease expiry)."""
-        return self._index.next_due_at()
-
-    async def count_due(self, now: float) -> int:
-        """Due watches not held by a live claim."""
-        return self._index.count_due(now)
-
     async def save_polls(self, polls: Sequence[SavedPoll]) -> list[bool]:
         """Apply each fenced poll result with its new events and deliveries."""
         results = []
         for saved in polls:
             polled = saved.watch
             stored = self._watches.get(polled.job_id)
-            if stored is None or self._index.lease_of(polled.job_id) != polled.lease:
+            if stored is None or not self._holds_lease(polled):
                 results.append(False)
                 continue
             _apply_poll(stored, polled)
@@ -204,10 +190,7 @@ class MemoryStore(Store):
                         next_attempt_at=ev.created_at,
                         created_at=ev.created_at,
                     )
-            if stored.finished:
-                self._index.discard(stored.job_id)
-            else:
-                self._index.put(stored.job_id, stored.next_poll_at)
+            self._reindex(stored)
             results.append(True)
         return results
 
@@ -216,17 +199,17 @@ class MemoryStore(Store):
     ) -> FailureNoted:
         """Count the failure on the stored watch; quarantine it (out of the index) at the limit."""
         stored = self._watches.get(watch.job_id)
-        if stored is None or self._index.lease_of(watch.job_id) != watch.lease:
+        if stored is None or not self._holds_lease(watch):
             return FailureNoted(kept=False)
         stored.failures += 1
         stored.quarantine_reason = reason
-        if stored.failures >= quarantine_after:
+        quarantined = stored.failures >= quarantine_after
+        if quarantined:
             stored.quarantined_at = now
-            self._index.discard(stored.job_id)
-            return FailureNoted(True, stored.failures, quarantined=True)
-        stored.next_poll_at = retry_at
-        self._index.put(stored.job_id, retry_at)
-        return FailureNoted(True, stored.failures)
+        else:
+            stored.next_poll_at = retry_at
+        self._reindex_after_failure(stored.job_id, quarantined, retry_at)
+        return FailureNoted(True, stored.failures, quarantined=quarantined)
 
     async def release_quarantine(self, job_id: str, now: float) -> bool:
         """Clear the quarantine and the failure count; the watch is due at `now`."""
@@ -322,25 +305,17 @@ class MemoryStore(Store):
         del self._lease_until[d.id]
         return True
 
-    async def list_deliveries(
-        self,
-        *,
-        state: str | None = None,
-        webhook: str | None = None,
-        limit: int = 100,
-        before: int | None = None,
-        job_id: str | None = None,
-    ) -> list[Delivery]:
+    async def _list_deliveries(self, query: DeliveryQuery) -> list[Delivery]:
         """Newest first, below the `before` cursor."""
         out: list[Delivery] = []
         for d in reversed(self._deliveries.values()):
-            if len(out) == limit:
+            if len(out) == query.limit:
                 break
             if (
-                (before is None or d.id < before)
-                and (state is None or d.state == state)
-                and (webhook is None or d.webhook == webhook)
-                and (job_id is None or d.event.job_id == job_id)
+                (query.before is None or d.id < query.before)
+                and (query.state is None or d.state == query.state)
+                and (query.webhook is None or d.webhook == query.webhook)
+                and (query.job_id is None or d.event.job_id == query.job_id)
             ):
                 out.append(replace(d))
         return out

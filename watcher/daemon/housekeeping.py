@@ -1,0 +1,74 @@
+"""Housekeeping: the store-derived gauges refreshed, finished watches purged after their retention.
+
+A loop of the daemon like the others: a store outage is waited out (`StoreHealth`), any other failure is
+logged, counted and retried with backoff; stale gauges are never a reason to stop the daemon.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+
+import structlog
+
+from watcher.clock import Clock, sleep_or_stop
+from watcher.errors import StoreUnavailable
+from watcher.health import StoreHealth, outage_delay
+from watcher.loop import StoreLoop
+from watcher.metrics import Metrics
+from watcher.store.base import Store
+
+log = structlog.get_logger("watcher.daemon")
+
+# A round never pauses less than this; and never less than ten times what the round took, so that the
+# aggregates (not free over a million watches) take at most about a tenth of the time.
+MIN_PAUSE_S = 1.0
+
+
+class Housekeeping(StoreLoop):
+    """Refreshes the gauges from `Store.counts` and purges finished watches past `retention_s`."""
+
+    name = "housekeeping"
+
+    def __init__(
+        self,
+        store: Store,
+        metrics: Metrics,
+        health: StoreHealth,
+        clock: Clock,
+        rng: random.Random,
+        *,
+        purge_interval_s: float,
+        retention_s: float,
+    ) -> None:
+        super().__init__(store, metrics, clock, rng, health)
+        self._purge_interval_s = purge_interval_s
+        self._retention_s = retention_s
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Refresh and purge until `stop` is set; the pause between rounds is on the injected clock."""
+        store, clock = self._store, self._clock
+        last_purge = 0.0
+        failures = 0
+        while not stop.is_set():
+            started = clock.monotonic()
+            now = clock.now()
+            try:
+                self._metrics.update_counts(await store.counts(), now, await store.count_due(now))
+                if now - last_purge >= self._purge_interval_s:
+                    purged = await store.purge_finished(now - self._retention_s)
+                    if purged:
+                        log.info("watches.purged", count=purged)
+                    last_purge = now
+            except StoreUnavailable as exc:
+                await self._health.wait_out(self.name, exc, stop)
+                continue
+            except Exception as exc:  # stale gauges are no reason to stop the daemon: log, count, go on
+                failures += 1
+                self._contained()
+                log.error("housekeeping.failed", exc_info=exc)
+                await sleep_or_stop(clock, outage_delay(failures, self._rng), stop)
+                continue
+            failures = 0
+            self._health.ok(self.name)
+            await sleep_or_stop(clock, max(MIN_PAUSE_S, 10 * (clock.monotonic() - started)), stop)

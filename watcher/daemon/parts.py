@@ -1,0 +1,119 @@
+"""The daemon's parts, built from the settings: webhook targets, the polling policy, the HTTP sessions, the
+delivery worker and the scheduler with its upstream client and rate limit. Building one starts nothing."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import fields
+
+import aiohttp
+
+from watcher import __version__
+from watcher.clock import Clock
+from watcher.config import Settings
+from watcher.delivery.target import WebhookTarget
+from watcher.delivery.webhook import WebhookSender
+from watcher.delivery.worker import DeliveryWorker
+from watcher.events import route
+from watcher.health import StoreHealth
+from watcher.metrics import Metrics
+from watcher.models import Watch
+from watcher.polling.policy import PollingPolicy
+from watcher.polling.ratelimit import TokenBucket
+from watcher.polling.scheduler import Scheduler
+from watcher.polling.upstream import UpstreamClient
+from watcher.store.base import Store
+
+# What a webhook's target and the polling policy take from their sections as they are; the rest is converted.
+_TARGET_KEYS = {"name", "url", "format", "timeout_s", "max_attempts", "retry_initial_s", "retry_max_s"}
+_POLICY_KEYS = {f.name for f in fields(PollingPolicy)} - {"terminal_statuses"}
+
+
+def webhook_targets(settings: Settings) -> dict[str, WebhookTarget]:
+    """The configured webhooks as delivery targets, keyed by name."""
+    return {
+        w.name: WebhookTarget(
+            **w.model_dump(include=_TARGET_KEYS),
+            secrets=tuple(w.all_secrets()),
+            events=frozenset(w.events or ()),
+            headers=dict(w.headers),
+        )
+        for w in settings.webhooks
+    }
+
+
+def polling_policy(settings: Settings) -> PollingPolicy:
+    """The `[polling]` section as the pure policy's parameters."""
+    return PollingPolicy(
+        **settings.polling.model_dump(include=_POLICY_KEYS),
+        terminal_statuses=frozenset(settings.upstream.terminal_statuses),
+    )
+
+
+def upstream_http(settings: Settings) -> aiohttp.ClientSession:
+    """The session of the upstream polls: as many connections as polls in flight, no cookies."""
+    return aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=settings.upstream.max_concurrency, limit_per_host=0),
+        headers={"User-Agent": f"job-watcher/{__version__}"},
+        cookie_jar=aiohttp.DummyCookieJar(),  # the API authenticates by header; keep no cookies
+    )
+
+
+def webhook_http() -> aiohttp.ClientSession:
+    """The session of the webhook deliveries."""
+    return aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=100))
+
+
+def workers(
+    settings: Settings,
+    store: Store,
+    targets: dict[str, WebhookTarget],
+    metrics: Metrics,
+    clock: Clock,
+    rng: random.Random,
+    health: StoreHealth,
+    *,
+    upstream_session: aiohttp.ClientSession,
+    webhook_session: aiohttp.ClientSession,
+) -> tuple[DeliveryWorker, Scheduler]:
+    """The worker that drains the outbox to `targets`, and the scheduler that polls every due watch, routes
+    its events to `targets` by their filters and wakes the worker when it saved some."""
+    s = settings
+    delivery = DeliveryWorker(
+        store,
+        WebhookSender(webhook_session, clock),
+        targets,
+        metrics,
+        clock,
+        rng,
+        concurrency=s.daemon.delivery_concurrency,
+        lease_s=s.daemon.lease_s,
+        health=health,
+    )
+    filters = [(t.name, t.events) for t in targets.values()]
+
+    def route_event(event_type: str, watch: Watch) -> tuple[str, ...]:
+        return route(event_type, watch, filters)
+
+    upstream = UpstreamClient(
+        upstream_session,
+        s.upstream.credentials(),
+        s.upstream.timeout_s,
+        clock,
+        max_body_bytes=s.upstream.max_body_bytes,
+    )
+    scheduler = Scheduler(
+        store,
+        upstream,
+        polling_policy(s),
+        TokenBucket(s.upstream.rate_limit_per_s, clock),
+        metrics,
+        clock,
+        rng,
+        route_event,
+        max_concurrency=s.upstream.max_concurrency,
+        lease_s=s.daemon.lease_s,
+        on_events=delivery.wake,
+        health=health,
+    )
+    return delivery, scheduler

@@ -1,0 +1,41 @@
+"""A configured webhook as the delivery code sees it: where, how signed, which events, how patient."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit
+
+
+def _url_origin(url: str) -> str:
+    # Slack-style webhook URLs carry their secret in the path, so only scheme and host are ever shown.
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.hostname or '?'}" + (f":{parts.port}" if parts.port else "") + "/…"
+
+
+@dataclass(frozen=True)
+class WebhookTarget:
+    """One configured webhook; the repr hides its secrets, header values and URL path."""
+
+    name: str
+    url: str = field(repr=False)
+    secrets: tuple[str, ...] = field(repr=False)
+    events: frozenset[str]
+    format: str = "standard"  # "standard" | "slack"
+    timeout_s: float = 10.0
+    max_attempts: int = 10
+    retry_initial_s: float = 1.0
+    retry_max_s: float = 300.0
+    headers: Mapping[str, str] = field(default_factory=dict, repr=False)
+
+    def __repr__(self) -> str:
+        return (
+            f"WebhookTarget(name={self.name!r}, url={_url_origin(self.url)!r}, "
+            f"secrets=<{len(self.secrets)} hidden>, "
+            f"events={sorted(self.events)!r}, format={self.format!r}, timeout_s={self.timeout_s}, "
+            f"max_attempts={self.max_attempts}, retry_initial_s={self.retry_initial_s}, "
+            f"retry_max_s={self.retry_max_s}, headers={sorted(self.headers)!r})"
+        )
+
+
+# -- sending ----------------------------------------------------------------------------------------------

@@ -1,0 +1,94 @@
+"""Webhook transport: one signed POST of a delivery's body, its answer classified (SPEC §6).
+
+The sender only reports what happened (success, retryable with a reason, dead); attempt counting, backoff,
+metrics and logging belong to the retry policy (`watcher.delivery.retry`) and the worker.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import aiohttp
+
+from watcher import __version__
+from watcher.clock import Clock, SystemClock, parse_retry_after
+from watcher.delivery.bodies import one_line, render_body
+from watcher.delivery.signing import HEADER_ID, HEADER_SIGNATURE, HEADER_TIMESTAMP, sign
+from watcher.delivery.target import WebhookTarget
+from watcher.models import DeadReason, Delivery, DeliveryOutcome
+
+USER_AGENT = f"job-watcher/{__version__}"
+MAX_RESPONSE_BYTES = 4096  # enough to drain a typical acknowledgement; receivers' bodies are never used
+
+
+@dataclass(frozen=True)
+class SendResult:
+    """What one POST observed; `detail` is a short reason that is safe to log and store."""
+
+    kind: DeliveryOutcome
+    status_code: int | None
+    retry_after_s: float | None
+    detail: str
+    duration_s: float
+    dead_reason: DeadReason | None = None  # why, when `kind` is DEAD
+
+
+class WebhookSender:
+    """Signs and POSTs one delivery and classifies the answer; it never retries by itself."""
+
+    def __init__(self, session: aiohttp.ClientSession, clock: Clock | None = None) -> None:
+        self._session = session
+        self._clock: Clock = clock if clock is not None else SystemClock()
+
+    def build_headers(self, target: WebhookTarget, delivery: Delivery, body: bytes) -> dict[str, str]:
+        """The request headers of one attempt, signature included (timestamp is taken now)."""
+        timestamp = int(self._clock.now())
+        headers = dict(target.headers)
+        # Our own headers win: a configured extra header must not be able to replace the signature.
+        headers.update(
+            {
+                "content-type": "application/json",
+                "user-agent": USER_AGENT,
+                HEADER_ID: delivery.event.id,
+                HEADER_TIMESTAMP: str(timestamp),
+                HEADER_SIGNATURE: sign(target.secrets, delivery.event.id, timestamp, body),
+            }
+        )
+        return headers
+
+    async def send(self, target: WebhookTarget, delivery: Delivery) -> SendResult:
+        """POST `delivery` to `target` once and say whether it succeeded, should be retried or is dead."""
+        body = render_body(target, delivery.event)
+        headers = self.build_headers(target, delivery, body)
+        start = self._clock.monotonic()
+        timeout = aiohttp.ClientTimeout(total=target.timeout_s)
+        try:
+            async with self._session.post(
+                target.url, data=body, headers=headers, timeout=timeout, allow_redirects=False
+            ) as resp:
+                # Drain a little so small answers keep the connection reusable; the content is not used.
+                await resp.content.read(MAX_RESPONSE_BYTES)
+                status = resp.status
+                reason = resp.reason or ""
+                retry_after_header = resp.headers.get("Retry-After")
+        except TimeoutError:
+            return SendResult(DeliveryOutcome.RETRY, None, None, "timeout", self._clock.monotonic() - start)
+        except (aiohttp.ClientError, OSError) as exc:
+            # The exception text may name the URL (whose path can be a secret), so only its type is kept.
+            detail = f"connection error: {type(exc).__name__}"
+            return SendResult(DeliveryOutcome.RETRY, None, None, detail, self._clock.monotonic() - start)
+        duration = self._clock.monotonic() - start
+        return classify(status, reason, retry_after_header, self._clock.now(), duration)
+
+
+def classify(status: int, reason: str, retry_after: str | None, now: float, duration_s: float) -> SendResult:
+    """Turn an HTTP answer into a `SendResult`: 2xx success, 410 dead, anything else retryable."""
+    label = f"HTTP {status}"
+    if 200 <= status < 300:
+        return SendResult(DeliveryOutcome.SUCCESS, status, None, label, duration_s)
+    if status == 410:
+        return SendResult(DeliveryOutcome.DEAD, status, None, f"{label} Gone", duration_s, DeadReason.GONE)
+    if 300 <= status < 400:
+        return SendResult(DeliveryOutcome.RETRY, status, None, f"{label} redirect not followed", duration_s)
+    detail = f"{label} {one_line(reason, 60)}".rstrip()
+    return SendResult(DeliveryOutcome.RETRY, status, parse_retry_after(retry_after, now), detail, duration_s)

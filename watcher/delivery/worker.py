@@ -1,0 +1,281 @@
+"""The delivery worker: it drains the outbox (SPEC §6).
+
+It claims due deliveries from the store, sends each in its own task through `WebhookSender`, and records
+the outcome the pure retry policy decides (`watcher.delivery.retry.next_update`). The store is only touched
+before and after a send, so no transaction is ever open while an HTTP request is in flight. Per (job,
+webhook) ordering is the store's job: it only hands out the oldest pending delivery of each pair.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Mapping
+from dataclasses import replace
+from typing import Any
+
+import structlog
+
+from watcher.clock import Clock
+from watcher.containment import as_store_error, describe, safe_line
+from watcher.delivery.retry import next_update
+from watcher.delivery.target import WebhookTarget
+from watcher.delivery.webhook import SendResult, WebhookSender
+from watcher.errors import StoreUnavailable
+from watcher.health import StoreHealth
+from watcher.loop import StoreLoop
+from watcher.metrics import Metrics
+from watcher.models import DeadReason, Delivery, DeliveryOutcome, DeliveryState, DeliveryUpdate
+from watcher.store.base import Store
+
+log = structlog.get_logger("watcher.delivery")
+
+NOT_CONFIGURED = "webhook not configured"  # the `last_error` of a delivery dead for `NOT_CONFIGURED`
+# When due deliveries exist but none could be claimed (they wait behind an earlier one of the same pair),
+# re-check with a growing pause instead of spinning; reset as soon as a claim returns something.
+_BLOCKED_PAUSE_MIN_S = 0.005
+
+
+class DeliveryWorker(StoreLoop):
+    """Sends due deliveries with bounded concurrency until stopped; wake it when new events are saved."""
+
+    name = "delivery"
+
+    def __init__(
+        self,
+        store: Store,
+        sender: WebhookSender,
+        targets: Mapping[str, WebhookTarget],
+        metrics: Metrics,
+        clock: Clock,
+        rng: random.Random,
+        *,
+        concurrency: int = 16,
+        lease_s: float = 60.0,
+        max_idle_s: float = 1.0,
+        health: StoreHealth | None = None,
+    ) -> None:
+        if concurrency < 1:
+            raise ValueError("concurrency must be at least 1")
+        super().__init__(store, metrics, clock, rng, health)
+        self._sender = sender
+        self._targets = dict(targets)
+        self._concurrency = concurrency
+        self._lease_s = lease_s
+        self._max_idle_s = max_idle_s
+        self._stop: asyncio.Event | None = None
+        self._wake = asyncio.Event()
+        self._in_flight: set[asyncio.Task[None]] = set()
+        self._blocked_pause = 0.0
+
+    def wake(self) -> None:
+        """Look for new deliveries at once (called by the scheduler after it saved events)."""
+        self._wake.set()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Deliver until `stop` is set, claim what is due one last time, wait for in-flight sends, return.
+
+        A store outage (`StoreUnavailable`) is waited out with backoff, claims and recording alike; any other
+        failure is contained: a claim that fails keeps the daemon not-ready and is retried with backoff, a
+        failure around one delivery stays with that delivery (SPEC §16).
+        If this coroutine is cancelled, in-flight sends are cancelled too and their deliveries stay leased
+        in the store, to be retried once the lease runs out or after a restart.
+        """
+        self._stop = stop
+        try:
+            while not stop.is_set():
+                try:
+                    delay_s = await self._claim_and_start()
+                except StoreUnavailable as exc:
+                    await self._health.wait_out(self.name, exc, stop)
+                    continue
+                except Exception as exc:  # e.g. a row that cannot be read back: not ready, never dead
+                    self._contained()
+                    log.error("delivery.claim_failed", exc_info=exc)
+                    await self._health.wait_out(self.name, as_store_error(exc), stop)
+                    continue
+                await self._wait(stop, delay_s)
+                self._reap()
+            # One last claim: events saved by polls that finished during the daemon's drain go out now.
+            try:
+                await self._claim_and_start()
+            except StoreUnavailable as exc:
+                log.warning("delivery.final_claim_failed", reason=str(exc))
+            while self._in_flight:
+                await asyncio.wait(self._in_flight, return_when=asyncio.FIRST_COMPLETED)
+                self._reap()
+        finally:
+            await self._cancel_in_flight()
+
+    async def _claim_and_start(self) -> float | None:
+        """Claim what fits and start sending it; return how long to wait (None: until something happens)."""
+        room = self._concurrency - len(self._in_flight)
+        if room <= 0:
+            return None  # only a finished send (or stop) can let more in
+        # Cleared before claiming so a wake() that lands during the claim is not lost.
+        self._wake.clear()
+        now = self._clock.now()
+        claimed = await self._store.claim_deliveries(now, room, self._lease_s)
+        self._health.ok(self.name)
+        for delivery in claimed:
+            target = self._targets.get(delivery.webhook)
+            if target is None:
+                await self._finish_unconfigured(delivery, now)
+                continue
+            task = asyncio.create_task(self._deliver(delivery, target), name=f"delivery-{delivery.id}")
+            self._in_flight.add(task)
+        if len(claimed) >= room:
+            return None if len(self._in_flight) >= self._concurrency else 0.0
+        nxt = await self._store.next_delivery_at()
+        if nxt is None:
+            return self._max_idle_s
+        if nxt > now:
+            self._blocked_pause = 0.0
+            return min(nxt - now, self._max_idle_s)
+        if claimed:
+            self._blocked_pause = 0.0
+            return 0.0
+        # Due rows exist but none were claimable: they wait behind a leased or retrying head of their pair.
+        self._blocked_pause = min(self._max_idle_s, max(_BLOCKED_PAUSE_MIN_S, self._blocked_pause * 2))
+        return self._blocked_pause
+
+    async def _wait(self, stop: asyncio.Event, delay_s: float | None) -> None:
+        """Sleep until the earliest of stop, wake(), a finished send, or `delay_s` on the injected clock."""
+        if delay_s is not None and delay_s <= 0:
+            await asyncio.sleep(0)
+            return
+        helpers: list[asyncio.Task[Any]] = [
+            asyncio.create_task(stop.wait()),
+            asyncio.create_task(self._wake.wait()),
+        ]
+        if delay_s is not None:
+            helpers.append(asyncio.create_task(self._clock.sleep(delay_s)))
+        try:
+            await asyncio.wait([*helpers, *self._in_flight], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for helper in helpers:
+                helper.cancel()
+            await asyncio.gather(*helpers, return_exceptions=True)
+
+    def _reap(self) -> None:
+        """Forget finished sends; one that raised (a bug around one delivery) is logged and counted, and
+        its delivery stays leased, to go out again after its lease: the worker goes on (SPEC §16)."""
+        done = [t for t in self._in_flight if t.done()]
+        for task in done:
+            self._in_flight.discard(task)
+            exc = None if task.cancelled() else task.exception()
+            if exc is not None:
+                self._contained()
+                log.error("delivery.task_failed", task=task.get_name(), exc_info=exc)
+
+    async def _cancel_in_flight(self) -> None:
+        for task in self._in_flight:
+            task.cancel()
+        await asyncio.gather(*self._in_flight, return_exceptions=True)
+        self._in_flight.clear()
+
+    async def _deliver(self, delivery: Delivery, target: WebhookTarget) -> None:
+        """One attempt: send, decide, record. Store errors escape; send errors become a retry."""
+        start = self._clock.monotonic()
+        try:
+            result = await self._sender.send(target, delivery)
+        except Exception as exc:  # a bug in the sender must fail one attempt, not the worker
+            log.exception("delivery.send_crashed", webhook=target.name, event_id=delivery.event.id)
+            detail = f"internal error: {type(exc).__name__}"
+            result = SendResult(DeliveryOutcome.RETRY, None, None, detail, self._clock.monotonic() - start)
+        now = self._clock.now()
+        update = next_update(delivery, result, now, target, self._rng)
+        kept = await self._finish(delivery, update)
+        if kept is not None:
+            self._record(delivery, update, result, now, kept)
+
+    async def _finish(self, delivery: Delivery, update: DeliveryUpdate) -> bool | None:
+        """Record an attempt; None if it could not be recorded.
+
+        A store outage is waited out (the attempt happened, so its outcome is worth the wait) unless the
+        worker stops first. A record the store refuses for its data is tried once more with a plain-ASCII
+        reason, the likeliest culprit (it quotes the receiver), then given up. Unrecorded, the delivery
+        stays leased and goes out again (same id) after its lease or a restart: never lost, and the worker
+        goes on (SPEC §16).
+        """
+        sanitised = False
+        while True:
+            try:
+                kept = await self._store.finish_delivery(delivery, update)
+            except StoreUnavailable as exc:
+                if self._stop is not None and self._stop.is_set():
+                    log.warning(
+                        "delivery.outcome_not_saved",
+                        event_id=delivery.event.id,
+                        webhook=delivery.webhook,
+                        reason=str(exc),
+                    )
+                    return None
+                await self._health.wait_out(self.name, exc, self._stop)
+                continue
+            except Exception as exc:  # this record's own failure, not the store being out
+                self._contained()
+                if sanitised:
+                    log.error("delivery.not_recorded", delivery_id=delivery.id, error=describe(exc))
+                    return None
+                log.error(
+                    "delivery.handling_failed",
+                    delivery_id=delivery.id,
+                    event_id=delivery.event.id,
+                    exc_info=exc,
+                )
+                reason = None if update.last_error is None else safe_line(update.last_error)
+                update = replace(update, last_error=reason)
+                sanitised = True
+                continue
+            self._health.ok(self.name)
+            return kept
+
+    async def _finish_unconfigured(self, delivery: Delivery, now: float) -> None:
+        reason = DeadReason.NOT_CONFIGURED
+        update = DeliveryUpdate(
+            DeliveryState.DEAD, delivery.attempts, now, NOT_CONFIGURED, dead_reason=reason
+        )
+        kept = await self._finish(delivery, update)
+        if kept is None:
+            return
+        result = SendResult(DeliveryOutcome.DEAD, None, None, NOT_CONFIGURED, 0.0, reason)
+        self._record(delivery, update, result, now, kept, sent=False)
+
+    def _record(
+        self,
+        delivery: Delivery,
+        update: DeliveryUpdate,
+        result: SendResult,
+        now: float,
+        kept: bool,
+        *,
+        sent: bool = True,
+    ) -> None:
+        """Metrics and one log event per attempt outcome."""
+        outcome = update.outcome
+        webhook = delivery.webhook
+        self._metrics.deliveries.labels(webhook=webhook, outcome=outcome).inc()
+        if sent:
+            self._metrics.delivery_duration.labels(webhook=webhook).observe(result.duration_s)
+        if outcome is DeliveryOutcome.SUCCESS:
+            self._metrics.notify_lag.observe(max(0.0, now - delivery.event.created_at))
+        fields = {
+            "job_id": delivery.event.job_id,
+            "workspace": delivery.event.workspace,
+            "event_id": delivery.event.id,
+            "event_type": delivery.event.type,
+            "webhook": webhook,
+            "attempt": update.attempts,
+            "status_code": result.status_code,
+            "reason": result.detail,
+        }
+        if not kept:
+            # Another worker took the lease over (it expired mid-send); its outcome is the one that counts.
+            log.warning("delivery.lease_lost", **fields)
+        if outcome is DeliveryOutcome.SUCCESS:
+            log.info("delivery.success", duration_s=round(result.duration_s, 4), **fields)
+        elif outcome is DeliveryOutcome.RETRY:
+            log.warning("delivery.retry", retry_in_s=round(update.next_attempt_at - now, 3), **fields)
+        else:
+            log.error("delivery.dead", **fields)

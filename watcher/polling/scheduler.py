@@ -1,0 +1,398 @@
+"""The one scheduler for every watch: claim due watches, poll them, decide, save in batches.
+
+There is no sleeping task per job. The store's due index says what is due; at most `max_concurrency` polls
+are in flight; every poll first takes a token from the shared bucket that 429s slow down. Decisions come
+from the pure `watcher.polling.policy.decide`; this module only moves data between the store, the client and
+the policy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections import deque
+from collections.abc import Callable
+from typing import Any, Protocol
+
+import structlog
+
+from watcher.clock import Clock
+from watcher.containment import QUARANTINE_AFTER, as_store_error, describe
+from watcher.errors import StoreUnavailable
+from watcher.health import StoreHealth
+from watcher.loop import StoreLoop
+from watcher.metrics import Metrics, observe_many
+from watcher.models import PollOutcome, PollResult, Watch
+from watcher.polling.errorlog import ErrorLogLimiter
+from watcher.polling.policy import Decision, PollingPolicy, decide, error_delay, is_expired
+from watcher.polling.ratelimit import TokenBucket
+from watcher.polling.writer import BatchWriter, WriterEvents
+from watcher.statuses import metric_label
+from watcher.store.base import Store
+
+log = structlog.get_logger("watcher.scheduler")
+
+Route = Callable[[str, Watch], tuple[str, ...]]
+
+
+class JobFetcher(Protocol):
+    """What the scheduler needs from the upstream client."""
+
+    async def get_job(self, job_id: str, workspace: str) -> PollResult:
+        """Poll one job and classify the outcome."""
+        ...
+
+
+class Scheduler(StoreLoop):
+    """Claims due watches from the store and runs their polls within the concurrency and rate limits.
+
+    `max_concurrency` worker coroutines take claimed watches from a local queue, one poll at a time each.
+    The queue is refilled with one `claim_due` call per batch, and the poll results go back to the store
+    in batches through `BatchWriter`: neither a claim nor a save costs a store round trip per poll.
+    """
+
+    name = "scheduler"
+
+    def __init__(
+        self,
+        store: Store,
+        fetcher: JobFetcher,
+        policy: PollingPolicy,
+        bucket: TokenBucket,
+        metrics: Metrics,
+        clock: Clock,
+        rng: random.Random,
+        route: Route,
+        *,
+        max_concurrency: int,
+        lease_s: float = 60.0,
+        max_idle_s: float = 1.0,
+        on_events: Callable[[], None] | None = None,
+        health: StoreHealth | None = None,
+    ) -> None:
+        super().__init__(store, metrics, clock, rng, health)
+        self._fetcher = fetcher
+        self._policy = policy
+        self._bucket = bucket
+        self._route = route
+        self._max_concurrency = max_concurrency
+        # Claimed ahead of the workers, so a worker that finishes finds its next watch without a store trip.
+        self._prefetch = max(1, max_concurrency // 2)
+        self._lease_s = lease_s
+        self._max_idle_s = max_idle_s
+        self._on_events = on_events
+        self._noting: set[asyncio.Task[None]] = set()  # failures being written (see `_item_failed`)
+        saving = f"{self.name}.save"
+        self._writer = BatchWriter(
+            store,
+            WriterEvents(
+                saved=self._saved,
+                failed=self._store_failed,
+                item_failed=self._item_failed,
+                wait_out=lambda exc: self._health.wait_out(saving, exc),
+                recovered=lambda: self._health.ok(saving),
+            ),
+        )
+        # Results waiting for the store beyond this stop further claims: a stalled store stalls polling.
+        self._max_unsaved = 4 * max_concurrency + 512
+        self._errors = ErrorLogLimiter(clock)
+        self._ready: deque[Watch] = deque()
+        self._idle_workers: deque[asyncio.Future[Watch | None]] = deque()
+        self._busy = 0
+        self._waiting_tokens = 0
+        self._stopping = False
+        self._halt = asyncio.Event()  # set with `_stopping`, for workers waiting out a store outage
+        self._wakeup = asyncio.Event()
+        self._failure: BaseException | None = None
+        self._poll_counters = {o: metrics.polls.labels(outcome=o.value) for o in PollOutcome}
+        # Polls by outcome and their durations since the last batch: `watcher_polls_total` is incremented
+        # once per batch, not once per poll (the counter takes a lock each time), and the duration histogram
+        # with it, so the two always agree; both run at most one batch behind.
+        self._poll_counts = dict.fromkeys(PollOutcome, 0)
+        self._durations: list[float] = []
+        self.polls_started = 0
+
+    @property
+    def inflight(self) -> int:
+        """Polls started and not yet saved."""
+        return self._busy + self._writer.unsaved
+
+    def wake(self) -> None:
+        """Look for due work now (new registrations, a freed slot)."""
+        self._wakeup.set()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Poll until `stop` is set, then let started polls finish and be saved (the daemon bounds that)."""
+        stop_wait = asyncio.ensure_future(stop.wait())
+        workers = [asyncio.create_task(self._worker(), name=f"poll{i}") for i in range(self._max_concurrency)]
+        for w in workers:
+            w.add_done_callback(self._worker_done)
+        try:
+            while not stop.is_set():
+                self._raise_failure()
+                want = self._want()
+                claimed = 0
+                try:
+                    if want > 0:
+                        now = self._clock.now()
+                        watches = await self._store.claim_due(now, want, self._lease_s)
+                        self._health.ok(self.name)
+                        claimed = len(watches)
+                        for watch in watches:
+                            self._hand_out(watch)
+                    if claimed and claimed == want:
+                        await asyncio.sleep(0)  # more may be due: let the workers start, then look again
+                        continue
+                    await self._idle(stop_wait, want > 0)
+                except StoreUnavailable as exc:
+                    await self._health.wait_out(self.name, exc, stop)
+                except Exception as exc:  # e.g. a row that cannot be read back: not ready, never dead
+                    self._contained()
+                    log.error("scheduler.claim_failed", exc_info=exc)
+                    await self._health.wait_out(self.name, as_store_error(exc), stop)
+            await self._stop(workers)
+        finally:
+            self._writer.cancel()
+            stop_wait.cancel()
+            for w in workers:
+                w.cancel()
+            self._count_polls()
+
+    async def drain(self) -> None:
+        """Wait for every started poll to be saved (or its failure noted)."""
+        await self._writer.drained()
+        if self._noting:
+            await asyncio.wait(set(self._noting))
+        self._raise_failure()
+
+    def _want(self) -> int:
+        """How many watches to claim: enough for the free workers and the prefetch, if the queue is low.
+
+        None while saves wait out a store outage: a poll whose result cannot be saved is a wasted poll.
+        """
+        if (
+            len(self._ready) > self._prefetch // 2
+            or self._writer.unsaved >= self._max_unsaved
+            or self._writer.stalled
+        ):
+            return 0
+        # Waiting for rate-limit tokens already: claiming ahead would only age the claims.
+        ahead = 0 if self._waiting_tokens else self._prefetch
+        return max(0, self._max_concurrency + ahead - self._busy - len(self._ready))
+
+    def _hand_out(self, watch: Watch) -> None:
+        while self._idle_workers:
+            fut = self._idle_workers.popleft()
+            if not fut.done():
+                fut.set_result(watch)
+                return
+        self._ready.append(watch)
+
+    def polls_waiting(self) -> int:
+        """Polls claimed but not started (queued, or waiting for a rate-limit token): part of
+        `watcher_polls_due`, the backlog."""
+        return len(self._ready) + self._waiting_tokens
+
+    async def _stop(self, workers: list[asyncio.Task[None]]) -> None:
+        """No new polls: release the watches claimed ahead, let the workers finish, save what they found."""
+        self._stopping = True
+        self._halt.set()
+        while self._idle_workers:
+            fut = self._idle_workers.popleft()
+            if not fut.done():
+                fut.set_result(None)
+        unpolled = list(self._ready)
+        self._ready.clear()
+        if unpolled:
+            try:
+                await self._store.release(unpolled)
+            except StoreUnavailable as exc:
+                # Their claims run out by themselves after lease_s; nothing is lost.
+                log.warning("scheduler.release_failed", watches=len(unpolled), reason=str(exc))
+        await asyncio.wait(workers)
+        await self.drain()
+
+    async def _worker(self) -> None:
+        ready = self._ready
+        while not self._stopping:
+            if self._writer.stalled:
+                await self._writer.wait_healthy(self._halt)  # poll nothing that could not be saved
+                continue
+            if ready:
+                watch = ready.popleft()
+                if len(ready) <= self._prefetch // 2:
+                    self._wakeup.set()
+            else:
+                fut: asyncio.Future[Watch | None] = asyncio.get_running_loop().create_future()
+                self._idle_workers.append(fut)
+                self._wakeup.set()
+                got = await fut
+                if got is None:
+                    return
+                watch = got
+            self._busy += 1
+            try:
+                self.polls_started += 1
+                now = self._clock.now()
+                if is_expired(watch, now, self._policy):
+                    self._writer.add(decide(watch, None, now, self._policy, self._rng, self._route))
+                else:
+                    await self._poll(watch)
+            except Exception as exc:  # one watch's bug or poison must not end the worker (SPEC §16)
+                self._item_failed(watch, exc)
+            finally:
+                self._busy -= 1
+            if self._writer.unsaved >= self._max_unsaved:
+                await self._writer.drained()  # the store is behind: wait for it instead of piling up
+
+    def _worker_done(self, task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and task.exception() is not None and self._failure is None:
+            self._failure = task.exception()
+        self._wakeup.set()
+
+    def _item_failed(self, item: Watch | Decision, exc: BaseException) -> None:
+        """Contain an unexpected exception of one watch's handling: log it, count it against the watch.
+
+        The watch stays claimed until the failure is written; then it is due again after an error backoff,
+        or quarantined at `QUARANTINE_AFTER` failures. If the failure cannot be written either, the claim's
+        lease runs out and the watch is polled again later, so nothing is lost.
+        """
+        watch = item.saved.watch if isinstance(item, Decision) else item
+        self._contained()
+        log.error(
+            "watch.handling_failed",
+            job_id=watch.job_id,
+            workspace=watch.workspace,
+            failures=watch.failures + 1,
+            exc_info=exc,
+        )
+        task = asyncio.create_task(self._note_failure(watch, describe(exc)), name="note-failure")
+        self._noting.add(task)
+        task.add_done_callback(self._noting.discard)
+
+    async def _note_failure(self, watch: Watch, reason: str) -> None:
+        now = self._clock.now()
+        retry_at = now + error_delay(watch.failures + 1, self._policy, self._rng)
+        try:
+            noted = await self._store.note_failure(watch, reason, now, retry_at, QUARANTINE_AFTER)
+        except Exception as exc:
+            log.warning("watch.failure_not_recorded", job_id=watch.job_id, error=describe(exc))
+            return
+        if noted.quarantined:
+            log.error(
+                "watch.quarantined",
+                job_id=watch.job_id,
+                workspace=watch.workspace,
+                failures=noted.failures,
+                reason=reason,
+            )
+        self._wakeup.set()
+
+    def _store_failed(self, exc: BaseException) -> None:
+        self._count_polls()  # they were made, whether or not their results could be stored
+        if self._failure is None:
+            self._failure = exc
+        self._wakeup.set()
+
+    def _raise_failure(self) -> None:
+        if self._failure is not None:
+            raise self._failure
+
+    async def _idle(self, stop_wait: asyncio.Future[Any], can_claim: bool) -> None:
+        timeout = self._max_idle_s
+        if can_claim:
+            nxt = await self._store.next_due_at()
+            if nxt is not None:
+                timeout = min(timeout, max(0.0, nxt - self._clock.now()))
+        if timeout <= 0:
+            await asyncio.sleep(0)
+            return
+        if self._wakeup.is_set():
+            self._wakeup.clear()
+            return
+        waiters: set[asyncio.Future[Any]] = {stop_wait, asyncio.ensure_future(self._wakeup.wait())}
+        sleeper = asyncio.ensure_future(self._clock.sleep(timeout))
+        waiters.add(sleeper)
+        try:
+            await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            self._wakeup.clear()
+            for w in waiters:
+                if w is not stop_wait:
+                    w.cancel()
+
+    async def _poll(self, watch: Watch) -> None:
+        if not self._bucket.try_acquire():
+            self._waiting_tokens += 1
+            try:
+                await self._bucket.acquire()
+            finally:
+                self._waiting_tokens -= 1
+        result = await self._fetcher.get_job(watch.job_id, watch.workspace)
+        outcome = result.outcome
+        self._poll_counts[outcome] += 1
+        self._durations.append(result.duration_s)
+        if outcome is PollOutcome.OK:
+            self._bucket.reward()
+        elif outcome is not PollOutcome.NOT_FOUND:  # a 404 is an answer, not an upstream error
+            if outcome is PollOutcome.RATE_LIMITED:
+                self._bucket.penalize(result.retry_after_s)
+            self._errors.error(watch, result)
+        self._errors.settle()
+        self._writer.add(decide(watch, result, self._clock.now(), self._policy, self._rng, self._route))
+
+    def _count_polls(self) -> None:
+        durations, self._durations = self._durations, []
+        observe_many(self._metrics.poll_duration, durations)
+        counts = self._poll_counts
+        for outcome, n in counts.items():
+            if n:
+                self._poll_counters[outcome].inc(n)
+                counts[outcome] = 0
+
+    def _saved(self, batch: list[Decision], results: list[bool]) -> None:
+        self._count_polls()
+        for decision, ok in zip(batch, results, strict=True):
+            if ok:
+                if decision.saved.events or decision.transition or decision.final is not None:
+                    try:
+                        self._record(decision)  # most polls change nothing and have nothing to record
+                    except Exception:  # saved already: a failing log line or metric must not stop the writer
+                        self._contained()
+                        log.exception("scheduler.record_failed", job_id=decision.saved.watch.job_id)
+            else:
+                watch = decision.saved.watch
+                log.info("poll.lease_lost", job_id=watch.job_id, workspace=watch.workspace)
+        self._wakeup.set()  # saved watches may be due again, and the writer has room again
+
+    def _record(self, decision: Decision) -> None:
+        watch = decision.saved.watch
+        if decision.transition:
+            self._metrics.transitions.labels(status=metric_label(watch.status or "unknown")).inc()
+            if decision.detection_lag_s is not None:
+                self._metrics.detection_lag.observe(max(0.0, decision.detection_lag_s))
+        for new in decision.saved.events:
+            log.info(
+                "job.transition" if decision.transition else "job.verdict",
+                job_id=watch.job_id,
+                workspace=watch.workspace,
+                status=watch.final or watch.status,
+                previous_status=decision.previous_status,
+                event_id=new.event.id,
+                type=new.event.type,
+                webhooks=list(new.webhooks),
+                reason=new.event.payload["data"].get("reason"),
+            )
+        if decision.final is not None:
+            self._metrics.jobs_finished.labels(status=metric_label(decision.final)).inc()
+            log.info(
+                "job.finished",
+                job_id=watch.job_id,
+                workspace=watch.workspace,
+                status=str(decision.final),
+                polls=watch.polls,
+            )
+        # Only events routed to a webhook made deliveries: waking the outbox for the others (most first
+        # observations) would cost it two queries per poll for nothing.
+        if self._on_events is not None and any(new.webhooks for new in decision.saved.events):
+            self._on_events()
