@@ -81,10 +81,10 @@ def _event_card(facts: EventFacts, scale: float) -> bytes:
         pairs.append(("Polls", str(facts.polls)))
     pairs += [(f"Label {k}", v) for k, v in facts.labels[: max(1, int(MAX_LABELS * scale))]]
     title = one_line(f"{facts.subject} {facts.verb}", max(16, int(_TITLE * scale)))
-    body = [_text(title, size="Large", weight="Bolder", color=_color(facts)), _facts(pairs, value)]
+    body = [_text(title, size="large", weight="bolder", color=_color(facts)), _facts(pairs, value)]
     if facts.error:
         body.append(
-            _text(fit(facts.error, max(16, int(_ERROR * scale))), fontType="Monospace", color="attention")
+            _text(fit(facts.error, max(16, int(_ERROR * scale))), fontType="monospace", color="attention")
         )
     return _post(body, facts.summary(max(32, int(_TITLE * scale))))
 
@@ -101,9 +101,9 @@ def _group_card(group: GroupSummary, scale: float) -> bytes:
     listed = [
         (m.subject, f"{m.verb} in {m.workspace}" + (f": {m.error}" if m.error else "")) for m in group.listed
     ]
-    body = [_text(title, size="Large", weight="Bolder", color="attention"), _facts(listed, value)]
+    body = [_text(title, size="large", weight="bolder", color="attention"), _facts(listed, value)]
     if group.rest_count:
-        body.append(_text(f"and {group.rest_count} more:", weight="Bolder"))
+        body.append(_text(f"and {group.rest_count} more:", weight="bolder"))
         rest = "\n\n".join(f"- {line}" for line in group.rest_lines())
         body.append(_text(fit(rest, max(64, int(_ERROR * scale))), isSubtle=True))
     return _post(body, title)

@@ -331,6 +331,8 @@ class JsonTemplateEnvironment(ImmutableSandboxedEnvironment):
 
     def call(self, context: Context, obj: Any, /, *args: Any, **kwargs: Any) -> Any:
         """Call a macro, a loop helper or an allowed read-only method; refuse everything else."""
+        if isinstance(obj, Undefined):
+            _text(obj)  # raises the error that says what is undefined or unsafe, e.g. `dict.update`
         receiver = getattr(obj, "__self__", None)
         name = getattr(obj, "__name__", "")
         if isinstance(obj, Macro) or isinstance(receiver, LoopContext):
