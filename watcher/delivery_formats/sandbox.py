@@ -323,6 +323,18 @@ class JsonTemplateEnvironment(ImmutableSandboxedEnvironment):
         except OverflowError:
             raise TemplateLimit(f"{operator}: the number is too large") from None
 
+    def getattr(self, obj: Any, attribute: str) -> Any:
+        """An attribute, as the sandbox allows; of an undefined name, the error that names it."""
+        if isinstance(obj, Undefined):
+            _text(obj)
+        return super().getattr(obj, attribute)
+
+    def getitem(self, obj: Any, argument: Any) -> Any:
+        """An item, as the sandbox allows; of an undefined name, the error that names it."""
+        if isinstance(obj, Undefined):
+            _text(obj)
+        return super().getitem(obj, argument)
+
     def bounded_concat(self, parts: tuple[Any, ...]) -> str:
         """The `~` operator: the parts as text, joined, refused if the result is too long."""
         texts = [_text(p) for p in parts]
