@@ -23,6 +23,8 @@ JSON: Final = "application/json"
 MAX_EPOCH_S: Final = 253_402_300_799.0
 ELLIPSIS: Final = "…"
 DEFAULT_ALERT_DURATION_S: Final = 3600.0
+# The reason a delivery is dead with when its body cannot be rendered (the delivery's DeadReason value).
+DEAD_REASON: Final = "render_failed"
 _SURROGATE: Final = re.compile("[\ud800-\udfff]")
 _WHITESPACE: Final = re.compile(r"\s+")
 
@@ -181,6 +183,7 @@ def clip(value: Any, max_str: int, max_items: int, depth: int = 16) -> Any:
 
 
 __all__ = [
+    "DEAD_REASON",
     "DEFAULT_ALERT_DURATION_S",
     "JSON",
     "FormatSettings",
