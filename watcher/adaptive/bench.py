@@ -2,10 +2,13 @@
 
 Phases, all in simulated time (no asyncio, no HTTP), each on fresh jobs from the one seed:
 1. warm-up: jobs polled by backoff while the models learn (two full windows per type);
-2. main: the same jobs polled by backoff, then by adaptive with `adaptive_lag_target_s` set to the
-   pooled p95 backoff measured just before; both start from the warm-up models;
-3. drift: fresh jobs in which one type's durations double halfway, both strategies again;
+2. main: jobs polled by the strategy under test, `adaptive_lag_target_s` set to the pooled p95 that
+   backoff measured on the same jobs;
+3. drift: jobs in which one type's durations double halfway;
 4. frontier: adaptive on the main jobs at several lag targets (calls against p95 lag).
+The phases follow each other without a pause in arrivals, and each strategy runs them all in one
+simulation (the warm-up always by backoff), so models learn from every finish in order, as in a daemon
+whose strategy was switched when the main phase began.
 Targets (SPEC §9): adaptive ≤ 0.5 x backoff's calls per finished job with pooled p95 no worse (stretch;
 ≤ 0.7 x makes it the default), and in the drift phase ≤ 0.75 x the calls with p95 ≤ 1.2 x.
 """
@@ -27,12 +30,14 @@ from watcher.adaptive.sim import (
     DEFAULT_POLICY,
     DRIFT_TYPE,
     WORKLOAD,
+    Job,
     Outcome,
-    copy_models,
     make_jobs,
     percentile,
     run,
 )
+
+MAIN, DRIFT = 1, 2  # phase indices; 0 is the warm-up
 
 STRETCH_RATIO = 0.5
 DEFAULT_RATIO = 0.7
@@ -81,57 +86,50 @@ def run_policy_bench(
     """Run every phase for one seed; returns the figures, per-type detail and PASS/FAIL rows."""
     started = time.monotonic()
     settings = AdaptiveSettings(window=window)
-    rng = random.Random(seed)
-    warm_jobs = make_jobs(WORKLOAD, warmup_per_type or 2 * window, 0.0, rng)
-    start = max(j.created + j.duration for j in warm_jobs)
-    main_jobs = make_jobs(WORKLOAD, per_type, start, rng)
-    drift_start = max(j.created + j.duration for j in main_jobs)
-    drift_jobs = make_jobs(WORKLOAD, per_type, drift_start, rng, drift=DRIFT_TYPE)
-
-    warm = DurationModels(settings.window, settings.max_types)
-    run(warm_jobs, WORKLOAD, warm, random.Random(seed + 1))
+    warmup = warmup_per_type or 2 * window
+    jobs = make_jobs(
+        WORKLOAD, [(warmup, None), (per_type, None), (per_type, DRIFT_TYPE)], random.Random(seed)
+    )
+    no_drift = [j for j in jobs if j.phase < DRIFT]
 
     def adaptive(
-        jobs: list[Any], target: float, objective: Objective = "exceed", pooled: bool = True
-    ) -> Outcome:
-        models = copy_models(warm)
-        planner = Planner(
-            models, replace(settings, lag_target_s=target), DEFAULT_POLICY, objective=objective, pooled=pooled
-        )
-        for key, model in models:
-            planner.note_changed(key, model)
-        planner.refresh()
-        return run(jobs, WORKLOAD, models, random.Random(seed + 3), planner=planner)
+        jobs: list[Job], target: float, objective: Objective = "exceed", pooled: bool = True
+    ) -> list[Outcome]:
+        models = DurationModels(settings.window, settings.max_types)
+        cfg = replace(settings, lag_target_s=target)
+        planner = Planner(models, cfg, DEFAULT_POLICY, objective=objective, pooled=pooled)
+        return run(jobs, WORKLOAD, models, random.Random(seed + 2), planner=planner, adaptive_from=MAIN)
 
-    backoff = run(main_jobs, WORKLOAD, copy_models(warm), random.Random(seed + 2))
-    target = backoff.lag(95)
-    main = adaptive(main_jobs, target)
-    drift_backoff = run(drift_jobs, WORKLOAD, copy_models(warm), random.Random(seed + 2))
-    drift_adaptive = adaptive(drift_jobs, target)
+    backoff = run(
+        jobs, WORKLOAD, DurationModels(settings.window, settings.max_types), random.Random(seed + 1)
+    )
+    target = backoff[MAIN].lag(95)
+    tested = adaptive(jobs, target)
+    main, drift = tested[MAIN], tested[DRIFT]
 
     result: dict[str, Any] = {
         "seed": seed,
         "workload": {t.name: t.describe() for t in WORKLOAD},
-        "jobs_per_type": {"warmup": len(warm_jobs) // len(WORKLOAD), "main": per_type, "drift": per_type},
+        "jobs_per_type": {"warmup": warmup, "main": per_type, "drift": per_type},
         "window": window,
         "lag_target_s": round(target, 2),
-        "main": {"backoff": stats(backoff), "adaptive": stats(main)},
-        "main_per_type": {"backoff": _per_type(backoff), "adaptive": _per_type(main)},
-        "drift": {"backoff": stats(drift_backoff), "adaptive": stats(drift_adaptive), "type": DRIFT_TYPE},
+        "main": {"backoff": stats(backoff[MAIN]), "adaptive": stats(main)},
+        "main_per_type": {"backoff": _per_type(backoff[MAIN]), "adaptive": _per_type(main)},
+        "drift": {"backoff": stats(backoff[DRIFT]), "adaptive": stats(drift), "type": DRIFT_TYPE},
+        "drift_per_type": {"backoff": _per_type(backoff[DRIFT]), "adaptive": _per_type(drift)},
     }
     if frontier:
         points = [{"target_s": round(target, 2), **stats(main)}]
         for factor in FRONTIER:
-            points.append(
-                {"target_s": round(target * factor, 2), **stats(adaptive(main_jobs, target * factor))}
-            )
+            out = adaptive(no_drift, target * factor)[MAIN]
+            points.append({"target_s": round(target * factor, 2), **stats(out)})
         result["frontier"] = sorted(points, key=lambda p: p["target_s"])
     if variants:
         result["variants"] = {
-            label: stats(adaptive(main_jobs, target, objective, pooled))
+            label: stats(adaptive(no_drift, target, objective, pooled)[MAIN])
             for label, objective, pooled in VARIANTS
         }
-    result["checks"] = _checks(backoff, main, drift_backoff, drift_adaptive)
+    result["checks"] = _checks(backoff[MAIN], main, backoff[DRIFT], drift)
     result["passed"] = {row["name"]: row["passed"] for row in result["checks"]}
     result["seconds"] = round(time.monotonic() - started, 1)
     return result

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import math
-from bisect import bisect_left
+from bisect import bisect_left, bisect_right
 from collections import OrderedDict
 from collections.abc import Iterator
 from typing import Any
@@ -185,9 +185,10 @@ class TypeModel:
         if not ages:
             return None
         q = min(1.0, max(0.0, q))
+        if q <= probs[0]:
+            # Zero-length jobs, or none: then the lower edge of the first bin that holds any.
+            return ages[0] if probs[0] > 0.0 else ages[bisect_right(probs, 0.0) - 1]
         i = bisect_left(probs, q)
-        if i == 0:
-            return ages[0]
         if i >= len(ages):
             return ages[-1]
         lo, hi = probs[i - 1], probs[i]

@@ -42,6 +42,8 @@ QUANTILE_CHECK_EVERY = 25
 QUANTILE_MOVE = 0.10
 _CHECK_LEVELS = (0.1, 0.5, 0.9)
 
+FILL_ROUNDS = 8
+
 Objective = Literal["exceed", "lag"]
 
 
@@ -68,7 +70,8 @@ def allocate(types: list[tuple[float, list[Cost]]], budget: float) -> list[int]:
     """For each (weight, costs per price) the price index to use: least sum w·calls, sum w·exceed ≤ budget.
 
     Starts every type at its safest price and walks down the convex hulls of the frontiers, the move that
-    saves most calls per unit of lateness first, skipping moves that no longer fit the budget.
+    saves most calls per unit of lateness first, skipping moves that no longer fit the budget; then spends
+    what is left on the single moves (on the hull or off it) that save most.
     """
     choice: list[int] = []
     hulls: list[list[int]] = []
@@ -90,6 +93,23 @@ def allocate(types: list[tuple[float, list[Cost]]], budget: float) -> list[int]:
         spent += extra
         choice[i] = hulls[i][step + 1]
         _push(heap, i, step + 1, hulls[i], costs)
+    # The hull walk stops where its next step no longer fits; a point off the hull may still fit. Each
+    # round scans every type's frontier, so a few rounds only: what is left of the budget is small.
+    for _ in range(FILL_ROUNDS):
+        best: tuple[float, int, int] | None = None
+        for i, (weight, costs) in enumerate(types):
+            here = costs[choice[i]]
+            for r, there in enumerate(costs):
+                saving = weight * (here.calls - there.calls)
+                extra = weight * (there.exceed - here.exceed)
+                if saving > 1e-12 and spent + extra <= budget and (best is None or saving > best[0]):
+                    best = (saving, i, r)
+        if best is None:
+            break
+        _, i, r = best
+        weight, costs = types[i]
+        spent += weight * (costs[r].exceed - costs[choice[i]].exceed)
+        choice[i] = r
     return choice
 
 

@@ -39,6 +39,7 @@ MAX_GRID = 480
 SHAPE_POINTS = 20
 # Gaps up to NEAR_GAPS x T are all candidates; longer ones (skipping a sparse region) grow geometrically.
 NEAR_GAPS = 2.0
+MAX_NEAR = 32  # near candidates per grid age at most (evenly spread when the grid is finer)
 FAR_GROWTH = 1.25
 # Jitter is averaged over this many evenly spaced factors when a gap's lateness is priced.
 JITTER_NODES = 4
@@ -181,7 +182,11 @@ class ScheduleProblem:
         self.grid = _grid(dist, top, target_s, settings)
         grid = self.grid
         self.survival = [1.0 - dist.cdf(x) for x in grid]
+        self._means = [dist.partial_mean(x) for x in grid]
         self._ends, self._diffs = _jitter_nodes(policy.jitter)
+        # Gaps of backoff's max_interval_s or more share one jitter span, so the late ages (and F there)
+        # of a gap depend on its end alone: priced once per grid age, not once per candidate gap.
+        self._capped: dict[tuple[int, bool], list[tuple[float, float]]] = {}
         self.tail = _tail_cost(top, target_s, policy)
         cands: list[tuple[list[int], list[float], list[float]]] = []
         for j in range(len(grid) - 1):
@@ -206,17 +211,29 @@ class ScheduleProblem:
             return 0.0
         f_a = 1.0 - self.survival[j]
         total = 0.0
-        for offset, weight in nodes:
-            late = b + spread * offset - target
+        if spread < self.policy.max_interval_s:
+            for offset, weight in nodes:
+                late = b + spread * offset - target
+                if late > a:
+                    total += weight * (dist.cdf(late) - f_a)
+            return max(0.0, total)
+        key = (k, j == 0)
+        lates = self._capped.get(key)
+        if lates is None:
+            lates = []
+            for offset, weight in nodes:
+                late = b + spread * offset - target
+                lates.append((late, weight * dist.cdf(late)))
+            self._capped[key] = lates
+        for (late, weighted), (_, weight) in zip(lates, nodes, strict=True):
             if late > a:
-                total += weight * (dist.cdf(late) - f_a)
+                total += weighted - weight * f_a
         return max(0.0, total)
 
     def _lag(self, j: int, k: int) -> float:
         """E[lag; finish in this gap] for a poll at the gap's end."""
-        a, b = self.grid[j], self.grid[k]
-        dist = self.dist
-        return b * (self.survival[j] - self.survival[k]) - (dist.partial_mean(b) - dist.partial_mean(a))
+        b = self.grid[k]
+        return b * (self.survival[j] - self.survival[k]) - (self._means[k] - self._means[j])
 
     def solve(self, nu: float, mu: float) -> Schedule:
         """The schedule minimising calls + nu·P(lag > T) + mu·E[lag] from every grid age."""
@@ -285,8 +302,9 @@ def _candidates(grid: list[float], j: int, target_s: float, max_gap: float) -> l
     """The grid indices a poll at grid[j] may be followed by: all near ones, then geometrically sparser."""
     a = grid[j]
     n = len(grid)
-    near_end = bisect_right(grid, min(a + NEAR_GAPS * target_s, a + max_gap), j + 1)
-    ks = list(range(j + 1, max(near_end, j + 2)))
+    near_end = max(bisect_right(grid, min(a + NEAR_GAPS * target_s, a + max_gap), j + 1), j + 2)
+    stride = max(1, (near_end - j - 1) // MAX_NEAR)
+    ks = list(range(j + 1, near_end, stride))
     reach = NEAR_GAPS * target_s
     limit = a + max_gap
     while True:

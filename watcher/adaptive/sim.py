@@ -88,39 +88,42 @@ DRIFT_TYPE = "report"  # its durations double halfway through the drift phase
 
 @dataclass(frozen=True, slots=True)
 class Job:
-    """One simulated job: its type, when it was created and registered, and how long it runs."""
+    """One simulated job: its type, when it was created and registered, how long it runs, its phase."""
 
     kind: int  # index into the workload
     created: float
     registered: float
     duration: float
+    phase: int = 0
 
 
 def make_jobs(
     workload: Sequence[JobType],
-    per_type: int,
-    start: float,
+    phases: Sequence[tuple[int, str | None]],
     rng: random.Random,
     *,
     interval_s: float = 10.0,
-    drift: str | None = None,
 ) -> list[Job]:
-    """`per_type` jobs of each type arriving as Poisson streams (mean `interval_s` apart) from `start`.
+    """Jobs of every type arriving as Poisson streams (mean `interval_s` apart), phase after phase.
 
-    With `drift`, jobs of that type created in the second half of the phase run twice as long.
+    Each phase is (jobs per type, drifting type or None); with a drifting type, its jobs created in the
+    second half of that phase run twice as long. Arrivals never pause between phases: a model learns
+    from finishes in the order they happen, and a pause would leave only a burst's longest jobs to
+    finish, which no steady stream of jobs does.
     """
     jobs: list[Job] = []
-    span = per_type * interval_s
     for kind, job_type in enumerate(workload):
-        t = start
-        for _ in range(per_type):
-            t += rng.expovariate(1.0 / interval_s)
-            duration = job_type.sample(rng)
-            if drift == job_type.name and t - start > span / 2.0:
-                duration = min(MAX_DURATION_S, 2.0 * duration)
-            late = rng.random() < LATE_SHARE
-            delay = rng.uniform(0.0, duration) if late else rng.uniform(0.0, 1.0)
-            jobs.append(Job(kind, t, t + min(delay, duration), duration))
+        t = 0.0
+        for phase, (per_type, drift) in enumerate(phases):
+            begin = t
+            for _ in range(per_type):
+                t += rng.expovariate(1.0 / interval_s)
+                duration = job_type.sample(rng)
+                if drift == job_type.name and t - begin > per_type * interval_s / 2.0:
+                    duration = min(MAX_DURATION_S, 2.0 * duration)
+                late = rng.random() < LATE_SHARE
+                delay = rng.uniform(0.0, duration) if late else rng.uniform(0.0, 1.0)
+                jobs.append(Job(kind, t, t + min(delay, duration), duration, phase))
     jobs.sort(key=lambda j: j.registered)
     return jobs
 
@@ -168,21 +171,24 @@ def run(
     rng: random.Random,
     *,
     planner: Planner | None = None,
+    adaptive_from: int = 1,
     policy: PollingPolicy = DEFAULT_POLICY,
-) -> Outcome:
-    """Poll every job until seen finished: backoff without `planner`, adaptive with it.
+) -> list[Outcome]:
+    """Poll every job until seen finished; one Outcome per phase.
 
-    Polls are processed in time order across all jobs, so models (and schedules) learn from finishes as
-    they are detected, mid-run, exactly when the daemon would.
+    Jobs of phase `adaptive_from` or later follow the planner's schedules when there is one, earlier
+    ones (the warm-up) the backoff curve. Polls are processed in time order across all jobs, so models
+    (and schedules) learn from finishes as they are detected, whatever polled them, as in the daemon.
     """
     keys: list[TypeKey] = [(WORKSPACE, t.name) for t in workload]
-    out = Outcome()
+    outs = [Outcome() for _ in range(max((j.phase for j in jobs), default=0) + 1)]
     # (time, job index, streak): the first poll is at registration and sees the first status (a change).
     heap: list[tuple[float, int, int]] = [(job.registered, i, 0) for i, job in enumerate(jobs)]
     heapq.heapify(heap)
     while heap:
         now, i, streak = heapq.heappop(heap)
         job = jobs[i]
+        out = outs[job.phase]
         out.calls += 1
         out.calls_by_kind[job.kind] = out.calls_by_kind.get(job.kind, 0) + 1
         age = now - job.created
@@ -196,12 +202,12 @@ def run(
                 models.observe(keys[job.kind], job.duration, finished_at)
             else:
                 planner.observe(keys[job.kind], job.duration, finished_at)
-                if planner.dirty:
-                    planner.refresh()
             continue
-        if planner is None:
+        if planner is None or job.phase < adaptive_from:
             delay = poll_delay(streak, policy, rng)
         else:
+            if planner.dirty:  # schedules are only needed once a job polls by them
+                planner.refresh()
             delay = planner.delay(keys[job.kind], age, streak, rng)
         heapq.heappush(heap, (now + delay, i, streak + 1))
-    return out
+    return outs
