@@ -230,3 +230,36 @@ class TestProblem:
         """A long jump is jittered by no more than backoff's longest delay is."""
         assert jitter_span(3000.0, POLICY) == POLICY.max_interval_s
         assert jitter_span(10.0, POLICY) == 10.0
+
+
+class TestDegenerateTypes:
+    """Types whose jobs all take the same time, or no time at all, get a sensible schedule."""
+
+    def test_jobs_that_all_take_the_same_time_are_polled_once_just_after(self) -> None:
+        """Thirty jobs of exactly 42 s: one poll at registration, one just after 42 s, then backoff."""
+        model = TypeModel()
+        for i in range(30):
+            model.add(42.0, float(i))
+        chain = solved(model, AdaptiveSettings(lag_target_s=60.0), 64.0).chain()
+        assert len(chain) == 2 and 42.0 <= chain[1] <= 45.0
+
+    def test_jobs_that_finish_at_once_leave_it_to_backoff(self) -> None:
+        """Jobs finished when created: nothing to schedule, every delay is the backoff curve's."""
+        model = TypeModel()
+        for i in range(30):
+            model.add(0.0, float(i))
+        cfg = AdaptiveSettings(lag_target_s=60.0)
+        schedule = solved(model, cfg, 64.0)
+        assert schedule.chain() == [0.0]
+        delay = next_poll_delay(schedule, 0.0, 0, POLICY, cfg, random.Random(1))
+        assert delay == poll_delay(0, POLICY, random.Random(1))
+
+    def test_zero_length_jobs_stay_an_atom(self) -> None:
+        """Half of few jobs take no time: the smoothed distribution keeps that mass at age 0."""
+        model = TypeModel()
+        for i in range(30):
+            model.add(0.0 if i % 2 else 100.0, float(i))
+        ages, probs = model.cdf()
+        dist, _ = distribution_of(ages, probs, model.samples)
+        assert 0.45 <= dist.cdf(0.0) <= 0.55
+        assert dist.cdf(50.0) < 0.6

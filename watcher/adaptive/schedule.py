@@ -370,11 +370,14 @@ def distribution_of(ages: list[float], probs: list[float], samples: int) -> tupl
     cum: list[float] = []
     for q in levels:
         x = raw.quantile(q) if q > 0.0 else raw.first
-        if points and x <= points[-1]:
-            cum[-1] = q  # an atom (many finishes in one bin): the CDF jumps there
-            continue
-        points.append(x)
-        cum.append(q)
+        if not points:
+            points.append(x)
+            cum.append(raw.cdf(x))  # zero-length jobs are an atom at age 0: keep it
+        elif x <= points[-1]:
+            cum[-1] = max(cum[-1], q)  # an atom (many finishes in one bin): the CDF jumps there
+        else:
+            points.append(x)
+            cum.append(max(cum[-1], q))
     return Distribution(points, cum), points[-1]
 
 
