@@ -17,9 +17,10 @@ import pytest
 from aiohttp import web
 from aiohttp.abc import AbstractResolver, ResolveResult
 
-from watcher.addressguard import AddressGuard, BlockedAddress, find_blocked, guarded_connector
-from watcher.models import Delivery, DeliveryState, Event
-from watcher.webhook import SendKind, WebhookSender, WebhookTarget
+from watcher.delivery.guard import AddressGuard, BlockedAddress, find_blocked, guarded_connector
+from watcher.delivery.target import WebhookTarget
+from watcher.delivery.webhook import WebhookSender
+from watcher.models import Delivery, DeliveryOutcome, DeliveryState, Event
 
 Serve = Callable[..., Awaitable["Server"]]
 Sessions = Callable[..., aiohttp.ClientSession]
@@ -345,7 +346,7 @@ class TestRedirects:
         delivery = Delivery(1, event, "callback", DeliveryState.PENDING, 0, 0.0, 0.0)
 
         result = await WebhookSender(session).send(target, delivery)
-        assert result.kind is SendKind.RETRY
+        assert result.kind is DeliveryOutcome.RETRY
         assert result.status_code == 307
         assert "redirect not followed" in result.detail
         assert public.hits == ["/redirect"]

@@ -10,12 +10,12 @@ from datetime import UTC, datetime
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from watcher.adaptive.bench import render, run_policy_bench
-from watcher.adaptive.model import DurationModels
-from watcher.adaptive.sim import DEFAULT_POLICY, DRIFT_TYPE, WORKLOAD, Job, make_jobs, run
 from watcher.config import PollingConfig
 from watcher.models import PollOutcome, PollResult, Source, Watch
-from watcher.policy import decide
+from watcher.polling.adaptive.bench import render, run_policy_bench
+from watcher.polling.adaptive.model import DurationModels
+from watcher.polling.adaptive.sim import DEFAULT_POLICY, DRIFT_TYPE, WORKLOAD, Job, make_jobs, run
+from watcher.polling.policy import decide
 
 
 def iso(ts: float) -> str:

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from watcher.adaptive.model import FORMAT_VERSION, DurationModels, ModelFormatError, TypeModel
+from watcher.polling.adaptive.model import FORMAT_VERSION, DurationModels, ModelFormatError, TypeModel
 
 durations = st.lists(st.floats(0.0, 1e6, allow_nan=False), max_size=300)
 

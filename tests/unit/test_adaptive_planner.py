@@ -9,10 +9,10 @@ import random
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from watcher.adaptive.model import DurationModels, TypeModel
-from watcher.adaptive.planner import PRICES, Planner, allocate, slow_threshold
-from watcher.adaptive.schedule import AdaptiveSettings, Cost
-from watcher.adaptive.sim import DEFAULT_POLICY, WORKSPACE, JobType, copy_models, make_jobs, run
+from watcher.polling.adaptive.model import DurationModels, TypeModel
+from watcher.polling.adaptive.planner import PRICES, Planner, allocate, slow_threshold
+from watcher.polling.adaptive.schedule import AdaptiveSettings, Cost
+from watcher.polling.adaptive.sim import DEFAULT_POLICY, WORKSPACE, JobType, copy_models, make_jobs, run
 
 # A synthetic mix: one quick tight type, one wide hour-long type, one heavy tail, one bimodal.
 MIX = (

@@ -15,8 +15,8 @@ from dataclasses import replace
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from watcher.adaptive.model import TypeModel
-from watcher.adaptive.schedule import (
+from watcher.polling.adaptive.model import TypeModel
+from watcher.polling.adaptive.schedule import (
     AdaptiveSettings,
     Distribution,
     Schedule,
@@ -25,7 +25,7 @@ from watcher.adaptive.schedule import (
     jitter_span,
     next_poll_delay,
 )
-from watcher.policy import PollingPolicy, poll_delay
+from watcher.polling.policy import PollingPolicy, poll_delay
 
 POLICY = PollingPolicy(
     initial_interval_s=5.0,

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from watcher.addressguard import (
+from watcher.delivery.guard import (
     MASK,
     AddressGuard,
     CallbackUrlError,

@@ -9,8 +9,8 @@ import pytest
 
 from tests.fixtures.vendor import rules
 from tests.support.standard_webhooks import strict_json
-from watcher.delivery_formats import GROUPABLE, FormatSettings, RenderError, group_id, render_group, summarize
-from watcher.delivery_formats.grouping import GROUP_NAMESPACE
+from watcher.delivery.formats import GROUPABLE, FormatSettings, RenderError, group_id, render_group, summarize
+from watcher.delivery.formats.grouping import GROUP_NAMESPACE
 from watcher.models import Event
 
 SETTINGS = FormatSettings(name="chat", routing_key="k" * 32)

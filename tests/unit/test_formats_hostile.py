@@ -16,8 +16,8 @@ from hypothesis import strategies as st
 
 from tests.fixtures.vendor import rules
 from tests.support.standard_webhooks import strict_json
-from watcher.delivery_formats import FormatSettings, RenderError, render, render_group
-from watcher.delivery_formats.template import MAX_OUTPUT_BYTES
+from watcher.delivery.formats import FormatSettings, RenderError, render, render_group
+from watcher.delivery.formats.template import MAX_OUTPUT_BYTES
 from watcher.models import Event
 
 # Every code point, surrogates and controls included.

@@ -15,8 +15,8 @@ import time
 
 import pytest
 
-from watcher.delivery_formats import RenderError
-from watcher.delivery_formats.template import SAMPLE_EVENT, compile_template, validate_template
+from watcher.delivery.formats import RenderError
+from watcher.delivery.formats.template import SAMPLE_EVENT, compile_template, validate_template
 from watcher.errors import ConfigError
 
 KEY = "webhooks[3].template"

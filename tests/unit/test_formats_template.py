@@ -13,9 +13,9 @@ from typing import Any
 import pytest
 
 from tests.support.standard_webhooks import strict_json
-from watcher.delivery_formats import FormatSettings, RenderError, render
-from watcher.delivery_formats.sandbox import ENVIRONMENT, MAX_ALLOC_CHARS
-from watcher.delivery_formats.template import (
+from watcher.delivery.formats import FormatSettings, RenderError, render
+from watcher.delivery.formats.sandbox import ENVIRONMENT, MAX_ALLOC_CHARS
+from watcher.delivery.formats.template import (
     MAX_OUTPUT_BYTES,
     SAMPLE_EVENT,
     compile_template,

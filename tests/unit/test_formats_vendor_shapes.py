@@ -21,10 +21,10 @@ from typing import Any
 import pytest
 
 from tests.fixtures.vendor import rules
-from watcher.delivery_formats import FormatSettings, RenderError, render
-from watcher.delivery_formats import alertmanager as am
-from watcher.delivery_formats import pagerduty as pd
-from watcher.delivery_formats.template import SAMPLE_EVENT
+from watcher.delivery.formats import FormatSettings, RenderError, render
+from watcher.delivery.formats import alertmanager as am
+from watcher.delivery.formats import pagerduty as pd
+from watcher.delivery.formats.template import SAMPLE_EVENT
 from watcher.models import Event
 
 ROUTING_KEY = "R0UT1NGK3Y0123456789abcdefABCDEF"  # 32 characters, like an integration key

@@ -22,7 +22,7 @@ from array import array
 from bisect import bisect_left, bisect_right
 from dataclasses import dataclass
 
-from watcher.policy import PollingPolicy, poll_delay
+from watcher.polling.policy import PollingPolicy, poll_delay
 
 # The schedule covers the model up to this quantile (lower while few jobs finished: 1 - 1/samples);
 # beyond it the backoff curve polls, as nothing is known there.

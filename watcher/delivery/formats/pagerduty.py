@@ -11,9 +11,9 @@ from __future__ import annotations
 
 from typing import Any, Final
 
-from watcher.delivery_formats.base import FormatSettings, Rendered, RenderError, clip, encode, fit
-from watcher.delivery_formats.facts import EventFacts, read
-from watcher.delivery_formats.grouping import GroupSummary
+from watcher.delivery.formats.base import FormatSettings, Rendered, RenderError, clip, encode, fit
+from watcher.delivery.formats.facts import EventFacts, read
+from watcher.delivery.formats.grouping import GroupSummary
 from watcher.models import Event
 
 DEFAULT_URL: Final = "https://events.pagerduty.com/v2/enqueue"

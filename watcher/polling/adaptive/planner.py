@@ -18,8 +18,8 @@ import random
 from dataclasses import dataclass
 from typing import Literal
 
-from watcher.adaptive.model import DurationModels, TypeKey, TypeModel
-from watcher.adaptive.schedule import (
+from watcher.polling.adaptive.model import DurationModels, TypeKey, TypeModel
+from watcher.polling.adaptive.schedule import (
     AdaptiveSettings,
     Cost,
     Schedule,
@@ -27,7 +27,7 @@ from watcher.adaptive.schedule import (
     distribution_of,
     next_poll_delay,
 )
-from watcher.policy import PollingPolicy
+from watcher.polling.policy import PollingPolicy
 
 # Prices of one late detection, in calls: from where a call is too dear to where coverage is total.
 PRICES = tuple(2.0 ** (k / 2.0) for k in range(-2, 35))

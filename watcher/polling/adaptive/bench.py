@@ -23,10 +23,10 @@ import time
 from dataclasses import replace
 from typing import Any
 
-from watcher.adaptive.model import DurationModels
-from watcher.adaptive.planner import Objective, Planner
-from watcher.adaptive.schedule import AdaptiveSettings
-from watcher.adaptive.sim import (
+from watcher.polling.adaptive.model import DurationModels
+from watcher.polling.adaptive.planner import Objective, Planner
+from watcher.polling.adaptive.schedule import AdaptiveSettings
+from watcher.polling.adaptive.sim import (
     DEFAULT_POLICY,
     DRIFT_TYPE,
     WORKLOAD,
@@ -193,8 +193,8 @@ def render(result: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m watcher.adaptive.bench [--seed N ...] [--json FILE]`: print the tables, 0 if all passed."""
-    parser = argparse.ArgumentParser(prog="python -m watcher.adaptive.bench")
+    """`python -m watcher.polling.adaptive.bench [--seed N ...] [--json FILE]`: the tables; 0 if all pass."""
+    parser = argparse.ArgumentParser(prog="python -m watcher.polling.adaptive.bench")
     parser.add_argument("--seed", type=int, action="append", help="repeat for several seeds (default 1)")
     parser.add_argument("--per-type", type=int, default=2000, help="jobs per type in each measured phase")
     parser.add_argument("--variants", action="store_true", help="also run the alternatives that lost")

@@ -16,9 +16,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
-from watcher.adaptive.model import DurationModels, TypeKey, TypeModel
-from watcher.adaptive.planner import Planner
-from watcher.policy import PollingPolicy, poll_delay
+from watcher.polling.adaptive.model import DurationModels, TypeKey, TypeModel
+from watcher.polling.adaptive.planner import Planner
+from watcher.polling.policy import PollingPolicy, poll_delay
 
 WORKSPACE = "bench"
 # Backoff as the daemon runs it: the `[polling]` defaults of watcher/config.py (SPEC §3).

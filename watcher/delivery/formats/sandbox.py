@@ -41,7 +41,7 @@ from jinja2.runtime import Context, LoopContext, Macro
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from watcher import strictjson
-from watcher.delivery_formats.base import RenderError
+from watcher.delivery.formats.base import RenderError
 
 MAX_VALUE_CHARS: Final = 256 * 1024  # no single value may be longer than the whole output may be
 MAX_ALLOC_CHARS: Final = 8 * MAX_VALUE_CHARS  # what one render may make, all its values together

@@ -1,7 +1,7 @@
 """Format `template`: the operator's own JSON body from a Jinja2 template (SPEC §15).
 
 The context is the standard body (`type`, `timestamp`, `data`); the environment is the bounded sandbox of
-`watcher.delivery_formats.sandbox` (its docstring says what is refused and how CPU and memory are bounded).
+`watcher.delivery.formats.sandbox` (its docstring says what is refused and how CPU and memory are bounded).
 Undefined names are errors (`StrictUndefined`): a template that reads a field an event lacks says so with
 `| default(...)`, instead of sending a body with a hole in it. The output must be strict JSON (RFC 8259:
 no NaN, no Infinity) of at most 256 KiB.
@@ -24,8 +24,8 @@ import jinja2
 from jinja2.exceptions import SecurityError
 
 from watcher import strictjson
-from watcher.delivery_formats.base import FormatSettings, Rendered, RenderError, one_line, rfc3339, safe_epoch
-from watcher.delivery_formats.sandbox import (
+from watcher.delivery.formats.base import FormatSettings, Rendered, RenderError, one_line, rfc3339, safe_epoch
+from watcher.delivery.formats.sandbox import (
     DEADLINE_S,
     ENVIRONMENT,
     MAX_STEPS,

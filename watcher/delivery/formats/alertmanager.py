@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 from typing import Any, Final
 
-from watcher.delivery_formats.base import (
+from watcher.delivery.formats.base import (
     DEFAULT_ALERT_DURATION_S,
     MAX_EPOCH_S,
     FormatSettings,
@@ -25,7 +25,7 @@ from watcher.delivery_formats.base import (
     one_line,
     rfc3339,
 )
-from watcher.delivery_formats.facts import EventFacts, camel, read
+from watcher.delivery.formats.facts import EventFacts, camel, read
 from watcher.models import Event
 
 API_PATH: Final = "/api/v2/alerts"

@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, Final
 
-from watcher.delivery_formats.base import clean_text, one_line, rfc3339, safe_epoch
+from watcher.delivery.formats.base import clean_text, one_line, rfc3339, safe_epoch
 from watcher.models import Event
 
 _NAME_PART: Final = re.compile(r"[^0-9A-Za-z]+")

@@ -13,8 +13,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Final
 
-from watcher.delivery_formats.base import RenderError, one_line
-from watcher.delivery_formats.facts import VERBS, EventFacts, read
+from watcher.delivery.formats.base import RenderError, one_line
+from watcher.delivery.formats.facts import VERBS, EventFacts, read
 from watcher.models import Event
 
 # Fixed forever: changing it would change every group id and defeat the receivers' de-duplication.

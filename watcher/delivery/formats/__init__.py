@@ -11,10 +11,10 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import Final
 
-from watcher.delivery_formats import alertmanager, discord, msteams, pagerduty, template
-from watcher.delivery_formats.base import FormatSettings, Rendered, RenderError, encode, fit, one_line
-from watcher.delivery_formats.grouping import GroupSummary, group_id, summarize
-from watcher.delivery_formats.template import validate_template
+from watcher.delivery.formats import alertmanager, discord, msteams, pagerduty, template
+from watcher.delivery.formats.base import FormatSettings, Rendered, RenderError, encode, fit, one_line
+from watcher.delivery.formats.grouping import GroupSummary, group_id, summarize
+from watcher.delivery.formats.template import validate_template
 from watcher.models import Event
 
 # Slack truncates a message past 40,000 characters (Slack changelog, "Truncating really long messages",

@@ -5,9 +5,9 @@
 schedules, `sim` and `bench` measure it against the backoff curve in simulated time.
 """
 
-from watcher.adaptive.model import DurationModels, ModelFormatError, TypeKey, TypeModel
-from watcher.adaptive.planner import Planner, allocate, slow_threshold
-from watcher.adaptive.schedule import AdaptiveSettings, Schedule, next_poll_delay
+from watcher.polling.adaptive.model import DurationModels, ModelFormatError, TypeKey, TypeModel
+from watcher.polling.adaptive.planner import Planner, allocate, slow_threshold
+from watcher.polling.adaptive.schedule import AdaptiveSettings, Schedule, next_poll_delay
 
 __all__ = [
     "AdaptiveSettings",

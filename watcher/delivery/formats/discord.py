@@ -15,9 +15,9 @@ from __future__ import annotations
 
 from typing import Any, Final
 
-from watcher.delivery_formats.base import FormatSettings, Rendered, encode, fit, one_line, units
-from watcher.delivery_formats.facts import EventFacts, read
-from watcher.delivery_formats.grouping import GroupSummary
+from watcher.delivery.formats.base import FormatSettings, Rendered, encode, fit, one_line, units
+from watcher.delivery.formats.facts import EventFacts, read
+from watcher.delivery.formats.grouping import GroupSummary
 from watcher.models import Event
 
 MAX_CONTENT: Final = 2000
