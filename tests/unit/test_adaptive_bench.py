@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from watcher.config import PollingConfig
+from watcher.config.model import PollingConfig
 from watcher.models import PollOutcome, PollResult, Source, Watch
 from watcher.polling.adaptive.bench import render, run_policy_bench
 from watcher.polling.adaptive.model import DurationModels
