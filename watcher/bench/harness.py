@@ -49,6 +49,7 @@ class Context:
     store: str = "sqlite"  # `--store`: the backend the daemons under test use
     window_s: float = 10.0  # length of each timed measurement window
     sizes: tuple[int, ...] = (10_000, 100_000, 1_000_000)  # watches held by one daemon in `scale`
+    duration_s: float | None = None  # `--duration-s`: how long `soak` runs (None: its default)
 
     def say(self, message: str) -> None:
         """One progress line on stderr, so a long run shows it is alive (stdout is the table)."""
