@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import aiohttp
@@ -33,6 +33,7 @@ RATE = 500.0  # polls per second at every size; well inside what the pipeline su
 MAX_RSS_BYTES = 2**30  # SPEC §9: a million watches under 1 GiB
 MAX_COST_RATIO = 2.0  # µs per poll at the largest size within 2x of the smallest
 MAX_RATE_COST_RATIO = 1.5  # SPEC §9: CPU per poll at RATE within 1.5x of CPU per poll at saturation
+MAX_STORE_COST_RATIO = 1.5  # SPEC §9: on PostgreSQL, one replica's CPU per poll within 1.5x of SQLite's
 IDLE_SPREAD_S = 1e7  # first polls spread over ~115 days: at 1M watches one poll every ~10 s
 
 
@@ -55,9 +56,15 @@ async def run(ctx: harness.Context) -> ScenarioResult:
     """An empty daemon for reference, then each size in turn against one always-active simulator."""
     res = ScenarioResult("scale")
     rate = 100.0 if ctx.quick else RATE
+    on_postgres = ctx.store != "sqlite"
     async with harness.simulator(ctx.workdir, "--unknown-jobs", "active", "--max-log", "0") as sim:
         empty = await _measure(ctx, sim, 0, rate)
         sizes = [await _measure(ctx, sim, n, rate) for n in ctx.sizes]
+        # On PostgreSQL the same sizes on SQLite, at the same rate in the same run: SPEC §9 compares them.
+        lite = replace(ctx, store="sqlite")
+        baseline = (
+            [await _measure(lite, sim, n, rate, steady_only=True) for n in ctx.sizes] if on_postgres else []
+        )
     res.add("empty daemon: RSS", empty.rss / 2**20, "MiB")
     res.add("empty daemon: start-up", empty.startup_s, "s")
     for s in sizes:
@@ -82,7 +89,22 @@ async def run(ctx: harness.Context) -> ScenarioResult:
             )
         res.add(f"{label}: idle CPU (watches present, hardly any due)", s.idle_pct, "% of a core")
         res.add(f"{label}: idle poll rate", s.idle_rate, "polls/s")
+    for s, b in zip(sizes, baseline, strict=False):
+        label = f"{s.watches:,} watches"
+        res.add(f"{label}: SQLite's CPU per poll at {rate:g} polls/s (same run)", b.cost_us, "µs")
+        if s.cost_us is not None and b.cost_us:
+            res.add(
+                f"{label}: CPU per poll, PostgreSQL / SQLite",
+                s.cost_us / b.cost_us,
+                at_most=MAX_STORE_COST_RATIO,
+            )
     smallest, largest = sizes[0], sizes[-1]
+    if on_postgres and len(sizes) > 1 and smallest.saturated_rate:
+        res.add(
+            f"claims per second saturated, {largest.watches:,} / {smallest.watches:,}",
+            largest.saturated_rate / smallest.saturated_rate,
+            at_least=1 / MAX_RATE_COST_RATIO,
+        )
     if len(sizes) > 1 and smallest.cost_us and largest.cost_us is not None:
         res.add(
             f"CPU per poll, {largest.watches:,} / {smallest.watches:,}",
@@ -136,10 +158,12 @@ def _config(
     return path, port
 
 
-async def _measure(ctx: harness.Context, sim: harness.Child, watches: int, rate: float) -> _Size:
+async def _measure(
+    ctx: harness.Context, sim: harness.Child, watches: int, rate: float, *, steady_only: bool = False
+) -> _Size:
     """Build a store of `watches`, start a daemon on it and measure it: at `rate`, saturated, idle."""
     out = _Size(watches)
-    name = f"scale-{watches}"
+    name = f"scale-{watches}" + ("-sqlite" if steady_only else "")
     store_url = harness.fresh_store_url(ctx.store, ctx.workdir, name)
     ids = harness.job_ids(watches, seed=watches)
     ctx.say(f"scale: registering {watches:,} watches in the store")
@@ -165,10 +189,11 @@ async def _measure(ctx: harness.Context, sim: harness.Child, watches: int, rate:
             out.cost_us = cpu / polls * 1e6
             out.rate = polls / wall
         _, out.peak = d.memory()
-    if not watches:
+    if not watches or steady_only:
         return out
     # Saturated: every watch always due and the rate limit out of the way, as in `throughput`.
     config, port = _config(ctx, sim, store_url, f"{name}-saturated", 0.001, 1e6)
+    await harness.all_overdue(store_url, time.time())
     ctx.say(f"scale: {watches:,} watches, saturated")
     async with (
         harness.daemon(ctx.workdir, config, port, name=f"{name}-saturated-daemon") as d,
@@ -180,6 +205,7 @@ async def _measure(ctx: harness.Context, sim: harness.Child, watches: int, rate:
         out.saturated_rate = polls / wall
     # Idle: the first polls spread over IDLE_SPREAD_S, so hardly any poll is due in the window.
     config, port = _config(ctx, sim, store_url, f"{name}-idle", IDLE_SPREAD_S, 4 * rate)
+    await harness.all_overdue(store_url, time.time())
     ctx.say(f"scale: {watches:,} watches, idle")
     async with (
         harness.daemon(ctx.workdir, config, port, name=f"{name}-idle-daemon") as d,
