@@ -23,7 +23,7 @@ from hypothesis.errors import Unsatisfiable
 from schemathesis.config import SchemathesisConfig
 
 from tests.api.conftest import SECRET
-from tests.e2e.conftest import free_port
+from tests.support.ports import free_port
 from tests.support.postgres import pg_schema
 from watcher.config import load_config
 from watcher.http.openapi import openapi_document

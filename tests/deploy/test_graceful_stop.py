@@ -16,7 +16,8 @@ import pytest
 from aiohttp import web
 
 from tests.deploy.conftest import NotifySocket
-from tests.e2e.conftest import WEBHOOK_SECRET, DaemonProc, Receiver, Sim, free_port, write_config
+from tests.e2e.conftest import WEBHOOK_SECRET, DaemonProc, Receiver, Sim, write_config
+from tests.support.ports import free_port
 from tests.support.standard_webhooks import TestReceiver
 
 pytestmark = pytest.mark.slow

@@ -13,8 +13,9 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.e2e.conftest import DaemonProc, Receiver, Sim, free_port
+from tests.e2e.conftest import DaemonProc, Receiver, Sim
 from tests.e2e.test_poison import config, metric, store_url, wait_metric
+from tests.support.ports import free_port
 
 pytestmark = pytest.mark.slow
 __all__ = ["store_url"]  # the fixture, shared with the poison tests

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.conftest import DaemonProc, Receiver, Sim, free_port, write_config
+from tests.e2e.conftest import DaemonProc, Receiver, Sim, write_config
 from tests.e2e.outage_support import (
     assert_all_json,
     every_end_delivered,
@@ -28,6 +28,7 @@ from tests.e2e.outage_support import (
     scripted_jobs,
     until,
 )
+from tests.support.ports import free_port
 from tests.support.postgres import pg_schema
 from tests.support.tcp_proxy import TcpProxy
 from watcher.store.postgres.conn import parse_url

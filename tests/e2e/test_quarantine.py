@@ -12,7 +12,6 @@ import asyncio
 import sqlite3
 import subprocess
 import sys
-import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,9 @@ import aiohttp
 import asyncpg  # type: ignore[import-untyped]
 import pytest
 
-from tests.e2e.conftest import DaemonProc, Receiver, Sim, free_port, write_config
+from tests.e2e.conftest import DaemonProc, Receiver, Sim, write_config
+from tests.support.eventually import eventually
+from tests.support.ports import free_port
 from tests.support.postgres import PG_URL, pg_schema
 
 pytestmark = pytest.mark.slow
@@ -76,17 +77,6 @@ async def db(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Db
 async def api(daemon: DaemonProc, method: str, path: str) -> tuple[int, Any]:
     async with aiohttp.ClientSession() as s, s.request(method, daemon.api + path) as r:
         return r.status, await r.json() if r.content_type.endswith("json") else await r.text()
-
-
-async def eventually(check: Any, timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        got = await check()
-        if got:
-            return got
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout}s: {what}")
-        await asyncio.sleep(0.1)
 
 
 def metric(text: str, name: str) -> float | None:

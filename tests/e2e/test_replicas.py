@@ -18,7 +18,8 @@ import aiohttp
 import asyncpg  # type: ignore[import-untyped]
 import pytest
 
-from tests.e2e.conftest import DaemonProc, Receiver, Sim, free_port, write_config
+from tests.e2e.conftest import DaemonProc, Receiver, Sim, write_config
+from tests.support.ports import free_port
 from tests.support.postgres import pg_schema
 from watcher.store.postgres.conn import parse_url
 

@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.conftest import Receiver, Sim, free_port, write_config
+from tests.e2e.conftest import Receiver, Sim, write_config
 from tests.e2e.outage_support import (
     PipedDaemon,
     active_jobs,
@@ -33,6 +33,7 @@ from tests.e2e.outage_support import (
     scripted_jobs,
     until,
 )
+from tests.support.ports import free_port
 from tests.support.small_disk import SmallDisk
 from watcher.store.sqlite.health import WAL_MAX_BYTES
 

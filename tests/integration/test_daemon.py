@@ -12,8 +12,10 @@ import pytest
 from prometheus_client import CollectorRegistry
 from structlog.testing import capture_logs
 
-from tests.e2e.conftest import free_port
-from watcher.config import Settings, load_config
+from tests.support import config
+from tests.support.eventually import eventually
+from tests.support.ports import free_port
+from watcher.config import Settings
 from watcher.daemon import Daemon
 from watcher.devtools.receiver import ReceivedDelivery, Receiver
 from watcher.devtools.simulate import Simulator
@@ -41,41 +43,12 @@ async def receiver() -> AsyncIterator[Receiver]:
     await r.stop()
 
 
-def settings_for(tmp_path: Path, sim_url: str, hook_url: str, port: int) -> Settings:
-    text = f"""
-[upstream]
-base_url = "{sim_url}"
-token = "sim-token"
-api_key = "sim-key"
-workspace_slug = "acme"
-[polling]
-initial_interval_s = 0.05
-max_interval_s = 0.2
-[api]
-listen = "127.0.0.1:{port}"
-[store]
-url = "sqlite:///{tmp_path / "w.db"}"
-[watchlist]
-path = "{tmp_path / "watchlist.txt"}"
-reload_interval_s = 0.1
-[daemon]
-shutdown_grace_s = 3.0
-[[webhooks]]
-name = "ops"
-url = "{hook_url}"
-secret = "{SECRET}"
-retry_initial_s = 0.05
-retry_max_s = 0.2
-"""
-    path = tmp_path / "w.toml"
-    path.write_text(text)
-    return load_config(path, env={})
-
-
-async def wait_until(predicate: object, within_s: float = 10.0) -> None:
-    async with asyncio.timeout(within_s):
-        while not predicate():  # type: ignore[operator]
-            await asyncio.sleep(0.02)
+def settings_for(
+    tmp_path: Path, sim_url: str, hook_url: str, port: int, sections: config.Sections | None = None
+) -> Settings:
+    """The fast test configuration with one webhook, `ops`."""
+    hook = {"name": "ops", "url": hook_url, "secret": SECRET}
+    return config.settings(tmp_path, sim_url, port=port, webhooks=[hook], sections=sections)
 
 
 async def test_endpoints_and_graceful_stop(tmp_path: Path, sim: Simulator, receiver: Receiver) -> None:
@@ -89,15 +62,15 @@ async def test_endpoints_and_graceful_stop(tmp_path: Path, sim: Simulator, recei
     run = asyncio.create_task(daemon.run())
     base = f"http://127.0.0.1:{port}"
     async with aiohttp.ClientSession() as http:
-        await wait_until(lambda: daemon.state is not None and daemon.state.ready)
+        await eventually(lambda: daemon.state is not None and daemon.state.ready)
         async with http.get(base + "/healthz") as r:
             assert r.status == 200
             assert (await r.json())["status"] == "ok"
         async with http.get(base + "/readyz") as r:
             assert r.status == 200
-        await wait_until(lambda: len(sim.requests(job)) >= 2)
+        await eventually(lambda: len(sim.requests(job)) >= 2)
         sim.set_status(job, "success")
-        await wait_until(lambda: len(receiver.deliveries) == 1)
+        await eventually(lambda: len(receiver.deliveries) == 1)
         await asyncio.sleep(1.2)  # one refresh of the store-derived gauges
         async with http.get(base + "/metrics") as r:
             text = await r.text()
@@ -144,9 +117,9 @@ async def test_a_failing_claim_makes_the_daemon_not_ready_but_never_ends_it(
 
     with capture_logs() as logs:
         run = asyncio.create_task(daemon.run())
-        await wait_until(lambda: daemon.state is not None and daemon.state.ready)
+        await eventually(lambda: daemon.state is not None and daemon.state.ready)
         store.fail = StoreError("database disk image is malformed")
-        await wait_until(lambda: any(e["event"] == "delivery.claim_failed" for e in logs))
+        await eventually(lambda: any(e["event"] == "delivery.claim_failed" for e in logs))
         for _ in range(100):
             if await readyz() == 503:
                 break
@@ -190,9 +163,9 @@ async def test_housekeeping_survives_a_failing_aggregate(
     daemon = Daemon(settings, handle_signals=False, registry=registry, store=store)
     with capture_logs() as logs:
         run = asyncio.create_task(daemon.run())
-        await wait_until(lambda: daemon.state is not None and daemon.state.ready)
+        await eventually(lambda: daemon.state is not None and daemon.state.ready)
         store.fail = True
-        await wait_until(lambda: sum(e["event"] == "housekeeping.failed" for e in logs) >= 2)
+        await eventually(lambda: sum(e["event"] == "housekeeping.failed" for e in logs) >= 2)
         assert not run.done()
         store.fail = False
         daemon.request_stop()
@@ -214,7 +187,7 @@ async def test_supervisor_stops_the_daemon_when_a_loop_dies(
     daemon = Daemon(settings, handle_signals=False, registry=CollectorRegistry(), store=store)
     with capture_logs() as logs:
         run = asyncio.create_task(daemon.run())
-        await wait_until(lambda: daemon.state is not None and daemon.state.ready)
+        await eventually(lambda: daemon.state is not None and daemon.state.ready)
         store.fail = _Bug("a bug outside any item")
         code = await asyncio.wait_for(run, 10)
     assert code == 1
@@ -234,9 +207,9 @@ async def test_restart_restores_watches_and_pending_deliveries(
     receiver.set_status(503)
     first = Daemon(settings, handle_signals=False, registry=CollectorRegistry())
     run = asyncio.create_task(first.run())
-    await wait_until(lambda: all(len(sim.requests(j)) >= 1 for j in jobs))
+    await eventually(lambda: all(len(sim.requests(j)) >= 1 for j in jobs))
     sim.set_status(jobs[0], "failed", error="boom")
-    await wait_until(lambda: receiver.attempts and sum(receiver.attempts.values()) >= 2)
+    await eventually(lambda: receiver.attempts and sum(receiver.attempts.values()) >= 2)
     first.request_stop()
     assert await run == 0
     assert receiver.deliveries == []
@@ -244,7 +217,7 @@ async def test_restart_restores_watches_and_pending_deliveries(
     sim.set_status(jobs[1], "success")
     second = Daemon(settings, handle_signals=False, registry=CollectorRegistry())
     run = asyncio.create_task(second.run())
-    await wait_until(lambda: len(receiver.deliveries) == 2)
+    await eventually(lambda: len(receiver.deliveries) == 2)
     got = {_job_of(d): d.type for d in receiver.deliveries}
     assert got == {jobs[0]: "job.failed", jobs[1]: "job.success"}
     second.request_stop()
@@ -279,15 +252,11 @@ async def test_second_workspace_uses_its_own_credentials(tmp_path: Path, receive
         theirs = sim.add_job(status="failed", workspace="other").id
         (tmp_path / "watchlist.txt").write_text(f"{mine}\n{theirs} other\n")
         assert receiver.url is not None
-        settings_for(tmp_path, url, receiver.url, free_port())  # writes w.toml
-        path = tmp_path / "w.toml"
-        path.write_text(
-            path.read_text() + '\n[upstream.workspaces.other]\ntoken = "other-token"\napi_key = "other-key"\n'
-        )
-        settings = load_config(path, env={})
+        other = {"upstream.workspaces.other": {"token": "other-token", "api_key": "other-key"}}
+        settings = settings_for(tmp_path, url, receiver.url, free_port(), other)
         daemon = Daemon(settings, handle_signals=False, registry=CollectorRegistry())
         run = asyncio.create_task(daemon.run())
-        await wait_until(lambda: len(receiver.deliveries) == 2)
+        await eventually(lambda: len(receiver.deliveries) == 2)
         got = {_job_of(d): (d.type, d.body["data"]["workspace"]) for d in receiver.deliveries}
         assert got == {mine: ("job.success", "acme"), theirs: ("job.failed", "other")}
         assert {r["workspace"] for r in sim.requests(theirs)} == {"other"}

@@ -15,6 +15,8 @@ import pytest
 from prometheus_client import CollectorRegistry
 from structlog.testing import capture_logs
 
+from tests.support.eventually import eventually
+from tests.support.ports import free_port
 from tests.support.standard_webhooks import TestReceiver
 from watcher import __version__
 from watcher.clock import SystemClock
@@ -71,14 +73,6 @@ async def add_events(
         events.append(event)
         previous = status
     return events
-
-
-async def eventually(check: Callable[[], Awaitable[bool]], within_s: float = 5.0) -> None:
-    """Poll `check` until it holds; fail after `within_s`."""
-    deadline = time.monotonic() + within_s
-    while not await check():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.005)
 
 
 @dataclass
@@ -351,14 +345,14 @@ async def test_concurrency_is_bounded(make_harness: MakeHarness, receiver: TestR
 
 @pytest.mark.parametrize(("case", "reason"), [("refused", "connection error"), ("slow", "timeout")])
 async def test_transport_failures_are_retried(
-    make_harness: MakeHarness, receiver: TestReceiver, unused_port: int, case: str, reason: str
+    make_harness: MakeHarness, receiver: TestReceiver, case: str, reason: str
 ) -> None:
     """Connection errors and timeouts fail the attempt, never the worker, and end dead after max_attempts."""
     if case == "slow":
         receiver.delay_s = 1.0
         h = await make_harness(timeout_s=0.1, max_attempts=2)
     else:
-        h = await make_harness(url=f"http://127.0.0.1:{unused_port}/hook", max_attempts=2)
+        h = await make_harness(url=f"http://127.0.0.1:{free_port()}/hook", max_attempts=2)
     await add_events(h.store, JOB_A, ["failed"])
     h.start()
     await eventually(lambda: _has_state(h, DeliveryState.DEAD))
@@ -426,17 +420,6 @@ async def test_a_delivery_that_cannot_be_recorded_fails_nothing_else(
 
 async def _logged(logs: list[dict[str, Any]], event: str) -> bool:
     return any(e["event"] == event for e in logs)
-
-
-@pytest.fixture
-def unused_port() -> int:
-    """A loopback port with nothing listening on it (bound then released)."""
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
 
 
 async def test_demo_receiver_verifies_records_and_scripts(make_harness: MakeHarness) -> None:

@@ -16,8 +16,8 @@ import asyncpg  # type: ignore[import-untyped]
 import pytest
 from prometheus_client import CollectorRegistry
 
-from tests.e2e.conftest import free_port
 from tests.integration.test_store_contract import jid, polled, reg
+from tests.support.ports import free_port
 from tests.support.postgres import PG_URL, pg_schema
 from watcher.cli.migrate import migrate_url
 from watcher.config import load_config

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-from collections.abc import AsyncIterator, Callable, MutableMapping, Sequence
+from collections.abc import AsyncIterator, MutableMapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -14,6 +14,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 from structlog.testing import capture_logs
 
+from tests.support.eventually import eventually
 from watcher.devtools.clock import ManualClock
 from watcher.errors import StoreError
 from watcher.metrics import Metrics
@@ -213,15 +214,6 @@ async def looping(env: Env) -> AsyncIterator[asyncio.Event]:
         await asyncio.wait_for(task, timeout=5.0)
 
 
-async def eventually(check: Callable[[], Any], timeout: float = 5.0) -> None:
-    """Wait (bounded) until the async `check()` returns true; file reads happen in a worker thread."""
-    for _ in range(int(timeout / 0.01)):
-        if await check():
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError("condition not reached in time")
-
-
 class TestRun:
     """The loop reloads at start, at every interval and on trigger, survives failures and stops."""
 
@@ -259,7 +251,7 @@ class TestRun:
         env.write(f"{A}\n")
         with capture_logs() as logs:
             async with looping(env):
-                await eventually(lambda: _true(bool(events(logs, "watchlist.reload_failed"))))
+                await eventually(lambda: events(logs, "watchlist.reload_failed"))
                 loop_errors = env.metrics.registry.get_sample_value(
                     "watcher_internal_errors_total", {"loop": "watchlist"}
                 )
@@ -270,7 +262,3 @@ class TestRun:
 
 async def _has(env: Env, ids: set[str]) -> bool:
     return set(await env.watched()) == ids
-
-
-async def _true(value: bool) -> bool:
-    return value

@@ -14,8 +14,8 @@ from tests.statuspage.scenario import (
     chromium,
     chromium_path,
     running_scene,
-    wait_until,
 )
+from tests.support.eventually import eventually
 from watcher.models import DeliveryState
 
 ARTIFACTS = Path(__file__).resolve().parents[2] / "artifacts"  # /artifacts/ is in .gitignore
@@ -84,7 +84,7 @@ async def test_operator_sees_the_state_and_replays_a_dead_delivery(tmp_path: Pat
         await page.fill("#token", TOKEN)
         await dead_row.locator("button.replay").click()
         await expect(page.locator("#message")).to_contain_text("pending again", timeout=WAIT_MS)
-        await wait_until(
+        await eventually(
             lambda: [d for d in scene.receiver.deliveries if d.type == "job.failed"], what="replayed delivery"
         )
         replayed = next(d for d in scene.receiver.deliveries if d.type == "job.failed")
