@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from pathlib import Path
 
 import aiohttp
@@ -58,7 +58,8 @@ async def test_endpoints_and_graceful_stop(tmp_path: Path, sim: Simulator, recei
     port = free_port()
     assert receiver.url is not None
     settings = settings_for(tmp_path, sim_url=_sim_url(sim), hook_url=receiver.url, port=port)
-    daemon = Daemon(settings, handle_signals=False, registry=CollectorRegistry())
+    # Gauges refreshed every 50 ms instead of every second: the test waits for them, not a fixed time.
+    daemon = Daemon(settings, handle_signals=False, registry=CollectorRegistry(), housekeeping_pause_s=0.05)
     run = asyncio.create_task(daemon.run())
     base = f"http://127.0.0.1:{port}"
     async with aiohttp.ClientSession() as http:
@@ -71,9 +72,13 @@ async def test_endpoints_and_graceful_stop(tmp_path: Path, sim: Simulator, recei
         await eventually(lambda: len(sim.requests(job)) >= 2)
         sim.set_status(job, "success")
         await eventually(lambda: len(receiver.deliveries) == 1)
-        await asyncio.sleep(1.2)  # one refresh of the store-derived gauges
-        async with http.get(base + "/metrics") as r:
-            text = await r.text()
+
+        async def refreshed() -> str | None:  # the store-derived gauges count the finished job
+            async with http.get(base + "/metrics") as r:
+                text = await r.text()
+            return text if 'watcher_watched_jobs{status="active"} 0.0' in text else None
+
+        text = await eventually(refreshed, 15, "the gauges refreshed")
     assert 'watcher_jobs_finished_total{status="success"} 1.0' in text
     assert 'watcher_transitions_total{status="success"} 1.0' in text
     assert 'watcher_webhook_deliveries_total{outcome="success",webhook="ops"} 1.0' in text
@@ -120,18 +125,10 @@ async def test_a_failing_claim_makes_the_daemon_not_ready_but_never_ends_it(
         await eventually(lambda: daemon.state is not None and daemon.state.ready)
         store.fail = StoreError("database disk image is malformed")
         await eventually(lambda: any(e["event"] == "delivery.claim_failed" for e in logs))
-        for _ in range(100):
-            if await readyz() == 503:
-                break
-            await asyncio.sleep(0.05)
-        assert await readyz() == 503
+        await eventually(lambda: _is(readyz(), 503), 15, "/readyz 503")
         assert not run.done()
         store.fail = None
-        for _ in range(200):
-            if await readyz() == 200:
-                break
-            await asyncio.sleep(0.05)
-        assert await readyz() == 200
+        await eventually(lambda: _is(readyz(), 200), 15, "/readyz 200 again")
         daemon.request_stop()
         assert await asyncio.wait_for(run, 10) == 0
     assert not [e for e in logs if e["event"] == "daemon.loop_died"]
@@ -222,6 +219,10 @@ async def test_restart_restores_watches_and_pending_deliveries(
     assert got == {jobs[0]: "job.failed", jobs[1]: "job.success"}
     second.request_stop()
     assert await run == 0
+
+
+async def _is(status: Awaitable[int], expected: int) -> bool:
+    return await status == expected
 
 
 def _sim_url(sim: Simulator) -> str:
