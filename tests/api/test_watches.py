@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
 import uuid
+from typing import Any
 
 from tests.api.conftest import Running, StartDaemon
 from tests.support.eventually import eventually
@@ -35,12 +35,17 @@ async def test_same_id_from_api_and_watchlist_is_one_watch_and_one_event(start_d
     await eventually(both_sources)
     await eventually(lambda: len(d.sim.requests(job)) >= 1)
     d.sim.set_status(job, "success")
-    await eventually(lambda: len(d.receiver.deliveries) >= 1)
-    await asyncio.sleep(0.5)  # time for a duplicate, if there were one
+
+    async def finished_and_delivered() -> dict[str, Any] | None:
+        detail = (await d.call("GET", f"/v1/watches/{job}"))[1]
+        delivered = detail["deliveries"] and all(x["state"] == "delivered" for x in detail["deliveries"])
+        return detail if detail["final"] and delivered else None
+
+    # Finished, and every delivery it made recorded: a duplicate event would be in the store by now.
+    detail = await eventually(finished_and_delivered, 15, "the job finished and its deliveries done")
     assert [x.type for x in d.receiver.deliveries] == ["job.success"]
     page = (await d.call("GET", "/v1/watches"))[1]
     assert [w["job_id"] for w in page["watches"]] == [job]
-    detail = (await d.call("GET", f"/v1/watches/{job}"))[1]
     assert [t["type"] for t in detail["transitions"]] == ["job.active", "job.success"]
     assert [(x["webhook"], x["state"]) for x in detail["deliveries"]] == [("ops", "delivered")]
     assert detail["deliveries"][0]["event_id"] == d.receiver.deliveries[0].webhook_id

@@ -214,6 +214,11 @@ async def looping(env: Env) -> AsyncIterator[asyncio.Event]:
         await asyncio.wait_for(task, timeout=5.0)
 
 
+async def parked(env: Env) -> None:
+    """Wait until the loop waits for the manual clock: nothing happens then until it moves (or a trigger)."""
+    await eventually(lambda: env.clock.sleepers == 1, 10, "the reload loop waiting for its interval")
+
+
 class TestRun:
     """The loop reloads at start, at every interval and on trigger, survives failures and stops."""
 
@@ -223,7 +228,7 @@ class TestRun:
         async with looping(env):
             await eventually(lambda: _has(env, {A}))
             env.write(f"{A}\n{B}\n")
-            await asyncio.sleep(0.05)
+            await parked(env)
             assert set(await env.watched()) == {A}, "no reload before the interval has passed"
             await env.clock.advance(INTERVAL)
             await eventually(lambda: _has(env, {A, B}))
@@ -234,7 +239,7 @@ class TestRun:
         async with looping(env):
             await eventually(lambda: _has(env, {A}))
             await env.store.delete_watch(A)  # drift that only a forced reload repairs
-            await asyncio.sleep(0.05)
+            await parked(env)
             assert await env.watched() == {}
             env.reloader.trigger()
             await eventually(lambda: _has(env, {A}))
@@ -242,7 +247,7 @@ class TestRun:
     async def test_stop_ends_the_loop_promptly(self, env: Env) -> None:
         """Setting the stop event ends run() without waiting for the interval."""
         async with looping(env) as stop:
-            await asyncio.sleep(0.05)
+            await parked(env)
             stop.set()  # the manual clock never moves here: only the stop event can end the loop
 
     async def test_store_failure_is_survived(self, tmp_path: Path) -> None:
