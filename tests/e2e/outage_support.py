@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import signal
@@ -17,6 +16,7 @@ from typing import Any
 import aiohttp
 
 from tests.e2e.conftest import DaemonProc, Receiver, Sim
+from tests.support.eventually import eventually
 
 
 async def probe(api: str, path: str, timeout: float = 5.0) -> tuple[int, Any, float]:
@@ -49,14 +49,9 @@ async def metric_is(api: str, name: str, value: float) -> bool:
     return await metric(api, name) == value
 
 
-async def until(check: Callable[[], Awaitable[bool]], timeout: float, what: str, step: float = 0.1) -> float:
-    """Poll `check` until it is true; returns the seconds it took, fails naming `what` after `timeout`."""
-    started = time.monotonic()
-    while not await check():
-        if time.monotonic() - started > timeout:
-            raise AssertionError(f"{what}: not within {timeout}s")
-        await asyncio.sleep(step)
-    return time.monotonic() - started
+async def until(check: Callable[[], Awaitable[bool]], timeout: float, what: str) -> None:
+    """`eventually(check, timeout, what)`, for an async check."""
+    await eventually(check, timeout, what)
 
 
 async def readyz_is(api: str, status: int) -> bool:

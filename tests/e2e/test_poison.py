@@ -16,6 +16,7 @@ import aiohttp
 import pytest
 
 from tests.e2e.conftest import DaemonProc, Receiver, Sim, write_config
+from tests.support.eventually import eventually
 from tests.support.ports import free_port
 from tests.support.postgres import pg_schema
 
@@ -65,13 +66,15 @@ async def wait_metric(
     daemon: DaemonProc, name: str, expected: float, within_s: float = 15.0, **labels: str
 ) -> None:
     """Wait until the sample equals `expected`; fail with the last value after `within_s`."""
-    value = None
-    for _ in range(int(within_s / 0.1)):
+
+    async def equal() -> bool:
+        return await metric(daemon, name, **labels) == expected
+
+    try:
+        await eventually(equal, within_s, f"{name}{labels} == {expected}")
+    except AssertionError:
         value = await metric(daemon, name, **labels)
-        if value == expected:
-            return
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"{name}{labels} is {value}, expected {expected}")
+        raise AssertionError(f"{name}{labels} is {value}, expected {expected}") from None
 
 
 async def receiver_stats(receiver: Receiver) -> dict[str, Any]:

@@ -121,7 +121,8 @@ async def test_a_lock_held_elsewhere_never_blocks_the_event_loop(
             other.execute("ROLLBACK")
     finally:
         tick.cancel()
-    assert gaps and max(gaps) < 0.2, f"the event loop was blocked for {max(gaps):.3f}s"
+    # Blocked, the loop would wait out SQLite's 5 s lock timeout; a loaded machine adds well under 1 s.
+    assert gaps and max(gaps) < 1.0, f"the event loop was blocked for {max(gaps):.3f}s"
     assert await store.save_polls([polled(w, "success", T0)]) == [True]
 
 
