@@ -17,6 +17,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from tests.integration.test_store_contract import jid, polled, reg
+from tests.support.eventually import eventually
 from tests.support.ports import free_port
 from tests.support.postgres import PG_URL, pg_schema
 from watcher.cli.migrate import migrate_url
@@ -261,7 +262,8 @@ async def test_a_stopping_daemon_leaves_no_claim_behind(url: str, tmp_path: Path
         )
         daemon = Daemon(load_config(config, env={}), handle_signals=False, registry=CollectorRegistry())
         run = asyncio.create_task(daemon.run())
-        await asyncio.sleep(1.5)  # several rounds of 8 slow polls, with watches claimed ahead all along
+        # Several rounds of 8 slow polls, with watches claimed ahead all along.
+        await eventually(lambda: sim.stats()["requests"] >= 32, 20, "four rounds of polls")
         daemon.request_stop()
         assert await run == 0
     finally:
