@@ -44,6 +44,24 @@ async def metric(api: str, name: str) -> float | None:
     return None
 
 
+async def store_errors(api: str) -> float:
+    """`watcher_store_errors_total`, all kinds: one more each time a loop finds the store out."""
+    status, text, _ = await probe(api, "/metrics")
+    lines = str(text).splitlines() if status == 200 else []
+    return sum(float(x.split()[-1]) for x in lines if x.startswith("watcher_store_errors_total{"))
+
+
+async def store_retried(api: str, times: int, timeout: float = 30.0) -> None:
+    """Wait until the daemon's loops have found the store out `times` more times: a known event, after
+    which a negative check ("nothing was polled meanwhile") means something."""
+    start = await store_errors(api)
+
+    async def retried() -> bool:
+        return await store_errors(api) >= start + times
+
+    await until(retried, timeout, f"{times} more attempts on the store")
+
+
 async def metric_is(api: str, name: str, value: float) -> bool:
     """True if the sample `name` has `value` now."""
     return await metric(api, name) == value

@@ -6,7 +6,6 @@ store crashes nothing."""
 
 from __future__ import annotations
 
-import asyncio
 import re
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -131,11 +130,11 @@ async def test_poison_bodies_never_kill_the_daemon(
     polls_before = len(await sim.requests())
     daemon.start()
     await daemon.wait_ready()
-    for _ in range(100):
-        if len(await sim.requests()) >= polls_before + 3 * len(running):
-            break
-        await asyncio.sleep(0.1)
-    await asyncio.sleep(0.5)
+
+    async def polled_again() -> bool:  # each poisoned watch about three times more
+        return len(await sim.requests()) >= polls_before + 3 * len(running)
+
+    await eventually(polled_again, 15, "the restored poisoned watches polled again")
     assert daemon.alive()
     await wait_metric(daemon, "watcher_watched_jobs", len(running), status="active")
     assert daemon.stop() == 0

@@ -26,6 +26,7 @@ from tests.e2e.outage_support import (
     probe,
     readyz_is,
     scripted_jobs,
+    store_retried,
     until,
 )
 from tests.support.ports import free_port
@@ -158,7 +159,7 @@ async def test_start_while_the_database_is_down(
     assert await metric(daemon.api, "watcher_ready") == 0.0
     status, body, _ = await probe(daemon.api, "/readyz")
     assert status == 503 and body["store"]["kind"] == "unreachable", body
-    await asyncio.sleep(2.0)
+    await store_retried(daemon.api, 3)  # it keeps trying, stays up, and polls nothing meanwhile
     assert daemon.alive(), daemon.log_text()[-3000:]
     assert await sim.requests() == []  # nothing polled before the store is open
 
@@ -181,7 +182,7 @@ async def test_sigterm_while_waiting_for_the_database(
     daemon: DaemonProc = daemon_factory(pg_config(tmp_path, sim, receiver, port, url), port)
     daemon.start()
     await until(lambda: readyz_is(daemon.api, 503), 20, "/readyz 503 while the database is down")
-    await asyncio.sleep(1.0)
+    await store_retried(daemon.api, 2)  # waiting out the outage, between two attempts
     started = time.monotonic()
     daemon.signal(signal.SIGTERM)
     assert daemon.proc is not None

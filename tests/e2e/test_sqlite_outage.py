@@ -31,6 +31,7 @@ from tests.e2e.outage_support import (
     probe,
     readyz_is,
     scripted_jobs,
+    store_retried,
     until,
 )
 from tests.support.ports import free_port
@@ -91,9 +92,9 @@ async def test_disk_fills_while_jobs_finish(
     await until(lambda: metric_is(daemon.api, "watcher_ready", 0.0), 10, "watcher_ready 0 with a full disk")
     status, body, _ = await probe(daemon.api, "/readyz")
     assert status == 503 and body["store"]["kind"] in ("disk_full", "io_error"), body
-    await asyncio.sleep(1.0)
+    await store_retried(daemon.api, 2)  # polls in flight when the disk filled are over by now
     polls = len(await sim.requests())
-    await asyncio.sleep(2.0)
+    await store_retried(daemon.api, 4)
     assert len(await sim.requests()) == polls, "polled while nothing could be saved"
     assert daemon.alive(), daemon.log_text()[-3000:]
 
@@ -128,7 +129,7 @@ async def test_start_with_a_full_disk(
     disk.pid = daemon.proc.pid
     await until(lambda: readyz_is(daemon.api, 503), 20, f"/readyz 503 on a full disk ({disk.how})")
     assert (await probe(daemon.api, "/healthz"))[0] == 200
-    await asyncio.sleep(1.5)
+    await store_retried(daemon.api, 3)  # it keeps trying, and stays up
     assert daemon.alive(), daemon.log_text()[-3000:]
     disk.free()
     await until(lambda: readyz_is(daemon.api, 200), 30, "/readyz 200 once there is room")
@@ -152,7 +153,7 @@ async def test_start_with_a_read_only_state_directory(
     await until(lambda: readyz_is(daemon.api, 503), 20, "/readyz 503 with a read-only state directory")
     _, body, _ = await probe(daemon.api, "/readyz")
     assert body["store"]["kind"] in ("cannot_open", "read_only"), body
-    await asyncio.sleep(1.0)
+    await store_retried(daemon.api, 3)  # it keeps trying, and stays up
     assert daemon.alive(), daemon.log_text()[-3000:]
     assert disk.read_only(False)
     await until(lambda: readyz_is(daemon.api, 200), 30, "/readyz 200 once the directory is writable")
