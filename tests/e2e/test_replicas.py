@@ -19,6 +19,7 @@ import asyncpg  # type: ignore[import-untyped]
 import pytest
 
 from tests.e2e.conftest import DaemonProc, Receiver, Sim, write_config
+from tests.support.eventually import eventually
 from tests.support.ports import free_port
 from tests.support.postgres import pg_schema
 from watcher.store.postgres.conn import parse_url
@@ -148,7 +149,12 @@ async def test_three_replicas_one_killed(
         return len({d["body"]["data"]["job"]["id"] for d in got if d["type"] != "job.active"}) >= JOBS
 
     await receiver.wait_for(all_final, timeout=70)
-    await asyncio.sleep(0.5)
+
+    async def all_recorded() -> bool:  # every delivery's outcome recorded: nothing left in flight
+        rows = await pg_fetch(pg_url, "SELECT count(*) AS n FROM deliveries WHERE state <> 'delivered'")
+        return rows[0]["n"] == 0
+
+    await eventually(all_recorded, 30, "every delivery recorded as delivered")
     for d in replicas[1:]:
         assert d.stop() == 0, d.log_text()[-2000:]
 
