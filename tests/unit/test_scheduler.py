@@ -13,6 +13,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from watcher.devtools.clock import ManualClock
+from watcher.errors import StoreUnavailable
 from watcher.metrics import Metrics
 from watcher.models import PollOutcome, PollResult, Registration, Source, Watch
 from watcher.polling.policy import PollingPolicy
@@ -63,9 +64,9 @@ def failure(outcome: PollOutcome, retry_after_s: float | None = None) -> PollRes
 
 
 class Env:
-    def __init__(self) -> None:
+    def __init__(self, store: MemoryStore | None = None) -> None:
         self.clock = ManualClock()
-        self.store = MemoryStore()
+        self.store = store or MemoryStore()
         self.upstream = Upstream()
         self.metrics = Metrics(CollectorRegistry(), webhooks=("ops",), default_collectors=False)
         self.woken = 0
@@ -218,3 +219,17 @@ async def test_more_due_watches_than_one_claim_are_all_polled_in_one_burst(env: 
     assert await env.scheduler.run_until_idle() == 100
     assert env.upstream.polls == dict.fromkeys(many, 1)
     assert await env.store.count_due(env.clock.now()) == 0
+
+
+async def test_a_failed_claim_is_raised_in_burst_mode() -> None:
+    """Burst mode does not wait out a store outage: the caller sees it (the loop of `run` waits it out)."""
+
+    class OutStore(MemoryStore):
+        async def claim_due(self, now: float, limit: int, lease_s: float) -> list[Watch]:
+            raise StoreUnavailable("store: the database is out")
+
+    env = Env(OutStore())
+    await env.watch(JOBS[0])
+    with pytest.raises(StoreUnavailable):
+        await env.scheduler.run_until_idle()
+    assert env.upstream.total == 0

@@ -119,7 +119,8 @@ class DeliveryWorker(StoreLoop):
         """Burst mode: send every delivery due now, record each outcome, and return how many were claimed.
 
         The loop of `run` without its waiting: a retry that is due later waits for the next call. For tests
-        and tools that move the clock themselves. A store error is raised, not waited out.
+        and tools that move the clock themselves. A failed claim is raised, not waited out; recording an
+        outcome waits out an outage as in `run`, on the injected clock.
         """
         total = 0
         try:

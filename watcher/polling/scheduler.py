@@ -130,7 +130,8 @@ class Scheduler(StoreLoop):
 
         The loop of `run` without its waiting: what a poll makes due again at once (an error backoff of
         zero, say) is polled in the same burst; what is due later waits for the next call. For tests and
-        tools that move the clock themselves. A store error is raised, not waited out.
+        tools that move the clock themselves. A failed claim is raised, not waited out; a save that finds
+        the store out waits as in `run`, on the injected clock.
         """
         before = self.polls_started
         await self._run(asyncio.Event(), until_idle=True)
