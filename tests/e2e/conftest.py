@@ -247,10 +247,14 @@ def write_config(
     polling: dict[str, Any] | None = None,
     webhook: dict[str, Any] | None = None,
     upstream: dict[str, Any] | None = None,
-    watchlist: bool = True,
+    watchlist: bool | Path = True,
+    store_url: str | None = None,
+    daemon: dict[str, Any] | None = None,
+    reload_interval_s: float = 0.2,
 ) -> Path:
-    """A TOML config for a fast test daemon (tests/support/config.py); `polling`/`webhook`/`upstream`
-    override keys."""
+    """A TOML config for a fast test daemon (tests/support/config.py); `polling`/`webhook`/`upstream`/
+    `daemon` override keys, `store_url` replaces the SQLite file, and `watchlist` is a path to watch
+    another file (or False for none), reloaded every `reload_interval_s`."""
     pol = {
         "initial_interval_s": 0.05,
         "multiplier": 1.5,
@@ -289,13 +293,22 @@ def write_config(
         sections={
             "upstream": up,
             "polling": pol,
-            "store": {"url": f"sqlite:///{state / 'watcher.db'}"},
-            "daemon": {"state_dir": str(state), "shutdown_grace_s": 5.0},
+            "store": {"url": store_url or f"sqlite:///{state / 'watcher.db'}"},
+            "daemon": {"state_dir": str(state), "shutdown_grace_s": 5.0, **(daemon or {})},
             "log": {"level": "info", "format": "json"},
-            "watchlist": {"reload_interval_s": 0.2} if watchlist else None,
+            "watchlist": _watchlist(watchlist, reload_interval_s),
         },
         name="watcher.toml",
     )
+
+
+def _watchlist(watchlist: bool | Path, reload_interval_s: float) -> dict[str, Any] | None:
+    if watchlist is False:
+        return None
+    section: dict[str, Any] = {"reload_interval_s": reload_interval_s}
+    if isinstance(watchlist, Path):
+        section["path"] = str(watchlist)
+    return section
 
 
 @pytest.fixture

@@ -36,13 +36,7 @@ async def store_url(request: pytest.FixtureRequest) -> AsyncIterator[str | None]
 
 def config(tmp_path: Path, sim: Sim, receiver: Receiver, port: int, store_url: str | None, **kw: Any) -> Path:
     """The e2e config, on PostgreSQL when `store_url` is given."""
-    path = write_config(tmp_path, sim, receiver, port, **kw)
-    if store_url is not None:
-        text = path.read_text()
-        sqlite_line = f'url = "sqlite:///{tmp_path / "state" / "watcher.db"}"'
-        assert sqlite_line in text
-        path.write_text(text.replace(sqlite_line, f'url = "{store_url}"'))
-    return path
+    return write_config(tmp_path, sim, receiver, port, store_url=store_url, **kw)
 
 
 async def poison(sim: Sim, job_id: str, variant: str, count: int) -> None:

@@ -55,16 +55,8 @@ def pg_config(
     tmp_path: Path, sim: Sim, receiver: Receiver, port: int, url: str, lease_s: float | None = None
 ) -> Path:
     """The e2e config with the store at `url` (and `[daemon] lease_s` if given)."""
-    path = write_config(tmp_path, sim, receiver, port)
-    text = path.read_text()
-    sqlite_url = f'url = "sqlite:///{tmp_path / "state" / "watcher.db"}"'
-    assert sqlite_url in text
-    text = text.replace(sqlite_url, f'url = "{url}"')
-    if lease_s is not None:
-        text = text.replace("shutdown_grace_s = 5.0\n", f"shutdown_grace_s = 5.0\nlease_s = {lease_s}\n")
-        assert f"lease_s = {lease_s}" in text
-    path.write_text(text)
-    return path
+    daemon = {} if lease_s is None else {"lease_s": lease_s}
+    return write_config(tmp_path, sim, receiver, port, store_url=url, daemon=daemon)
 
 
 async def polls_between(sim: Sim, start: float, end: float) -> int:

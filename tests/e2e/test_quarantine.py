@@ -94,8 +94,7 @@ async def test_a_poisoned_job_is_quarantined_and_released(
     poisoned = await sim.create_job(status="active", name="customer.createBatch")
     others = [await sim.create_job(status="active", name="customer.createBatch") for _ in range(4)]
     port = free_port()
-    config = write_config(tmp_path, sim, receiver, port, watchlist=False)
-    config.write_text(config.read_text().replace(f"sqlite:///{tmp_path / 'state' / 'watcher.db'}", db.url))
+    config = write_config(tmp_path, sim, receiver, port, watchlist=False, store_url=db.url)
     daemon: DaemonProc = daemon_factory(config, port)
     daemon.start()
     await daemon.wait_ready()

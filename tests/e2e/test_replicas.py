@@ -52,7 +52,7 @@ def replica_config(root: Path, n: int, sim: Sim, receiver: Receiver, port: int, 
     """The e2e config of replica `n`: the shared PostgreSQL store and watch-list file, short leases."""
     rdir = root / f"replica-{n}"
     rdir.mkdir()
-    path = write_config(
+    return write_config(
         rdir,
         sim,
         receiver,
@@ -62,14 +62,10 @@ def replica_config(root: Path, n: int, sim: Sim, receiver: Receiver, port: int, 
         polling={"initial_interval_s": 2.0, "max_interval_s": 5.0, "jitter": 0.5},
         upstream={"timeout_s": 1.0, "max_concurrency": 64},
         webhook={"timeout_s": 1.0, "events": EVENTS},
+        store_url=url,
+        daemon={"lease_s": LEASE_S},
+        watchlist=root / "watchlist.txt",
     )
-    text = path.read_text()
-    text = text.replace(f'url = "sqlite:///{rdir / "state" / "watcher.db"}"', f'url = "{url}"')
-    text = text.replace("shutdown_grace_s = 5.0\n", f"shutdown_grace_s = 5.0\nlease_s = {LEASE_S}\n")
-    text = text.replace(str(rdir / "watchlist.txt"), str(root / "watchlist.txt"))
-    assert url in text and f"lease_s = {LEASE_S}" in text
-    path.write_text(text)
-    return path
 
 
 async def create_jobs(sim: Sim, rng: random.Random) -> dict[str, str]:
