@@ -73,7 +73,11 @@ async def test_outage_during_polling_loses_nothing(
     jobs = await scripted_jobs(sim, 30, first_s=1.0, spread_s=8.0)
     (tmp_path / "watchlist.txt").write_text("\n".join(jobs) + "\n")
     port = free_port()
-    daemon: DaemonProc = daemon_factory(pg_config(tmp_path, sim, receiver, port, url), port)
+    # A claim whose answer the cut loses leaves its watches leased to nobody until the lease runs out (as a
+    # crashed replica's would): with the default 60 s lease that outlasted the 40 s wait for the
+    # deliveries below whenever the cut fell on a claim. A short lease keeps that wait short.
+    config = pg_config(tmp_path, sim, receiver, port, url, lease_s=3.0)
+    daemon: DaemonProc = daemon_factory(config, port)
     daemon.start()
     await daemon.wait_ready()
     await asyncio.sleep(1.5)  # steady polling, the first jobs finishing
@@ -151,7 +155,7 @@ async def test_start_while_the_database_is_down(
     assert await metric(daemon.api, "watcher_ready") == 0.0
     status, body, _ = await probe(daemon.api, "/readyz")
     assert status == 503 and body["store"]["kind"] == "unreachable", body
-    await store_retried(daemon.api, 3)  # it keeps trying, stays up, and polls nothing meanwhile
+    await store_retried(daemon.api, 2)  # it keeps trying, stays up, and polls nothing meanwhile
     assert daemon.alive(), daemon.log_text()[-3000:]
     assert await sim.requests() == []  # nothing polled before the store is open
 

@@ -129,7 +129,7 @@ async def test_start_with_a_full_disk(
     disk.pid = daemon.proc.pid
     await until(lambda: readyz_is(daemon.api, 503), 20, f"/readyz 503 on a full disk ({disk.how})")
     assert (await probe(daemon.api, "/healthz"))[0] == 200
-    await store_retried(daemon.api, 3)  # it keeps trying, and stays up
+    await store_retried(daemon.api, 2)  # it keeps trying, and stays up
     assert daemon.alive(), daemon.log_text()[-3000:]
     disk.free()
     await until(lambda: readyz_is(daemon.api, 200), 30, "/readyz 200 once there is room")
@@ -153,7 +153,7 @@ async def test_start_with_a_read_only_state_directory(
     await until(lambda: readyz_is(daemon.api, 503), 20, "/readyz 503 with a read-only state directory")
     _, body, _ = await probe(daemon.api, "/readyz")
     assert body["store"]["kind"] in ("cannot_open", "read_only"), body
-    await store_retried(daemon.api, 3)  # it keeps trying, and stays up
+    await store_retried(daemon.api, 2)  # it keeps trying, and stays up
     assert daemon.alive(), daemon.log_text()[-3000:]
     assert disk.read_only(False)
     await until(lambda: readyz_is(daemon.api, 200), 30, "/readyz 200 once the directory is writable")
