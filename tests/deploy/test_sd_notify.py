@@ -95,7 +95,15 @@ async def test_abstract_socket_and_no_watchdog_without_usec(
             monkeypatch.delenv("WATCHDOG_USEC", raising=False)
             daemon.start()
             await ns.wait_for(lambda n: n.fields.get("READY") == "1", 30)
-            await asyncio.sleep(0.5)
+            # A known later event instead of a pause: a watch registered now changes the status line, and
+            # the notify loop sends it on one of its next rounds; none of those rounds may ping.
+            job = await sim.create_job(status="active")
+            async with (
+                aiohttp.ClientSession() as s,
+                s.post(daemon.api + "/v1/watches", json={"job_id": job}) as r,
+            ):
+                assert r.status == 201, await r.text()
+            await ns.wait_for(lambda n: n.fields.get("STATUS", "").startswith("watching 1 jobs"), 15)
             assert daemon.stop() == 0
             await ns.wait_for(lambda n: n.fields.get("STOPPING") == "1", 5)
             assert ns.with_key("WATCHDOG") == []
