@@ -211,10 +211,15 @@ async def test_rate_limits_slow_the_poll_rate(
     daemon: DaemonProc = daemon_factory(config, port)
     daemon.start()
     await daemon.wait_ready()
-    await asyncio.sleep(0.5)
+
+    async def served(fault: str, n: int) -> bool:
+        stats = await sim.call("GET", "/_sim/stats")
+        return int(stats["by_fault"].get(fault, 0)) >= n
+
+    await eventually(lambda: served("none", 2 * len(jobs)), 15, "every job polled, twice on average")
     healthy = await _poll_rate(sim, 2.0)
     await sim.faults(rate_limit=0.1, retry_after_s=0.5)
-    await asyncio.sleep(0.5)
+    await eventually(lambda: served("rate_limit", 10), 15, "ten 429 answers")  # the bucket slowed down
     limited = await _poll_rate(sim, 2.0)
     assert healthy > 100, healthy
     assert limited < healthy * 0.5, (healthy, limited)
