@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import base64
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -11,10 +10,9 @@ from typing import Any
 
 import aiohttp
 import pytest
-from prometheus_client import CollectorRegistry
 
 from tests.support import config
-from tests.support.eventually import eventually
+from tests.support.daemon import InProcessDaemon
 from tests.support.ports import free_port
 from tests.support.postgres import pg_schema
 from watcher.config import Settings
@@ -94,17 +92,15 @@ async def start_daemon(tmp_path: Path) -> AsyncIterator[StartDaemon]:
         listfile = tmp_path / "watchlist.txt"
         listfile.write_text("".join(f"{j}\n" for j in watchlist))
         settings = write_settings(tmp_path, sim_url, hook_url, free_port(), token)
-        daemon = Daemon(settings, handle_signals=False, registry=CollectorRegistry(), store=store)
-        run = asyncio.create_task(daemon.run())
+        running = InProcessDaemon(settings, store=store)
 
         async def stop() -> None:
-            daemon.request_stop()
-            assert await asyncio.wait_for(run, 15) == 0
+            if running.task is not None:
+                assert await running.stop(15) == 0
 
         stack.append(stop)
-        await eventually(lambda: run.done() or (daemon.state is not None and daemon.state.ready), 15, "ready")
-        if run.done():
-            await run  # raises what stopped it
+        await running.start(15)
+        daemon = running.daemon
         http = aiohttp.ClientSession()
         stack.append(http.close)
         base = f"http://{settings.api.listen}"

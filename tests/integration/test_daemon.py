@@ -13,6 +13,7 @@ from prometheus_client import CollectorRegistry
 from structlog.testing import capture_logs
 
 from tests.support import config
+from tests.support.daemon import InProcessDaemon
 from tests.support.eventually import eventually
 from tests.support.ports import free_port
 from watcher.config import Settings
@@ -59,11 +60,10 @@ async def test_endpoints_and_graceful_stop(tmp_path: Path, sim: Simulator, recei
     assert receiver.url is not None
     settings = settings_for(tmp_path, sim_url=_sim_url(sim), hook_url=receiver.url, port=port)
     # Gauges refreshed every 50 ms instead of every second: the test waits for them, not a fixed time.
-    daemon = Daemon(settings, handle_signals=False, registry=CollectorRegistry(), housekeeping_pause_s=0.05)
-    run = asyncio.create_task(daemon.run())
-    base = f"http://127.0.0.1:{port}"
+    daemon = InProcessDaemon(settings, housekeeping_pause_s=0.05)
+    base = daemon.base
     async with aiohttp.ClientSession() as http:
-        await eventually(lambda: daemon.state is not None and daemon.state.ready)
+        await daemon.start()
         async with http.get(base + "/healthz") as r:
             assert r.status == 200
             assert (await r.json())["status"] == "ok"
@@ -84,8 +84,7 @@ async def test_endpoints_and_graceful_stop(tmp_path: Path, sim: Simulator, recei
     assert 'watcher_webhook_deliveries_total{outcome="success",webhook="ops"} 1.0' in text
     assert 'watcher_watched_jobs{status="active"} 0.0' in text
     assert "watcher_build_info{version=" in text
-    daemon.request_stop()
-    assert await run == 0
+    assert await daemon.stop() == 0
 
 
 class _FailingStore(SQLiteStore):
@@ -113,24 +112,22 @@ async def test_a_failing_claim_makes_the_daemon_not_ready_but_never_ends_it(
     assert receiver.url is not None
     settings = settings_for(tmp_path, _sim_url(sim), receiver.url, free_port())
     store = _FailingStore(tmp_path / "w.db")
-    daemon = Daemon(settings, handle_signals=False, registry=CollectorRegistry(), store=store)
-    base = f"http://{settings.api.listen}"
+    daemon = InProcessDaemon(settings, store=store)
+    base = daemon.base
 
     async def readyz() -> int:
         async with aiohttp.ClientSession() as http, http.get(base + "/readyz") as r:
             return r.status
 
     with capture_logs() as logs:
-        run = asyncio.create_task(daemon.run())
-        await eventually(lambda: daemon.state is not None and daemon.state.ready)
+        await daemon.start()
         store.fail = StoreError("database disk image is malformed")
         await eventually(lambda: any(e["event"] == "delivery.claim_failed" for e in logs))
         await eventually(lambda: _is(readyz(), 503), 15, "/readyz 503")
-        assert not run.done()
+        assert daemon.running
         store.fail = None
         await eventually(lambda: _is(readyz(), 200), 15, "/readyz 200 again")
-        daemon.request_stop()
-        assert await asyncio.wait_for(run, 10) == 0
+        assert await daemon.stop(10) == 0
     assert not [e for e in logs if e["event"] == "daemon.loop_died"]
     failed = [e for e in logs if e["event"] == "delivery.claim_failed"]
     assert failed and failed[0]["exc_info"] is not None
@@ -157,16 +154,14 @@ async def test_housekeeping_survives_a_failing_aggregate(
     settings = settings_for(tmp_path, _sim_url(sim), receiver.url, free_port())
     store = _BadCountsStore(tmp_path / "w.db")
     registry = CollectorRegistry()
-    daemon = Daemon(settings, handle_signals=False, registry=registry, store=store)
+    daemon = InProcessDaemon(settings, registry=registry, store=store)
     with capture_logs() as logs:
-        run = asyncio.create_task(daemon.run())
-        await eventually(lambda: daemon.state is not None and daemon.state.ready)
+        await daemon.start()
         store.fail = True
         await eventually(lambda: sum(e["event"] == "housekeeping.failed" for e in logs) >= 2)
-        assert not run.done()
+        assert daemon.running
         store.fail = False
-        daemon.request_stop()
-        assert await asyncio.wait_for(run, 10) == 0
+        assert await daemon.stop(10) == 0
     errors = registry.get_sample_value("watcher_internal_errors_total", {"loop": "housekeeping"})
     assert errors is not None and errors >= 2
     assert not [e for e in logs if e["event"] == "daemon.loop_died"]
@@ -181,12 +176,12 @@ async def test_supervisor_stops_the_daemon_when_a_loop_dies(
     assert receiver.url is not None
     settings = settings_for(tmp_path, _sim_url(sim), receiver.url, free_port())
     store = _FailingStore(tmp_path / "w.db")
-    daemon = Daemon(settings, handle_signals=False, registry=CollectorRegistry(), store=store)
+    daemon = InProcessDaemon(settings, store=store)
     with capture_logs() as logs:
-        run = asyncio.create_task(daemon.run())
-        await eventually(lambda: daemon.state is not None and daemon.state.ready)
+        await daemon.start()
         store.fail = _Bug("a bug outside any item")
-        code = await asyncio.wait_for(run, 10)
+        assert daemon.task is not None
+        code = await asyncio.wait_for(daemon.task, 10)
     assert code == 1
     died = [e for e in logs if e["event"] == "daemon.loop_died"]
     assert died and died[0]["loop"] == "delivery"
@@ -202,23 +197,21 @@ async def test_restart_restores_watches_and_pending_deliveries(
     assert receiver.url is not None
     settings = settings_for(tmp_path, _sim_url(sim), receiver.url, free_port())
     receiver.set_status(503)
-    first = Daemon(settings, handle_signals=False, registry=CollectorRegistry())
-    run = asyncio.create_task(first.run())
+    first = InProcessDaemon(settings)
+    await first.start()
     await eventually(lambda: all(len(sim.requests(j)) >= 1 for j in jobs))
     sim.set_status(jobs[0], "failed", error="boom")
     await eventually(lambda: receiver.attempts and sum(receiver.attempts.values()) >= 2)
-    first.request_stop()
-    assert await run == 0
+    assert await first.stop() == 0
     assert receiver.deliveries == []
     receiver.set_status(None)
     sim.set_status(jobs[1], "success")
-    second = Daemon(settings, handle_signals=False, registry=CollectorRegistry())
-    run = asyncio.create_task(second.run())
+    second = InProcessDaemon(settings)
+    await second.start()
     await eventually(lambda: len(receiver.deliveries) == 2)
     got = {_job_of(d): d.type for d in receiver.deliveries}
     assert got == {jobs[0]: "job.failed", jobs[1]: "job.success"}
-    second.request_stop()
-    assert await run == 0
+    assert await second.stop() == 0
 
 
 async def _is(status: Awaitable[int], expected: int) -> bool:
@@ -255,13 +248,12 @@ async def test_second_workspace_uses_its_own_credentials(tmp_path: Path, receive
         assert receiver.url is not None
         other = {"upstream.workspaces.other": {"token": "other-token", "api_key": "other-key"}}
         settings = settings_for(tmp_path, url, receiver.url, free_port(), other)
-        daemon = Daemon(settings, handle_signals=False, registry=CollectorRegistry())
-        run = asyncio.create_task(daemon.run())
+        daemon = InProcessDaemon(settings)
+        await daemon.start()
         await eventually(lambda: len(receiver.deliveries) == 2)
         got = {_job_of(d): (d.type, d.body["data"]["workspace"]) for d in receiver.deliveries}
         assert got == {mine: ("job.success", "acme"), theirs: ("job.failed", "other")}
         assert {r["workspace"] for r in sim.requests(theirs)} == {"other"}
-        daemon.request_stop()
-        assert await run == 0
+        assert await daemon.stop() == 0
     finally:
         await sim.stop()

@@ -14,15 +14,14 @@ from pathlib import Path
 
 import asyncpg  # type: ignore[import-untyped]
 import pytest
-from prometheus_client import CollectorRegistry
 
 from tests.integration.test_store_contract import jid, polled, reg
 from tests.support import config
+from tests.support.daemon import InProcessDaemon
 from tests.support.eventually import eventually
 from tests.support.ports import free_port
 from tests.support.postgres import PG_URL, pg_schema
 from watcher.cli.migrate import migrate_url
-from watcher.daemon import Daemon
 from watcher.devtools.clock import ManualClock
 from watcher.devtools.simulate import Faults, Simulator
 from watcher.errors import StoreError
@@ -266,12 +265,11 @@ async def test_a_stopping_daemon_leaves_no_claim_behind(url: str, tmp_path: Path
                 "daemon": {"lease_s": 30.0, "shutdown_grace_s": 5.0, "state_dir": str(tmp_path)},
             },
         )  # fmt: skip
-        daemon = Daemon(settings, handle_signals=False, registry=CollectorRegistry())
-        run = asyncio.create_task(daemon.run())
+        daemon = InProcessDaemon(settings)
+        await daemon.start()
         # Several rounds of 8 slow polls, with watches claimed ahead all along.
         await eventually(lambda: sim.stats()["requests"] >= 32, 20, "four rounds of polls")
-        daemon.request_stop()
-        assert await run == 0
+        assert await daemon.stop() == 0
     finally:
         await sim.stop()
     conn = await asyncpg.connect(parse_url(url).dsn, server_settings={"search_path": parse_url(url).schema})

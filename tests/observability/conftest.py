@@ -3,7 +3,6 @@ and the Debian tools (promtool, prometheus) that skip visibly, or fail when CI s
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import os
 import shutil
@@ -14,13 +13,12 @@ from typing import Any
 
 import aiohttp
 import pytest
-from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support import config
+from tests.support.daemon import InProcessDaemon
 from tests.support.eventually import eventually
 from watcher.config import Settings
-from watcher.daemon import Daemon
 from watcher.devtools.receiver import Receiver
 from watcher.devtools.simulate import Simulator
 
@@ -105,25 +103,8 @@ def settings_for(
     )
 
 
-class RunningDaemon:
-    """A `Daemon` running in this event loop, with its /metrics at hand."""
-
-    def __init__(self, settings: Settings) -> None:
-        self.daemon = Daemon(settings, handle_signals=False, registry=CollectorRegistry())
-        self.base = f"http://127.0.0.1:{settings.api.port}"
-        self.task: asyncio.Task[int] | None = None
-
-    async def start(self) -> None:
-        task = self.task = asyncio.create_task(self.daemon.run())
-        state = self.daemon
-        await eventually(lambda: task.done() or (state.state is not None and state.state.ready), 20, "ready")
-        assert not task.done(), f"daemon exited: {task.result()}"
-
-    async def stop(self) -> int:
-        assert self.task is not None
-        self.daemon.request_stop()
-        async with asyncio.timeout(20):
-            return await self.task
+class RunningDaemon(InProcessDaemon):
+    """A `Daemon` running in this event loop (tests/support/daemon.py), with its /metrics at hand."""
 
     async def metrics_text(self) -> str:
         async with aiohttp.ClientSession() as http, http.get(self.base + "/metrics") as r:

@@ -7,7 +7,6 @@ daemon runs in-process on a SQLite store against the simulated upstream and a ve
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import contextlib
 import functools
@@ -20,9 +19,9 @@ from pathlib import Path
 
 import pytest
 from playwright.async_api import BrowserContext, async_playwright
-from prometheus_client import CollectorRegistry
 
 from tests.support import config
+from tests.support.daemon import InProcessDaemon
 from tests.support.eventually import eventually
 from watcher.config import load_config
 from watcher.daemon import Daemon
@@ -93,14 +92,10 @@ async def running_scene(
         stack.push_async_callback(receiver.stop)
         settings = load_config(_config(tmp_path, sim_url, hook_url, tokens or []), env={})
         store = SQLiteStore(tmp_path / "watcher.db")
-        daemon = Daemon(settings, handle_signals=False, registry=CollectorRegistry(), store=store)
-        run = asyncio.create_task(daemon.run())
+        running = InProcessDaemon(settings, store=store)
+        daemon = running.daemon
         try:
-            await eventually(
-                lambda: run.done() or (daemon.state is not None and daemon.state.ready), what="ready"
-            )
-            if run.done():
-                await run  # surfaces the start-up error
+            await running.start(15)  # surfaces a start-up error
             jobs = await _populate(sim, receiver, store, daemon, hostile)
             dead = await store.list_deliveries(state="dead")
             yield Scene(
@@ -113,8 +108,7 @@ async def running_scene(
                 dead_id=dead[0].id,
             )
         finally:
-            daemon.request_stop()
-            code = await asyncio.wait_for(run, 15)
+            code = await running.stop(15) if running.task is not None else 0
         assert code == 0
 
 
