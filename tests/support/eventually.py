@@ -41,6 +41,14 @@ async def eventually(check: Callable[[], Any], timeout: float = 15.0, what: str 
         if got:
             return got
         if time.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout} s: {what or getattr(check, '__name__', check)}")
+            raise AssertionError(f"not within {timeout} s: {what or _describe(check)}")
         await asyncio.sleep(pause)
         pause = min(_MAX_PAUSE_S, pause * 2)
+
+
+def _describe(check: Callable[[], Any]) -> str:
+    """The check's source line (a lambda names nothing else), or its name."""
+    try:
+        return " ".join(inspect.getsource(check).split())[:200]
+    except (OSError, TypeError):
+        return getattr(check, "__name__", repr(check))
