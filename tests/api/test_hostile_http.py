@@ -19,7 +19,7 @@ from aiohttp.web_protocol import RequestHandler
 from structlog.testing import capture_logs
 
 from tests.api.conftest import Running, StartDaemon
-from tests.e2e.conftest import free_port
+from tests.support.ports import free_port
 from watcher.errors import StoreUnavailable
 from watcher.http.app import build_app
 from watcher.http.server import ApiRunner

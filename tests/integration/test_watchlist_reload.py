@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-from collections.abc import AsyncIterator, Callable, MutableMapping, Sequence
+from collections.abc import AsyncIterator, MutableMapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -14,6 +14,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 from structlog.testing import capture_logs
 
+from tests.support.eventually import eventually
 from watcher.devtools.clock import ManualClock
 from watcher.errors import StoreError
 from watcher.metrics import Metrics
@@ -213,13 +214,9 @@ async def looping(env: Env) -> AsyncIterator[asyncio.Event]:
         await asyncio.wait_for(task, timeout=5.0)
 
 
-async def eventually(check: Callable[[], Any], timeout: float = 5.0) -> None:
-    """Wait (bounded) until the async `check()` returns true; file reads happen in a worker thread."""
-    for _ in range(int(timeout / 0.01)):
-        if await check():
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError("condition not reached in time")
+async def parked(env: Env) -> None:
+    """Wait until the loop waits for the manual clock: nothing happens then until it moves (or a trigger)."""
+    await eventually(lambda: env.clock.sleepers == 1, 10, "the reload loop waiting for its interval")
 
 
 class TestRun:
@@ -231,7 +228,7 @@ class TestRun:
         async with looping(env):
             await eventually(lambda: _has(env, {A}))
             env.write(f"{A}\n{B}\n")
-            await asyncio.sleep(0.05)
+            await parked(env)
             assert set(await env.watched()) == {A}, "no reload before the interval has passed"
             await env.clock.advance(INTERVAL)
             await eventually(lambda: _has(env, {A, B}))
@@ -242,7 +239,7 @@ class TestRun:
         async with looping(env):
             await eventually(lambda: _has(env, {A}))
             await env.store.delete_watch(A)  # drift that only a forced reload repairs
-            await asyncio.sleep(0.05)
+            await parked(env)
             assert await env.watched() == {}
             env.reloader.trigger()
             await eventually(lambda: _has(env, {A}))
@@ -250,7 +247,7 @@ class TestRun:
     async def test_stop_ends_the_loop_promptly(self, env: Env) -> None:
         """Setting the stop event ends run() without waiting for the interval."""
         async with looping(env) as stop:
-            await asyncio.sleep(0.05)
+            await parked(env)
             stop.set()  # the manual clock never moves here: only the stop event can end the loop
 
     async def test_store_failure_is_survived(self, tmp_path: Path) -> None:
@@ -259,7 +256,7 @@ class TestRun:
         env.write(f"{A}\n")
         with capture_logs() as logs:
             async with looping(env):
-                await eventually(lambda: _true(bool(events(logs, "watchlist.reload_failed"))))
+                await eventually(lambda: events(logs, "watchlist.reload_failed"))
                 loop_errors = env.metrics.registry.get_sample_value(
                     "watcher_internal_errors_total", {"loop": "watchlist"}
                 )
@@ -270,7 +267,3 @@ class TestRun:
 
 async def _has(env: Env, ids: set[str]) -> bool:
     return set(await env.watched()) == ids
-
-
-async def _true(value: bool) -> bool:
-    return value

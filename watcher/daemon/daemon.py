@@ -27,7 +27,7 @@ from prometheus_client import CollectorRegistry
 from watcher import __version__
 from watcher.clock import Clock, SystemClock
 from watcher.config import Settings
-from watcher.daemon.housekeeping import Housekeeping
+from watcher.daemon.housekeeping import MIN_PAUSE_S, Housekeeping
 from watcher.daemon.parts import upstream_http, webhook_http, webhook_targets, workers
 from watcher.daemon.systemd import Notifier, notify_loop, status_line, watchdog_interval
 from watcher.delivery.worker import DeliveryWorker
@@ -106,8 +106,10 @@ class Daemon:
         store: Store | None = None,
         notifier: Notifier | None = None,
         tune_gc: bool = False,
+        housekeeping_pause_s: float = MIN_PAUSE_S,
     ) -> None:
         self.settings = settings
+        self._housekeeping_pause_s = housekeeping_pause_s  # the least pause between gauge refreshes
         self.tune_gc = tune_gc  # the process is ours (`watcher run`): tune its garbage collector
         self.clock = clock or SystemClock()
         self.rng = rng or random.Random()
@@ -254,6 +256,7 @@ class Daemon:
                 self.rng,
                 purge_interval_s=s.daemon.purge_interval_s,
                 retention_s=s.polling.retention_s,
+                min_pause_s=self._housekeeping_pause_s,
             ).run(self.stop_event),
         }
         if s.watchlist.path is not None:
