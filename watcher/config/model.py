@@ -139,6 +139,11 @@ class ApiConfig(_Section):
     listen: str = "127.0.0.1:8080"
     tokens: list[SecretStr] = []
     max_body_bytes: int = Field(default=1_048_576, ge=1)
+    # Slow clients (SPEC §16): the headers must be complete, the body arrived, within these; an idle
+    # keep-alive connection is closed after header_timeout_s too.
+    header_timeout_s: PositiveSeconds = 10.0
+    body_timeout_s: PositiveSeconds = 30.0
+    max_connections: int = Field(default=1000, ge=1)
 
     @model_validator(mode="after")
     def _check(self) -> Self:

@@ -58,7 +58,8 @@ def build_app(state: AppState) -> web.Application:
     tokens = [t.get_secret_value() for t in api.tokens]
     # client_max_size backs up problem_middleware's Content-Length check for bodies read by aiohttp itself.
     app = web.Application(
-        middlewares=[problem_middleware(tokens, api.max_body_bytes)], client_max_size=api.max_body_bytes
+        middlewares=[problem_middleware(tokens, api.max_body_bytes, body_timeout_s=api.body_timeout_s)],
+        client_max_size=api.max_body_bytes,
     )
     app[STATE_KEY] = state
     document = openapi_document(state.settings)
