@@ -203,6 +203,14 @@ class WatchlistConfig(_Section):
 
     path: Path | None = None
     reload_interval_s: PositiveSeconds = 5.0
+    # How long a file must stay unchanged before the ids it lost are unwatched; None: twice the interval.
+    settle_s: float | None = Field(default=None, ge=0, allow_inf_nan=False)
+
+    @model_validator(mode="after")
+    def _default_settle(self) -> Self:
+        if self.settle_s is None:
+            self.settle_s = 2 * self.reload_interval_s
+        return self
 
 
 class WebhookConfig(_Section):

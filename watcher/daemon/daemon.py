@@ -270,6 +270,7 @@ class Daemon:
                 workspaces=tuple(creds),
                 clock=self.clock,
                 reload_interval_s=s.watchlist.reload_interval_s,
+                settle_s=s.watchlist.settle_s or 0.0,
                 metrics=self.metrics,
                 on_change=scheduler.wake,
                 health=self.health,
