@@ -92,6 +92,7 @@ class Scheduler(StoreLoop):
                 wait_out=lambda exc: self._health.wait_out(saving, exc),
                 recovered=lambda: self._health.ok(saving),
             ),
+            finish_gate=metrics.finishes.gate,
         )
         # Results waiting for the store beyond this stop further claims: a stalled store stalls polling.
         self._max_unsaved = 4 * max_concurrency + 512
@@ -384,7 +385,7 @@ class Scheduler(StoreLoop):
                 reason=new.event.payload["data"].get("reason"),
             )
         if decision.final is not None:
-            self._metrics.jobs_finished.labels(status=metric_label(decision.final)).inc()
+            self._metrics.job_finished(metric_label(decision.final), decision.previous_status)
             log.info(
                 "job.finished",
                 job_id=watch.job_id,

@@ -264,8 +264,12 @@ class Store(ABC):
         """The `limit` most recently stored events across all jobs, newest first (the status page)."""
 
     @abstractmethod
-    async def counts(self) -> StoreCounts:
-        """Aggregates for the gauges."""
+    async def counts(self, on_snapshot: Callable[[], None] | None = None) -> StoreCounts:
+        """Aggregates for the gauges, all from one read snapshot of the store.
+
+        `on_snapshot` is called once that snapshot is fixed, before the aggregates are computed: what was
+        committed before the call is counted, what commits after it is not (SPEC §16, consistent scrapes).
+        """
 
     @abstractmethod
     async def watch_counts(self) -> dict[str, int]:

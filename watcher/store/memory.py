@@ -350,8 +350,10 @@ class MemoryStore(IndexedStore):
             out[key] = out.get(key, 0) + 1
         return out
 
-    async def counts(self) -> StoreCounts:
-        """Aggregates computed by scanning the dicts."""
+    async def counts(self, on_snapshot: Callable[[], None] | None = None) -> StoreCounts:
+        """Aggregates computed by scanning the dicts (without awaiting: the snapshot is the call)."""
+        if on_snapshot is not None:
+            on_snapshot()
         by_status: dict[str, int] = {}
         quarantined = 0
         for w in self._watches.values():

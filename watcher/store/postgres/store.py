@@ -375,9 +375,16 @@ class PostgresStore(Store):
         rows = await self.pool.run(lambda c: c.fetch(q.RETRY_DELIVERY, self._now(now), delivery_id), tx=False)
         return bool(rows)
 
-    async def counts(self) -> StoreCounts:
-        """Aggregates from SQL (every replica reports the same values: aggregate them with max)."""
-        async with self.pool.connection() as conn:
+    async def counts(self, on_snapshot: Callable[[], None] | None = None) -> StoreCounts:
+        """Aggregates from SQL (every replica reports the same values: aggregate them with max), from one
+        REPEATABLE READ snapshot, fixed by its first statement."""
+        async with (
+            self.pool.connection() as conn,
+            conn.transaction(isolation="repeatable_read", readonly=True),
+        ):
+            await conn.fetchval("SELECT 1")
+            if on_snapshot is not None:
+                on_snapshot()
             by_status = await conn.fetch(WATCHED_BY_STATUS)
             by_hook = await conn.fetch(DELIVERIES_BY_WEBHOOK)
             oldest = await conn.fetchval(OLDEST_PENDING)
