@@ -282,6 +282,13 @@ class Metrics:
         )
         for fault in StoreFault:
             self.store_errors.labels(kind=fault.value)
+        self.api_requests = Counter(
+            "watcher_api_requests",
+            "API requests by client (a name of api.clients, `token` for api.tokens, `anonymous`), route"
+            " template (`unmatched` for unknown paths) and status code.",
+            ["client", "route", "code"],
+            registry=r,
+        )
         Info("watcher_build", "Build information.", registry=r).info({"version": __version__})
         r.register(_StoreGauges(self))
         if default_collectors:

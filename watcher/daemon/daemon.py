@@ -167,9 +167,9 @@ class Daemon:
 
     async def _run(self) -> int:
         s = self.settings
-        if not s.api.is_loopback() and not s.api.tokens:
+        if not s.api.is_loopback() and not s.api.has_auth():
             raise StartupError(
-                f"api.listen: refusing to listen on {s.api.listen} without api.tokens "
+                f"api.listen: refusing to listen on {s.api.listen} without api.tokens or api.clients "
                 "(set api.tokens or listen on 127.0.0.1)"
             )
         store = self._store if self._store is not None else open_store(s.resolved_store_url())

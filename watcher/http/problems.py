@@ -1,4 +1,4 @@
-"""RFC 9457 problem details and the request guards that produce them: bearer auth, body size, JSON bodies.
+"""RFC 9457 problem details and the request guards that produce them: body size and deadline, JSON bodies.
 
 Every error the HTTP server answers is `application/problem+json`: handlers raise `Problem`, aiohttp's own
 404/405/413 become problems in `problem_middleware`, and an unexpected exception becomes a bare 500 whose
@@ -25,13 +25,16 @@ PROBLEM_TYPE = "application/problem+json"
 _TITLES = {
     400: "Bad Request",
     401: "Unauthorized",
+    403: "Forbidden",
     404: "Not Found",
     408: "Request Timeout",
     405: "Method Not Allowed",
     409: "Conflict",
     413: "Content Too Large",
+    429: "Too Many Requests",
     500: "Internal Server Error",
     503: "Service Unavailable",
+    507: "Insufficient Storage",
 }
 _READ_CHUNK = 65536
 STORE_RETRY_AFTER_S = 5  # what a 503 for a store outage asks a client to wait
@@ -112,19 +115,6 @@ def token_matches(presented: str | None, tokens: Sequence[str]) -> bool:
     return found
 
 
-def require_token(request: web.Request, tokens: Sequence[str]) -> None:
-    """Raise a 401 problem unless no tokens are configured or the request carries one of them."""
-    if not tokens:
-        return
-    if token_matches(bearer_token(request), tokens):
-        return
-    raise Problem(
-        401,
-        "missing or wrong bearer token: send Authorization: Bearer <one of api.tokens>",
-        headers={"WWW-Authenticate": 'Bearer realm="job-watcher"'},
-    )
-
-
 # -- bodies -----------------------------------------------------------------------------------------------
 
 
@@ -176,18 +166,14 @@ def _reject_constant(name: str) -> Any:
 # -- middleware -------------------------------------------------------------------------------------------
 
 
-def problem_middleware(
-    tokens: Sequence[str], max_body_bytes: int, protected: str = "/v1", *, body_timeout_s: float = 30.0
-) -> Middleware:
-    """The middleware: auth and size guards on `protected` paths, the body's deadline, and every error
-    rendered as a problem."""
+def problem_middleware(max_body_bytes: int, *, body_timeout_s: float = 30.0) -> Middleware:
+    """The middleware: the size guard, the body's deadline, and every error rendered as a problem (the
+    problems of `watcher.http.clients.auth_middleware`, which runs inside it, included)."""
 
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         request[BODY_DEADLINE] = asyncio.get_running_loop().time() + body_timeout_s
         try:
-            if request.path == protected or request.path.startswith(protected + "/"):
-                require_token(request, tokens)
             check_length(request, max_body_bytes)
             return await handler(request)
         except Problem as problem:

@@ -197,7 +197,12 @@ class PostgresStore(Store):
         contains = None if query.label is None else {query.label[0]: query.label[1]}
         async with self.pool.connection() as conn:
             rows = await conn.fetch(
-                q.LIST_WATCHES, query.cursor or "", query.status, contains, query.limit + 1
+                q.LIST_WATCHES,
+                query.cursor or "",
+                query.status,
+                contains,
+                query.limit + 1,
+                None if query.workspaces is None else list(query.workspaces),
             )
         page = [q.watch_row(r) for r in rows[: query.limit]]
         return WatchPage(page, page[-1].job_id if len(rows) > query.limit and page else None)
@@ -360,7 +365,13 @@ class PostgresStore(Store):
         """Newest first below the `before` cursor, optionally filtered by state, webhook and job."""
         async with self.pool.connection() as conn:
             rows = await conn.fetch(
-                q.LIST_DELIVERIES, query.state, query.webhook, query.before, query.job_id, query.limit
+                q.LIST_DELIVERIES,
+                query.state,
+                query.webhook,
+                query.before,
+                query.job_id,
+                query.limit,
+                None if query.workspaces is None else list(query.workspaces),
             )
         return [q.delivery_row(r) for r in rows]
 

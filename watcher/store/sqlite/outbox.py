@@ -99,6 +99,9 @@ class SQLiteOutbox(Store):
             if value is not None:
                 where.append(clause)
                 params.append(value)
+        if query.workspaces is not None:
+            where.append(f"e.workspace IN ({', '.join('?' * len(query.workspaces))})")
+            params += query.workspaces
         sql = f"{DELIVERY_SELECT} WHERE {' AND '.join(where)} ORDER BY d.id DESC LIMIT ?"
         async with self.connections.read() as db:
             rows = await select(db, sql, (*params, query.limit))
