@@ -18,10 +18,14 @@ import time
 from pathlib import Path
 
 import aiohttp
+import pytest
 from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
+from prometheus_client import CollectorRegistry
 
-from tests.api.conftest import StartDaemon
+from tests.api.conftest import StartDaemon, write_settings
+from watcher.daemon import Daemon
+from watcher.errors import StartupError
 from watcher.http.listener import RateLimitedLog
 
 TOKEN = "slow-client-token-0123456789"
@@ -212,3 +216,18 @@ async def test_accept_errors_are_logged_at_a_bounded_rate(tmp_path: Path) -> Non
     lines = [line for line in out.splitlines() if "api.accept_failed" in line]
     assert 1 <= len(lines) <= 2, out[-2000:]
     assert "Traceback" not in out and len(out) < 5000, out[-2000:]
+
+
+async def test_a_port_in_use_is_a_startup_error_naming_the_key(tmp_path: Path) -> None:
+    """`CappedSite` binds as `web.TCPSite` did: a port another socket holds is `api.listen: cannot listen`."""
+    held = socket.socket()
+    held.bind(("127.0.0.1", 0))
+    held.listen()
+    port = held.getsockname()[1]
+    try:
+        settings = write_settings(tmp_path, "http://127.0.0.1:9/api/v2", "http://127.0.0.1:9/", port)
+        daemon = Daemon(settings, handle_signals=False, registry=CollectorRegistry())
+        with pytest.raises(StartupError, match=r"api\.listen: cannot listen on 127\.0\.0\.1:\d+: Address"):
+            await daemon.run()
+    finally:
+        held.close()

@@ -136,7 +136,10 @@ class CappedSite(web.BaseSite):
         sockets: list[socket.socket] = []
         try:
             for family, kind, proto, _, address in dict.fromkeys(infos):
-                sock = socket.socket(family, kind, proto)
+                try:
+                    sock = socket.socket(family, kind, proto)
+                except OSError:  # a family this host lacks (IPv6 off): as asyncio's create_server does
+                    continue
                 sockets.append(sock)
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
                 if family == socket.AF_INET6:
@@ -148,6 +151,8 @@ class CappedSite(web.BaseSite):
             for sock in sockets:
                 sock.close()
             raise
+        if not sockets:
+            raise OSError(errno.EADDRNOTAVAIL, f"no address of {self._host} can be listened on")
         tasks = [asyncio.create_task(self._accept(sock), name="api-accept") for sock in sockets]
         self._server = _Listening(sockets, tasks)
 
