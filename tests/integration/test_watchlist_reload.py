@@ -15,11 +15,11 @@ from prometheus_client import CollectorRegistry
 from structlog.testing import capture_logs
 
 from watcher.devtools.clock import ManualClock
-from watcher.errors import StoreError
+from watcher.errors import StoreError, StoreUnavailable
 from watcher.metrics import Metrics
 from watcher.models import Registration, Source
 from watcher.sources.watchlist import WatchlistReloader
-from watcher.store.base import SyncResult
+from watcher.store.base import RegisterResult, SyncResult
 from watcher.store.memory import MemoryStore
 
 A = "5135bfe3-b2c7-41f3-a44f-f4b58e7384df"
@@ -366,3 +366,31 @@ async def _has(env: Env, ids: set[str]) -> bool:
 
 async def _true(value: bool) -> bool:
     return value
+
+
+class _FailingRegister(MemoryStore):
+    """A memory store whose next `register` fails with a store outage."""
+
+    fail = 0
+
+    async def register(self, regs: Sequence[Registration], now: float) -> list[RegisterResult]:
+        """Fail while failures remain, then behave like the memory store."""
+        if self.fail > 0:
+            self.fail -= 1
+            raise StoreUnavailable("database is locked")
+        return await super().register(regs, now)
+
+
+async def test_an_addition_that_failed_to_register_is_read_again(tmp_path: Path) -> None:
+    """A store outage during an in-place file's additions: the next round reads the file again and
+    registers them (not only once the file has settled)."""
+    store = _FailingRegister()
+    env = make_env(tmp_path, store, settle_s=SETTLE)
+    write_in_place(env.path, f"{A}\n")
+    assert await env.reloader.reload()
+    write_in_place(env.path, f"{A}\n{B}\n")
+    store.fail = 1
+    with pytest.raises(StoreUnavailable):
+        await env.reloader.reload()
+    assert await env.reloader.reload()
+    assert set(await env.watched()) == {A, B}

@@ -164,11 +164,12 @@ class WatchlistReloader(StoreLoop):
         if snap.text is None:
             return False
         now = self._clock.now()
-        fresh = snap.signature != self._seen
+        seen, seen_at = self._seen, self._seen_at
+        fresh = snap.signature != seen
         if fresh:
             # A new inode is an atomic replacement: complete, so its removals need not wait.
-            replaced = self._seen is not None and snap.signature[2] != self._seen[2]
-            self._seen, self._seen_at = snap.signature, now
+            replaced = seen is not None and snap.signature[2] != seen[2]
+            seen, seen_at = snap.signature, now
             settled = replaced or self._settle_s <= 0
         regs, problems = parse_watchlist(snap.text, self._default_workspace, self._workspaces)
         for p in problems if fresh or force else ():  # not again when a version read before settles
@@ -183,6 +184,8 @@ class WatchlistReloader(StoreLoop):
             removed = 0
             if self._listed is not None:
                 waiting = len(self._listed - {r.job_id for r in regs})
+        # Only now is this version read: had the store failed, the next round would read it again.
+        self._seen, self._seen_at = seen, seen_at
         self._failure = None
         log.info(
             "watchlist.reloaded",
