@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import functools
 import socket
 import time
 from collections.abc import Callable
@@ -78,6 +79,10 @@ class RateLimitedLog:
         return True
 
 
+def _close_socket(sock: socket.socket, _task: asyncio.Task[None]) -> None:
+    sock.close()
+
+
 class _Listening(asyncio.AbstractServer):
     """What `web.BaseSite` keeps as its server: the sockets (for `runner.addresses`) and a way to close."""
 
@@ -96,10 +101,14 @@ class _Listening(asyncio.AbstractServer):
         await self.wait_closed()
 
     def close(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for sock in self.sockets:
-            sock.close()
+        # Each socket is closed once its accept task has ended: closed earlier, its descriptor could be
+        # reused before the cancelled accept() stops watching that number.
+        for task, sock in zip(self._tasks, self.sockets, strict=True):
+            if task.done():
+                sock.close()
+            else:
+                task.add_done_callback(functools.partial(_close_socket, sock))
+                task.cancel()
 
     def is_serving(self) -> bool:
         return any(not t.done() for t in self._tasks)
@@ -176,3 +185,6 @@ class CappedSite(web.BaseSite):
             except OSError as exc:  # the peer went away between accept() and here
                 conn.close()
                 self._errors.report(error=exc.strerror or type(exc).__name__, open=self._count.open)
+            except Exception as exc:  # a bug in setting up one connection must not stop the listener
+                conn.close()
+                self._errors.report(error=type(exc).__name__, open=self._count.open)
