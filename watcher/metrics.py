@@ -142,6 +142,26 @@ class FinishLedger:
         return collections.Counter(status for _, status in self._log)
 
 
+class _LoopGauges(Collector):
+    """`watcher_event_loop_tasks`: asyncio tasks alive in the event loop that serves the scrape.
+
+    A count that only grows is a leak (a task per request or per reload never finished); the soak benchmark
+    watches it. Collected on the loop's own thread, since `/metrics` is served there; without a running loop
+    (a registry read from another thread) the sample is left out rather than guessed.
+    """
+
+    def collect(self) -> list[Metric]:
+        try:
+            tasks = len(asyncio.all_tasks())
+        except RuntimeError:  # no running event loop in this thread
+            return []
+        family = GaugeMetricFamily(
+            "watcher_event_loop_tasks", "asyncio tasks alive in the daemon's event loop (a leak grows it)."
+        )
+        family.add_metric([], tasks)
+        return [family]
+
+
 def observe_many(histogram: Histogram, values: Sequence[float]) -> None:
     """`histogram.observe(v)` for every value, counted into the buckets first and added once per bucket.
 
@@ -291,6 +311,7 @@ class Metrics:
         )
         Info("watcher_build", "Build information.", registry=r).info({"version": __version__})
         r.register(_StoreGauges(self))
+        r.register(_LoopGauges())
         if default_collectors:
             _register_default_collectors(r)
 
