@@ -16,7 +16,7 @@ from structlog.testing import capture_logs
 from tests.api.conftest import Running, StartDaemon, wait_for
 from tests.api.test_client import watcher
 from tests.observability.conftest import parse_metrics, value
-from watcher.config import load_config
+from watcher.config import load_config, render_config
 from watcher.errors import ConfigError
 
 ADMIN = "scopes-admin-token-0123456789"  # api.tokens: full access, client label `token`
@@ -357,3 +357,19 @@ def test_a_non_loopback_listener_is_allowed_with_clients_only(tmp_path: Path) ->
         '[api]\nlisten = "0.0.0.0:8080"\n[[api.clients]]\nname = "a"\ntoken = "x1"\n'
     )
     assert load_config(path, env={}).api.has_auth()
+
+
+def test_check_config_masks_client_tokens(tmp_path: Path) -> None:
+    """`watcher check-config` prints every client with its scopes and workspaces, never its token."""
+    path = tmp_path / "w.toml"
+    path.write_text(
+        '[upstream]\ntoken = "t"\napi_key = "k"\nworkspace_slug = "acme"\n'
+        '[api]\ntokens = ["admin-secret-xyz"]\n'
+        '[[api.clients]]\nname = "ci"\ntoken = "client-secret-abc"\nscopes = ["watches:read"]\n'
+        'workspaces = ["acme"]\n'
+    )
+    settings = load_config(path, env={})
+    for text in (render_config(settings), repr(settings), str(settings)):
+        assert "client-secret-abc" not in text and "admin-secret-xyz" not in text
+    rendered = render_config(settings)
+    assert '[[api.clients]]\nname = "ci"\ntoken = "********"\nscopes = ["watches:read"]' in rendered
