@@ -24,6 +24,13 @@ async def visible_watch(request: web.Request, job_id: str) -> Watch:
     return watch
 
 
+async def require_visible(request: web.Request, job_id: str) -> None:
+    """A 404 problem if the watch of `job_id` belongs to a workspace the request's client is not given
+    (no store read for a client that sees every workspace: the caller's own 404 covers a missing watch)."""
+    if client_of(request).workspaces is not None:
+        await visible_watch(request, job_id)
+
+
 async def refuse_registration(request: web.Request, reg: Registration) -> str | None:
     """Why the request's client may not register `reg` (None: it may)."""
     client = client_of(request)

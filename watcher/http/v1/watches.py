@@ -206,7 +206,7 @@ async def delete_watch(request: web.Request) -> web.Response:
     """Stop watching a job (whatever registered it); a later registration starts a fresh watch."""
     state = request.app[STATE_KEY]
     job_id = parse.job_id(request)
-    await access.visible_watch(request, job_id)
+    await access.require_visible(request, job_id)
     if not await state.store.delete_watch(job_id):
         raise Problem(404, f"job {job_id} is not watched")
     return web.Response(status=204)
@@ -216,7 +216,7 @@ async def release_watch(request: web.Request) -> web.Response:
     """Take a quarantined watch out of quarantine: it is polled again at once, its failures reset."""
     state = request.app[STATE_KEY]
     job_id = parse.job_id(request)
-    await access.visible_watch(request, job_id)
+    await access.require_visible(request, job_id)
     if not await state.store.release_quarantine(job_id, state.clock.now()):
         if await state.store.get_watch(job_id) is None:
             raise Problem(404, f"job {job_id} is not watched")
