@@ -36,11 +36,17 @@ _TRANSIENT_ERRNOS = frozenset(
 
 
 class ConnectionCount:
-    """How many connections are open, and a way to wait until fewer than a cap are."""
+    """How many connections are open (or accepted and being set up), and a way to wait until fewer than a
+    cap are."""
 
     def __init__(self) -> None:
         self.open = 0
+        self.starting = 0  # accepted, not yet handed to the server (counted twice for a moment: safe)
         self._changed = asyncio.Event()
+
+    def held(self) -> int:
+        """Descriptors the API holds for connections."""
+        return self.open + self.starting
 
     def opened(self) -> None:
         """One more connection."""
@@ -51,9 +57,14 @@ class ConnectionCount:
         self.open -= 1
         self._changed.set()
 
+    def set_up(self) -> None:
+        """One accepted connection handed over (or dropped); the server counts it as open from now on."""
+        self.starting -= 1
+        self._changed.set()
+
     async def wait_below(self, cap: int) -> None:
-        """Return once fewer than `cap` connections are open."""
-        while self.open >= cap:
+        """Return once fewer than `cap` connections are held."""
+        while self.held() >= cap:
             self._changed.clear()
             await self._changed.wait()
 
@@ -122,7 +133,7 @@ class CappedSite(web.BaseSite):
     """A TCP site that holds at most `cap` connections open at once; the count is kept in `count`, which
     the runner's server updates as its connections open and close."""
 
-    __slots__ = ("_cap", "_count", "_errors", "_host", "_port")
+    __slots__ = ("_cap", "_connecting", "_count", "_errors", "_host", "_port")
 
     def __init__(
         self, runner: web.BaseRunner, host: str, port: int, *, cap: int, count: ConnectionCount
@@ -130,6 +141,7 @@ class CappedSite(web.BaseSite):
         super().__init__(runner, backlog=BACKLOG)
         self._host, self._port, self._cap, self._count = host, port, cap, count
         self._errors = RateLimitedLog("api.accept_failed", ACCEPT_LOG_EVERY_S)
+        self._connecting: set[asyncio.Task[None]] = set()
 
     @property
     def name(self) -> str:
@@ -167,24 +179,53 @@ class CappedSite(web.BaseSite):
 
     async def _accept(self, sock: socket.socket) -> None:
         loop = asyncio.get_running_loop()
-        server = self._runner.server
-        assert server is not None
         while True:
             await self._count.wait_below(self._cap)
             try:
                 conn, _ = await loop.sock_accept(sock)
             except OSError as exc:
-                if exc.errno in _TRANSIENT_ERRNOS:
-                    continue
-                self._errors.report(error=exc.strerror or type(exc).__name__, open=self._count.open)
-                await asyncio.sleep(ACCEPT_RETRY_S)
+                await self._failed(exc)
                 continue
-            try:
-                conn.setblocking(False)
-                await loop.connect_accepted_socket(server, conn)
-            except OSError as exc:  # the peer went away between accept() and here
+            self._start(conn)
+            # Take what else the kernel holds without a loop round trip each, as asyncio's accept loop does.
+            for _ in range(self._backlog):
+                if self._count.held() >= self._cap:
+                    break
+                try:
+                    conn, _ = sock.accept()
+                except (BlockingIOError, InterruptedError):
+                    break
+                except OSError as exc:
+                    await self._failed(exc)
+                    break
+                self._start(conn)
+
+    async def _failed(self, exc: OSError) -> None:
+        """An accept() that failed: nothing for a peer that gave up, else a bounded log line and a pause."""
+        if exc.errno in _TRANSIENT_ERRNOS:
+            return
+        self._errors.report(error=exc.strerror or type(exc).__name__, open=self._count.open)
+        await asyncio.sleep(ACCEPT_RETRY_S)
+
+    def _start(self, conn: socket.socket) -> None:
+        self._count.starting += 1
+        task = asyncio.create_task(self._connect(conn), name="api-connect")
+        self._connecting.add(task)
+        task.add_done_callback(self._connecting.discard)
+
+    async def _connect(self, conn: socket.socket) -> None:
+        server = self._runner.server
+        try:
+            if server is None:  # the runner is being cleaned up
                 conn.close()
-                self._errors.report(error=exc.strerror or type(exc).__name__, open=self._count.open)
-            except Exception as exc:  # a bug in setting up one connection must not stop the listener
-                conn.close()
-                self._errors.report(error=type(exc).__name__, open=self._count.open)
+                return
+            conn.setblocking(False)
+            await asyncio.get_running_loop().connect_accepted_socket(server, conn)
+        except OSError as exc:  # the peer went away between accept() and here
+            conn.close()
+            self._errors.report(error=exc.strerror or type(exc).__name__, open=self._count.open)
+        except Exception as exc:  # a bug in setting up one connection must not stop the listener
+            conn.close()
+            self._errors.report(error=type(exc).__name__, open=self._count.open)
+        finally:
+            self._count.set_up()
