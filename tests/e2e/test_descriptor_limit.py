@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import aiohttp
@@ -43,8 +44,18 @@ class _LimitedDaemon(DaemonProc):
             )
 
 
+@pytest.fixture
+def limited() -> Iterator[list[_LimitedDaemon]]:
+    """The daemons a test starts; any still running at the end (a failed assertion) is killed."""
+    made: list[_LimitedDaemon] = []
+    yield made
+    for d in made:
+        if d.alive():
+            d.kill()
+
+
 async def test_idle_connections_past_the_limit_leave_deliveries_working(
-    tmp_path: Path, sim: Sim, receiver: Receiver
+    tmp_path: Path, sim: Sim, receiver: Receiver, limited: list[_LimitedDaemon]
 ) -> None:
     """300 idle API connections against a limit of 256 descriptors: every delivery arrives, `/healthz`
     answers once they are gone, and the log holds no traceback and no flood of accept errors."""
@@ -54,6 +65,7 @@ async def test_idle_connections_past_the_limit_leave_deliveries_working(
     config.write_text(text)
     (tmp_path / "watchlist.txt").write_text("")
     daemon = _LimitedDaemon(config, tmp_path / "daemon.log", port)
+    limited.append(daemon)
     daemon.start()
     held: list[socket.socket] = []
     try:
