@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import tomllib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,10 +54,15 @@ class Running:
 
 
 def write_settings(
-    tmp_path: Path, sim_url: str, hook_url: str, port: int, token: str | None = None
+    tmp_path: Path, sim_url: str, hook_url: str, port: int, token: str | None = None, api: str = ""
 ) -> Settings:
-    """A fast test configuration with two webhooks (`ops`, `audit`) and two workspaces (`acme`, `other`)."""
+    """A fast test configuration with two webhooks (`ops`, `audit`) and two workspaces (`acme`, `other`).
+
+    `api`: more of the `[api]` table as TOML text, keys and `[[api.clients]]` tables alike.
+    """
     hooks = {"secret": SECRET, "max_attempts": 2}
+    more = tomllib.loads(api)
+    more |= more.pop("api", {})  # `[[api.clients]]` tables in the text parse as {"api": {"clients": …}}
     return config.settings(
         tmp_path,
         sim_url,
@@ -67,7 +73,7 @@ def write_settings(
         ],
         sections={
             "upstream.workspaces.other": {"token": "other-token", "api_key": "other-key"},
-            "api": {"max_body_bytes": 65536, **({"tokens": [token]} if token else {})},
+            "api": {"max_body_bytes": 65536, **({"tokens": [token]} if token else {}), **more},
         },
     )
 
@@ -81,7 +87,11 @@ async def start_daemon(tmp_path: Path) -> AsyncIterator[StartDaemon]:
     stack: list[Callable[[], Awaitable[object]]] = []
 
     async def start(
-        *, token: str | None = None, watchlist: tuple[str, ...] = (), store: Store | None = None
+        *,
+        token: str | None = None,
+        watchlist: tuple[str, ...] = (),
+        store: Store | None = None,
+        api: str = "",
     ) -> Running:
         sim = Simulator(workspace_slug="acme", workspaces={"other": ("other-token", "other-key")})
         sim_url = await sim.start()
@@ -91,7 +101,7 @@ async def start_daemon(tmp_path: Path) -> AsyncIterator[StartDaemon]:
         stack.append(receiver.stop)
         listfile = tmp_path / "watchlist.txt"
         listfile.write_text("".join(f"{j}\n" for j in watchlist))
-        settings = write_settings(tmp_path, sim_url, hook_url, free_port(), token)
+        settings = write_settings(tmp_path, sim_url, hook_url, free_port(), token, api)
         running = InProcessDaemon(settings, store=store)
 
         async def stop() -> None:

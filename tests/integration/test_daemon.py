@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import aiohttp
@@ -139,10 +139,10 @@ class _BadCountsStore(SQLiteStore):
 
     fail = False
 
-    async def counts(self) -> StoreCounts:
+    async def counts(self, on_snapshot: Callable[[], None] | None = None) -> StoreCounts:
         if self.fail:
             raise StoreError("aggregate refused")
-        return await super().counts()
+        return await super().counts(on_snapshot)
 
 
 async def test_housekeeping_survives_a_failing_aggregate(

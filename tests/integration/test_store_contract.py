@@ -481,3 +481,20 @@ class TestPurgeDeleteRestore:
         assert [e.type for e in await store.events_for(jid(1))] == ["job.active", "job.failed"]
         assert {e.job_id for e in await store.events_for(jid(2))} == {jid(2)}
         assert await store.events_for(jid(9)) == []
+
+
+class TestWorkspaceFilters:
+    """list_watches and list_deliveries keep only the given workspaces (an API client's, SPEC §14)."""
+
+    async def test_lists_by_workspace(self, store: Store) -> None:
+        """Watches and deliveries of `beta` only, of both, or of a workspace nobody uses."""
+        await store.register([reg(1), replace(reg(2), workspace="beta")], T0)
+        for w in await store.claim_due(T0, 10, LEASE):
+            assert await store.save_polls([polled(w, "active", T0)]) == [True]
+        page = await store.list_watches(workspaces=["beta"])
+        assert [w.job_id for w in page.watches] == [jid(2)]
+        assert len((await store.list_watches(workspaces=["acme", "beta"])).watches) == 2
+        assert (await store.list_watches(workspaces=["gamma"])).watches == []
+        assert [d.event.job_id for d in await store.list_deliveries(workspaces=["beta"])] == [jid(2)]
+        assert len(await store.list_deliveries(workspaces=["acme", "beta"])) == 2
+        assert await store.list_deliveries(workspaces=["gamma"]) == []

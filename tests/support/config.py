@@ -29,10 +29,23 @@ def render(sections: Sections, webhooks: Sequence[Section] = ()) -> str:
     """TOML text: one table per section (a dotted name is a sub-table), then one `[[webhooks]]` each."""
 
     def body(values: Section) -> str:
-        return "".join(f"{k} = {_value(v)}\n" for k, v in values.items())
+        return "".join(f"{k} = {_value(v)}\n" for k, v in values.items() if not _tables(v))
 
-    text = "".join(f"[{name}]\n{body(values)}\n" for name, values in sections.items() if values is not None)
+    def tables(name: str, values: Section) -> str:  # a list of tables: `[[name.key]]` each
+        return "".join(
+            f"[[{name}.{k}]]\n{body(item)}\n" for k, v in values.items() if _tables(v) for item in v
+        )
+
+    text = "".join(
+        f"[{name}]\n{body(values)}\n{tables(name, values)}"
+        for name, values in sections.items()
+        if values is not None
+    )
     return text + "".join(f"[[webhooks]]\n{body(hook)}\n" for hook in webhooks)
+
+
+def _tables(v: Any) -> bool:
+    return isinstance(v, list) and bool(v) and all(isinstance(x, Mapping) for x in v)
 
 
 def _value(v: Any) -> str:

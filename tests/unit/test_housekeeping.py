@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry
 
@@ -23,9 +24,9 @@ class CountingStore(MemoryStore):
     rounds = 0
     purged_before: list[float]
 
-    async def counts(self) -> StoreCounts:
+    async def counts(self, on_snapshot: Callable[[], None] | None = None) -> StoreCounts:
         self.rounds += 1
-        return await super().counts()
+        return await super().counts(on_snapshot)
 
     async def purge_finished(self, before: float) -> int:
         self.purged_before.append(before)

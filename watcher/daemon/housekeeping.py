@@ -48,6 +48,25 @@ class Housekeeping(StoreLoop):
         self._retention_s = retention_s
         self._min_pause_s = min_pause_s
 
+    async def _refresh(self, now: float) -> None:
+        """The store-derived gauges from one snapshot, fixed while no save that finishes watches is in
+        flight, so that the gauges and the counters agree at every scrape (`watcher.metrics`, SPEC §16)."""
+        ledger = self._metrics.finishes
+        marks: list[int] = []
+
+        def fixed() -> None:
+            marks.append(ledger.mark())
+            ledger.gate.release()
+
+        await ledger.gate.acquire()
+        try:
+            counts = await self._store.counts(on_snapshot=fixed)
+        finally:
+            if not marks:
+                ledger.gate.release()
+        due = await self._store.count_due(now)
+        self._metrics.update_counts(counts, now, due, mark=marks[0] if marks else None)
+
     async def run(self, stop: asyncio.Event) -> None:
         """Refresh and purge until `stop` is set; the pause between rounds is on the injected clock."""
         store, clock = self._store, self._clock
@@ -57,7 +76,7 @@ class Housekeeping(StoreLoop):
             started = clock.monotonic()
             now = clock.now()
             try:
-                self._metrics.update_counts(await store.counts(), now, await store.count_due(now))
+                await self._refresh(now)
                 if now - last_purge >= self._purge_interval_s:
                     purged = await store.purge_finished(now - self._retention_s)
                     if purged:

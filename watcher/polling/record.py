@@ -38,7 +38,7 @@ def record_decision(decision: Decision, metrics: Metrics, on_events: Callable[[]
             reason=new.event.payload["data"].get("reason"),
         )
     if decision.final is not None:
-        metrics.jobs_finished.labels(status=metric_label(decision.final)).inc()
+        metrics.job_finished(metric_label(decision.final), decision.previous_status)
         log.info(
             "job.finished",
             job_id=watch.job_id,

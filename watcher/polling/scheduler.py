@@ -92,6 +92,7 @@ class Scheduler(StoreLoop):
                 wait_out=lambda exc: self._health.wait_out(saving, exc),
                 recovered=lambda: self._health.ok(saving),
             ),
+            finish_gate=metrics.finishes.gate,
         )
         # Results waiting for the store beyond this stop further claims: a stalled store stalls polling.
         self._max_unsaved = 4 * max_concurrency + 512

@@ -256,6 +256,9 @@ class SQLiteStore(SQLiteOutbox, IndexedStore):
                 " AND l.type = 'text')"
             )
             params += [query.label[0], query.label[1]]
+        if query.workspaces is not None:
+            where.append(f"workspace IN ({marks(len(query.workspaces))})")
+            params += query.workspaces
         sql = f"SELECT {WATCH_COLS} FROM watches WHERE {' AND '.join(where)} ORDER BY job_id LIMIT ?"  # noqa: S608
         async with self.connections.read() as db:
             rows = await select(db, sql, (*params, query.limit + 1))
