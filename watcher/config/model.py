@@ -16,6 +16,7 @@ from typing import Annotated, Any, Literal, Self
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from watcher.config.callbacks import CallbacksConfig
 from watcher.config.fields import (
     HttpUrlStr,
     PositiveSeconds,
@@ -304,6 +305,7 @@ class Settings(BaseSettings):
     store: StoreConfig = StoreConfig()
     watchlist: WatchlistConfig = WatchlistConfig()
     webhooks: list[WebhookConfig] = []
+    callbacks: CallbacksConfig = CallbacksConfig()
     log: LogConfig = LogConfig()
     daemon: DaemonConfig = DaemonConfig()
 

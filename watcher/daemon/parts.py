@@ -11,6 +11,7 @@ import aiohttp
 from watcher import __version__
 from watcher.clock import Clock
 from watcher.config import Settings
+from watcher.delivery.guard import AddressGuard, guarded_connector
 from watcher.delivery.target import WebhookTarget
 from watcher.delivery.webhook import WebhookSender
 from watcher.delivery.worker import DeliveryWorker
@@ -62,6 +63,22 @@ def upstream_http(settings: Settings) -> aiohttp.ClientSession:
 def webhook_http() -> aiohttp.ClientSession:
     """The session of the webhook deliveries."""
     return aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=100))
+
+
+def callback_guard(settings: Settings) -> AddressGuard:
+    """The `[callbacks]` address policy (validated with the configuration, so it builds)."""
+    cb = settings.callbacks
+    return AddressGuard.from_config(cb.allow_networks, require_https=cb.require_https)
+
+
+def callback_http(settings: Settings) -> aiohttp.ClientSession:
+    """The session of callback deliveries: every connection through the address guard, on the address
+    actually connected; no proxy from the environment (the guard would see the proxy), no cookies."""
+    return aiohttp.ClientSession(
+        connector=guarded_connector(callback_guard(settings), limit=100),
+        trust_env=False,
+        cookie_jar=aiohttp.DummyCookieJar(),
+    )
 
 
 def workers(
