@@ -121,7 +121,11 @@ async def start_daemon(tmp_path: Path) -> AsyncIterator[StartDaemon]:
     stack: list[Callable[[], Awaitable[object]]] = []
 
     async def start(
-        *, token: str | None = None, watchlist: tuple[str, ...] = (), store: Store | None = None
+        *,
+        token: str | None = None,
+        watchlist: tuple[str, ...] = (),
+        store: Store | None = None,
+        sections: str = "",
     ) -> Running:
         sim = Simulator(workspace_slug="acme", workspaces={"other": ("other-token", "other-key")})
         sim_url = await sim.start()
@@ -131,7 +135,7 @@ async def start_daemon(tmp_path: Path) -> AsyncIterator[StartDaemon]:
         stack.append(receiver.stop)
         listfile = tmp_path / "watchlist.txt"
         listfile.write_text("".join(f"{j}\n" for j in watchlist))
-        extra = f'tokens = ["{token}"]' if token else ""
+        extra = (f'tokens = ["{token}"]' if token else "") + f"\n{sections}"  # more tables after [api]
         settings = write_settings(tmp_path, sim_url, hook_url, free_port(), extra)
         daemon = Daemon(settings, handle_signals=False, registry=CollectorRegistry(), store=store)
         run = asyncio.create_task(daemon.run())

@@ -313,6 +313,8 @@ class Settings(BaseSettings):
     def _cross_checks(self) -> Self:
         seen: dict[str, int] = {}
         for i, hook in enumerate(self.webhooks):
+            if hook.name == "callback":
+                raise problem(("webhooks", i, "name"), "'callback' is reserved for per-watch callbacks")
             if hook.name in seen:
                 raise problem(("webhooks", i, "name"), f"duplicates webhooks[{seen[hook.name]}].name")
             seen[hook.name] = i

@@ -4,6 +4,7 @@ delivery worker and the scheduler with its upstream client and rate limit. Build
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from dataclasses import fields
 
 import aiohttp
@@ -11,18 +12,20 @@ import aiohttp
 from watcher import __version__
 from watcher.clock import Clock
 from watcher.config import Settings
-from watcher.delivery.guard import AddressGuard, guarded_connector
+from watcher.delivery.callbacks import CallbackTargets
+from watcher.delivery.guard import AddressGuard, CallbackUrlError, guarded_connector
 from watcher.delivery.target import WebhookTarget
 from watcher.delivery.webhook import WebhookSender
 from watcher.delivery.worker import DeliveryWorker
 from watcher.events import route
 from watcher.health import StoreHealth
 from watcher.metrics import Metrics
-from watcher.models import Watch
+from watcher.models import CALLBACK, Watch
 from watcher.polling.policy import PollingPolicy
 from watcher.polling.ratelimit import TokenBucket
 from watcher.polling.scheduler import Scheduler
 from watcher.polling.upstream import UpstreamClient
+from watcher.statuses import default_events
 from watcher.store.base import Store
 
 # What a webhook's target and the polling policy take from their sections as they are; the rest is converted.
@@ -71,6 +74,25 @@ def callback_guard(settings: Settings) -> AddressGuard:
     return AddressGuard.from_config(cb.allow_networks, require_https=cb.require_https)
 
 
+def callback_url_check(settings: Settings) -> Callable[[str], str | None] | None:
+    """What the API checks a callback URL with (scheme, a literal address): why it is refused, or None.
+
+    None when callbacks are off. A hostname is not resolved here: its addresses are checked per connection.
+    """
+    if not settings.callbacks.enabled:
+        return None
+    guard = callback_guard(settings)
+
+    def check(url: str) -> str | None:
+        try:
+            guard.check_url(url)
+        except CallbackUrlError as exc:
+            return str(exc)
+        return None
+
+    return check
+
+
 def callback_http(settings: Settings) -> aiohttp.ClientSession:
     """The session of callback deliveries: every connection through the address guard, on the address
     actually connected; no proxy from the environment (the guard would see the proxy), no cookies."""
@@ -92,10 +114,24 @@ def workers(
     *,
     upstream_session: aiohttp.ClientSession,
     webhook_session: aiohttp.ClientSession,
+    callback_session: aiohttp.ClientSession | None = None,
 ) -> tuple[DeliveryWorker, Scheduler]:
-    """The worker that drains the outbox to `targets`, and the scheduler that polls every due watch, routes
-    its events to `targets` by their filters and wakes the worker when it saved some."""
+    """The worker that drains the outbox to `targets` (and, with `callback_session`, to callbacks), and the
+    scheduler that polls every due watch, routes its events to `targets` by their filters (and to the
+    watch's callback by its own) and wakes the worker when it saved some."""
     s = settings
+    cb = s.callbacks
+    callbacks = None
+    if cb.enabled and callback_session is not None:
+        callbacks = CallbackTargets.build(
+            callback_guard(s),
+            WebhookSender(callback_session, clock),
+            secrets=tuple(cb.all_secrets()),
+            timeout_s=cb.timeout_s,
+            max_attempts=cb.max_attempts,
+            retry_initial_s=cb.retry_initial_s,
+            retry_max_s=cb.retry_max_s,
+        )
     delivery = DeliveryWorker(
         store,
         WebhookSender(webhook_session, clock),
@@ -106,11 +142,18 @@ def workers(
         concurrency=s.daemon.delivery_concurrency,
         lease_s=s.daemon.lease_s,
         health=health,
+        callbacks=callbacks,
     )
     filters = [(t.name, t.events) for t in targets.values()]
+    callback_default = frozenset(default_events(s.upstream.terminal_statuses))
 
     def route_event(event_type: str, watch: Watch) -> tuple[str, ...]:
-        return route(event_type, watch, filters)
+        names = route(event_type, watch, filters)
+        callback = watch.callback
+        if callbacks is None or callback is None:
+            return names
+        wanted = callback_default if callback.events is None else callback.events
+        return (*names, CALLBACK) if event_type in wanted else names
 
     upstream = UpstreamClient(
         upstream_session,

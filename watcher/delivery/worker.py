@@ -18,6 +18,7 @@ import structlog
 
 from watcher.clock import Clock
 from watcher.containment import as_store_error, describe, safe_line
+from watcher.delivery.callbacks import CallbackTargets
 from watcher.delivery.retry import next_update
 from watcher.delivery.target import WebhookTarget
 from watcher.delivery.webhook import SendResult, WebhookSender
@@ -25,7 +26,7 @@ from watcher.errors import StoreUnavailable
 from watcher.health import StoreHealth
 from watcher.loop import StoreLoop
 from watcher.metrics import Metrics
-from watcher.models import DeadReason, Delivery, DeliveryOutcome, DeliveryState, DeliveryUpdate
+from watcher.models import CALLBACK, DeadReason, Delivery, DeliveryOutcome, DeliveryState, DeliveryUpdate
 from watcher.store.base import Store
 
 log = structlog.get_logger("watcher.delivery")
@@ -54,12 +55,14 @@ class DeliveryWorker(StoreLoop):
         lease_s: float = 60.0,
         max_idle_s: float = 1.0,
         health: StoreHealth | None = None,
+        callbacks: CallbackTargets | None = None,
     ) -> None:
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
         super().__init__(store, metrics, clock, rng, health)
         self._sender = sender
         self._targets = dict(targets)
+        self._callbacks = callbacks  # None: callbacks are off, a callback delivery is dead (not configured)
         self._concurrency = concurrency
         self._lease_s = lease_s
         self._max_idle_s = max_idle_s
@@ -118,11 +121,19 @@ class DeliveryWorker(StoreLoop):
         claimed = await self._store.claim_deliveries(now, room, self._lease_s)
         self._health.ok(self.name)
         for delivery in claimed:
-            target = self._targets.get(delivery.webhook)
+            sender = self._sender
+            target: WebhookTarget | str | None = self._targets.get(delivery.webhook)
+            if delivery.webhook == CALLBACK and self._callbacks is not None:
+                target, sender = self._callbacks.target_for(delivery), self._callbacks.sender
             if target is None:
-                await self._finish_unconfigured(delivery, now)
+                await self._finish_dead(delivery, now, DeadReason.NOT_CONFIGURED, NOT_CONFIGURED)
                 continue
-            task = asyncio.create_task(self._deliver(delivery, target), name=f"delivery-{delivery.id}")
+            if isinstance(target, str):
+                await self._finish_dead(delivery, now, DeadReason.BLOCKED_ADDRESS, target)
+                continue
+            task = asyncio.create_task(
+                self._deliver(delivery, target, sender), name=f"delivery-{delivery.id}"
+            )
             self._in_flight.add(task)
         if len(claimed) >= room:
             return None if len(self._in_flight) >= self._concurrency else 0.0
@@ -174,11 +185,11 @@ class DeliveryWorker(StoreLoop):
         await asyncio.gather(*self._in_flight, return_exceptions=True)
         self._in_flight.clear()
 
-    async def _deliver(self, delivery: Delivery, target: WebhookTarget) -> None:
+    async def _deliver(self, delivery: Delivery, target: WebhookTarget, sender: WebhookSender) -> None:
         """One attempt: send, decide, record. Store errors escape; send errors become a retry."""
         start = self._clock.monotonic()
         try:
-            result = await self._sender.send(target, delivery)
+            result = await sender.send(target, delivery)
         except Exception as exc:  # a bug in the sender must fail one attempt, not the worker
             log.exception("delivery.send_crashed", webhook=target.name, event_id=delivery.event.id)
             detail = f"internal error: {type(exc).__name__}"
@@ -231,15 +242,13 @@ class DeliveryWorker(StoreLoop):
             self._health.ok(self.name)
             return kept
 
-    async def _finish_unconfigured(self, delivery: Delivery, now: float) -> None:
-        reason = DeadReason.NOT_CONFIGURED
-        update = DeliveryUpdate(
-            DeliveryState.DEAD, delivery.attempts, now, NOT_CONFIGURED, dead_reason=reason
-        )
+    async def _finish_dead(self, delivery: Delivery, now: float, reason: DeadReason, detail: str) -> None:
+        """A delivery dead without an attempt: its webhook is gone, or its callback URL is refused."""
+        update = DeliveryUpdate(DeliveryState.DEAD, delivery.attempts, now, detail, dead_reason=reason)
         kept = await self._finish(delivery, update)
         if kept is None:
             return
-        result = SendResult(DeliveryOutcome.DEAD, None, None, NOT_CONFIGURED, 0.0, reason)
+        result = SendResult(DeliveryOutcome.DEAD, None, None, detail, 0.0, reason)
         self._record(delivery, update, result, now, kept, sent=False)
 
     def _record(

@@ -11,6 +11,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 
 from watcher.models import (
+    CALLBACK,
     Delivery,
     DeliveryState,
     DeliveryUpdate,
@@ -46,6 +47,7 @@ def _new_watch(reg: Registration, now: float) -> Watch:
         webhooks=reg.webhooks,
         max_watch_s=reg.max_watch_s,
         next_poll_at=now,
+        callback=reg.callback,
     )
 
 
@@ -189,6 +191,7 @@ class MemoryStore(IndexedStore):
                         attempts=0,
                         next_attempt_at=ev.created_at,
                         created_at=ev.created_at,
+                        callback=stored.callback if name == CALLBACK else None,
                     )
             self._reindex(stored)
             results.append(True)

@@ -21,7 +21,17 @@ from collections.abc import Callable, Sequence
 import asyncpg  # type: ignore[import-untyped]  # asyncpg ships no type information
 
 from watcher.clock import Clock, SystemClock
-from watcher.models import Delivery, DeliveryUpdate, Event, Registration, SavedPoll, Source, Watch
+from watcher.models import (
+    CALLBACK,
+    Callback,
+    Delivery,
+    DeliveryUpdate,
+    Event,
+    Registration,
+    SavedPoll,
+    Source,
+    Watch,
+)
 from watcher.store.base import (
     DeliveryQuery,
     FailureNoted,
@@ -140,6 +150,7 @@ class PostgresStore(Store):
                 [None if r.webhooks is None else dumps(list(r.webhooks)) for r in rs],
                 [r.max_watch_s for r in rs],
                 self._now(now),
+                [None if r.callback is None else dumps(r.callback.to_dict()) for r in rs],
             )
         }
         existing = [j for j in first if j not in created]
@@ -244,11 +255,12 @@ class PostgresStore(Store):
             cols = [[getattr(w, c) for w in ws] for c in q.SAVE_FIELDS]
             rows = await conn.fetch(q.SAVE_WATCHES, *cols, [a[0] for a in at], [a[1] for a in at])
             kept = {(r["job_id"], r["lease"]) for r in rows}
-            events: dict[str, tuple[Event, tuple[str, ...]]] = {}
+            events: dict[str, tuple[Event, tuple[str, ...], Callback | None]] = {}
             for k in keys:  # the callers' order: events of one job keep the order they happened
                 if k in kept:
+                    cb = by_key[k].watch.callback
                     for new in by_key[k].events:
-                        events.setdefault(new.event.id, (new.event, new.webhooks))
+                        events.setdefault(new.event.id, (new.event, new.webhooks, cb))
             if events:
                 await self._insert_events(conn, list(events.values()))
             return kept
@@ -262,9 +274,9 @@ class PostgresStore(Store):
         return ok
 
     async def _insert_events(
-        self, conn: asyncpg.Connection, events: list[tuple[Event, tuple[str, ...]]]
+        self, conn: asyncpg.Connection, events: list[tuple[Event, tuple[str, ...], Callback | None]]
     ) -> None:
-        evs = [e for e, _ in events]
+        evs = [e for e, _, _ in events]
         new = {
             r["id"]
             for r in await conn.fetch(
@@ -277,15 +289,22 @@ class PostgresStore(Store):
                 [dumps(e.payload) for e in evs],
             )
         }
-        rows = [(e, name) for e, hooks in events if e.id in new for name in hooks]
+        rows = [
+            (e, name, cb if name == CALLBACK else None)
+            for e, hooks, cb in events
+            if e.id in new
+            for name in hooks
+        ]
         # Shared: a new delivery is due at the database's now, whatever the detecting replica's clock says.
         await conn.execute(
             q.INSERT_DELIVERIES,
-            [e.id for e, _ in rows],
-            [e.job_id for e, _ in rows],
-            [n for _, n in rows],
-            [None if self.shared else e.created_at for e, _ in rows],
-            [e.created_at for e, _ in rows],
+            [e.id for e, _, _ in rows],
+            [e.job_id for e, _, _ in rows],
+            [n for _, n, _ in rows],
+            [None if self.shared else e.created_at for e, _, _ in rows],
+            [e.created_at for e, _, _ in rows],
+            [None if cb is None else dumps(cb.to_dict()) for _, _, cb in rows],
+            [None if cb is None else cb.endpoint for _, _, cb in rows],
         )
 
     async def note_failure(

@@ -1,0 +1,46 @@
+"""The store contract for callbacks (SPEC §13), run against every `Store` implementation."""
+
+from __future__ import annotations
+
+from tests.integration.test_store_contract import LEASE, T0, claim_one, jid, polled, reg
+from watcher.models import CALLBACK, Callback, DeliveryState
+from watcher.store.base import Store
+
+CB = Callback("https://hooks.example.com:8443/job?t=1", ("job.failed",), {"Authorization": "Bearer s3cr3t"})
+
+
+class TestCallbackStorage:
+    """A watch keeps its callback; each callback delivery carries its own copy."""
+
+    async def test_watch_keeps_its_callback(self, store: Store) -> None:
+        """Registered with a callback: get, list and claim return it as given; others have none."""
+        await store.register([reg(1, callback=CB), reg(2)], T0)
+        w1, w2 = await store.get_watch(jid(1)), await store.get_watch(jid(2))
+        assert w1 is not None and w2 is not None
+        assert (w1.callback, w2.callback) == (CB, None)
+        page = await store.list_watches()
+        assert [w.callback for w in page.watches] == [CB, None]
+        claimed = {w.job_id: w for w in await store.claim_due(T0, 10, LEASE)}
+        assert claimed[jid(1)].callback == CB
+
+    async def test_a_second_registration_does_not_change_it(self, store: Store) -> None:
+        """The store never replaces a callback (the API answers 409 to a different one)."""
+        await store.register([reg(1, callback=CB)], T0)
+        await store.register([reg(1, callback=Callback("https://other.example/"))], T0 + 1)
+        await store.register([reg(1)], T0 + 2)
+        w = await store.get_watch(jid(1))
+        assert w is not None and w.callback == CB
+
+    async def test_callback_delivery_carries_the_callback_after_delete(self, store: Store) -> None:
+        """The delivery routed to `callback` carries the watch's callback, still after the watch is gone."""
+        await store.register([reg(1, callback=CB)], T0)
+        w = await claim_one(store, T0)
+        assert await store.save_polls([polled(w, "failed", T0 + 1, hooks=("ops", CALLBACK))]) == [True]
+        assert await store.delete_watch(jid(1))
+        claimed = {d.webhook: d for d in await store.claim_deliveries(T0 + 2, 10, LEASE)}
+        assert set(claimed) == {"ops", CALLBACK}
+        assert claimed[CALLBACK].callback == CB
+        assert claimed["ops"].callback is None
+        assert claimed[CALLBACK].state is DeliveryState.PENDING
+        listed = await store.list_deliveries(webhook=CALLBACK)
+        assert [d.callback for d in listed] == [CB]
