@@ -263,6 +263,11 @@ class Delivery:
     lease: int = 0
     callback: Callback | None = None  # set when `webhook` is CALLBACK: the watch's callback when it happened
 
+    @property
+    def endpoint(self) -> str:
+        """Where it goes, as breakers and concurrency budgets key it: the webhook or the callback endpoint."""
+        return self.callback.endpoint if self.callback is not None else self.webhook
+
 
 @dataclass(slots=True, frozen=True)
 class DeliveryUpdate:
@@ -285,6 +290,33 @@ class DeliveryUpdate:
         if self.state is DeliveryState.DELIVERED:
             return DeliveryOutcome.SUCCESS
         return DeliveryOutcome.DEAD if self.state is DeliveryState.DEAD else DeliveryOutcome.RETRY
+
+
+class BreakerState(StrEnum):
+    """Where an endpoint's circuit breaker stands (SPEC §13)."""
+
+    CLOSED = "closed"  # deliveries go out
+    OPEN = "open"  # deliveries wait, without spending attempts, until `open_until`
+    HALF_OPEN = "half_open"  # one probe is out; the others wait until it is answered (or its lease ends)
+
+
+@dataclass(slots=True, frozen=True)
+class EndpointHealth:
+    """The circuit breaker of one endpoint, as the store keeps it.
+
+    `endpoint` is a configured webhook's name, or a callback URL's `scheme://host:port`; `webhook` is the
+    name the metrics and the API use (`callback` for every callback endpoint). `version` is the store's
+    compare-and-set token: a write of a stale version is refused, so two replicas never both take a probe.
+    """
+
+    endpoint: str
+    webhook: str
+    state: BreakerState = BreakerState.CLOSED
+    consecutive_failures: int = 0
+    open_until: float | None = None  # OPEN: when the probe may go; HALF_OPEN: when the probe's lease ends
+    open_s: float | None = None  # the current open period, doubled while probes fail
+    last_error: str | None = None
+    version: int = 0  # 0: not stored yet
 
 
 @dataclass(slots=True, frozen=True)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from tests.integration.test_store_contract import LEASE, T0, claim_one, jid, polled, reg
-from watcher.models import CALLBACK, Callback, DeliveryState
+from watcher.models import CALLBACK, BreakerState, Callback, DeliveryState, EndpointHealth
 from watcher.store.base import Store
 
 CB = Callback("https://hooks.example.com:8443/job?t=1", ("job.failed",), {"Authorization": "Bearer s3cr3t"})
@@ -44,3 +46,45 @@ class TestCallbackStorage:
         assert claimed[CALLBACK].state is DeliveryState.PENDING
         listed = await store.list_deliveries(webhook=CALLBACK)
         assert [d.callback for d in listed] == [CB]
+
+
+class TestEndpointHealth:
+    """Breakers: compare-and-set on their version; claims leave excluded endpoints alone; the age sweep."""
+
+    async def test_compare_and_set(self, store: Store) -> None:
+        """One insert wins; an update of a stale version is refused, so only one replica takes a probe."""
+        h = EndpointHealth("ops", "ops", BreakerState.OPEN, 5, T0 + 10, 10.0, "HTTP 503")
+        assert await store.put_endpoint(h)
+        assert not await store.put_endpoint(h)  # already inserted
+        (stored,) = await store.endpoints()
+        assert stored == replace(h, version=1)
+        probe = replace(stored, state=BreakerState.HALF_OPEN, open_until=T0 + 70)
+        assert await store.put_endpoint(probe)
+        assert not await store.put_endpoint(replace(stored, state=BreakerState.HALF_OPEN))  # the other one
+        (now,) = await store.endpoints()
+        assert (now.state, now.open_until, now.version) == (BreakerState.HALF_OPEN, T0 + 70, 2)
+
+    async def test_claim_excludes_endpoints(self, store: Store) -> None:
+        """Deliveries to an excluded webhook or callback endpoint stay; the others are claimed."""
+        await store.register([reg(1, callback=CB)], T0)
+        w = await claim_one(store, T0)
+        assert await store.save_polls([polled(w, "failed", T0 + 1, hooks=("ops", "audit", CALLBACK))])
+        got = await store.claim_deliveries(T0 + 2, 10, LEASE, exclude={"ops", CB.endpoint})
+        assert [d.webhook for d in got] == ["audit"]
+        assert CB.endpoint == "https://hooks.example.com:8443"
+        got = await store.claim_deliveries(T0 + 2, 10, LEASE, exclude={"ops"})
+        assert [(d.webhook, d.endpoint) for d in got] == [(CALLBACK, CB.endpoint)]
+
+    async def test_expire_old_deliveries(self, store: Store) -> None:
+        """Pending deliveries of one webhook older than the cut-off become dead; leased ones stay."""
+        await store.register([reg(1), reg(2)], T0)
+        ws = await store.claim_due(T0, 10, LEASE)
+        assert await store.save_polls([polled(w, "failed", T0 + 1, hooks=("ops", "audit")) for w in ws])
+        (leased,) = await store.claim_deliveries(T0 + 2, 1, LEASE)
+        n = await store.expire_deliveries(leased.webhook, T0 + 5, "max_age: undelivered after 4 s")
+        assert n == 1
+        dead = await store.list_deliveries(state="dead")
+        assert [(d.webhook, d.last_error) for d in dead] == [
+            (leased.webhook, "max_age: undelivered after 4 s")
+        ]
+        assert await store.expire_deliveries("audit", T0, "x") == 0

@@ -10,8 +10,9 @@ from __future__ import annotations
 import ipaddress
 from typing import Self
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import ConfigDict, Field, model_validator
 
+from watcher.config.endpoint import EndpointKeys
 from watcher.config.fields import PositiveSeconds, SecretFile, WebhookSecret, check_whsec, problem
 
 
@@ -23,7 +24,7 @@ def _network(value: str) -> str:
     return value
 
 
-class CallbacksConfig(BaseModel):
+class CallbacksConfig(EndpointKeys):
     """Per-watch callbacks: whether API clients may give one, how they are signed and where they may go."""
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)  # as every section: a typo is an error
@@ -38,6 +39,8 @@ class CallbacksConfig(BaseModel):
     max_attempts: int = Field(default=10, ge=1)
     retry_initial_s: PositiveSeconds = 1.0
     retry_max_s: PositiveSeconds = 600.0
+    # Deliveries to one callback endpoint (scheme, host, port) in flight at once.
+    concurrency_per_endpoint: int = Field(default=2, ge=1)
 
     @model_validator(mode="after")
     def _check(self) -> Self:

@@ -17,6 +17,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SecretStr, mo
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from watcher.config.callbacks import CallbacksConfig
+from watcher.config.endpoint import EndpointKeys
 from watcher.config.fields import (
     HttpUrlStr,
     PositiveSeconds,
@@ -201,7 +202,7 @@ class WatchlistConfig(_Section):
     reload_interval_s: PositiveSeconds = 5.0
 
 
-class WebhookConfig(_Section):
+class WebhookConfig(_Section, EndpointKeys):
     """One webhook receiver; its URL comes only from the config, never from API clients."""
 
     name: Annotated[str, AfterValidator(slug_name)]
@@ -217,6 +218,8 @@ class WebhookConfig(_Section):
     retry_initial_s: PositiveSeconds = 1.0
     retry_max_s: PositiveSeconds = 600.0
     headers: dict[str, str] = Field(default={}, repr=False)  # values may be receivers' API keys
+    # Deliveries to this webhook in flight at once, within `daemon.delivery_concurrency` (issue 14).
+    concurrency: int = Field(default=4, ge=1)
 
     @model_validator(mode="after")
     def _check(self) -> Self:
@@ -321,9 +324,13 @@ class Settings(BaseSettings):
             if hook.events is None:
                 hook.events = default_events(self.upstream.terminal_statuses)
         # A lease shorter than a request would let a second worker take over an in-flight poll or delivery.
-        longest = max([self.upstream.timeout_s, *(h.timeout_s for h in self.webhooks)])
+        longest = max(
+            [self.upstream.timeout_s, self.callbacks.timeout_s, *(h.timeout_s for h in self.webhooks)]
+        )
         if self.daemon.lease_s <= longest:
-            raise problem(("daemon", "lease_s"), "must be longer than every upstream and webhook timeout_s")
+            raise problem(
+                ("daemon", "lease_s"), "must be longer than every upstream, webhook and callbacks timeout_s"
+            )
         return self
 
     def unknown_event_types(self) -> list[str]:

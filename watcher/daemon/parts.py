@@ -12,6 +12,7 @@ import aiohttp
 from watcher import __version__
 from watcher.clock import Clock
 from watcher.config import Settings
+from watcher.delivery.breaker import Breakers
 from watcher.delivery.callbacks import CallbackTargets
 from watcher.delivery.guard import AddressGuard, CallbackUrlError, guarded_connector
 from watcher.delivery.target import WebhookTarget
@@ -29,7 +30,14 @@ from watcher.statuses import default_events
 from watcher.store.base import Store
 
 # What a webhook's target and the polling policy take from their sections as they are; the rest is converted.
-_TARGET_KEYS = {"name", "url", "format", "timeout_s", "max_attempts", "retry_initial_s", "retry_max_s"}
+_TARGET_KEYS = {
+    "name", "url", "format", "timeout_s", "max_attempts", "retry_initial_s", "retry_max_s", "concurrency",
+    "breaker_failures", "breaker_open_s", "breaker_open_max_s", "max_delivery_age_s",
+}  # fmt: skip
+_CALLBACK_KEYS = {
+    "timeout_s", "max_attempts", "retry_initial_s", "retry_max_s", "breaker_failures", "breaker_open_s",
+    "breaker_open_max_s", "max_delivery_age_s",
+}  # fmt: skip
 _POLICY_KEYS = {f.name for f in fields(PollingPolicy)} - {"terminal_statuses"}
 
 
@@ -127,10 +135,8 @@ def workers(
             callback_guard(s),
             WebhookSender(callback_session, clock),
             secrets=tuple(cb.all_secrets()),
-            timeout_s=cb.timeout_s,
-            max_attempts=cb.max_attempts,
-            retry_initial_s=cb.retry_initial_s,
-            retry_max_s=cb.retry_max_s,
+            concurrency=cb.concurrency_per_endpoint,
+            **cb.model_dump(include=_CALLBACK_KEYS),
         )
     delivery = DeliveryWorker(
         store,
@@ -143,6 +149,13 @@ def workers(
         lease_s=s.daemon.lease_s,
         health=health,
         callbacks=callbacks,
+        breakers=Breakers(
+            store,
+            clock,
+            metrics,
+            probe_lease_s=s.daemon.lease_s,
+            webhooks=(*targets, *((CALLBACK,) if callbacks is not None else ())),
+        ),
     )
     filters = [(t.name, t.events) for t in targets.values()]
     callback_default = frozenset(default_events(s.upstream.terminal_statuses))

@@ -10,6 +10,7 @@ connector of `sender`'s session, which checks the address actually connected.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from typing import Any
 
 from watcher.delivery.guard import AddressGuard, CallbackUrlError
 from watcher.delivery.target import WebhookTarget
@@ -32,22 +33,12 @@ class CallbackTargets:
         sender: WebhookSender,
         *,
         secrets: tuple[str, ...],
-        timeout_s: float,
-        max_attempts: int,
-        retry_initial_s: float,
-        retry_max_s: float,
+        **settings: Any,
     ) -> CallbackTargets:
-        """The callback targets of one `[callbacks]` configuration."""
+        """The callback targets of one `[callbacks]` configuration; `settings` are `WebhookTarget` fields
+        (timeouts, retries, breaker, age, concurrency per endpoint)."""
         template = WebhookTarget(
-            name=CALLBACK,
-            url="",
-            secrets=secrets,
-            events=frozenset(),
-            format="standard",
-            timeout_s=timeout_s,
-            max_attempts=max_attempts,
-            retry_initial_s=retry_initial_s,
-            retry_max_s=retry_max_s,
+            name=CALLBACK, url="", secrets=secrets, events=frozenset(), format="standard", **settings
         )
         return cls(guard, template, sender)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any
@@ -18,6 +19,7 @@ import structlog
 
 from watcher.clock import Clock
 from watcher.containment import as_store_error, describe, safe_line
+from watcher.delivery.breaker import Admission, BreakerPolicy, Breakers
 from watcher.delivery.callbacks import CallbackTargets
 from watcher.delivery.retry import next_update
 from watcher.delivery.target import WebhookTarget
@@ -30,6 +32,8 @@ from watcher.models import CALLBACK, DeadReason, Delivery, DeliveryOutcome, Deli
 from watcher.store.base import Store
 
 log = structlog.get_logger("watcher.delivery")
+
+_SWEEP_S = 5.0  # how often deliveries past their `max_delivery_age_s` are looked for in bulk
 
 NOT_CONFIGURED = "webhook not configured"  # the `last_error` of a delivery dead for `NOT_CONFIGURED`
 # When due deliveries exist but none could be claimed (they wait behind an earlier one of the same pair),
@@ -56,6 +60,7 @@ class DeliveryWorker(StoreLoop):
         max_idle_s: float = 1.0,
         health: StoreHealth | None = None,
         callbacks: CallbackTargets | None = None,
+        breakers: Breakers | None = None,
     ) -> None:
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
@@ -70,6 +75,10 @@ class DeliveryWorker(StoreLoop):
         self._wake = asyncio.Event()
         self._in_flight: set[asyncio.Task[None]] = set()
         self._blocked_pause = 0.0
+        self._breakers = breakers  # None: no circuit breakers (tests of the plain retry rules)
+        self._busy: Counter[str] = Counter()  # deliveries in flight per endpoint (its concurrency budget)
+        self._budget: dict[str, int] = {}  # the budget of every endpoint seen busy
+        self._swept_at: float | None = None  # monotonic time of the last `max_delivery_age_s` sweep
 
     def wake(self) -> None:
         """Look for new deliveries at once (called by the scheduler after it saved events)."""
@@ -118,23 +127,18 @@ class DeliveryWorker(StoreLoop):
         # Cleared before claiming so a wake() that lands during the claim is not lost.
         self._wake.clear()
         now = self._clock.now()
-        claimed = await self._store.claim_deliveries(now, room, self._lease_s)
+        await self._sweep(now)
+        exclude = {e for e, n in self._busy.items() if n >= self._budget.get(e, 1)}
+        if self._breakers is not None:
+            await self._breakers.refresh()
+            exclude |= self._breakers.excluded(now)
+        if exclude:
+            claimed = await self._store.claim_deliveries(now, room, self._lease_s, exclude)
+        else:
+            claimed = await self._store.claim_deliveries(now, room, self._lease_s)
         self._health.ok(self.name)
         for delivery in claimed:
-            sender = self._sender
-            target: WebhookTarget | str | None = self._targets.get(delivery.webhook)
-            if delivery.webhook == CALLBACK and self._callbacks is not None:
-                target, sender = self._callbacks.target_for(delivery), self._callbacks.sender
-            if target is None:
-                await self._finish_dead(delivery, now, DeadReason.NOT_CONFIGURED, NOT_CONFIGURED)
-                continue
-            if isinstance(target, str):
-                await self._finish_dead(delivery, now, DeadReason.BLOCKED_ADDRESS, target)
-                continue
-            task = asyncio.create_task(
-                self._deliver(delivery, target, sender), name=f"delivery-{delivery.id}"
-            )
-            self._in_flight.add(task)
+            await self._start(delivery, now)
         if len(claimed) >= room:
             return None if len(self._in_flight) >= self._concurrency else 0.0
         nxt = await self._store.next_delivery_at()
@@ -149,6 +153,69 @@ class DeliveryWorker(StoreLoop):
         # Due rows exist but none were claimable: they wait behind a leased or retrying head of their pair.
         self._blocked_pause = min(self._max_idle_s, max(_BLOCKED_PAUSE_MIN_S, self._blocked_pause * 2))
         return self._blocked_pause
+
+    async def _start(self, delivery: Delivery, now: float) -> None:
+        """Start sending one claimed delivery, or settle it: dead (gone, blocked, too old) or given back
+        (its endpoint is open, or its endpoint's slots are all taken)."""
+        sender = self._sender
+        target: WebhookTarget | str | None = self._targets.get(delivery.webhook)
+        if delivery.webhook == CALLBACK and self._callbacks is not None:
+            target, sender = self._callbacks.target_for(delivery), self._callbacks.sender
+        if target is None:
+            await self._finish_dead(delivery, now, DeadReason.NOT_CONFIGURED, NOT_CONFIGURED)
+            return
+        if isinstance(target, str):
+            await self._finish_dead(delivery, now, DeadReason.BLOCKED_ADDRESS, target)
+            return
+        if now - delivery.created_at > target.max_delivery_age_s:
+            await self._finish_dead(delivery, now, DeadReason.MAX_AGE, _too_old(target))
+            return
+        endpoint = delivery.endpoint
+        admission = Admission.SEND
+        if self._busy[endpoint] >= target.concurrency:
+            admission = Admission.WAIT
+        elif self._breakers is not None:
+            admission = await self._breakers.admit(delivery, now)
+        if admission is Admission.WAIT:
+            await self._give_back(delivery, now)
+            return
+        self._busy[endpoint] += 1
+        self._budget[endpoint] = target.concurrency
+        probe = admission is Admission.PROBE
+        task = asyncio.create_task(
+            self._deliver(delivery, target, sender, probe), name=f"delivery-{delivery.id}"
+        )
+        task.add_done_callback(lambda _: self._not_busy(endpoint))
+        self._in_flight.add(task)
+
+    def _not_busy(self, endpoint: str) -> None:
+        self._busy[endpoint] -= 1
+        if self._busy[endpoint] <= 0:
+            del self._busy[endpoint]
+
+    async def _give_back(self, delivery: Delivery, now: float) -> None:
+        """End a claim without an attempt: the delivery is due again at once, attempts unchanged (claims
+        leave its endpoint out while it is open or busy)."""
+        update = DeliveryUpdate(DeliveryState.PENDING, delivery.attempts, now, delivery.last_error)
+        await self._finish(delivery, update)
+
+    async def _sweep(self, now: float) -> None:
+        """Every `_SWEEP_S`: deliveries older than their target's `max_delivery_age_s` that no claim will
+        reach soon (their endpoint is open) are made dead in bulk (`max_age`)."""
+        mono = self._clock.monotonic()
+        if self._swept_at is not None and mono - self._swept_at < _SWEEP_S:
+            return
+        self._swept_at = mono
+        targets = list(self._targets.values())
+        if self._callbacks is not None:
+            targets.append(self._callbacks.template)
+        for target in targets:
+            cutoff = now - target.max_delivery_age_s
+            count = await self._store.expire_deliveries(target.name, cutoff, _too_old(target))
+            if count:
+                outcome = DeliveryOutcome.DEAD
+                self._metrics.deliveries.labels(webhook=target.name, outcome=outcome).inc(count)
+                log.error("delivery.expired", webhook=target.name, count=count, reason=DeadReason.MAX_AGE)
 
     async def _wait(self, stop: asyncio.Event, delay_s: float | None) -> None:
         """Sleep until the earliest of stop, wake(), a finished send, or `delay_s` on the injected clock."""
@@ -185,8 +252,13 @@ class DeliveryWorker(StoreLoop):
         await asyncio.gather(*self._in_flight, return_exceptions=True)
         self._in_flight.clear()
 
-    async def _deliver(self, delivery: Delivery, target: WebhookTarget, sender: WebhookSender) -> None:
-        """One attempt: send, decide, record. Store errors escape; send errors become a retry."""
+    async def _deliver(
+        self, delivery: Delivery, target: WebhookTarget, sender: WebhookSender, probe: bool = False
+    ) -> None:
+        """One attempt: send, decide, record. Store errors escape; send errors become a retry.
+
+        A probe of an open endpoint spends no attempt: it is delivered, or waits for the next probe.
+        """
         start = self._clock.monotonic()
         try:
             result = await sender.send(target, delivery)
@@ -196,6 +268,16 @@ class DeliveryWorker(StoreLoop):
             result = SendResult(DeliveryOutcome.RETRY, None, None, detail, self._clock.monotonic() - start)
         now = self._clock.now()
         update = next_update(delivery, result, now, target, self._rng)
+        if probe and result.kind is DeliveryOutcome.RETRY:
+            # It waits for the next probe with its attempts unspent (claims skip the open endpoint).
+            update = DeliveryUpdate(DeliveryState.PENDING, delivery.attempts, now, update.last_error)
+        elif probe and result.kind is DeliveryOutcome.SUCCESS:
+            update = replace(update, attempts=delivery.attempts)
+        if self._breakers is not None:
+            try:
+                await self._breakers.record(delivery, result, probe, BreakerPolicy.of(target), now)
+            except Exception as exc:  # the attempt's own outcome still counts; the breaker catches up
+                log.warning("breaker.record_failed", webhook=target.name, error=describe(exc))
         kept = await self._finish(delivery, update)
         if kept is not None:
             self._record(delivery, update, result, now, kept)
@@ -288,3 +370,8 @@ class DeliveryWorker(StoreLoop):
             log.warning("delivery.retry", retry_in_s=round(update.next_attempt_at - now, 3), **fields)
         else:
             log.error("delivery.dead", **fields)
+
+
+def _too_old(target: WebhookTarget) -> str:
+    """The `last_error` of a delivery dead for `max_age`."""
+    return f"max_age: undelivered after max_delivery_age_s={target.max_delivery_age_s:g}"

@@ -7,7 +7,7 @@ store behind its back (as with a real database).
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import replace
 
 from watcher.models import (
@@ -15,6 +15,7 @@ from watcher.models import (
     Delivery,
     DeliveryState,
     DeliveryUpdate,
+    EndpointHealth,
     Event,
     Registration,
     SavedPoll,
@@ -31,6 +32,7 @@ from watcher.store.base import (
     WatchQuery,
 )
 from watcher.store.indexed import IndexedStore
+from watcher.store.memory_health import MemoryHealth
 
 
 def _copy_watch(w: Watch, lease: int = 0) -> Watch:
@@ -66,7 +68,7 @@ def _apply_poll(stored: Watch, polled: Watch) -> None:
     stored.upstream_updated_at = polled.upstream_updated_at
 
 
-class MemoryStore(IndexedStore):
+class MemoryStore(MemoryHealth, IndexedStore):
     """Every watch, event and delivery in dicts; a `DueIndex` schedules the watches."""
 
     def __init__(self) -> None:
@@ -78,6 +80,7 @@ class MemoryStore(IndexedStore):
         self._lease_until: dict[int, float] = {}  # delivery id -> lease expiry, only while claimed
         self._delivery_ids = itertools.count(1)
         self._delivery_tokens = itertools.count(1)
+        self._endpoints: dict[str, EndpointHealth] = {}
 
     async def open(self) -> None:
         """Nothing to connect to."""
@@ -271,12 +274,16 @@ class MemoryStore(IndexedStore):
                 heads.setdefault((d.event.job_id, d.webhook), d)
         return list(heads.values())
 
-    async def claim_deliveries(self, now: float, limit: int, lease_s: float) -> list[Delivery]:
-        """Claim due, unleased pair heads ordered by (next_attempt_at, id)."""
+    async def claim_deliveries(
+        self, now: float, limit: int, lease_s: float, exclude: Collection[str] = ()
+    ) -> list[Delivery]:
+        """Claim due, unleased pair heads ordered by (next_attempt_at, id), none to an `exclude`d endpoint."""
         ready = [
             d
             for d in self._heads()
-            if d.next_attempt_at <= now and self._lease_until.get(d.id, float("-inf")) <= now
+            if d.next_attempt_at <= now
+            and self._lease_until.get(d.id, float("-inf")) <= now
+            and d.endpoint not in exclude
         ]
         ready.sort(key=lambda d: (d.next_attempt_at, d.id))
         token = next(self._delivery_tokens)

@@ -182,6 +182,7 @@ CLAIM_DELIVERIES = f"""
 WITH due AS MATERIALIZED (
     SELECT d.id, d.next_attempt_at FROM deliveries d
     WHERE d.state = 'pending' AND d.next_attempt_at <= coalesce($1::float8, {_NOW}) AND {PAIR_HEAD}
+      AND coalesce(d.endpoint, d.webhook) <> ALL($4::text[])
     ORDER BY d.next_attempt_at, d.id
     LIMIT $2
     FOR UPDATE OF d SKIP LOCKED

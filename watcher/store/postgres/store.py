@@ -16,7 +16,7 @@ all leases back, like the single-process SQLite store: the store contract suite 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 
 import asyncpg  # type: ignore[import-untyped]  # asyncpg ships no type information
 
@@ -44,6 +44,7 @@ from watcher.store.base import (
 )
 from watcher.store.postgres import sql as q
 from watcher.store.postgres.conn import PgPool, PgTarget, dumps, parse_url
+from watcher.store.postgres.endpoints import PgEndpoints
 from watcher.store.sql import (
     DELIVERIES_BY_WEBHOOK,
     OLDEST_PENDING,
@@ -55,7 +56,7 @@ from watcher.store.sql import (
 _RESTORE_PAGE = 5000
 
 
-class PostgresStore(Store):
+class PostgresStore(PgEndpoints, Store):
     """A store shared by every replica: leased claims, fenced writes, the database's clock."""
 
     def __init__(self, url: str, *, shared: bool = True, clock: Clock | None = None) -> None:
@@ -91,12 +92,12 @@ class PostgresStore(Store):
         return 0.0, when
 
     async def _claim(
-        self, sql: str, now: float, limit: int, lease_s: float, key: str
+        self, sql: str, now: float, limit: int, lease_s: float, key: str, *more: object
     ) -> list[asyncpg.Record]:
         """Run a claim statement: its rows, earliest due first (then by `key`); none when `limit` is 0."""
         if limit <= 0:
             return []
-        rows = await self.pool.run(lambda c: c.fetch(sql, self._now(now), limit, lease_s), tx=False)
+        rows = await self.pool.run(lambda c: c.fetch(sql, self._now(now), limit, lease_s, *more), tx=False)
         return sorted(rows, key=lambda r: (r["due"], r[key]))
 
     # -- watches --------------------------------------------------------------------------------------
@@ -351,10 +352,12 @@ class PostgresStore(Store):
             rows = await conn.fetch(f"{q.EVENT_SELECT} ORDER BY e.seq DESC LIMIT $1", max(0, limit))
         return [q.event_row(r) for r in rows]
 
-    async def claim_deliveries(self, now: float, limit: int, lease_s: float) -> list[Delivery]:
+    async def claim_deliveries(
+        self, now: float, limit: int, lease_s: float, exclude: Collection[str] = ()
+    ) -> list[Delivery]:
         """Lease due pair heads (the oldest pending delivery of each job and webhook), oldest first."""
         out = []
-        for r in await self._claim(q.CLAIM_DELIVERIES, now, limit, lease_s, "id"):
+        for r in await self._claim(q.CLAIM_DELIVERIES, now, limit, lease_s, "id", sorted(exclude)):
             d = q.delivery_row(r)
             d.next_attempt_at = r["due"]
             out.append(d)

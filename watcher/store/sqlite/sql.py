@@ -151,6 +151,16 @@ CLAIMABLE_DELIVERIES = (
     f" AND (d.lease_until IS NULL OR d.lease_until <= ?) AND {PAIR_HEAD}"
     " ORDER BY d.next_attempt_at, d.id LIMIT ?"
 )
+
+
+def claimable_deliveries(excluded: int) -> str:
+    """CLAIMABLE_DELIVERIES, leaving out `excluded` endpoints (bound as parameters before the limit)."""
+    if not excluded:
+        return CLAIMABLE_DELIVERIES
+    head, _, tail = CLAIMABLE_DELIVERIES.partition(" ORDER BY ")
+    return f"{head} AND coalesce(d.endpoint, d.webhook) NOT IN ({marks(excluded)}) ORDER BY {tail}"
+
+
 # The earliest due unleased pair head, and the earliest lease expiry of a leased one.
 NEXT_DELIVERY = (
     "SELECT (SELECT d.next_attempt_at FROM deliveries d WHERE d.state = 'pending'"  # noqa: S608

@@ -29,6 +29,7 @@ from watcher.store.faults import StoreOutage
 from watcher.store.indexed import IndexedStore
 from watcher.store.sql import LIST_STATUS_SQL
 from watcher.store.sqlite.connection import Connections, select
+from watcher.store.sqlite.endpoints import SQLiteEndpoints
 from watcher.store.sqlite.health import begin_immediate
 from watcher.store.sqlite.outbox import SQLiteOutbox
 from watcher.store.sqlite.sql import (
@@ -49,7 +50,7 @@ _RESTORE_PAGE = 5000
 _REGISTER_CHUNK = 250
 
 
-class SQLiteStore(SQLiteOutbox, IndexedStore):
+class SQLiteStore(SQLiteEndpoints, SQLiteOutbox, IndexedStore):
     """The default store: a WAL-mode SQLite file and an in-memory due index; its events and deliveries are
     `SQLiteOutbox`'s."""
 
