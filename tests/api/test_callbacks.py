@@ -7,6 +7,7 @@ the Standard Webhooks check of tests/support, using the `[callbacks]` secret, no
 from __future__ import annotations
 
 import base64
+import time
 from collections.abc import AsyncIterator
 
 import pytest
@@ -15,6 +16,7 @@ from structlog.testing import capture_logs
 from tests.api.conftest import StartDaemon, wait_until
 from tests.support.standard_webhooks import TestReceiver
 from watcher.masking import MASK
+from watcher.models import BreakerState, EndpointHealth
 
 CB_SECRET = "whsec_" + base64.b64encode(b"api-test-callback-secret").decode()
 HEADER_SECRET = "Bearer cb-h3ader-s3cret"
@@ -148,3 +150,34 @@ async def test_bad_callback_fields_are_named(start_daemon: StartDaemon) -> None:
     status, problem = await d.call("POST", "/v1/watches", json={"job_id": job, "callback": ok})
     assert status == 400
     assert [e["field"] for e in problem["errors"]] == ["callback.headers.webhook-signature"]
+
+
+async def test_webhooks_list_breakers(start_daemon: StartDaemon) -> None:
+    """GET /v1/webhooks: each webhook and the callbacks together, with breaker state and queue sizes."""
+    d = await start_daemon(sections=ENABLED)
+    status, body = await d.call("GET", "/v1/webhooks")
+    assert status == 200
+    assert [(i["name"], i["state"], i["open_endpoints"]) for i in body["items"]] == [
+        ("ops", "closed", 0),
+        ("audit", "closed", 0),
+        ("callback", "closed", 0),
+    ]
+    assert d.daemon.state is not None
+    store = d.daemon.state.store
+    now = time.time()
+    await store.put_endpoint(EndpointHealth("ops", "ops", BreakerState.OPEN, 5, now + 60, 60.0, "HTTP 503"))
+    cb = "https://a.example:443"
+    await store.put_endpoint(
+        EndpointHealth(cb, "callback", BreakerState.HALF_OPEN, 7, now + 5, 20.0, "timeout")
+    )
+    await store.put_endpoint(EndpointHealth("https://b.example:443", "callback", BreakerState.CLOSED, 1))
+    status, body = await d.call("GET", "/v1/webhooks")
+    items = {i["name"]: i for i in body["items"]}
+    assert items["ops"]["state"] == "open"
+    assert (items["ops"]["consecutive_failures"], items["ops"]["last_error"]) == (5, "HTTP 503")
+    assert items["ops"]["open_until"] is not None
+    assert (items["callback"]["state"], items["callback"]["open_endpoints"]) == ("half_open", 1)
+    assert items["audit"] == {
+        "name": "audit", "format": "standard", "state": "closed", "consecutive_failures": 0,
+        "open_until": None, "last_error": None, "pending": 0, "dead": 0, "open_endpoints": 0,
+    }  # fmt: skip

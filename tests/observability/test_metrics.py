@@ -34,6 +34,8 @@ SPEC = {
     "watcher_build": ("info", set()),
     # SPEC §16
     "watcher_watches_quarantined": ("gauge", set()),
+    # SPEC §13
+    "watcher_webhook_endpoint_open": ("gauge", {"webhook"}),
 }
 COUNTS = StoreCounts(
     watched_by_status={"active": 6, "queued": 4, "unknown": 1},
@@ -159,6 +161,7 @@ def test_every_alert_has_a_runbook_and_uses_existing_metrics() -> None:
         "JobWatcherDown", "JobWatcherNotReady", "JobWatcherJobFailureRateHigh", "JobWatcherDeadDeliveries",
         "JobWatcherDeliveriesBackingUp", "JobWatcherUpstreamAuthErrors", "JobWatcherUpstreamErrorRatioHigh",
         "JobWatcherSchedulerBacklog", "JobWatcherStoreUnavailable", "JobWatcherWatchesQuarantined",
+        "JobWatcherEndpointOpen",
     }  # fmt: skip
     exposed = _exposed_names()
     for name, rule in rules.items():

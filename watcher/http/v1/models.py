@@ -272,6 +272,29 @@ class DeliveryRetryOut(BaseModel):
     delivery: DeliveryOut
 
 
+class WebhookHealthOut(BaseModel):
+    """One configured webhook, or every callback endpoint together (`name` "callback"), and its breaker."""
+
+    name: str
+    format: str
+    state: Literal["closed", "open", "half_open"] = Field(
+        description="closed: deliveries go out; open: they wait; half_open: one probe is out. For callbacks "
+        "the state of the worst callback endpoint."
+    )
+    consecutive_failures: int
+    open_until: Time | None = Field(description="open: when the next probe may go; null when closed")
+    last_error: str | None
+    pending: int
+    dead: int
+    open_endpoints: int = Field(description="Endpoints open or half-open under this name (callbacks: many)")
+
+
+class WebhookListOut(BaseModel):
+    """Every configured webhook (and `callback` when callbacks are enabled) with its breaker."""
+
+    items: list[WebhookHealthOut]
+
+
 class _Query(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
