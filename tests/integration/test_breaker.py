@@ -111,6 +111,35 @@ async def test_open_breaker_in_the_store_is_respected_by_a_new_worker(
     assert h.state is BreakerState.CLOSED
 
 
+async def test_two_workers_never_probe_at_once(store: Store, receiver: TestReceiver) -> None:
+    """Two workers (replicas) on one store: while the endpoint is down, never two requests at once after
+    it opened, because only the compare-and-set winner sends the probe."""
+    assert receiver.url is not None
+    receiver.set_status(503)
+    receiver.delay_s = 0.15  # a probe is still out when the other worker looks
+    for job in JOBS:
+        await add_events(store, job, ["failed"])
+    stop = asyncio.Event()
+    async with aiohttp.ClientSession() as session:
+        keys: dict[str, Any] = {"breaker_failures": 1, "breaker_open_s": 0.1, "breaker_open_max_s": 0.1}
+        a, b = worker(store, receiver.url, session, **keys), worker(store, receiver.url, session, **keys)
+        tasks = [asyncio.create_task(w.run(stop)) for w in (a, b)]
+        await eventually(lambda: _opened(store), within_s=5.0)
+        await asyncio.sleep(0.3)  # first attempts, sent while it was still closed, are answered by now
+        receiver.max_in_progress = receiver.in_progress
+        before = receiver.attempts.total()
+        await asyncio.sleep(2.0)
+        probes = receiver.attempts.total() - before
+        stop.set()
+        await asyncio.gather(*tasks)
+    assert receiver.max_in_progress <= 1
+    assert 3 <= probes <= 2.0 / 0.1 + 1  # probes kept going, one at a time
+
+
+async def _opened(store: Store) -> bool:
+    return any(h.state is not BreakerState.CLOSED for h in await store.endpoints())
+
+
 async def test_old_deliveries_die_with_max_age(store: Store, receiver: TestReceiver) -> None:
     """An event older than max_delivery_age_s is dead (`max_age`) instead of sent."""
     assert receiver.url is not None
