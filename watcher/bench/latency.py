@@ -110,10 +110,20 @@ async def hung_receiver() -> AsyncIterator[str]:
 
 
 async def _phase(
-    ctx: harness.Context, tag: str, neighbours: list[dict[str, Any]], baseline: int
+    ctx: harness.Context,
+    tag: str,
+    neighbours: list[dict[str, Any]],
+    baseline: int,
+    *,
+    grace_s: float = 60.0,
+    partial: bool = False,
 ) -> tuple[list[float], list[float]]:
     """One daemon run: jobs finishing steadily, every `job.success` to the healthy `bench` webhook timed
-    (and to `neighbours`, other webhooks of the same daemon); the latencies and the baseline's, in ms."""
+    (and to `neighbours`, other webhooks of the same daemon); the latencies and the baseline's, in ms.
+
+    Whatever has not arrived `grace_s` after the last job finished is an error, unless `partial`: then
+    only what arrived is returned (a reference run that is expected to fall behind).
+    """
     jobs, spread_s, poll_s, lead_s = (60, 3.0, 1.0, 3.0) if ctx.quick else (1_200, 12.0, 4.0, 5.0)
     ids = harness.job_ids(jobs, seed=7)
     store_url = harness.fresh_store_url(ctx.store, ctx.workdir, tag)
@@ -153,7 +163,13 @@ async def _phase(
             harness.daemon(ctx.workdir, config, port, name=f"{tag}-daemon"),
             aiohttp.ClientSession() as s,
         ):
-            got = await wait_deliveries(rx, s, len(bare) + jobs, lead_s + spread_s + 3 * poll_s + 60.0)
+            wait_s = lead_s + spread_s + 3 * poll_s + grace_s
+            try:
+                got = await wait_deliveries(rx, s, len(bare) + jobs, wait_s)
+            except harness.BenchError:
+                if not partial:
+                    raise
+                got = await deliveries(rx, s)
     (ctx.workdir / f"{tag}-deliveries.json").write_text(json.dumps(got))
     lat = [(d["received_at"] - d["detected_at"]) * 1000 for d in got if d["type"] == "job.success"]
     return lat, bare
@@ -175,16 +191,20 @@ async def run(ctx: harness.Context) -> ScenarioResult:
         hung = {"name": "hung", "url": hung_url, "timeout_s": 5.0, "max_attempts": 1_000}
         # As before issue 14: the hung webhook may take every slot, and no breaker takes it out.
         unbounded = {**hung, "concurrency": 16, "breaker_failures": 1_000_000}
-        lat_before, _ = await _phase(ctx, "latency-hung-unbounded", [unbounded], 0)
+        before, _ = await _phase(ctx, "latency-hung-unbounded", [unbounded], 0, grace_s=10.0, partial=True)
         lat_after, _ = await _phase(ctx, "latency-hung", [hung], 0)
-    res.add("with a hung neighbour, p99 (no budget, no breaker: as before)", percentile(lat_before, 99), "ms")
+    jobs = len(lat)
+    res.add("with a hung neighbour, as before (no budget, no breaker): arrived in time", len(before))
+    res.add("with a hung neighbour, as before: p99 of those that arrived", percentile(before, 99), "ms")
     res.add("with a hung neighbour, p50", percentile(lat_after, 50), "ms")
     res.add("with a hung neighbour, p99", percentile(lat_after, 99), "ms", at_most=TARGET_P99_MS)
-    jobs, spread_s, poll_s = (60, 3.0, 1.0) if ctx.quick else (1_200, 12.0, 4.0)
+    spread_s, poll_s = (3.0, 1.0) if ctx.quick else (12.0, 4.0)
     res.notes.append(
         f"{jobs:,} jobs finishing over {spread_s:g}s, each polled every {poll_s:g}s +-20 %;"
         " times have millisecond resolution. The hung neighbour is a second webhook of the same daemon"
         " whose server accepts connections and never answers (timeout_s 5): by default it holds only its"
-        " own 4 slots (`concurrency`) until its breaker opens"
+        " own 4 slots (`concurrency`) until its breaker opens. 'As before' gives it every slot and no"
+        f" breaker, as before issue 14; it counts what arrived within 10 s of the last of the {jobs:,} jobs"
+        " finishing"
     )
     return res
