@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections import Counter
 from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any
@@ -22,6 +21,7 @@ from watcher.containment import as_store_error, describe, safe_line
 from watcher.delivery.breaker import Admission, BreakerPolicy, Breakers
 from watcher.delivery.callbacks import CallbackTargets
 from watcher.delivery.retry import next_update
+from watcher.delivery.slots import EndpointSlots
 from watcher.delivery.target import WebhookTarget
 from watcher.delivery.webhook import SendResult, WebhookSender
 from watcher.errors import StoreUnavailable
@@ -76,8 +76,13 @@ class DeliveryWorker(StoreLoop):
         self._in_flight: set[asyncio.Task[None]] = set()
         self._blocked_pause = 0.0
         self._breakers = breakers  # None: no circuit breakers (tests of the plain retry rules)
-        self._busy: Counter[str] = Counter()  # deliveries in flight per endpoint (its concurrency budget)
-        self._budget: dict[str, int] = {}  # the budget of every endpoint seen busy
+        # Deliveries in flight per endpoint, and claimed ones waiting for a slot of their endpoint.
+        self._slots: EndpointSlots[tuple[Delivery, WebhookTarget, WebhookSender]] = EndpointSlots()
+        budgets = [t.concurrency for t in self._targets.values()]
+        if callbacks is not None:
+            budgets.append(callbacks.template.concurrency)
+        self._claim_max = max([1, *budgets])  # the largest claim (see `_claim_and_start`)
+        self._stopping = False
         self._swept_at: float | None = None  # monotonic time of the last `max_delivery_age_s` sweep
 
     def wake(self) -> None:
@@ -128,7 +133,10 @@ class DeliveryWorker(StoreLoop):
         self._wake.clear()
         now = self._clock.now()
         await self._sweep(now)
-        exclude = {e for e, n in self._busy.items() if n >= self._budget.get(e, 1)}
+        # At most the largest endpoint budget per claim: even if all of it is for one endpoint, what does
+        # not fit its free slots waits for them here, and never more than one claim's worth.
+        room = min(room, self._claim_max)
+        exclude = self._slots.excluded()
         if self._breakers is not None:
             await self._breakers.refresh()
             exclude |= self._breakers.excluded(now)
@@ -171,27 +179,44 @@ class DeliveryWorker(StoreLoop):
             await self._finish_dead(delivery, now, DeadReason.MAX_AGE, _too_old(target))
             return
         endpoint = delivery.endpoint
+        if self._slots.full(endpoint, target.concurrency):
+            self._slots.wait(endpoint, (delivery, target, sender), now)
+            return
+        self._slots.take(endpoint)
+        self._launch(delivery, target, sender, now)
+
+    def _launch(
+        self, delivery: Delivery, target: WebhookTarget, sender: WebhookSender, claimed: float
+    ) -> None:
+        """Send in a task of its own, in a slot of its endpoint already taken; the next waiting delivery of
+        that endpoint takes the slot over when it ends."""
+        endpoint = delivery.endpoint
+        task = asyncio.create_task(
+            self._admit_and_deliver(delivery, target, sender, claimed), name=f"delivery-{delivery.id}"
+        )
+        task.add_done_callback(lambda _: self._slot_freed(endpoint))
+        self._in_flight.add(task)
+
+    def _slot_freed(self, endpoint: str) -> None:
+        nxt = self._slots.done(endpoint)
+        if nxt is not None and not self._stopping:
+            self._launch(*nxt.item, nxt.claimed_at)
+
+    async def _admit_and_deliver(
+        self, delivery: Delivery, target: WebhookTarget, sender: WebhookSender, claimed: float
+    ) -> None:
+        """Send unless the endpoint's breaker says wait, or the claim's lease would end during the send."""
+        now = self._clock.now()
+        if now + target.timeout_s >= claimed + self._lease_s:
+            await self._give_back(delivery, now)  # it waited too long for a slot: claim it again later
+            return
         admission = Admission.SEND
-        if self._busy[endpoint] >= target.concurrency:
-            admission = Admission.WAIT
-        elif self._breakers is not None:
+        if self._breakers is not None:
             admission = await self._breakers.admit(delivery, now)
         if admission is Admission.WAIT:
             await self._give_back(delivery, now)
             return
-        self._busy[endpoint] += 1
-        self._budget[endpoint] = target.concurrency
-        probe = admission is Admission.PROBE
-        task = asyncio.create_task(
-            self._deliver(delivery, target, sender, probe), name=f"delivery-{delivery.id}"
-        )
-        task.add_done_callback(lambda _: self._not_busy(endpoint))
-        self._in_flight.add(task)
-
-    def _not_busy(self, endpoint: str) -> None:
-        self._busy[endpoint] -= 1
-        if self._busy[endpoint] <= 0:
-            del self._busy[endpoint]
+        await self._deliver(delivery, target, sender, admission is Admission.PROBE)
 
     async def _give_back(self, delivery: Delivery, now: float) -> None:
         """End a claim without an attempt: the delivery is due again at once, attempts unchanged (claims
@@ -247,6 +272,8 @@ class DeliveryWorker(StoreLoop):
                 log.error("delivery.task_failed", task=task.get_name(), exc_info=exc)
 
     async def _cancel_in_flight(self) -> None:
+        self._stopping = True  # deliveries still waiting for a slot stay leased, to go out after a restart
+        self._slots.drop_waiting()
         for task in self._in_flight:
             task.cancel()
         await asyncio.gather(*self._in_flight, return_exceptions=True)
