@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator
 import pytest
 from structlog.testing import capture_logs
 
-from tests.api.conftest import StartDaemon, wait_until
+from tests.api.conftest import StartDaemon, wait_for, wait_until
 from tests.support.standard_webhooks import TestReceiver
 from watcher.masking import MASK
 from watcher.models import BreakerState, EndpointHealth
@@ -181,3 +181,30 @@ async def test_webhooks_list_breakers(start_daemon: StartDaemon) -> None:
         "name": "audit", "format": "standard", "state": "closed", "consecutive_failures": 0,
         "open_until": None, "last_error": None, "pending": 0, "dead": 0, "open_endpoints": 0,
     }  # fmt: skip
+
+
+async def test_dead_callback_delivery_is_listed_and_replayed(
+    start_daemon: StartDaemon, cb_receiver: TestReceiver
+) -> None:
+    """A callback answered 410 is dead (listed with webhook `callback`); a replay delivers it, same id."""
+    d = await start_daemon(sections=ENABLED)
+    job = d.sim.add_job(status="failed", error="row 3").id
+    assert cb_receiver.url is not None
+    cb_receiver.fail_next(1, 410)
+    body = {"job_id": job, "callback": {"url": cb_receiver.url, "events": ["job.failed"]}}
+    assert (await d.call("POST", "/v1/watches", json=body))[0] == 201
+
+    async def dead() -> list[dict[str, object]]:
+        status, page = await d.call("GET", "/v1/deliveries?state=dead&webhook=callback")
+        assert status == 200
+        return list(page["deliveries"])
+
+    async def one_dead() -> bool:
+        return len(await dead()) == 1
+
+    await wait_for(one_dead)
+    (gone,) = await dead()
+    status, replay = await d.call("POST", f"/v1/deliveries/{gone['id']}/retry")
+    assert status == 200 and replay["delivery"]["state"] == "pending"
+    await wait_until(lambda: len(cb_receiver.deliveries) == 1)
+    assert cb_receiver.deliveries[0].id == gone["event_id"]
