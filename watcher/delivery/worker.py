@@ -20,6 +20,7 @@ from watcher.clock import Clock
 from watcher.containment import as_store_error, describe, safe_line
 from watcher.delivery.breaker import Admission, BreakerPolicy, Breakers
 from watcher.delivery.callbacks import CallbackTargets
+from watcher.delivery.expiry import SWEEP_S, expire_old, too_old
 from watcher.delivery.retry import next_update
 from watcher.delivery.slots import EndpointSlots
 from watcher.delivery.target import WebhookTarget
@@ -32,8 +33,6 @@ from watcher.models import CALLBACK, DeadReason, Delivery, DeliveryOutcome, Deli
 from watcher.store.base import Store
 
 log = structlog.get_logger("watcher.delivery")
-
-_SWEEP_S = 5.0  # how often deliveries past their `max_delivery_age_s` are looked for in bulk
 
 NOT_CONFIGURED = "webhook not configured"  # the `last_error` of a delivery dead for `NOT_CONFIGURED`
 # When due deliveries exist but none could be claimed (they wait behind an earlier one of the same pair),
@@ -176,7 +175,7 @@ class DeliveryWorker(StoreLoop):
             await self._finish_dead(delivery, now, DeadReason.BLOCKED_ADDRESS, target)
             return
         if now - delivery.created_at > target.max_delivery_age_s:
-            await self._finish_dead(delivery, now, DeadReason.MAX_AGE, _too_old(target))
+            await self._finish_dead(delivery, now, DeadReason.MAX_AGE, too_old(target))
             return
         endpoint = delivery.endpoint
         if self._slots.full(endpoint, target.concurrency):
@@ -228,19 +227,13 @@ class DeliveryWorker(StoreLoop):
         """Every `_SWEEP_S`: deliveries older than their target's `max_delivery_age_s` that no claim will
         reach soon (their endpoint is open) are made dead in bulk (`max_age`)."""
         mono = self._clock.monotonic()
-        if self._swept_at is not None and mono - self._swept_at < _SWEEP_S:
+        if self._swept_at is not None and mono - self._swept_at < SWEEP_S:
             return
         self._swept_at = mono
         targets = list(self._targets.values())
         if self._callbacks is not None:
             targets.append(self._callbacks.template)
-        for target in targets:
-            cutoff = now - target.max_delivery_age_s
-            count = await self._store.expire_deliveries(target.name, cutoff, _too_old(target))
-            if count:
-                outcome = DeliveryOutcome.DEAD
-                self._metrics.deliveries.labels(webhook=target.name, outcome=outcome).inc(count)
-                log.error("delivery.expired", webhook=target.name, count=count, reason=DeadReason.MAX_AGE)
+        await expire_old(self._store, targets, now, self._metrics)
 
     async def _wait(self, stop: asyncio.Event, delay_s: float | None) -> None:
         """Sleep until the earliest of stop, wake(), a finished send, or `delay_s` on the injected clock."""
@@ -397,8 +390,3 @@ class DeliveryWorker(StoreLoop):
             log.warning("delivery.retry", retry_in_s=round(update.next_attempt_at - now, 3), **fields)
         else:
             log.error("delivery.dead", **fields)
-
-
-def _too_old(target: WebhookTarget) -> str:
-    """The `last_error` of a delivery dead for `max_age`."""
-    return f"max_age: undelivered after max_delivery_age_s={target.max_delivery_age_s:g}"
