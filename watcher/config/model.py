@@ -324,9 +324,10 @@ class Settings(BaseSettings):
             if hook.events is None:
                 hook.events = default_events(self.upstream.terminal_statuses)
         # A lease shorter than a request would let a second worker take over an in-flight poll or delivery.
-        longest = max(
-            [self.upstream.timeout_s, self.callbacks.timeout_s, *(h.timeout_s for h in self.webhooks)]
-        )
+        timeouts = [self.upstream.timeout_s, *(h.timeout_s for h in self.webhooks)]
+        if self.callbacks.enabled:
+            timeouts.append(self.callbacks.timeout_s)
+        longest = max(timeouts)
         if self.daemon.lease_s <= longest:
             raise problem(
                 ("daemon", "lease_s"), "must be longer than every upstream, webhook and callbacks timeout_s"
