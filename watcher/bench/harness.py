@@ -27,7 +27,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from watcher.bench import stores
 from watcher.errors import WatcherError
-from watcher.models import Registration, Source
+from watcher.models import Registration, SavedPoll, Source
 from watcher.store import open_store
 
 # The simulator's documented throwaway credentials: loopback-only test values, never real ones.
@@ -49,6 +49,7 @@ class Context:
     store: str = "sqlite"  # `--store`: the backend the daemons under test use
     window_s: float = 10.0  # length of each timed measurement window
     sizes: tuple[int, ...] = (10_000, 100_000, 1_000_000)  # watches held by one daemon in `scale`
+    duration_s: float | None = None  # `--duration-s`: how long `soak` runs (None: its default)
 
     def say(self, message: str) -> None:
         """One progress line on stderr, so a long run shows it is alive (stdout is the table)."""
@@ -281,8 +282,14 @@ def job_ids(n: int, seed: int) -> list[str]:
     return [str(uuid.UUID(int=rng.getrandbits(128), version=4)) for _ in range(n)]
 
 
-async def build_store(url: str, ids: Sequence[str], now: float, batch: int = 50_000) -> float:
-    """Register `ids` through the store API in big batches (no daemon running); returns the seconds taken."""
+async def build_store(
+    url: str, ids: Sequence[str], now: float, batch: int = 50_000, *, observed: bool = False
+) -> float:
+    """Register `ids` through the store API in big batches (no daemon running); returns the seconds taken.
+
+    `observed`: each watch is then claimed and saved once as seen `active`, as after its first poll, so a
+    daemon started on the store polls quietly (no transition, no event) from its first poll on.
+    """
     started = time.monotonic()
     ordered = sorted(ids)  # in key order a B-tree only appends: several times faster than random order
     store = open_store(url)
@@ -291,6 +298,11 @@ async def build_store(url: str, ids: Sequence[str], now: float, batch: int = 50_
         for i in range(0, len(ordered), batch):
             regs = [Registration(j, SIM_SLUG, Source.API) for j in ordered[i : i + batch]]
             await store.register(regs, now)
+        while observed and (claimed := await store.claim_due(now, batch, 600.0)):
+            for w in claimed:
+                w.status, w.polls, w.streak, w.last_polled_at = "active", 1, 1, now
+                w.next_poll_at = now + 600.0  # out of the next claim; a daemon's restore re-spreads it
+            await store.save_polls([SavedPoll(w) for w in claimed])
     finally:
         await store.close()
     return time.monotonic() - started
