@@ -182,13 +182,14 @@ class DeliveryWorker(StoreLoop):
             self._slots.wait(endpoint, (delivery, target, sender), now)
             return
         self._slots.take(endpoint)
-        self._launch(delivery, target, sender, now)
+        self._launch(delivery, target, sender, None)
 
     def _launch(
-        self, delivery: Delivery, target: WebhookTarget, sender: WebhookSender, claimed: float
+        self, delivery: Delivery, target: WebhookTarget, sender: WebhookSender, claimed: float | None
     ) -> None:
         """Send in a task of its own, in a slot of its endpoint already taken; the next waiting delivery of
-        that endpoint takes the slot over when it ends."""
+        that endpoint takes the slot over when it ends. `claimed`: when a delivery that waited for its
+        slot was claimed (None: it did not wait)."""
         endpoint = delivery.endpoint
         task = asyncio.create_task(
             self._admit_and_deliver(delivery, target, sender, claimed), name=f"delivery-{delivery.id}"
@@ -202,11 +203,11 @@ class DeliveryWorker(StoreLoop):
             self._launch(*nxt.item, nxt.claimed_at)
 
     async def _admit_and_deliver(
-        self, delivery: Delivery, target: WebhookTarget, sender: WebhookSender, claimed: float
+        self, delivery: Delivery, target: WebhookTarget, sender: WebhookSender, claimed: float | None
     ) -> None:
         """Send unless the endpoint's breaker says wait, or the claim's lease would end during the send."""
         now = self._clock.now()
-        if now + target.timeout_s >= claimed + self._lease_s:
+        if claimed is not None and now + target.timeout_s >= claimed + self._lease_s:
             await self._give_back(delivery, now)  # it waited too long for a slot: claim it again later
             return
         admission = Admission.SEND
