@@ -22,3 +22,6 @@ CREATE TABLE endpoints (
     last_error           text,
     version              bigint NOT NULL DEFAULT 0
 );
+
+-- The max_delivery_age_s sweep: pending deliveries of one webhook by age (pending rows only).
+CREATE INDEX deliveries_pending_age ON deliveries (webhook, created_at) WHERE state = 'pending';

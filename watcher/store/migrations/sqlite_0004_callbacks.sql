@@ -21,3 +21,6 @@ CREATE TABLE endpoints (
     last_error           TEXT,
     version              INTEGER NOT NULL DEFAULT 0
 ) WITHOUT ROWID;
+
+-- The max_delivery_age_s sweep: pending deliveries of one webhook by age (pending rows only).
+CREATE INDEX deliveries_pending_age ON deliveries (webhook, created_at) WHERE state = 'pending';
