@@ -116,7 +116,6 @@ async def test_two_workers_never_probe_at_once(store: Store, receiver: TestRecei
     it opened, because only the compare-and-set winner sends the probe."""
     assert receiver.url is not None
     receiver.set_status(503)
-    receiver.delay_s = 0.15  # a probe is still out when the other worker looks
     for job in JOBS:
         await add_events(store, job, ["failed"])
     stop = asyncio.Event()
@@ -126,6 +125,7 @@ async def test_two_workers_never_probe_at_once(store: Store, receiver: TestRecei
         tasks = [asyncio.create_task(w.run(stop)) for w in (a, b)]
         await eventually(lambda: _opened(store), within_s=5.0)
         await asyncio.sleep(0.3)  # first attempts, sent while it was still closed, are answered by now
+        receiver.delay_s = 0.15  # from now on a probe is still out when the other worker looks
         receiver.max_in_progress = receiver.in_progress
         before = receiver.attempts.total()
         await asyncio.sleep(2.0)
