@@ -16,7 +16,7 @@ from prometheus_client import CollectorRegistry
 from tests.integration.test_delivery import SECRET, add_events, eventually
 from tests.support.standard_webhooks import TestReceiver
 from watcher.clock import SystemClock
-from watcher.delivery.breaker import BreakerPolicy, Breakers, after_attempt, take_probe
+from watcher.delivery.breaker import REFRESH_S, BreakerPolicy, Breakers, after_attempt, take_probe
 from watcher.delivery.target import WebhookTarget
 from watcher.delivery.webhook import SendResult, WebhookSender
 from watcher.delivery.worker import DeliveryWorker
@@ -112,8 +112,8 @@ async def test_open_breaker_in_the_store_is_respected_by_a_new_worker(
 
 
 async def test_two_workers_never_probe_at_once(store: Store, receiver: TestReceiver) -> None:
-    """Two workers (replicas) on one store: while the endpoint is down, never two requests at once after
-    it opened, because only the compare-and-set winner sends the probe."""
+    """Two workers (replicas) on one store: once both have seen the breaker open (within REFRESH_S), never
+    two requests at once while the endpoint is down, because only the compare-and-set winner probes."""
     assert receiver.url is not None
     receiver.set_status(503)
     for job in JOBS:
@@ -124,7 +124,9 @@ async def test_two_workers_never_probe_at_once(store: Store, receiver: TestRecei
         a, b = worker(store, receiver.url, session, **keys), worker(store, receiver.url, session, **keys)
         tasks = [asyncio.create_task(w.run(stop)) for w in (a, b)]
         await eventually(lambda: _opened(store), within_s=5.0)
-        await asyncio.sleep(0.3)  # first attempts, sent while it was still closed, are answered by now
+        # Each worker reads the others' breakers at least once a second (REFRESH_S): after that, and once
+        # the attempts sent while it looked closed are answered, only probes go out.
+        await asyncio.sleep(REFRESH_S + 0.3)
         receiver.delay_s = 0.15  # from now on a probe is still out when the other worker looks
         receiver.max_in_progress = receiver.in_progress
         before = receiver.attempts.total()
