@@ -88,3 +88,16 @@ class TestEndpointHealth:
             (leased.webhook, "max_age: undelivered after 4 s")
         ]
         assert await store.expire_deliveries("audit", T0, "x") == 0
+
+    async def test_claims_respect_an_open_breaker_in_the_store(self, store: Store) -> None:
+        """Whoever opened it, a stored open breaker keeps its endpoint's deliveries unclaimed until its
+        period (or its probe's lease) ends; a closed one does not."""
+        await store.register([reg(1)], T0)
+        w = await claim_one(store, T0)
+        assert await store.save_polls([polled(w, "failed", T0 + 1, hooks=("ops", "audit"))])
+        assert await store.put_endpoint(EndpointHealth("ops", "ops", BreakerState.OPEN, 5, T0 + 50, 40.0))
+        assert await store.put_endpoint(EndpointHealth("audit", "audit", BreakerState.CLOSED, 2))
+        got = await store.claim_deliveries(T0 + 10, 10, LEASE)
+        assert [d.webhook for d in got] == ["audit"]
+        assert "ops" not in [d.webhook for d in await store.claim_deliveries(T0 + 49, 10, LEASE)]
+        assert "ops" in [d.webhook for d in await store.claim_deliveries(T0 + 50, 10, LEASE)]

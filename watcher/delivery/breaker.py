@@ -7,9 +7,10 @@ A success closes the endpoint; a failure opens it again for twice as long, up to
 Retryable failures (5xx, 408, 429, timeouts, connection errors) count; permanent ones (410,
 `blocked_address`) neither count nor reset the count.
 
-The state lives in the store: a restart or another replica respects an open breaker, and the probe is taken
-with a compare-and-set, so two workers never send one at the same time. Each worker reads every breaker at
-most once a second (`REFRESH_S`) and keeps what it wrote itself.
+The state lives in the store: claims leave out the deliveries of an endpoint the store has open, so a
+restart or another replica respects an open breaker at once, and the probe is taken with a compare-and-set,
+so two workers never send one at the same time. Each worker re-reads every breaker at least once a second
+(`REFRESH_S`) for its own decisions, and keeps what it wrote itself.
 """
 
 from __future__ import annotations

@@ -284,6 +284,7 @@ class MemoryStore(MemoryHealth, IndexedStore):
             if d.next_attempt_at <= now
             and self._lease_until.get(d.id, float("-inf")) <= now
             and d.endpoint not in exclude
+            and not self._open(d.endpoint, now)
         ]
         ready.sort(key=lambda d: (d.next_attempt_at, d.id))
         token = next(self._delivery_tokens)

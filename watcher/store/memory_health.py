@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from watcher.models import Delivery, DeliveryState, EndpointHealth
+from watcher.models import BreakerState, Delivery, DeliveryState, EndpointHealth
 from watcher.store.base import Store
 
 
@@ -15,6 +15,16 @@ class MemoryHealth(Store):
     _endpoints: dict[str, EndpointHealth]
     _deliveries: dict[int, Delivery]
     _lease_until: dict[int, float]
+
+    def _open(self, endpoint: str, now: float) -> bool:
+        """True while `endpoint`'s breaker is open or its probe's lease runs (claims leave it out)."""
+        h = self._endpoints.get(endpoint)
+        return (
+            h is not None
+            and h.state is not BreakerState.CLOSED
+            and h.open_until is not None
+            and h.open_until > now
+        )
 
     async def endpoints(self) -> list[EndpointHealth]:
         """Every breaker, by endpoint."""

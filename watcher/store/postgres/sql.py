@@ -16,7 +16,7 @@ from typing import Any
 import asyncpg  # type: ignore[import-untyped]  # asyncpg ships no type information
 
 from watcher.models import Callback, Delivery, DeliveryState, Event, Watch
-from watcher.store.sql import LIST_STATUS_SQL, PAIR_HEAD
+from watcher.store.sql import ENDPOINT_NOT_OPEN, LIST_STATUS_SQL, PAIR_HEAD
 
 _NOW = "extract(epoch from now())::float8"
 
@@ -183,6 +183,7 @@ WITH due AS MATERIALIZED (
     SELECT d.id, d.next_attempt_at FROM deliveries d
     WHERE d.state = 'pending' AND d.next_attempt_at <= coalesce($1::float8, {_NOW}) AND {PAIR_HEAD}
       AND coalesce(d.endpoint, d.webhook) <> ALL($4::text[])
+      AND {ENDPOINT_NOT_OPEN.format(now=f"coalesce($1::float8, {_NOW})")}
     ORDER BY d.next_attempt_at, d.id
     LIMIT $2
     FOR UPDATE OF d SKIP LOCKED

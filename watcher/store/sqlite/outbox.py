@@ -57,7 +57,7 @@ class SQLiteOutbox(Store):
         """Claim due, unleased pair heads ordered by (next_attempt_at, id) with one UPDATE."""
         skip = sorted(exclude)
         async with self.connections.write() as db:
-            rows = await select(db, claimable_deliveries(len(skip)), (now, now, *skip, limit))
+            rows = await select(db, claimable_deliveries(len(skip)), (now, now, now, *skip, limit))
             if not rows:
                 return []
             self._delivery_tokens += 1

@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 
 from watcher import strictjson
 from watcher.models import CALLBACK, Callback, Delivery, DeliveryState, Event, Watch
-from watcher.store.sql import PAIR_HEAD
+from watcher.store.sql import ENDPOINT_NOT_OPEN, PAIR_HEAD
 
 T = TypeVar("T")
 
@@ -149,6 +149,7 @@ DELIVERY_SELECT = f"SELECT {DELIVERY_COLS} FROM deliveries d JOIN events e ON e.
 CLAIMABLE_DELIVERIES = (
     f"{DELIVERY_SELECT} WHERE d.state = 'pending' AND d.next_attempt_at <= ?"
     f" AND (d.lease_until IS NULL OR d.lease_until <= ?) AND {PAIR_HEAD}"
+    f" AND {ENDPOINT_NOT_OPEN.format(now='?')}"
     " ORDER BY d.next_attempt_at, d.id LIMIT ?"
 )
 
