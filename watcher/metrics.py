@@ -29,6 +29,7 @@ from prometheus_client import (
     PROCESS_COLLECTOR,
     CollectorRegistry,
     Counter,
+    Gauge,
     Histogram,
     Info,
     disable_created_metrics,
@@ -264,10 +265,17 @@ class Metrics:
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )
+        self.endpoint_open = Gauge(
+            "watcher_webhook_endpoint_open",
+            "Endpoints whose circuit breaker is open or half-open (callbacks: how many callback endpoints).",
+            ["webhook"],
+            registry=r,
+        )
         for name in webhooks:
             for result in DeliveryOutcome:
                 self.deliveries.labels(webhook=name, outcome=result)
             self.delivery_duration.labels(webhook=name)
+            self.endpoint_open.labels(webhook=name)
         self.detection_lag = Histogram(
             "watcher_detection_lag_seconds",
             "Detection time minus the upstream updatedAt of a transition.",

@@ -6,9 +6,11 @@ pure decision functions in `watcher.polling.policy` compute their next state.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import IntFlag, StrEnum
 from typing import Any
+from urllib.parse import urlsplit
 
 
 class JobStatus(StrEnum):
@@ -78,6 +80,49 @@ class PollResult:
     duration_s: float = 0.0
 
 
+# The `webhook` of every callback delivery, in the store, the API and metric labels (SPEC §13).
+CALLBACK = "callback"
+
+
+@dataclass(slots=True, frozen=True)
+class Callback:
+    """A per-watch callback (SPEC §13): where this watch's events also go. Header values are secrets.
+
+    `events` None is the default filter (as for webhooks); otherwise the sorted, distinct event types.
+    """
+
+    url: str = field(repr=False)
+    events: tuple[str, ...] | None = None
+    headers: Mapping[str, str] = field(default_factory=dict, repr=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        """What the store keeps (JSON)."""
+        return {"url": self.url, "events": self.events, "headers": dict(self.headers)}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Callback:
+        """The callback a `to_dict` stored."""
+        events = data.get("events")
+        return cls(
+            str(data["url"]), None if events is None else tuple(events), dict(data.get("headers") or {})
+        )
+
+    @property
+    def endpoint(self) -> str:
+        """The endpoint its deliveries go to, as the circuit breaker keys it: `scheme://host:port`."""
+        parts = urlsplit(self.url)
+        try:
+            port = parts.port
+        except ValueError:
+            port = None
+        port = port if port is not None else (443 if parts.scheme == "https" else 80)
+        host = (parts.hostname or "").lower()
+        return f"{parts.scheme}://[{host}]:{port}" if ":" in host else f"{parts.scheme}://{host}:{port}"
+
+    def __repr__(self) -> str:
+        return f"Callback(events={self.events!r}, headers=<{len(self.headers)} hidden>)"
+
+
 @dataclass(slots=True)
 class Registration:
     """A request to watch a job, from the watch-list file or the API."""
@@ -88,6 +133,7 @@ class Registration:
     labels: dict[str, str] = field(default_factory=dict)
     webhooks: tuple[str, ...] | None = None  # None: every configured webhook whose filter matches
     max_watch_s: float | None = None  # None: `polling.max_watch_s`
+    callback: Callback | None = None
 
 
 @dataclass(slots=True)
@@ -116,6 +162,7 @@ class Watch:
     failures: int = 0  # unexpected exceptions while handling this watch, over its life (SPEC §16)
     quarantined_at: float | None = None  # set once `failures` reached the limit: never polled until released
     quarantine_reason: str | None = None  # the last failure, one line (exception type and message)
+    callback: Callback | None = None  # where its events also go (SPEC §13); never changes once registered
 
     @property
     def finished(self) -> bool:
@@ -140,6 +187,7 @@ class Watch:
             self.max_watch_s, self.status, self.final, self.polls, self.streak, self.errors, self.not_found,
             self.next_poll_at, self.last_polled_at, self.finished_at, self.last_error,
             self.upstream_updated_at, self.lease, self.failures, self.quarantined_at, self.quarantine_reason,
+            self.callback,
         )  # fmt: skip
 
 
@@ -213,6 +261,12 @@ class Delivery:
     last_error: str | None = None
     delivered_at: float | None = None
     lease: int = 0
+    callback: Callback | None = None  # set when `webhook` is CALLBACK: the watch's callback when it happened
+
+    @property
+    def endpoint(self) -> str:
+        """Where it goes, as breakers and concurrency budgets key it: the webhook or the callback endpoint."""
+        return self.callback.endpoint if self.callback is not None else self.webhook
 
 
 @dataclass(slots=True, frozen=True)
@@ -236,6 +290,33 @@ class DeliveryUpdate:
         if self.state is DeliveryState.DELIVERED:
             return DeliveryOutcome.SUCCESS
         return DeliveryOutcome.DEAD if self.state is DeliveryState.DEAD else DeliveryOutcome.RETRY
+
+
+class BreakerState(StrEnum):
+    """Where an endpoint's circuit breaker stands (SPEC §13)."""
+
+    CLOSED = "closed"  # deliveries go out
+    OPEN = "open"  # deliveries wait, without spending attempts, until `open_until`
+    HALF_OPEN = "half_open"  # one probe is out; the others wait until it is answered (or its lease ends)
+
+
+@dataclass(slots=True, frozen=True)
+class EndpointHealth:
+    """The circuit breaker of one endpoint, as the store keeps it.
+
+    `endpoint` is a configured webhook's name, or a callback URL's `scheme://host:port`; `webhook` is the
+    name the metrics and the API use (`callback` for every callback endpoint). `version` is the store's
+    compare-and-set token: a write of a stale version is refused, so two replicas never both take a probe.
+    """
+
+    endpoint: str
+    webhook: str
+    state: BreakerState = BreakerState.CLOSED
+    consecutive_failures: int = 0
+    open_until: float | None = None  # OPEN: when the probe may go; HALF_OPEN: when the probe's lease ends
+    open_s: float | None = None  # the current open period, doubled while probes fail
+    last_error: str | None = None
+    version: int = 0  # 0: not stored yet
 
 
 @dataclass(slots=True, frozen=True)

@@ -54,11 +54,18 @@ class Running:
 
 
 def write_settings(
-    tmp_path: Path, sim_url: str, hook_url: str, port: int, token: str | None = None, api: str = ""
+    tmp_path: Path,
+    sim_url: str,
+    hook_url: str,
+    port: int,
+    token: str | None = None,
+    api: str = "",
+    sections: str = "",
 ) -> Settings:
     """A fast test configuration with two webhooks (`ops`, `audit`) and two workspaces (`acme`, `other`).
 
-    `api`: more of the `[api]` table as TOML text, keys and `[[api.clients]]` tables alike.
+    `api`: more of the `[api]` table as TOML text, keys and `[[api.clients]]` tables alike; `sections`:
+    more tables as TOML text (`[callbacks]`, …).
     """
     hooks = {"secret": SECRET, "max_attempts": 2}
     more = tomllib.loads(api)
@@ -74,6 +81,7 @@ def write_settings(
         sections={
             "upstream.workspaces.other": {"token": "other-token", "api_key": "other-key"},
             "api": {"max_body_bytes": 65536, **({"tokens": [token]} if token else {}), **more},
+            **tomllib.loads(sections),
         },
     )
 
@@ -92,6 +100,7 @@ async def start_daemon(tmp_path: Path) -> AsyncIterator[StartDaemon]:
         watchlist: tuple[str, ...] = (),
         store: Store | None = None,
         api: str = "",
+        sections: str = "",
     ) -> Running:
         sim = Simulator(workspace_slug="acme", workspaces={"other": ("other-token", "other-key")})
         sim_url = await sim.start()
@@ -101,7 +110,7 @@ async def start_daemon(tmp_path: Path) -> AsyncIterator[StartDaemon]:
         stack.append(receiver.stop)
         listfile = tmp_path / "watchlist.txt"
         listfile.write_text("".join(f"{j}\n" for j in watchlist))
-        settings = write_settings(tmp_path, sim_url, hook_url, free_port(), token, api)
+        settings = write_settings(tmp_path, sim_url, hook_url, free_port(), token, api, sections)
         running = InProcessDaemon(settings, store=store)
 
         async def stop() -> None:

@@ -36,6 +36,8 @@ SPEC = {
     "watcher_build": ("info", set()),
     # SPEC §16
     "watcher_watches_quarantined": ("gauge", set()),
+    # SPEC §13
+    "watcher_webhook_endpoint_open": ("gauge", {"webhook"}),
     # SPEC §9 (the soak): read where `/metrics` is served, on the event loop
     "watcher_event_loop_tasks": ("gauge", set()),
 }
@@ -174,6 +176,7 @@ def test_every_alert_has_a_runbook_and_uses_existing_metrics() -> None:
         "JobWatcherDeliveriesBackingUp", "JobWatcherUpstreamAuthErrors", "JobWatcherUpstreamErrorRatioHigh",
         "JobWatcherSchedulerBacklog", "JobWatcherStoreUnavailable", "JobWatcherWatchesQuarantined",
         "JobWatcherApiClientRefused",
+        "JobWatcherEndpointOpen",
     }  # fmt: skip
     exposed = _exposed_names()
     for name, rule in rules.items():

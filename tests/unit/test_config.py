@@ -12,6 +12,7 @@ import pytest
 from pydantic import BaseModel
 
 from watcher.config import Settings, load_config, render_config
+from watcher.config.callbacks import CallbacksConfig
 from watcher.config.model import (
     ApiConfig,
     DaemonConfig,
@@ -492,6 +493,7 @@ class TestExample:
             ("store", StoreConfig),
             ("watchlist", WatchlistConfig),
             ("webhooks", WebhookConfig),
+            ("callbacks", CallbacksConfig),
             ("log", LogConfig),
             ("daemon", DaemonConfig),
         ],

@@ -16,6 +16,8 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SecretStr, mo
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from watcher.config.api import ApiConfig
+from watcher.config.callbacks import CallbacksConfig
+from watcher.config.endpoint import EndpointKeys
 from watcher.config.fields import (
     HttpUrlStr,
     PositiveSeconds,
@@ -160,7 +162,7 @@ class WatchlistConfig(_Section):
         return self
 
 
-class WebhookConfig(_Section):
+class WebhookConfig(_Section, EndpointKeys):
     """One webhook receiver; its URL comes only from the config, never from API clients."""
 
     name: Annotated[str, AfterValidator(slug_name)]
@@ -176,6 +178,8 @@ class WebhookConfig(_Section):
     retry_initial_s: PositiveSeconds = 1.0
     retry_max_s: PositiveSeconds = 600.0
     headers: dict[str, str] = Field(default={}, repr=False)  # values may be receivers' API keys
+    # Deliveries to this webhook in flight at once, within `daemon.delivery_concurrency` (issue 14).
+    concurrency: int = Field(default=4, ge=1)
 
     @model_validator(mode="after")
     def _check(self) -> Self:
@@ -264,6 +268,7 @@ class Settings(BaseSettings):
     store: StoreConfig = StoreConfig()
     watchlist: WatchlistConfig = WatchlistConfig()
     webhooks: list[WebhookConfig] = []
+    callbacks: CallbacksConfig = CallbacksConfig()
     log: LogConfig = LogConfig()
     daemon: DaemonConfig = DaemonConfig()
 
@@ -271,6 +276,8 @@ class Settings(BaseSettings):
     def _cross_checks(self) -> Self:
         seen: dict[str, int] = {}
         for i, hook in enumerate(self.webhooks):
+            if hook.name == "callback":
+                raise problem(("webhooks", i, "name"), "'callback' is reserved for per-watch callbacks")
             if hook.name in seen:
                 raise problem(("webhooks", i, "name"), f"duplicates webhooks[{seen[hook.name]}].name")
             seen[hook.name] = i
@@ -282,9 +289,14 @@ class Settings(BaseSettings):
                 if ws not in known:
                     raise problem(("api", "clients", i, "workspaces", j), f"unknown workspace {ws!r}")
         # A lease shorter than a request would let a second worker take over an in-flight poll or delivery.
-        longest = max([self.upstream.timeout_s, *(h.timeout_s for h in self.webhooks)])
+        timeouts = [self.upstream.timeout_s, *(h.timeout_s for h in self.webhooks)]
+        if self.callbacks.enabled:
+            timeouts.append(self.callbacks.timeout_s)
+        longest = max(timeouts)
         if self.daemon.lease_s <= longest:
-            raise problem(("daemon", "lease_s"), "must be longer than every upstream and webhook timeout_s")
+            raise problem(
+                ("daemon", "lease_s"), "must be longer than every upstream, webhook and callbacks timeout_s"
+            )
         return self
 
     def unknown_event_types(self) -> list[str]:

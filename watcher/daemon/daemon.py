@@ -29,7 +29,14 @@ from watcher.clock import Clock, SystemClock
 from watcher.config import Settings
 from watcher.daemon.housekeeping import MIN_PAUSE_S, Housekeeping
 from watcher.daemon.limits import budget
-from watcher.daemon.parts import upstream_http, webhook_http, webhook_targets, workers
+from watcher.daemon.parts import (
+    callback_http,
+    callback_url_check,
+    upstream_http,
+    webhook_http,
+    webhook_targets,
+    workers,
+)
 from watcher.daemon.systemd import Notifier, notify_loop, status_line, watchdog_interval
 from watcher.delivery.worker import DeliveryWorker
 from watcher.errors import StartupError, StoreUnavailable
@@ -39,7 +46,7 @@ from watcher.http.listener import CappedSite
 from watcher.http.server import ApiRunner
 from watcher.http.state import AppState
 from watcher.metrics import Metrics
-from watcher.models import Watch
+from watcher.models import CALLBACK, Watch
 from watcher.polling.policy import first_due
 from watcher.polling.scheduler import Scheduler
 from watcher.sources.watchlist import WatchlistReloader
@@ -120,7 +127,7 @@ class Daemon:
         self._scheduler: Scheduler | None = None
         self.metrics = Metrics(
             registry,
-            webhooks=tuple(self.targets),
+            webhooks=(*self.targets, *((CALLBACK,) if settings.callbacks.enabled else ())),
             now=self.clock.now,
             ready=self.is_ready,
             polls_waiting=self._polls_waiting,
@@ -177,17 +184,20 @@ class Daemon:
         store = self._store if self._store is not None else open_store(s.resolved_store_url())
         upstream_session = upstream_http(s)
         webhook_session = webhook_http()
+        callback_session = callback_http(s) if s.callbacks.enabled else None
         runner: web.AppRunner | None = None
         try:
             delivery, scheduler = workers(
                 s, store, self.targets, self.metrics, self.clock, self.rng, self.health,
                 upstream_session=upstream_session, webhook_session=webhook_session,
+                callback_session=callback_session,
             )  # fmt: skip
             self._scheduler = scheduler
             # The API answers (`/healthz`, 503 from `/readyz`) while the store is opened and restored.
             self.state = AppState(
-                s, store, self.metrics, self.clock, self.health, self._loops, scheduler.wake, delivery.wake
-            )
+                s, store, self.metrics, self.clock, self.health, self._loops, scheduler.wake, delivery.wake,
+                check_callback_url=callback_url_check(s),
+            )  # fmt: skip
             runner = await self._start_http(self.state)
             restored = await self._open_store(store)
             if restored is None:
@@ -198,6 +208,8 @@ class Daemon:
                 await runner.cleanup()
             await upstream_session.close()
             await webhook_session.close()
+            if callback_session is not None:
+                await callback_session.close()
             await store.close()
             log.info("daemon.stopped")
 

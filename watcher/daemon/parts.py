@@ -4,6 +4,7 @@ delivery worker and the scheduler with its upstream client and rate limit. Build
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from dataclasses import fields
 
 import aiohttp
@@ -11,21 +12,32 @@ import aiohttp
 from watcher import __version__
 from watcher.clock import Clock
 from watcher.config import Settings
+from watcher.delivery.breaker import Breakers
+from watcher.delivery.callbacks import CallbackTargets
+from watcher.delivery.guard import AddressGuard, CallbackUrlError, guarded_connector
 from watcher.delivery.target import WebhookTarget
 from watcher.delivery.webhook import WebhookSender
 from watcher.delivery.worker import DeliveryWorker
 from watcher.events import route
 from watcher.health import StoreHealth
 from watcher.metrics import Metrics
-from watcher.models import Watch
+from watcher.models import CALLBACK, Watch
 from watcher.polling.policy import PollingPolicy
 from watcher.polling.ratelimit import TokenBucket
 from watcher.polling.scheduler import Scheduler
 from watcher.polling.upstream import UpstreamClient
+from watcher.statuses import default_events
 from watcher.store.base import Store
 
 # What a webhook's target and the polling policy take from their sections as they are; the rest is converted.
-_TARGET_KEYS = {"name", "url", "format", "timeout_s", "max_attempts", "retry_initial_s", "retry_max_s"}
+_TARGET_KEYS = {
+    "name", "url", "format", "timeout_s", "max_attempts", "retry_initial_s", "retry_max_s", "concurrency",
+    "breaker_failures", "breaker_open_s", "breaker_open_max_s", "max_delivery_age_s",
+}  # fmt: skip
+_CALLBACK_KEYS = {
+    "timeout_s", "max_attempts", "retry_initial_s", "retry_max_s", "breaker_failures", "breaker_open_s",
+    "breaker_open_max_s", "max_delivery_age_s",
+}  # fmt: skip
 _POLICY_KEYS = {f.name for f in fields(PollingPolicy)} - {"terminal_statuses"}
 
 
@@ -64,6 +76,41 @@ def webhook_http() -> aiohttp.ClientSession:
     return aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=100))
 
 
+def callback_guard(settings: Settings) -> AddressGuard:
+    """The `[callbacks]` address policy (validated with the configuration, so it builds)."""
+    cb = settings.callbacks
+    return AddressGuard.from_config(cb.allow_networks, require_https=cb.require_https)
+
+
+def callback_url_check(settings: Settings) -> Callable[[str], str | None] | None:
+    """What the API checks a callback URL with (scheme, a literal address): why it is refused, or None.
+
+    None when callbacks are off. A hostname is not resolved here: its addresses are checked per connection.
+    """
+    if not settings.callbacks.enabled:
+        return None
+    guard = callback_guard(settings)
+
+    def check(url: str) -> str | None:
+        try:
+            guard.check_url(url)
+        except CallbackUrlError as exc:
+            return str(exc)
+        return None
+
+    return check
+
+
+def callback_http(settings: Settings) -> aiohttp.ClientSession:
+    """The session of callback deliveries: every connection through the address guard, on the address
+    actually connected; no proxy from the environment (the guard would see the proxy), no cookies."""
+    return aiohttp.ClientSession(
+        connector=guarded_connector(callback_guard(settings), limit=100),
+        trust_env=False,
+        cookie_jar=aiohttp.DummyCookieJar(),
+    )
+
+
 def workers(
     settings: Settings,
     store: Store,
@@ -75,10 +122,22 @@ def workers(
     *,
     upstream_session: aiohttp.ClientSession,
     webhook_session: aiohttp.ClientSession,
+    callback_session: aiohttp.ClientSession | None = None,
 ) -> tuple[DeliveryWorker, Scheduler]:
-    """The worker that drains the outbox to `targets`, and the scheduler that polls every due watch, routes
-    its events to `targets` by their filters and wakes the worker when it saved some."""
+    """The worker that drains the outbox to `targets` (and, with `callback_session`, to callbacks), and the
+    scheduler that polls every due watch, routes its events to `targets` by their filters (and to the
+    watch's callback by its own) and wakes the worker when it saved some."""
     s = settings
+    cb = s.callbacks
+    callbacks = None
+    if cb.enabled and callback_session is not None:
+        callbacks = CallbackTargets.build(
+            callback_guard(s),
+            WebhookSender(callback_session, clock),
+            secrets=tuple(cb.all_secrets()),
+            concurrency=cb.concurrency_per_endpoint,
+            **cb.model_dump(include=_CALLBACK_KEYS),
+        )
     delivery = DeliveryWorker(
         store,
         WebhookSender(webhook_session, clock),
@@ -89,11 +148,25 @@ def workers(
         concurrency=s.daemon.delivery_concurrency,
         lease_s=s.daemon.lease_s,
         health=health,
+        callbacks=callbacks,
+        breakers=Breakers(
+            store,
+            clock,
+            metrics,
+            probe_lease_s=s.daemon.lease_s,
+            webhooks=(*targets, *((CALLBACK,) if callbacks is not None else ())),
+        ),
     )
     filters = [(t.name, t.events) for t in targets.values()]
+    callback_default = frozenset(default_events(s.upstream.terminal_statuses))
 
     def route_event(event_type: str, watch: Watch) -> tuple[str, ...]:
-        return route(event_type, watch, filters)
+        names = route(event_type, watch, filters)
+        callback = watch.callback
+        if callbacks is None or callback is None:
+            return names
+        wanted = callback_default if callback.events is None else callback.events
+        return (*names, CALLBACK) if event_type in wanted else names
 
     upstream = UpstreamClient(
         upstream_session,

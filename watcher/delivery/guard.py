@@ -23,11 +23,12 @@ from aiohttp import AddrInfoType, SocketFactoryType
 from aiohttp.abc import AbstractResolver, ResolveResult
 
 from watcher.errors import WatcherError
+from watcher.masking import MASK as MASK  # re-exported: the guard's callers mask as the API does
+from watcher.masking import mask_url as mask_url
 
 IPAddress = IPv4Address | IPv6Address
 Network = IPv4Network | IPv6Network
 
-MASK = "********"
 
 # Ranges the `ipaddress` properties leave out, each with the reason it is named here:
 # - 100.64.0.0/10 is neither private nor reserved, only "not global"; named here for a clearer reason.
@@ -254,23 +255,6 @@ def check_url(url: str, *, require_https: bool = True, allow_networks: Iterable[
     if reason is not None:
         raise CallbackUrlError(f"host {address} is {reason}; callbacks.allow_networks can allow it")
     return parsed
-
-
-def mask_url(url: str) -> str:
-    """`url` for API answers: scheme, host, port and path shown, userinfo, query and fragment masked."""
-    try:
-        parsed = yarl.URL(url)
-        port = parsed.explicit_port
-    except (TypeError, ValueError):
-        return MASK
-    host = parsed.raw_host
-    if not parsed.absolute or not host:
-        return MASK
-    userinfo = f"{MASK}@" if parsed.raw_user is not None or parsed.raw_password is not None else ""
-    shown = f"[{host}]" if ":" in host else host
-    text = f"{parsed.scheme}://{userinfo}{shown}" + (f":{port}" if port is not None else "") + parsed.raw_path
-    text += f"?{MASK}" if parsed.raw_query_string else ""
-    return text + (f"#{MASK}" if parsed.raw_fragment else "")
 
 
 # -- enforcement at connection time -------------------------------------------------------------------------

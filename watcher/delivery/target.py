@@ -27,6 +27,11 @@ class WebhookTarget:
     retry_initial_s: float = 1.0
     retry_max_s: float = 300.0
     headers: Mapping[str, str] = field(default_factory=dict, repr=False)
+    concurrency: int = 4  # deliveries in flight at once to one endpoint of this target
+    breaker_failures: int = 5
+    breaker_open_s: float = 10.0
+    breaker_open_max_s: float = 300.0
+    max_delivery_age_s: float = 3 * 86400.0
 
     def __repr__(self) -> str:
         return (
@@ -34,8 +39,8 @@ class WebhookTarget:
             f"secrets=<{len(self.secrets)} hidden>, "
             f"events={sorted(self.events)!r}, format={self.format!r}, timeout_s={self.timeout_s}, "
             f"max_attempts={self.max_attempts}, retry_initial_s={self.retry_initial_s}, "
-            f"retry_max_s={self.retry_max_s}, headers={sorted(self.headers)!r})"
+            f"retry_max_s={self.retry_max_s}, headers={sorted(self.headers)!r}, "
+            f"concurrency={self.concurrency}, breaker_failures={self.breaker_failures}, "
+            f"breaker_open_s={self.breaker_open_s}, breaker_open_max_s={self.breaker_open_max_s}, "
+            f"max_delivery_age_s={self.max_delivery_age_s})"
         )
-
-
-# -- sending ----------------------------------------------------------------------------------------------

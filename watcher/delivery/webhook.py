@@ -6,6 +6,7 @@ metrics and logging belong to the retry policy (`watcher.delivery.retry`) and th
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 
 import aiohttp
@@ -13,12 +14,17 @@ import aiohttp
 from watcher import __version__
 from watcher.clock import Clock, SystemClock, parse_retry_after
 from watcher.delivery.bodies import one_line, render_body
+from watcher.delivery.guard import find_blocked
 from watcher.delivery.signing import HEADER_ID, HEADER_SIGNATURE, HEADER_TIMESTAMP, sign
 from watcher.delivery.target import WebhookTarget
 from watcher.models import DeadReason, Delivery, DeliveryOutcome
 
 USER_AGENT = f"job-watcher/{__version__}"
 MAX_RESPONSE_BYTES = 4096  # enough to drain a typical acknowledgement; receivers' bodies are never used
+# Once the status line and headers are in, the answer is decided: the body is only drained so the connection
+# can be reused, for at most this long, then dropped with its connection (a 2xx whose body stalls is still
+# delivered, issue 14).
+DRAIN_TIMEOUT_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -66,19 +72,37 @@ class WebhookSender:
             async with self._session.post(
                 target.url, data=body, headers=headers, timeout=timeout, allow_redirects=False
             ) as resp:
-                # Drain a little so small answers keep the connection reusable; the content is not used.
-                await resp.content.read(MAX_RESPONSE_BYTES)
                 status = resp.status
                 reason = resp.reason or ""
                 retry_after_header = resp.headers.get("Retry-After")
+                if not await _drain(resp):
+                    resp.close()  # a body that stalls or breaks: drop the connection, keep the answer
         except TimeoutError:
             return SendResult(DeliveryOutcome.RETRY, None, None, "timeout", self._clock.monotonic() - start)
         except (aiohttp.ClientError, OSError) as exc:
+            blocked = find_blocked(exc)
+            if blocked is not None:
+                # Its text names the host and the address it resolved to, never the URL's path or query.
+                detail = f"blocked address: {blocked.strerror}"
+                duration = self._clock.monotonic() - start
+                return SendResult(
+                    DeliveryOutcome.DEAD, None, None, detail, duration, DeadReason.BLOCKED_ADDRESS
+                )
             # The exception text may name the URL (whose path can be a secret), so only its type is kept.
             detail = f"connection error: {type(exc).__name__}"
             return SendResult(DeliveryOutcome.RETRY, None, None, detail, self._clock.monotonic() - start)
         duration = self._clock.monotonic() - start
         return classify(status, reason, retry_after_header, self._clock.now(), duration)
+
+
+async def _drain(resp: aiohttp.ClientResponse) -> bool:
+    """Read a little of the body so a small answer keeps the connection reusable; False if it stalled."""
+    try:
+        async with asyncio.timeout(DRAIN_TIMEOUT_S):
+            await resp.content.read(MAX_RESPONSE_BYTES)
+    except (TimeoutError, aiohttp.ClientError, OSError):
+        return False
+    return True
 
 
 def classify(status: int, reason: str, retry_after: str | None, now: float, duration_s: float) -> SendResult:

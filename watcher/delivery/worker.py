@@ -18,14 +18,18 @@ import structlog
 
 from watcher.clock import Clock
 from watcher.containment import as_store_error, describe, safe_line
+from watcher.delivery.breaker import Admission, BreakerPolicy, Breakers
+from watcher.delivery.callbacks import CallbackTargets
+from watcher.delivery.expiry import SWEEP_S, expire_old, too_old
 from watcher.delivery.retry import next_update
+from watcher.delivery.slots import EndpointSlots
 from watcher.delivery.target import WebhookTarget
 from watcher.delivery.webhook import SendResult
 from watcher.errors import StoreUnavailable
 from watcher.health import StoreHealth
 from watcher.loop import StoreLoop
 from watcher.metrics import Metrics
-from watcher.models import DeadReason, Delivery, DeliveryOutcome, DeliveryState, DeliveryUpdate
+from watcher.models import CALLBACK, DeadReason, Delivery, DeliveryOutcome, DeliveryState, DeliveryUpdate
 from watcher.store.base import Store
 
 log = structlog.get_logger("watcher.delivery")
@@ -34,6 +38,8 @@ NOT_CONFIGURED = "webhook not configured"  # the `last_error` of a delivery dead
 # When due deliveries exist but none could be claimed (they wait behind an earlier one of the same pair),
 # re-check with a growing pause instead of spinning; reset as soon as a claim returns something.
 _BLOCKED_PAUSE_MIN_S = 0.005
+# Smaller claims cost the single-webhook latency bench's p99 (more claim round trips per burst).
+_CLAIM_PER_BUDGET = 4
 
 
 class Sender(Protocol):
@@ -62,12 +68,15 @@ class DeliveryWorker(StoreLoop):
         lease_s: float = 60.0,
         max_idle_s: float = 1.0,
         health: StoreHealth | None = None,
+        callbacks: CallbackTargets | None = None,
+        breakers: Breakers | None = None,
     ) -> None:
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
         super().__init__(store, metrics, clock, rng, health)
         self._sender = sender
         self._targets = dict(targets)
+        self._callbacks = callbacks  # None: callbacks are off, a callback delivery is dead (not configured)
         self._concurrency = concurrency
         self._lease_s = lease_s
         self._max_idle_s = max_idle_s
@@ -75,6 +84,15 @@ class DeliveryWorker(StoreLoop):
         self._wake = asyncio.Event()
         self._in_flight: set[asyncio.Task[None]] = set()
         self._blocked_pause = 0.0
+        self._breakers = breakers  # None: no circuit breakers (tests of the plain retry rules)
+        # Deliveries in flight per endpoint, and claimed ones waiting for a slot of their endpoint.
+        self._slots: EndpointSlots[tuple[Delivery, WebhookTarget, Sender]] = EndpointSlots()
+        budgets = [t.concurrency for t in self._targets.values()]
+        if callbacks is not None:
+            budgets.append(callbacks.template.concurrency)
+        self._claim_max = max([1, *budgets])  # the largest claim (see `_claim_and_start`)
+        self._stopping = False
+        self._swept_at: float | None = None  # monotonic time of the last `max_delivery_age_s` sweep
 
     def wake(self) -> None:
         """Look for new deliveries at once (called by the scheduler after it saved events)."""
@@ -145,15 +163,22 @@ class DeliveryWorker(StoreLoop):
         # Cleared before claiming so a wake() that lands during the claim is not lost.
         self._wake.clear()
         now = self._clock.now()
-        claimed = await self._store.claim_deliveries(now, room, self._lease_s)
+        await self._sweep(now)
+        # A claim takes at most four times the largest endpoint budget (16 by default, the default global
+        # concurrency): what does not fit its endpoint's free slots waits for them here, never more than
+        # one claim's worth per endpoint, since an endpoint at its budget is left out of the next claims.
+        room = min(room, _CLAIM_PER_BUDGET * self._claim_max)
+        exclude = self._slots.excluded()
+        if self._breakers is not None:
+            await self._breakers.refresh()
+            exclude |= self._breakers.excluded(now)
+        if exclude:
+            claimed = await self._store.claim_deliveries(now, room, self._lease_s, exclude)
+        else:
+            claimed = await self._store.claim_deliveries(now, room, self._lease_s)
         self._health.ok(self.name)
         for delivery in claimed:
-            target = self._targets.get(delivery.webhook)
-            if target is None:
-                await self._finish_unconfigured(delivery, now)
-                continue
-            task = asyncio.create_task(self._deliver(delivery, target), name=f"delivery-{delivery.id}")
-            self._in_flight.add(task)
+            await self._start(delivery, now)
         return len(claimed), await self._delay(len(claimed), room, now)
 
     async def _delay(self, claimed: int, room: int, now: float) -> float | None:
@@ -172,6 +197,81 @@ class DeliveryWorker(StoreLoop):
         # Due rows exist but none were claimable: they wait behind a leased or retrying head of their pair.
         self._blocked_pause = min(self._max_idle_s, max(_BLOCKED_PAUSE_MIN_S, self._blocked_pause * 2))
         return self._blocked_pause
+
+    async def _start(self, delivery: Delivery, now: float) -> None:
+        """Start sending one claimed delivery, or settle it: dead (gone, blocked, too old) or given back
+        (its endpoint is open, or its endpoint's slots are all taken)."""
+        sender = self._sender
+        target: WebhookTarget | str | None = self._targets.get(delivery.webhook)
+        if delivery.webhook == CALLBACK and self._callbacks is not None:
+            target, sender = self._callbacks.target_for(delivery), self._callbacks.sender
+        if target is None:
+            await self._finish_dead(delivery, now, DeadReason.NOT_CONFIGURED, NOT_CONFIGURED)
+            return
+        if isinstance(target, str):
+            await self._finish_dead(delivery, now, DeadReason.BLOCKED_ADDRESS, target)
+            return
+        if now - delivery.created_at > target.max_delivery_age_s:
+            await self._finish_dead(delivery, now, DeadReason.MAX_AGE, too_old(target))
+            return
+        endpoint = delivery.endpoint
+        if self._slots.full(endpoint, target.concurrency):
+            self._slots.wait(endpoint, (delivery, target, sender), now)
+            return
+        self._slots.take(endpoint)
+        self._launch(delivery, target, sender, None)
+
+    def _launch(
+        self, delivery: Delivery, target: WebhookTarget, sender: Sender, claimed: float | None
+    ) -> None:
+        """Send in a task of its own, in a slot of its endpoint already taken; the next waiting delivery of
+        that endpoint takes the slot over when it ends. `claimed`: when a delivery that waited for its
+        slot was claimed (None: it did not wait)."""
+        endpoint = delivery.endpoint
+        task = asyncio.create_task(
+            self._admit_and_deliver(delivery, target, sender, claimed), name=f"delivery-{delivery.id}"
+        )
+        task.add_done_callback(lambda _: self._slot_freed(endpoint))
+        self._in_flight.add(task)
+
+    def _slot_freed(self, endpoint: str) -> None:
+        nxt = self._slots.done(endpoint)
+        if nxt is not None and not self._stopping:
+            self._launch(*nxt.item, nxt.claimed_at)
+
+    async def _admit_and_deliver(
+        self, delivery: Delivery, target: WebhookTarget, sender: Sender, claimed: float | None
+    ) -> None:
+        """Send unless the endpoint's breaker says wait, or the claim's lease would end during the send."""
+        now = self._clock.now()
+        if claimed is not None and now + target.timeout_s >= claimed + self._lease_s:
+            await self._give_back(delivery, now)  # it waited too long for a slot: claim it again later
+            return
+        admission = Admission.SEND
+        if self._breakers is not None:
+            admission = await self._breakers.admit(delivery, now)
+        if admission is Admission.WAIT:
+            await self._give_back(delivery, now)
+            return
+        await self._deliver(delivery, target, sender, admission is Admission.PROBE)
+
+    async def _give_back(self, delivery: Delivery, now: float) -> None:
+        """End a claim without an attempt: the delivery is due again at once, attempts unchanged (claims
+        leave its endpoint out while it is open or busy)."""
+        update = DeliveryUpdate(DeliveryState.PENDING, delivery.attempts, now, delivery.last_error)
+        await self._finish(delivery, update)
+
+    async def _sweep(self, now: float) -> None:
+        """Every `_SWEEP_S`: deliveries older than their target's `max_delivery_age_s` that no claim will
+        reach soon (their endpoint is open) are made dead in bulk (`max_age`)."""
+        mono = self._clock.monotonic()
+        if self._swept_at is not None and mono - self._swept_at < SWEEP_S:
+            return
+        self._swept_at = mono
+        targets = list(self._targets.values())
+        if self._callbacks is not None:
+            targets.append(self._callbacks.template)
+        await expire_old(self._store, targets, now, self._metrics)
 
     async def _wait(self, stop: asyncio.Event, delay_s: float | None) -> None:
         """Sleep until the earliest of stop, wake(), a finished send, or `delay_s` on the injected clock."""
@@ -203,22 +303,39 @@ class DeliveryWorker(StoreLoop):
                 log.error("delivery.task_failed", task=task.get_name(), exc_info=exc)
 
     async def _cancel_in_flight(self) -> None:
+        self._stopping = True  # deliveries still waiting for a slot stay leased, to go out after a restart
+        self._slots.drop_waiting()
         for task in self._in_flight:
             task.cancel()
         await asyncio.gather(*self._in_flight, return_exceptions=True)
         self._in_flight.clear()
 
-    async def _deliver(self, delivery: Delivery, target: WebhookTarget) -> None:
-        """One attempt: send, decide, record. Store errors escape; send errors become a retry."""
+    async def _deliver(
+        self, delivery: Delivery, target: WebhookTarget, sender: Sender, probe: bool = False
+    ) -> None:
+        """One attempt: send, decide, record. Store errors escape; send errors become a retry.
+
+        A probe of an open endpoint spends no attempt: it is delivered, or waits for the next probe.
+        """
         start = self._clock.monotonic()
         try:
-            result = await self._sender.send(target, delivery)
+            result = await sender.send(target, delivery)
         except Exception as exc:  # a bug in the sender must fail one attempt, not the worker
             log.exception("delivery.send_crashed", webhook=target.name, event_id=delivery.event.id)
             detail = f"internal error: {type(exc).__name__}"
             result = SendResult(DeliveryOutcome.RETRY, None, None, detail, self._clock.monotonic() - start)
         now = self._clock.now()
         update = next_update(delivery, result, now, target, self._rng)
+        if probe and result.kind is DeliveryOutcome.RETRY:
+            # It waits for the next probe with its attempts unspent (claims skip the open endpoint).
+            update = DeliveryUpdate(DeliveryState.PENDING, delivery.attempts, now, update.last_error)
+        elif probe and result.kind is DeliveryOutcome.SUCCESS:
+            update = replace(update, attempts=delivery.attempts)
+        if self._breakers is not None:
+            try:
+                await self._breakers.record(delivery, result, probe, BreakerPolicy.of(target), now)
+            except Exception as exc:  # the attempt's own outcome still counts; the breaker catches up
+                log.warning("breaker.record_failed", webhook=target.name, error=describe(exc))
         kept = await self._finish(delivery, update)
         if kept is not None:
             self._record(delivery, update, result, now, kept)
@@ -265,15 +382,13 @@ class DeliveryWorker(StoreLoop):
             self._health.ok(self.name)
             return kept
 
-    async def _finish_unconfigured(self, delivery: Delivery, now: float) -> None:
-        reason = DeadReason.NOT_CONFIGURED
-        update = DeliveryUpdate(
-            DeliveryState.DEAD, delivery.attempts, now, NOT_CONFIGURED, dead_reason=reason
-        )
+    async def _finish_dead(self, delivery: Delivery, now: float, reason: DeadReason, detail: str) -> None:
+        """A delivery dead without an attempt: its webhook is gone, or its callback URL is refused."""
+        update = DeliveryUpdate(DeliveryState.DEAD, delivery.attempts, now, detail, dead_reason=reason)
         kept = await self._finish(delivery, update)
         if kept is None:
             return
-        result = SendResult(DeliveryOutcome.DEAD, None, None, NOT_CONFIGURED, 0.0, reason)
+        result = SendResult(DeliveryOutcome.DEAD, None, None, detail, 0.0, reason)
         self._record(delivery, update, result, now, kept, sent=False)
 
     def _record(

@@ -162,6 +162,9 @@ def _name_enums(schemas: dict[str, Any], settings: Settings) -> None:
     items = props["webhooks"]["anyOf"][0]
     allowed: dict[str, Any] = {"type": "string", "enum": hooks} if hooks else {"not": {}}
     items["items"] = allowed
+    if not settings.callbacks.enabled:
+        # Off: any callback is a 400 naming `callback` (SPEC §13), so the document allows none.
+        props["callback"] = {"type": "null", "default": None, "description": "Callbacks are off here."}
 
 
 def openapi_document(settings: Settings) -> dict[str, Any]:

@@ -45,6 +45,8 @@ class AppState:
     loops: LoopStatus
     wake_scheduler: Callable[[], None]  # a registration or a release: look for due watches at once
     wake_delivery: Callable[[], None]  # a replay: look for due deliveries at once
+    # Callbacks enabled: why a callback URL is refused at registration (None: allowed); None: callbacks off.
+    check_callback_url: Callable[[str], str | None] | None = None
 
     @property
     def ready(self) -> bool:

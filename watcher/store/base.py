@@ -13,11 +13,20 @@ ignores the `now` of claims, counts, registrations and retries (see `watcher.sto
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
-from watcher.models import Delivery, DeliveryUpdate, Event, Registration, SavedPoll, Source, Watch
+from watcher.models import (
+    Delivery,
+    DeliveryUpdate,
+    EndpointHealth,
+    Event,
+    Registration,
+    SavedPoll,
+    Source,
+    Watch,
+)
 
 
 class RegisterResult(StrEnum):
@@ -219,12 +228,16 @@ class Store(ABC):
         """Every stored event of a job, in the order they happened."""
 
     @abstractmethod
-    async def claim_deliveries(self, now: float, limit: int, lease_s: float) -> list[Delivery]:
+    async def claim_deliveries(
+        self, now: float, limit: int, lease_s: float, exclude: Collection[str] = ()
+    ) -> list[Delivery]:
         """Hand out up to `limit` pending deliveries due at `now`, each with a new lease.
 
         Only the oldest pending delivery of each (job, webhook) pair is eligible, so a pair's events go out
         in the order they happened; dead and delivered ones do not block. A claimed delivery is not handed
-        out again until it is finished or its lease runs out.
+        out again until it is finished or its lease runs out. Deliveries to an endpoint in `exclude` (a
+        webhook's name, a callback's `scheme://host:port`) are left where they are: their endpoint's
+        breaker is open, or all its slots are busy.
         """
 
     @abstractmethod
@@ -265,6 +278,25 @@ class Store(ABC):
     @abstractmethod
     async def retry_delivery(self, delivery_id: int, now: float) -> bool:
         """Put a dead delivery back to pending (attempts reset, due now, same event id); False if not dead."""
+
+    @abstractmethod
+    async def expire_deliveries(self, webhook: str, created_before: float, reason: str) -> int:
+        """Make every unleased pending delivery of `webhook` created before `created_before` dead, with
+        `reason` as its last error (`max_delivery_age_s`, SPEC §13); how many there were."""
+
+    # -- endpoint health (circuit breakers, SPEC §13) ---------------------------------------------------
+
+    @abstractmethod
+    async def endpoints(self) -> list[EndpointHealth]:
+        """Every stored breaker, by endpoint."""
+
+    @abstractmethod
+    async def put_endpoint(self, health: EndpointHealth) -> bool:
+        """Write a breaker if nobody wrote it since it was read: compare-and-set on `health.version`.
+
+        Version 0 inserts (False if the endpoint is stored already); any other version updates the row
+        only while it still has that version. The stored version is then one more. False: re-read.
+        """
 
     @abstractmethod
     async def recent_events(self, limit: int) -> list[Event]:

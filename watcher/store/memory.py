@@ -7,13 +7,15 @@ store behind its back (as with a real database).
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import replace
 
 from watcher.models import (
+    CALLBACK,
     Delivery,
     DeliveryState,
     DeliveryUpdate,
+    EndpointHealth,
     Event,
     Registration,
     SavedPoll,
@@ -30,6 +32,7 @@ from watcher.store.base import (
     WatchQuery,
 )
 from watcher.store.indexed import IndexedStore
+from watcher.store.memory_health import MemoryHealth
 
 
 def _copy_watch(w: Watch, lease: int = 0) -> Watch:
@@ -46,6 +49,7 @@ def _new_watch(reg: Registration, now: float) -> Watch:
         webhooks=reg.webhooks,
         max_watch_s=reg.max_watch_s,
         next_poll_at=now,
+        callback=reg.callback,
     )
 
 
@@ -64,7 +68,7 @@ def _apply_poll(stored: Watch, polled: Watch) -> None:
     stored.upstream_updated_at = polled.upstream_updated_at
 
 
-class MemoryStore(IndexedStore):
+class MemoryStore(MemoryHealth, IndexedStore):
     """Every watch, event and delivery in dicts; a `DueIndex` schedules the watches."""
 
     def __init__(self) -> None:
@@ -76,6 +80,7 @@ class MemoryStore(IndexedStore):
         self._lease_until: dict[int, float] = {}  # delivery id -> lease expiry, only while claimed
         self._delivery_ids = itertools.count(1)
         self._delivery_tokens = itertools.count(1)
+        self._endpoints: dict[str, EndpointHealth] = {}
 
     async def open(self) -> None:
         """Nothing to connect to."""
@@ -191,6 +196,7 @@ class MemoryStore(IndexedStore):
                         attempts=0,
                         next_attempt_at=ev.created_at,
                         created_at=ev.created_at,
+                        callback=stored.callback if name == CALLBACK else None,
                     )
             self._reindex(stored)
             results.append(True)
@@ -270,12 +276,17 @@ class MemoryStore(IndexedStore):
                 heads.setdefault((d.event.job_id, d.webhook), d)
         return list(heads.values())
 
-    async def claim_deliveries(self, now: float, limit: int, lease_s: float) -> list[Delivery]:
-        """Claim due, unleased pair heads ordered by (next_attempt_at, id)."""
+    async def claim_deliveries(
+        self, now: float, limit: int, lease_s: float, exclude: Collection[str] = ()
+    ) -> list[Delivery]:
+        """Claim due, unleased pair heads ordered by (next_attempt_at, id), none to an `exclude`d endpoint."""
         ready = [
             d
             for d in self._heads()
-            if d.next_attempt_at <= now and self._lease_until.get(d.id, float("-inf")) <= now
+            if d.next_attempt_at <= now
+            and self._lease_until.get(d.id, float("-inf")) <= now
+            and d.endpoint not in exclude
+            and not self._open(d.endpoint, now)
         ]
         ready.sort(key=lambda d: (d.next_attempt_at, d.id))
         token = next(self._delivery_tokens)

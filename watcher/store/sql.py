@@ -15,6 +15,12 @@ PAIR_HEAD = (
     "NOT EXISTS (SELECT 1 FROM deliveries p WHERE p.state = 'pending'"
     " AND p.job_id = d.job_id AND p.webhook = d.webhook AND p.id < d.id)"
 )
+# `d`'s endpoint is not open in the store: its breaker is closed, or its open period (or its probe's lease)
+# has ended. The one parameter is now. Every replica's claims respect a breaker the moment it is stored.
+ENDPOINT_NOT_OPEN = (
+    "NOT EXISTS (SELECT 1 FROM endpoints b WHERE b.endpoint = coalesce(d.endpoint, d.webhook)"
+    " AND b.state <> 'closed' AND b.open_until > {now})"
+)
 
 # -- aggregates (`Store.counts`, `Store.watch_counts`) ------------------------------------------------------
 

@@ -71,6 +71,46 @@ class _Request(BaseModel):
     model_config = ConfigDict(strict=True, extra="forbid")
 
 
+MAX_CALLBACK_URL = 2048
+MAX_CALLBACK_HEADERS = 32
+HEADER_NAME_PATTERN = r"^[!#$%&'*+.^_`|~0-9A-Za-z-]{1,64}$"
+HEADER_VALUE_PATTERN = r"^[\x20-\x7e]{0,1024}$"  # visible ASCII and space: nothing that could split a header
+EVENT_TYPE_PATTERN = r"^job\.[a-z][a-z0-9_]{0,31}$"
+
+
+class CallbackIn(_Request):
+    """Where this watch's events also go (SPEC §13): a URL the address guard allows, signed like webhooks."""
+
+    url: str = Field(
+        min_length=1,
+        max_length=MAX_CALLBACK_URL,
+        description="https URL (http only where callbacks.require_https is off); no internal addresses.",
+    )
+    events: list[Annotated[str, Field(pattern=EVENT_TYPE_PATTERN)]] | None = Field(
+        default=None,
+        min_length=1,
+        max_length=64,
+        description="Event types sent to it; null: the default filter (terminal statuses, expired, missing).",
+    )
+    headers: dict[
+        Annotated[str, Field(pattern=HEADER_NAME_PATTERN)],
+        Annotated[str, Field(pattern=HEADER_VALUE_PATTERN)],
+    ] = Field(
+        default_factory=dict,
+        max_length=MAX_CALLBACK_HEADERS,
+        description="Extra headers sent with every delivery (e.g. Authorization); secrets, never shown back.",
+        json_schema_extra={"additionalProperties": False},
+    )
+
+
+class CallbackOut(BaseModel):
+    """A watch's callback as the API shows it: userinfo, query and every header value masked."""
+
+    url: str = Field(description="Scheme, host, port and path; userinfo and query shown as ********.")
+    events: list[str] | None
+    headers: dict[str, str] = Field(description="Header names; every value is shown as ********.")
+
+
 class WatchCreate(_Request):
     """A job to watch. `workspace` defaults to `upstream.workspace_slug`, `webhooks` to every webhook."""
 
@@ -91,6 +131,11 @@ class WatchCreate(_Request):
         le=MAX_WATCH_S,
         allow_inf_nan=False,
         description="Give up (job.expired) after this many seconds; null: polling.max_watch_s.",
+    )
+    callback: CallbackIn | None = Field(
+        default=None,
+        description="Also deliver this watch's events here (SPEC §13; 400 unless callbacks are enabled). "
+        "Registering the job again with a different callback is 409.",
     )
 
 
@@ -152,6 +197,7 @@ class WatchOut(BaseModel):
     quarantined_at: Time | None = Field(
         description="Set while quarantined: never polled until POST /v1/watches/{job_id}/release"
     )
+    callback: CallbackOut | None = Field(default=None, description="The per-watch callback, masked")
 
 
 class TransitionOut(BaseModel):
@@ -225,6 +271,29 @@ class DeliveryRetryOut(BaseModel):
     """The delivery, back to pending."""
 
     delivery: DeliveryOut
+
+
+class WebhookHealthOut(BaseModel):
+    """One configured webhook, or every callback endpoint together (`name` "callback"), and its breaker."""
+
+    name: str
+    format: str
+    state: Literal["closed", "open", "half_open"] = Field(
+        description="closed: deliveries go out; open: they wait; half_open: one probe is out. For callbacks "
+        "the state of the worst callback endpoint."
+    )
+    consecutive_failures: int
+    open_until: Time | None = Field(description="open: when the next probe may go; null when closed")
+    last_error: str | None
+    pending: int
+    dead: int
+    open_endpoints: int = Field(description="Endpoints open or half-open under this name (callbacks: many)")
+
+
+class WebhookListOut(BaseModel):
+    """Every configured webhook (and `callback` when callbacks are enabled) with its breaker."""
+
+    items: list[WebhookHealthOut]
 
 
 class _Query(BaseModel):

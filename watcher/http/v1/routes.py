@@ -24,6 +24,7 @@ from watcher.http.v1.models import (
     WatchListQuery,
     WatchOut,
     WatchPageOut,
+    WebhookListOut,
 )
 from watcher.http.v1.watches import (
     create_watch,
@@ -33,6 +34,7 @@ from watcher.http.v1.watches import (
     list_watches,
     release_watch,
 )
+from watcher.http.v1.webhooks import list_webhooks
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -97,6 +99,7 @@ ROUTES: tuple[Route, ...] = (
         {200: DeliveryRetryOut},
         errors=(404, 409),
     ),
+    Route("GET", "/v1/webhooks", list_webhooks, "Webhooks and their circuit breakers", {200: WebhookListOut}),
 )
 
 

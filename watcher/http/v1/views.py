@@ -9,8 +9,9 @@ from aiohttp import web
 from pydantic import BaseModel
 
 from watcher.clock import iso_utc
-from watcher.http.v1.models import DeliveryOut, TransitionOut, WatchOut
-from watcher.models import Delivery, DeliveryState, Event, Source, Watch
+from watcher.http.v1.models import CallbackOut, DeliveryOut, TransitionOut, WatchOut
+from watcher.masking import MASK, mask_url
+from watcher.models import Callback, Delivery, DeliveryState, Event, Source, Watch
 
 
 def _iso(ts: float | None) -> str | None:
@@ -46,7 +47,19 @@ def watch_out(watch: Watch) -> WatchOut:
             "failures": watch.failures,
             "last_failure": watch.quarantine_reason,
             "quarantined_at": _iso(watch.quarantined_at),
+            "callback": callback_out(watch.callback),
         }
+    )
+
+
+def callback_out(callback: Callback | None) -> CallbackOut | None:
+    """A callback with its secrets masked: userinfo and query of the URL, every header value."""
+    if callback is None:
+        return None
+    return CallbackOut(
+        url=mask_url(callback.url),
+        events=None if callback.events is None else list(callback.events),
+        headers=dict.fromkeys(callback.headers, MASK),
     )
 
 

@@ -30,10 +30,16 @@ from watcher.http.v1.models import (
 )
 from watcher.http.v1.views import delivery_out, ok, transition_out, watch_out
 from watcher.ids import is_uuid
-from watcher.models import Registration, Source
+from watcher.models import Callback, Registration, Source, Watch
 from watcher.store.base import RegisterResult
 
 log = structlog.get_logger("watcher.api")
+
+# Headers the watcher sets on every delivery itself (or that would break the request); a callback may not.
+RESERVED_HEADERS = frozenset(
+    {"webhook-id", "webhook-timestamp", "webhook-signature", "content-type", "content-length", "host",
+     "transfer-encoding", "connection", "user-agent"}
+)  # fmt: skip
 
 
 def _registration(data: Any, request: web.Request, prefix: str = "") -> Registration:
@@ -58,6 +64,7 @@ def _registration(data: Any, request: web.Request, prefix: str = "") -> Registra
             errors.append(
                 {"field": parse.join(prefix, f"webhooks[{i}]"), "message": "not a configured webhook name"}
             )
+    callback = _callback(item, state, prefix, errors)
     if errors:
         raise Problem(400, parse.summary(errors), errors=errors)
     return Registration(
@@ -67,7 +74,39 @@ def _registration(data: Any, request: web.Request, prefix: str = "") -> Registra
         labels=dict(item.labels),
         webhooks=None if item.webhooks is None else tuple(dict.fromkeys(item.webhooks)),
         max_watch_s=item.max_watch_s,
+        callback=callback,
     )
+
+
+def _callback(
+    item: WatchCreate, state: AppState, prefix: str, errors: list[dict[str, str]]
+) -> Callback | None:
+    """The registration's callback (SPEC §13), its problems appended to `errors`; never echoes a value."""
+    given = item.callback
+    if given is None:
+        return None
+    check = state.check_callback_url
+    if check is None:
+        message = "callbacks are not enabled on this watcher (callbacks.enabled)"
+        errors.append({"field": parse.join(prefix, "callback"), "message": message})
+        return None
+    refused = check(given.url)
+    if refused is not None:
+        errors.append({"field": parse.join(prefix, "callback.url"), "message": refused})
+    for name in given.headers:
+        if name.lower() in RESERVED_HEADERS:
+            field = parse.join(prefix, f"callback.headers.{name}")
+            errors.append({"field": field, "message": "is set by the watcher; a callback may not set it"})
+    events = None if given.events is None else tuple(sorted(set(given.events)))
+    return Callback(given.url, events, dict(given.headers))
+
+
+def callback_conflict(watch: Watch | None, reg: Registration) -> bool:
+    """True if `watch` exists with another callback than `reg` asks for (none counts as one): a 409."""
+    return watch is not None and reg.source is Source.API and watch.callback != reg.callback
+
+
+CONFLICT = "job {} is already watched with a different callback; a watch keeps the one it was registered with"
 
 
 async def create_watch(request: web.Request) -> web.Response:
@@ -79,12 +118,17 @@ async def create_watch(request: web.Request) -> web.Response:
     if refusal is not None:
         raise Problem(403, refusal)
     access.check_capacity(request, 1)
+    checked = state.check_callback_url is not None
+    if checked and callback_conflict(await state.store.get_watch(reg.job_id), reg):
+        raise Problem(409, CONFLICT.format(reg.job_id))
     (result,) = await state.store.register([reg], state.clock.now())
     if result is RegisterResult.CREATED:
         state.wake_scheduler()
     watch = await state.store.get_watch(reg.job_id)
     if watch is None:  # deleted or purged between the two calls
         raise Problem(409, "the watch was deleted while it was being registered; register it again")
+    if checked and result is RegisterResult.EXISTING and callback_conflict(watch, reg):
+        raise Problem(409, CONFLICT.format(reg.job_id))  # registered meanwhile by another request
     status = 201 if result is RegisterResult.CREATED else 200
     return ok(watch_out(watch), status, {"Location": f"/v1/watches/{reg.job_id}"})
 
@@ -117,10 +161,18 @@ async def create_watches(request: web.Request) -> web.Response:
     stored = await _register_batch(state, [r for _, r in regs])
     if RegisterResult.CREATED in stored:
         state.wake_scheduler()
+    checked = state.check_callback_url is not None
     for (i, reg), res in zip(regs, stored, strict=True):
         if res is None:
             message = "the store refused this item; it is not registered"
             results.append(_invalid(i, envelope.watches[i], [{"field": f"watches[{i}]", "message": message}]))
+        elif (
+            checked
+            and res is RegisterResult.EXISTING
+            and callback_conflict(await state.store.get_watch(reg.job_id), reg)
+        ):
+            conflict = [{"field": f"watches[{i}].callback", "message": CONFLICT.format(reg.job_id)}]
+            results.append(_invalid(i, envelope.watches[i], conflict))
         else:
             results.append(BatchItemOut(index=i, job_id=reg.job_id, result=res.value))
     results.sort(key=lambda r: r.index)

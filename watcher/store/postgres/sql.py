@@ -11,17 +11,19 @@ MATERIALIZED CTE so the planner cannot fold the pick into the UPDATE and re-run 
 
 from __future__ import annotations
 
+from typing import Any
+
 import asyncpg  # type: ignore[import-untyped]  # asyncpg ships no type information
 
-from watcher.models import Delivery, DeliveryState, Event, Watch
-from watcher.store.sql import LIST_STATUS_SQL, PAIR_HEAD
+from watcher.models import Callback, Delivery, DeliveryState, Event, Watch
+from watcher.store.sql import ENDPOINT_NOT_OPEN, LIST_STATUS_SQL, PAIR_HEAD
 
 _NOW = "extract(epoch from now())::float8"
 
 WATCH_FIELDS = (
     "job_id", "workspace", "sources", "labels", "webhooks", "max_watch_s", "registered_at", "status", "final",
     "polls", "streak", "errors", "not_found", "next_poll_at", "last_polled_at", "finished_at", "last_error",
-    "upstream_updated_at", "lease", "failures", "quarantined_at", "quarantine_reason",
+    "upstream_updated_at", "lease", "failures", "quarantined_at", "quarantine_reason", "callback",
 )  # fmt: skip
 WATCH_COLS = ", ".join(WATCH_FIELDS)
 # The polling state a save writes, in the order of SAVE_WATCHES' arrays after job_id and lease.
@@ -37,7 +39,7 @@ _EVENT_COLS = (
 EVENT_SELECT = f"SELECT {_EVENT_COLS} FROM events e"  # noqa: S608
 _DELIVERY_COLS = (
     "d.id, d.webhook, d.state, d.attempts, d.next_attempt_at, d.created_at, d.last_error, d.delivered_at,"
-    f" d.lease, {_EVENT_COLS}"
+    f" d.lease, d.callback, {_EVENT_COLS}"
 )
 DELIVERY_SELECT = f"SELECT {_DELIVERY_COLS} FROM deliveries d JOIN events e ON e.id = d.event_id"  # noqa: S608
 
@@ -62,10 +64,12 @@ FROM unnest($1::text[], $2::float8[], $3::float8[]) AS u(job_id, base, off)
 WHERE w.job_id = u.job_id"""  # noqa: S608
 
 REGISTER_INSERT = f"""
-INSERT INTO watches (job_id, workspace, sources, labels, webhooks, max_watch_s, registered_at, next_poll_at)
-SELECT u.job_id, u.workspace, u.sources, u.labels::jsonb, u.webhooks::jsonb, u.max_watch_s, n.t, n.t
-FROM unnest($1::text[], $2::text[], $3::int[], $4::text[], $5::text[], $6::float8[])
-     WITH ORDINALITY AS u(job_id, workspace, sources, labels, webhooks, max_watch_s, ord),
+INSERT INTO watches (job_id, workspace, sources, labels, webhooks, max_watch_s, registered_at, next_poll_at,
+    callback)
+SELECT u.job_id, u.workspace, u.sources, u.labels::jsonb, u.webhooks::jsonb, u.max_watch_s, n.t, n.t,
+    u.callback::jsonb
+FROM unnest($1::text[], $2::text[], $3::int[], $4::text[], $5::text[], $6::float8[], $8::text[])
+     WITH ORDINALITY AS u(job_id, workspace, sources, labels, webhooks, max_watch_s, callback, ord),
      (SELECT coalesce($7::float8, {_NOW}) AS t) AS n
 ORDER BY u.ord
 ON CONFLICT (job_id) DO NOTHING
@@ -167,16 +171,20 @@ ON CONFLICT (id) DO NOTHING
 RETURNING id"""
 
 INSERT_DELIVERIES = f"""
-INSERT INTO deliveries (event_id, job_id, webhook, state, attempts, next_attempt_at, created_at)
-SELECT u.event_id, u.job_id, u.webhook, 'pending', 0, coalesce(u.due, {_NOW}), u.created_at
-FROM unnest($1::text[], $2::text[], $3::text[], $4::float8[], $5::float8[])
-     WITH ORDINALITY AS u(event_id, job_id, webhook, due, created_at, ord)
+INSERT INTO deliveries (event_id, job_id, webhook, state, attempts, next_attempt_at, created_at, callback,
+    endpoint)
+SELECT u.event_id, u.job_id, u.webhook, 'pending', 0, coalesce(u.due, {_NOW}), u.created_at,
+    u.callback::jsonb, u.endpoint
+FROM unnest($1::text[], $2::text[], $3::text[], $4::float8[], $5::float8[], $6::text[], $7::text[])
+     WITH ORDINALITY AS u(event_id, job_id, webhook, due, created_at, callback, endpoint, ord)
 ORDER BY u.ord"""  # noqa: S608
 
 CLAIM_DELIVERIES = f"""
 WITH due AS MATERIALIZED (
     SELECT d.id, d.next_attempt_at FROM deliveries d
     WHERE d.state = 'pending' AND d.next_attempt_at <= coalesce($1::float8, {_NOW}) AND {PAIR_HEAD}
+      AND coalesce(d.endpoint, d.webhook) <> ALL($4::text[])
+      AND {ENDPOINT_NOT_OPEN.format(now=f"coalesce($1::float8, {_NOW})")}
     ORDER BY d.next_attempt_at, d.id
     LIMIT $2
     FOR UPDATE OF d SKIP LOCKED
@@ -214,13 +222,23 @@ RETURNING id"""  # noqa: S608
 
 
 # The columns of `WATCH_COLS` that are `Watch` fields as they come (the JSON list and the lease are not).
-_WATCH_AS_IS = tuple(f for f in WATCH_FIELDS if f not in ("webhooks", "lease"))
+_WATCH_AS_IS = tuple(f for f in WATCH_FIELDS if f not in ("webhooks", "lease", "callback"))
+
+
+def callback_of(value: Any) -> Callback | None:
+    """A stored callback (jsonb, decoded)."""
+    return None if value is None else Callback.from_dict(value)
 
 
 def watch_row(r: asyncpg.Record) -> Watch:
     """A watch from a row of `WATCH_COLS`."""
     webhooks = None if r["webhooks"] is None else tuple(r["webhooks"])
-    return Watch(**{f: r[f] for f in _WATCH_AS_IS}, webhooks=webhooks, lease=r["lease"] or 0)
+    return Watch(
+        **{f: r[f] for f in _WATCH_AS_IS},
+        webhooks=webhooks,
+        lease=r["lease"] or 0,
+        callback=callback_of(r["callback"]),
+    )
 
 
 def event_row(r: asyncpg.Record) -> Event:
@@ -241,4 +259,5 @@ def delivery_row(r: asyncpg.Record) -> Delivery:
         last_error=r["last_error"],
         delivered_at=r["delivered_at"],
         lease=r["lease"] or 0,
+        callback=callback_of(r["callback"]),
     )

@@ -16,12 +16,22 @@ all leases back, like the single-process SQLite store: the store contract suite 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 
 import asyncpg  # type: ignore[import-untyped]  # asyncpg ships no type information
 
 from watcher.clock import Clock, SystemClock
-from watcher.models import Delivery, DeliveryUpdate, Event, Registration, SavedPoll, Source, Watch
+from watcher.models import (
+    CALLBACK,
+    Callback,
+    Delivery,
+    DeliveryUpdate,
+    Event,
+    Registration,
+    SavedPoll,
+    Source,
+    Watch,
+)
 from watcher.store.base import (
     DeliveryQuery,
     FailureNoted,
@@ -34,6 +44,7 @@ from watcher.store.base import (
 )
 from watcher.store.postgres import sql as q
 from watcher.store.postgres.conn import PgPool, PgTarget, dumps, parse_url
+from watcher.store.postgres.endpoints import PgEndpoints
 from watcher.store.sql import (
     DELIVERIES_BY_WEBHOOK,
     OLDEST_PENDING,
@@ -45,7 +56,7 @@ from watcher.store.sql import (
 _RESTORE_PAGE = 5000
 
 
-class PostgresStore(Store):
+class PostgresStore(PgEndpoints, Store):
     """A store shared by every replica: leased claims, fenced writes, the database's clock."""
 
     def __init__(self, url: str, *, shared: bool = True, clock: Clock | None = None) -> None:
@@ -81,12 +92,12 @@ class PostgresStore(Store):
         return 0.0, when
 
     async def _claim(
-        self, sql: str, now: float, limit: int, lease_s: float, key: str
+        self, sql: str, now: float, limit: int, lease_s: float, key: str, *more: object
     ) -> list[asyncpg.Record]:
         """Run a claim statement: its rows, earliest due first (then by `key`); none when `limit` is 0."""
         if limit <= 0:
             return []
-        rows = await self.pool.run(lambda c: c.fetch(sql, self._now(now), limit, lease_s), tx=False)
+        rows = await self.pool.run(lambda c: c.fetch(sql, self._now(now), limit, lease_s, *more), tx=False)
         return sorted(rows, key=lambda r: (r["due"], r[key]))
 
     # -- watches --------------------------------------------------------------------------------------
@@ -140,6 +151,7 @@ class PostgresStore(Store):
                 [None if r.webhooks is None else dumps(list(r.webhooks)) for r in rs],
                 [r.max_watch_s for r in rs],
                 self._now(now),
+                [None if r.callback is None else dumps(r.callback.to_dict()) for r in rs],
             )
         }
         existing = [j for j in first if j not in created]
@@ -249,11 +261,12 @@ class PostgresStore(Store):
             cols = [[getattr(w, c) for w in ws] for c in q.SAVE_FIELDS]
             rows = await conn.fetch(q.SAVE_WATCHES, *cols, [a[0] for a in at], [a[1] for a in at])
             kept = {(r["job_id"], r["lease"]) for r in rows}
-            events: dict[str, tuple[Event, tuple[str, ...]]] = {}
+            events: dict[str, tuple[Event, tuple[str, ...], Callback | None]] = {}
             for k in keys:  # the callers' order: events of one job keep the order they happened
                 if k in kept:
+                    cb = by_key[k].watch.callback
                     for new in by_key[k].events:
-                        events.setdefault(new.event.id, (new.event, new.webhooks))
+                        events.setdefault(new.event.id, (new.event, new.webhooks, cb))
             if events:
                 await self._insert_events(conn, list(events.values()))
             return kept
@@ -267,9 +280,9 @@ class PostgresStore(Store):
         return ok
 
     async def _insert_events(
-        self, conn: asyncpg.Connection, events: list[tuple[Event, tuple[str, ...]]]
+        self, conn: asyncpg.Connection, events: list[tuple[Event, tuple[str, ...], Callback | None]]
     ) -> None:
-        evs = [e for e, _ in events]
+        evs = [e for e, _, _ in events]
         new = {
             r["id"]
             for r in await conn.fetch(
@@ -282,15 +295,22 @@ class PostgresStore(Store):
                 [dumps(e.payload) for e in evs],
             )
         }
-        rows = [(e, name) for e, hooks in events if e.id in new for name in hooks]
+        rows = [
+            (e, name, cb if name == CALLBACK else None)
+            for e, hooks, cb in events
+            if e.id in new
+            for name in hooks
+        ]
         # Shared: a new delivery is due at the database's now, whatever the detecting replica's clock says.
         await conn.execute(
             q.INSERT_DELIVERIES,
-            [e.id for e, _ in rows],
-            [e.job_id for e, _ in rows],
-            [n for _, n in rows],
-            [None if self.shared else e.created_at for e, _ in rows],
-            [e.created_at for e, _ in rows],
+            [e.id for e, _, _ in rows],
+            [e.job_id for e, _, _ in rows],
+            [n for _, n, _ in rows],
+            [None if self.shared else e.created_at for e, _, _ in rows],
+            [e.created_at for e, _, _ in rows],
+            [None if cb is None else dumps(cb.to_dict()) for _, _, cb in rows],
+            [None if cb is None else cb.endpoint for _, _, cb in rows],
         )
 
     async def note_failure(
@@ -337,10 +357,12 @@ class PostgresStore(Store):
             rows = await conn.fetch(f"{q.EVENT_SELECT} ORDER BY e.seq DESC LIMIT $1", max(0, limit))
         return [q.event_row(r) for r in rows]
 
-    async def claim_deliveries(self, now: float, limit: int, lease_s: float) -> list[Delivery]:
+    async def claim_deliveries(
+        self, now: float, limit: int, lease_s: float, exclude: Collection[str] = ()
+    ) -> list[Delivery]:
         """Lease due pair heads (the oldest pending delivery of each job and webhook), oldest first."""
         out = []
-        for r in await self._claim(q.CLAIM_DELIVERIES, now, limit, lease_s, "id"):
+        for r in await self._claim(q.CLAIM_DELIVERIES, now, limit, lease_s, "id", sorted(exclude)):
             d = q.delivery_row(r)
             d.next_attempt_at = r["due"]
             out.append(d)

@@ -6,7 +6,7 @@ connection of the scheduler. Delivery leases live in the table, so a claim and i
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any
 
 from watcher.models import Delivery, DeliveryUpdate, Event
@@ -21,13 +21,13 @@ from watcher.store.sql import (
 from watcher.store.sqlite.connection import Connections, select
 from watcher.store.sqlite.health import rollback_async
 from watcher.store.sqlite.sql import (
-    CLAIMABLE_DELIVERIES,
     DELIVERY_SELECT,
     EVENT_SELECT,
     FINISH_DELIVERY,
     NEXT_DELIVERY,
     RETRY_DELIVERY,
     chunks,
+    claimable_deliveries,
     delivery_row,
     event_row,
     marks,
@@ -52,10 +52,13 @@ class SQLiteOutbox(Store):
             rows = await select(db, f"{EVENT_SELECT} ORDER BY seq DESC LIMIT ?", (max(0, limit),))
         return [event_row(r) for r in rows]
 
-    async def claim_deliveries(self, now: float, limit: int, lease_s: float) -> list[Delivery]:
+    async def claim_deliveries(
+        self, now: float, limit: int, lease_s: float, exclude: Collection[str] = ()
+    ) -> list[Delivery]:
         """Claim due, unleased pair heads ordered by (next_attempt_at, id) with one UPDATE."""
+        skip = sorted(exclude)
         async with self.connections.write() as db:
-            rows = await select(db, CLAIMABLE_DELIVERIES, (now, now, limit))
+            rows = await select(db, claimable_deliveries(len(skip)), (now, now, now, *skip, limit))
             if not rows:
                 return []
             self._delivery_tokens += 1

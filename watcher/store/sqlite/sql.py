@@ -11,8 +11,8 @@ from collections.abc import Iterable, Sequence
 from typing import Any, TypeVar
 
 from watcher import strictjson
-from watcher.models import Delivery, DeliveryState, Event, Watch
-from watcher.store.sql import PAIR_HEAD
+from watcher.models import CALLBACK, Callback, Delivery, DeliveryState, Event, Watch
+from watcher.store.sql import ENDPOINT_NOT_OPEN, PAIR_HEAD
 
 T = TypeVar("T")
 
@@ -22,11 +22,11 @@ CHUNK = 500
 WATCH_COLS = (
     "job_id, workspace, sources, labels, webhooks, max_watch_s, registered_at, status, final, polls, streak,"
     " errors, not_found, next_poll_at, last_polled_at, finished_at, last_error, upstream_updated_at,"
-    " failures, quarantined_at, quarantine_reason"
+    " failures, quarantined_at, quarantine_reason, callback"
 )
 DELIVERY_COLS = (
     "d.id, d.webhook, d.state, d.attempts, d.next_attempt_at, d.created_at, d.last_error, d.delivered_at,"
-    " d.lease, e.id, e.job_id, e.workspace, e.type, e.created_at, e.payload"
+    " d.lease, e.id, e.job_id, e.workspace, e.type, e.created_at, e.payload, d.callback"
 )
 SAVE_WATCH = (
     "UPDATE watches SET status = ?, final = ?, polls = ?, streak = ?, errors = ?, not_found = ?,"
@@ -60,8 +60,13 @@ def watch_row(row: Sequence[Any]) -> Watch:
         {} if labels == "{}" else json.loads(labels),
         None if webhooks is None else tuple(json.loads(webhooks)),
         row[5], row[7], row[8], row[9], row[10], row[11], row[12], row[13], row[14], row[15], row[16],
-        row[17], 0, row[18], row[19], row[20],
+        row[17], 0, row[18], row[19], row[20], callback_of(row[21]),
     )  # fmt: skip
+
+
+def callback_of(text: str | None) -> Callback | None:
+    """A stored callback column."""
+    return None if text is None else Callback.from_dict(json.loads(text))
 
 
 def event_row(row: Sequence[Any]) -> Event:
@@ -82,6 +87,7 @@ def delivery_row(row: Sequence[Any]) -> Delivery:
         delivered_at=row[7],
         lease=row[8] or 0,
         event=event_row(row[9:]),
+        callback=callback_of(row[15]),
     )
 
 
@@ -92,7 +98,9 @@ def save_row(w: Watch) -> tuple[Any, ...]:
     )  # fmt: skip
 
 
-def insert_events(db: sqlite3.Connection, events: dict[str, tuple[Event, tuple[str, ...]]]) -> None:
+def insert_events(
+    db: sqlite3.Connection, events: dict[str, tuple[Event, tuple[str, ...], Callback | None]]
+) -> None:
     """Events not stored yet, each with one pending delivery per webhook it is routed to."""
     ids = list(events)
     stored: set[str] = set()
@@ -100,18 +108,38 @@ def insert_events(db: sqlite3.Connection, events: dict[str, tuple[Event, tuple[s
         sql = f"SELECT id FROM events WHERE id IN ({marks(len(chunk))})"  # noqa: S608
         stored.update(r[0] for r in db.execute(sql, chunk).fetchall())
     new = [events[i] for i in ids if i not in stored]
+    callbacks = {e.id: _callback_columns(cb) for e, _, cb in new}
     if not new:
         return
     db.executemany(
         "INSERT OR IGNORE INTO events (id, job_id, workspace, type, created_at, payload)"
         " VALUES (?, ?, ?, ?, ?, ?)",
-        [(e.id, e.job_id, e.workspace, e.type, e.created_at, dumps(e.payload)) for e, _ in new],
+        [(e.id, e.job_id, e.workspace, e.type, e.created_at, dumps(e.payload)) for e, _, _ in new],
     )
     db.executemany(
-        "INSERT INTO deliveries (event_id, job_id, webhook, state, attempts, next_attempt_at, created_at)"
-        " VALUES (?, ?, ?, 'pending', 0, ?, ?)",
-        [(e.id, e.job_id, name, e.created_at, e.created_at) for e, hooks in new for name in hooks],
+        "INSERT INTO deliveries (event_id, job_id, webhook, state, attempts, next_attempt_at, created_at,"
+        " callback, endpoint) VALUES (?, ?, ?, 'pending', 0, ?, ?, ?, ?)",
+        [
+            (
+                e.id,
+                e.job_id,
+                name,
+                e.created_at,
+                e.created_at,
+                *(callbacks[e.id] if name == CALLBACK else NO_CB),
+            )
+            for e, hooks, _ in new
+            for name in hooks
+        ],
     )
+
+
+NO_CB = (None, None)
+
+
+def _callback_columns(callback: Callback | None) -> tuple[str | None, str | None]:
+    """The `callback` and `endpoint` columns of a callback delivery."""
+    return NO_CB if callback is None else (dumps(callback.to_dict()), callback.endpoint)
 
 
 # -- the outbox: events and deliveries ----------------------------------------------------------------------
@@ -121,8 +149,19 @@ DELIVERY_SELECT = f"SELECT {DELIVERY_COLS} FROM deliveries d JOIN events e ON e.
 CLAIMABLE_DELIVERIES = (
     f"{DELIVERY_SELECT} WHERE d.state = 'pending' AND d.next_attempt_at <= ?"
     f" AND (d.lease_until IS NULL OR d.lease_until <= ?) AND {PAIR_HEAD}"
+    f" AND {ENDPOINT_NOT_OPEN.format(now='?')}"
     " ORDER BY d.next_attempt_at, d.id LIMIT ?"
 )
+
+
+def claimable_deliveries(excluded: int) -> str:
+    """CLAIMABLE_DELIVERIES, leaving out `excluded` endpoints (bound as parameters before the limit)."""
+    if not excluded:
+        return CLAIMABLE_DELIVERIES
+    head, _, tail = CLAIMABLE_DELIVERIES.partition(" ORDER BY ")
+    return f"{head} AND coalesce(d.endpoint, d.webhook) NOT IN ({marks(excluded)}) ORDER BY {tail}"
+
+
 # The earliest due unleased pair head, and the earliest lease expiry of a leased one.
 NEXT_DELIVERY = (
     "SELECT (SELECT d.next_attempt_at FROM deliveries d WHERE d.state = 'pending'"  # noqa: S608

@@ -23,12 +23,13 @@ import structlog
 
 from watcher.clock import Clock, SystemClock
 from watcher.errors import StoreError
-from watcher.models import Event, Registration, SavedPoll, Source, Watch
+from watcher.models import Callback, Event, Registration, SavedPoll, Source, Watch
 from watcher.store.base import FailureNoted, RegisterResult, SyncResult, WatchPage, WatchQuery
 from watcher.store.faults import StoreOutage
 from watcher.store.indexed import IndexedStore
 from watcher.store.sql import LIST_STATUS_SQL
 from watcher.store.sqlite.connection import Connections, select
+from watcher.store.sqlite.endpoints import SQLiteEndpoints
 from watcher.store.sqlite.health import begin_immediate
 from watcher.store.sqlite.outbox import SQLiteOutbox
 from watcher.store.sqlite.sql import (
@@ -49,7 +50,7 @@ _RESTORE_PAGE = 5000
 _REGISTER_CHUNK = 250
 
 
-class SQLiteStore(SQLiteOutbox, IndexedStore):
+class SQLiteStore(SQLiteEndpoints, SQLiteOutbox, IndexedStore):
     """The default store: a WAL-mode SQLite file and an in-memory due index; its events and deliveries are
     `SQLiteOutbox`'s."""
 
@@ -158,6 +159,7 @@ class SQLiteStore(SQLiteOutbox, IndexedStore):
             present.add(reg.job_id)
             results.append(RegisterResult.CREATED)
             webhooks = None if reg.webhooks is None else dumps(list(reg.webhooks))
+            callback = None if reg.callback is None else dumps(reg.callback.to_dict())
             inserts.append(
                 (
                     reg.job_id,
@@ -168,11 +170,12 @@ class SQLiteStore(SQLiteOutbox, IndexedStore):
                     reg.max_watch_s,
                     now,
                     now,
+                    callback,
                 )
             )
         await db.executemany(
             "INSERT INTO watches (job_id, workspace, sources, labels, webhooks, max_watch_s, registered_at,"
-            " next_poll_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            " next_poll_at, callback) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
             inserts,
         )
         await db.executemany("UPDATE watches SET sources = sources | ? WHERE job_id = ?", merges)
@@ -311,7 +314,7 @@ class SQLiteStore(SQLiteOutbox, IndexedStore):
         ok: list[bool] = []
         taken: set[str] = set()
         updates: list[tuple[Any, ...]] = []
-        events: dict[str, tuple[Event, tuple[str, ...]]] = {}
+        events: dict[str, tuple[Event, tuple[str, ...], Callback | None]] = {}
         superseded: dict[str, Deferred] = {}  # deferred polls this save writes over
         holds_lease = self._holds_lease
         behind = self._behind
@@ -333,7 +336,7 @@ class SQLiteStore(SQLiteOutbox, IndexedStore):
                 superseded[jid] = displaced
             updates.append(save_row(w))
             for new in saved.events:
-                events.setdefault(new.event.id, (new.event, new.webhooks))
+                events.setdefault(new.event.id, (new.event, new.webhooks, w.callback))
         flush = behind.due(clock)
         if updates or flush:
             try:

@@ -18,7 +18,7 @@ from typing import Any
 import structlog
 
 from watcher.containment import describe
-from watcher.models import Event, Watch
+from watcher.models import Callback, Event, Watch
 from watcher.store.sqlite.health import begin_immediate, is_poison, rollback
 from watcher.store.sqlite.sql import SAVE_WATCH, insert_events, save_row
 
@@ -34,7 +34,7 @@ FLUSH_BATCH = 512
 MAX_DEFERRED = 50_000
 
 Rows = list[tuple[Any, ...]]
-NewEvents = dict[str, tuple[Event, tuple[str, ...]]]
+NewEvents = dict[str, tuple[Event, tuple[str, ...], Callback | None]]
 
 
 @dataclass(slots=True)
