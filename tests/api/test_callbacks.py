@@ -13,7 +13,8 @@ from collections.abc import AsyncIterator
 import pytest
 from structlog.testing import capture_logs
 
-from tests.api.conftest import StartDaemon, wait_for, wait_until
+from tests.api.conftest import StartDaemon
+from tests.support.eventually import eventually
 from tests.support.standard_webhooks import TestReceiver
 from watcher.masking import MASK
 from watcher.models import BreakerState, EndpointHealth
@@ -63,9 +64,9 @@ async def test_callback_receives_signed_failure_and_is_masked(
             "events": None,
             "headers": {"Authorization": MASK},
         }
-        await wait_until(lambda: len(d.sim.requests(job)) >= 1)
+        await eventually(lambda: len(d.sim.requests(job)) >= 1)
         d.sim.set_status(job, "failed", error="row 3")
-        await wait_until(lambda: len(cb_receiver.deliveries) >= 1)
+        await eventually(lambda: len(cb_receiver.deliveries) >= 1)
         status, detail = await d.call("GET", f"/v1/watches/{job}")
     [got] = cb_receiver.deliveries
     assert got.type == "job.failed"
@@ -202,9 +203,9 @@ async def test_dead_callback_delivery_is_listed_and_replayed(
     async def one_dead() -> bool:
         return len(await dead()) == 1
 
-    await wait_for(one_dead)
+    await eventually(one_dead)
     (gone,) = await dead()
     status, replay = await d.call("POST", f"/v1/deliveries/{gone['id']}/retry")
     assert status == 200 and replay["delivery"]["state"] == "pending"
-    await wait_until(lambda: len(cb_receiver.deliveries) == 1)
+    await eventually(lambda: len(cb_receiver.deliveries) == 1)
     assert cb_receiver.deliveries[0].id == gone["event_id"]

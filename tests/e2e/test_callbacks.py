@@ -25,9 +25,9 @@ from tests.e2e.conftest import (
     Sim,
     _read_listening,
     _stop,
-    free_port,
     write_config,
 )
+from tests.support.ports import free_port
 
 pytestmark = pytest.mark.slow
 

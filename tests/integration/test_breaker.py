@@ -13,7 +13,8 @@ import aiohttp
 import pytest
 from prometheus_client import CollectorRegistry
 
-from tests.integration.test_delivery import SECRET, add_events, eventually
+from tests.integration.test_delivery import SECRET, add_events
+from tests.support.eventually import eventually
 from tests.support.standard_webhooks import TestReceiver
 from watcher.clock import SystemClock
 from watcher.delivery.breaker import REFRESH_S, BreakerPolicy, Breakers, after_attempt, take_probe
@@ -76,7 +77,7 @@ async def test_receiver_down_longer_than_all_retries_gets_everything(
         opened = [h for h in await store.endpoints() if h.endpoint == "ops"]
         receiver.set_status(None)
         await receiver.wait_for(len(events), within_s=10.0)
-        await eventually(lambda: _count(store, DeliveryState.DELIVERED, len(events)), within_s=5.0)
+        await eventually(lambda: _count(store, DeliveryState.DELIVERED, len(events)), 5.0)
         stop.set()
         await asyncio.wait_for(task, 5.0)
     # The first failures (each delivery at most twice before the breaker opened), then one probe per period.
@@ -103,7 +104,7 @@ async def test_open_breaker_in_the_store_is_respected_by_a_new_worker(
         task = asyncio.create_task(worker(store, receiver.url, session).run(stop))
         await asyncio.sleep(0.5)
         assert receiver.attempts.total() == 0  # open: not even claimed
-        await receiver.wait_for(1, within_s=5.0)  # the probe, after the period
+        await receiver.wait_for(1, 5.0)  # the probe, after the period
         assert time.time() - now >= 0.9
         stop.set()
         await asyncio.wait_for(task, 5.0)
@@ -123,7 +124,7 @@ async def test_two_workers_never_probe_at_once(store: Store, receiver: TestRecei
         keys: dict[str, Any] = {"breaker_failures": 1, "breaker_open_s": 0.1, "breaker_open_max_s": 0.1}
         a, b = worker(store, receiver.url, session, **keys), worker(store, receiver.url, session, **keys)
         tasks = [asyncio.create_task(w.run(stop)) for w in (a, b)]
-        await eventually(lambda: _opened(store), within_s=5.0)
+        await eventually(lambda: _opened(store), 5.0)
         # Each worker reads the others' breakers at least once a second (REFRESH_S): after that, and once
         # the attempts sent while it looked closed are answered, only probes go out.
         await asyncio.sleep(REFRESH_S + 0.3)
@@ -150,7 +151,7 @@ async def test_old_deliveries_die_with_max_age(store: Store, receiver: TestRecei
     stop = asyncio.Event()
     async with aiohttp.ClientSession() as session:
         task = asyncio.create_task(worker(store, receiver.url, session, max_delivery_age_s=0.2).run(stop))
-        await eventually(lambda: _count(store, DeliveryState.DEAD, 1), within_s=5.0)
+        await eventually(lambda: _count(store, DeliveryState.DEAD, 1), 5.0)
         stop.set()
         await asyncio.wait_for(task, 5.0)
     (dead,) = await store.list_deliveries(state="dead")
