@@ -11,7 +11,7 @@ else is the production store, statements and all.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 
 import asyncpg  # type: ignore[import-untyped]
 
@@ -122,9 +122,11 @@ class FakeNowPostgresStore(PostgresStore):
         await self.at(now)
         return await super().release_quarantine(job_id, now)
 
-    async def claim_deliveries(self, now: float, limit: int, lease_s: float) -> list[Delivery]:
+    async def claim_deliveries(
+        self, now: float, limit: int, lease_s: float, exclude: Collection[str] = ()
+    ) -> list[Delivery]:
         await self.at(now)
-        return await super().claim_deliveries(now, limit, lease_s)
+        return await super().claim_deliveries(now, limit, lease_s, exclude)
 
     async def retry_delivery(self, delivery_id: int, now: float) -> bool:
         await self.at(now)
