@@ -167,7 +167,7 @@ async def test_a_version_1_postgres_schema_is_migrated_in_place() -> None:
         store = PostgresStore(url, shared=False)
         await store.open()
         try:
-            assert store.schema_version == 2
+            assert store.schema_version == len(pg_migrations())  # the latest, whatever it is
             w = await claim_one(store, T0)
             assert (w.job_id, w.failures, w.quarantined_at) == (jid(1), 0, None)
             assert (await store.note_failure(w, "boom", T0, T0 + 1, 1)).quarantined
