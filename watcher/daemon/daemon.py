@@ -182,8 +182,9 @@ class Daemon:
             self._scheduler = scheduler
             # The API answers (`/healthz`, 503 from `/readyz`) while the store is opened and restored.
             self.state = AppState(
-                s, store, self.metrics, self.clock, self.health, self._loops, scheduler.wake, delivery.wake
-            )
+                s, store, self.metrics, self.clock, self.health, self._loops, scheduler.wake, delivery.wake,
+                scheduler.learner.type_rows if scheduler.learner else list,
+            )  # fmt: skip
             runner = await self._start_http(self.state)
             restored = await self._open_store(store)
             if restored is None:
@@ -246,6 +247,7 @@ class Daemon:
         loops: dict[str, Coroutine[Any, Any, None]] = {
             "scheduler": scheduler.run(self.stop_event),
             "delivery": delivery.run(self.delivery_stop),
+            **({"learning": scheduler.learner.run(self.stop_event)} if scheduler.learner else {}),
             "housekeeping": Housekeeping(
                 store,
                 self.metrics,

@@ -45,6 +45,8 @@ class AppState:
     loops: LoopStatus
     wake_scheduler: Callable[[], None]  # a registration or a release: look for due watches at once
     wake_delivery: Callable[[], None]  # a replay: look for due deliveries at once
+    # The learnt job types (SPEC §12), one dict per type: workspace, name, samples, p50_s, p90_s, p99_s.
+    job_types: Callable[[], list[dict[str, object]]] = list
 
     @property
     def ready(self) -> bool:

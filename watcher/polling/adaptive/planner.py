@@ -203,14 +203,17 @@ class Planner:
         schedule = self.schedule(key) if key is not None else None
         return next_poll_delay(schedule, age_s, streak, self.policy, self.settings, rng)
 
-    def refresh(self) -> int:
+    def refresh(self, limit: int | None = None) -> int:
         """Retrace dirty types' frontiers, reallocate the lag budget, re-solve changed schedules.
 
         Returns how many frontiers were traced. Costs a few tens of milliseconds per dirty type, so the
-        daemon calls it off the poll path; polls meanwhile use the schedules cached before.
+        daemon calls it off the poll path, at most `limit` types at a time (the rest stay dirty for the
+        next call); polls meanwhile use the schedules cached before.
         """
         problems: dict[TypeKey, ScheduleProblem] = {}
-        for key in list(self._dirty):
+        keys = list(self._dirty)[:limit] if limit is not None else list(self._dirty)
+        self._dirty.difference_update(keys)
+        for key in keys:
             model = self.models.get(key)
             if model is None or model.samples < self.settings.min_samples:
                 self._plans.pop(key, None)
@@ -223,7 +226,6 @@ class Planner:
                 model.observed, model.samples, _levels(model), costs, old.rung if old else -1, None
             )
             self.recomputed += 1
-        self._dirty.clear()
         for key in [k for k in self._plans if self.models.get(k) is None]:
             del self._plans[key]  # dropped to stay within max_types
         traced = len(problems)
