@@ -104,9 +104,6 @@ async def test_a_learnt_type_costs_fewer_polls_at_the_target_lag(
 
     before, after = await calls(learning), await calls(learnt_ids)
     assert after <= 0.6 * before, (before, after)
-    delivered = {
-        d["body"]["data"]["job"]["id"]: d for d in receiver.deliveries() if d["type"] == "job.success"
-    }
     await receiver.wait_for(lambda d: len({x["id"] for x in d}) >= 2 * PER_PHASE, timeout=10)
     delivered = {
         d["body"]["data"]["job"]["id"]: d for d in receiver.deliveries() if d["type"] == "job.success"
