@@ -29,6 +29,7 @@ DEFAULT_LIMIT = 50
 MAX_LIMIT = 200
 TRANSITIONS_SHOWN = 20
 DEAD_SHOWN = 50
+JOB_TYPES_SHOWN = 100
 _MAX_CURSOR = 64  # a cursor is a job id
 _GROWN_STATUS = re.compile(r"[^\x00-\x1f\x7f]{1,64}")
 
@@ -96,8 +97,11 @@ async def build_view(
     page = await store.list_watches(status=status, limit=limit, cursor=cursor)
     transitions = await store.recent_events(TRANSITIONS_SHOWN)
     dead = await store.list_deliveries(state="dead", limit=DEAD_SHOWN)
+    types = state.job_types()
     return replace(
         view,
+        job_types=tuple(reversed(types[-JOB_TYPES_SHOWN:])),
+        job_types_total=len(types),
         watches=tuple(page.watches),
         next_cursor=page.next_cursor,
         transitions=tuple(transitions),
