@@ -18,7 +18,7 @@ from watcher.polling.adaptive import AdaptiveSettings
 from watcher.polling.adaptive.model import TypeModel
 from watcher.polling.learning import Learner
 from watcher.polling.policy import PollingPolicy, decide, poll_delay
-from watcher.store.base import Store
+from watcher.store.base import JobTypeRow, Store
 from watcher.store.memory import MemoryStore
 from watcher.store.sqlite import SQLiteStore
 
@@ -148,3 +148,28 @@ async def test_job_slow_once_per_watch() -> None:
     again = poll(ln, "s", body("active", now - 300.0, now - 300.0), now)
     assert again.saved.events == ()
     assert ln._metrics.jobs_slow._value.get() == 1.0
+
+
+async def test_an_unreadable_stored_model_is_skipped_then_replaced() -> None:
+    """A row no version can read does not stop the start-up: skipped, and the next flush replaces it."""
+    clock = ManualClock()
+    store = MemoryStore()
+    await store.merge_job_types([JobTypeRow("acme", "train", b"\x09junk")], lambda s, d: d, clock.now(), 10)
+    await store.merge_job_types(
+        [JobTypeRow("acme", "etl", delta_of(5, 30.0))], lambda s, d: d, clock.now(), 10
+    )
+    ln = learner(store, clock)
+    await ln.load()
+    assert [(r["name"], r["samples"]) for r in ln.type_rows()] == [("etl", 5)]
+    finish_many(ln, clock, 2, 10.0)
+    await ln.flush()
+    stored = {r.name: TypeModel.from_bytes(r.model).samples for r in await store.load_job_types()}
+    assert stored == {"etl": 5, "train": 2}
+
+
+def delta_of(n: int, duration: float) -> bytes:
+    """A serialised model of `n` finishes of `duration`."""
+    m = TypeModel()
+    for i in range(n):
+        m.add(duration, float(i))
+    return m.to_bytes()
