@@ -8,6 +8,7 @@ restart; counters live in the process and start again at 0, which `rate()` and `
 
 from __future__ import annotations
 
+import asyncio
 import bisect
 import contextlib
 import time
@@ -99,6 +100,26 @@ class _StoreGauges(Collector):
         )
         quarantined.add_metric([], counts.quarantined)
         return [ready, watched, pending, dead, oldest, due, quarantined]
+
+
+class _LoopGauges(Collector):
+    """`watcher_event_loop_tasks`: asyncio tasks alive in the event loop that serves the scrape.
+
+    A count that only grows is a leak (a task per request or per reload never finished); the soak benchmark
+    watches it. Collected on the loop's own thread, since `/metrics` is served there; without a running loop
+    (a registry read from another thread) the sample is left out rather than guessed.
+    """
+
+    def collect(self) -> list[Metric]:
+        try:
+            tasks = len(asyncio.all_tasks())
+        except RuntimeError:  # no running event loop in this thread
+            return []
+        family = GaugeMetricFamily(
+            "watcher_event_loop_tasks", "asyncio tasks alive in the daemon's event loop (a leak grows it)."
+        )
+        family.add_metric([], tasks)
+        return [family]
 
 
 def observe_many(histogram: Histogram, values: Sequence[float]) -> None:
@@ -247,6 +268,7 @@ class Metrics:
             self.store_errors.labels(kind=fault.value)
         Info("watcher_build", "Build information.", registry=r).info({"version": __version__})
         r.register(_StoreGauges(self))
+        r.register(_LoopGauges())
         if default_collectors:
             _register_default_collectors(r)
 

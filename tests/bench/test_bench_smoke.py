@@ -14,7 +14,7 @@ import asyncpg  # type: ignore[import-untyped]
 import pytest
 
 from tests.support.postgres import PG_URL, require_postgres
-from watcher.bench import SCENARIOS
+from watcher.bench import SCENARIOS, selected
 from watcher.bench.report import ScenarioResult, render_table
 from watcher.devtools.simulate import Simulator
 
@@ -43,6 +43,8 @@ def test_each_scenario_runs_and_reports_every_figure(tmp_path: Path, scenario: s
     args = [scenario, "--workdir", str(tmp_path / "work")]
     if scenario == "scale":
         args += ["--sizes", "500,1000", "--window-s", "1"]
+    if scenario == "soak":
+        args += ["--duration-s", "15"]
     proc, doc = bench(tmp_path, *args)
     if scenario == "replicas":  # on the default SQLite store: skipped, visibly, and that is no failure
         assert proc.returncode == 0, proc.stderr[-2000:]
@@ -69,9 +71,18 @@ def test_each_scenario_runs_and_reports_every_figure(tmp_path: Path, scenario: s
     assert "scenario" in proc.stdout.splitlines()[0]
 
 
+def test_a_full_run_leaves_out_the_soak_unless_asked() -> None:
+    """`watcher bench` alone runs every scenario but the ten-minute soak; naming it runs it."""
+    assert "soak" in SCENARIOS and "soak" not in selected([])
+    assert selected([]) == [s for s in SCENARIOS if s != "soak"]
+    assert selected(["soak", "throughput"]) == ["throughput", "soak"]
+
+
 def test_bad_usage_is_one_line_and_status_2(tmp_path: Path) -> None:
     """An unknown scenario or a bad option is named on one line, nothing runs."""
-    for args in (["nosuch"], ["--window-s", "0"], ["--sizes", "ten"], ["--store", "mysql://db/x"]):
+    bad = (["nosuch"], ["--window-s", "0"], ["--sizes", "ten"], ["--store", "mysql://db/x"])
+    bad += (["--duration-s", "0"],)
+    for args in bad:
         proc, doc = bench(tmp_path, *args, timeout=30.0)
         assert proc.returncode == 2
         assert doc is None

@@ -27,8 +27,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from watcher.bench import stores
 from watcher.errors import WatcherError
-from watcher.models import Registration, Source
+from watcher.models import Registration, SavedPoll, Source
 from watcher.store import open_store
+from watcher.store.postgres import PostgresStore
 
 # The simulator's documented throwaway credentials: loopback-only test values, never real ones.
 SIM_TOKEN, SIM_KEY, SIM_SLUG = "sim-token", "sim-key", "sim"
@@ -49,6 +50,7 @@ class Context:
     store: str = "sqlite"  # `--store`: the backend the daemons under test use
     window_s: float = 10.0  # length of each timed measurement window
     sizes: tuple[int, ...] = (10_000, 100_000, 1_000_000)  # watches held by one daemon in `scale`
+    duration_s: float | None = None  # `--duration-s`: how long `soak` runs (None: its default)
 
     def say(self, message: str) -> None:
         """One progress line on stderr, so a long run shows it is alive (stdout is the table)."""
@@ -281,19 +283,64 @@ def job_ids(n: int, seed: int) -> list[str]:
     return [str(uuid.UUID(int=rng.getrandbits(128), version=4)) for _ in range(n)]
 
 
-async def build_store(url: str, ids: Sequence[str], now: float, batch: int = 50_000) -> float:
-    """Register `ids` through the store API in big batches (no daemon running); returns the seconds taken."""
+async def build_store(
+    url: str, ids: Sequence[str], now: float, batch: int = 50_000, *, observed: bool = False
+) -> float:
+    """Register `ids` through the store API in big batches (no daemon running); returns the seconds taken.
+
+    `observed`: each watch is then claimed and saved once as seen `active`, as after its first poll, so a
+    daemon started on the store polls quietly (no transition, no event) from its first poll on.
+    """
     started = time.monotonic()
     ordered = sorted(ids)  # in key order a B-tree only appends: several times faster than random order
+    # Observed watches are registered and seen in the past, and due again before `now`: a daemon's restore
+    # spreads overdue watches (on PostgreSQL it leaves the others alone), and the loop below ends.
+    at = now - 2 * _SEEN_DUE_S if observed else now
     store = open_store(url)
     await store.open()
     try:
         for i in range(0, len(ordered), batch):
             regs = [Registration(j, SIM_SLUG, Source.API) for j in ordered[i : i + batch]]
-            await store.register(regs, now)
+            await store.register(regs, at)
+        seen: set[str] = set()
+        while observed and len(seen) < len(ordered):
+            # A shared PostgreSQL store keeps time by the database's clock, not `at`: stop at the first
+            # watch seen twice rather than trust the due times.
+            claimed = await store.claim_due(at, batch, _SEEN_DUE_S)
+            fresh = [w for w in claimed if w.job_id not in seen]
+            if len(fresh) < len(claimed):
+                await store.release([w for w in claimed if w.job_id in seen])
+            if not fresh:
+                break
+            for w in fresh:
+                w.status, w.polls, w.streak, w.last_polled_at = "active", 1, 1, at
+                w.next_poll_at = at + _SEEN_DUE_S
+                seen.add(w.job_id)
+            await store.save_polls([SavedPoll(w) for w in fresh])
     finally:
         await store.close()
     return time.monotonic() - started
+
+
+_SEEN_DUE_S = 600.0
+
+
+async def all_overdue(url: str, now: float) -> None:
+    """Make every unfinished watch of a PostgreSQL store due before `now`, so that the next daemon's restore
+    spreads them all by its own `initial_interval_s`, as a SQLite daemon's restore always does.
+
+    A shared PostgreSQL store's restore leaves watches that are not yet due alone (another replica may be
+    polling them), so between two benchmark daemons with different intervals the later one would inherit the
+    earlier one's schedule. A non-shared store's restore takes every watch.
+    """
+    if not stores.is_postgres(url):
+        return
+    store = PostgresStore(url, shared=False)
+    await store.open()
+    try:
+        await store.restore(now, lambda _w: now - 1.0)
+    finally:
+        await store.close()
 
 
 def fresh_store_url(store: str, workdir: Path, name: str) -> str:
