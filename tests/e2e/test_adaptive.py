@@ -152,3 +152,48 @@ async def test_job_slow_is_delivered_once_per_slow_job(
     # Not a transition: job.success of every job is still delivered, in order after job.slow.
     assert sum(d["type"] == "job.success" for d in got) == MIN_SAMPLES + 4
     assert daemon.stop() == 0
+
+
+async def test_a_restart_keeps_the_model_and_job_slow_stays_one_event(
+    tmp_path: Path, sim: Sim, receiver: Receiver, daemon_factory: Any
+) -> None:
+    """The learnt model survives a restart (the store), and a slow job flagged before it is not flagged
+    again after it: the event id is the job's, so the second detection is the same event, stored once."""
+    port = free_port()
+    polling = {"adaptive_min_samples": MIN_SAMPLES}
+    config = write_config(
+        tmp_path, sim, receiver, port, polling=polling, webhook={"events": ["job.slow"]}, watchlist=False
+    )
+    daemon: DaemonProc = daemon_factory(config, port)
+    daemon.start()
+    await daemon.wait_ready()
+    rng = random.Random(8)
+    await run_jobs(sim, daemon, rng, MIN_SAMPLES + 2, 0.3, 0.5)
+    await asyncio.sleep(1.5)  # the learner's next round sets the type's slow threshold
+    slow = await sim.create_job(status="active", name=TYPE, script=[{"after_s": 6.0, "status": "success"}])
+    status, _ = await api(daemon, "POST", "/v1/watches", {"job_id": slow})
+    assert status == 201
+    await receiver.wait_for(lambda d: len(d) >= 1, timeout=10)
+    assert daemon.stop() == 0  # the learner's last flush writes what it learnt since its last one
+    daemon.start()
+    await daemon.wait_ready()
+
+    async def relearnt() -> bool:
+        _, body = await api(daemon, "GET", "/v1/job-types")
+        return any(t["name"] == TYPE and t["samples"] == MIN_SAMPLES + 2 for t in body["items"])
+
+    await eventually(relearnt, 10, "the model loaded from the store")
+
+    async def finished() -> bool:
+        _, watch = await api(daemon, "GET", f"/v1/watches/{slow}")
+        return bool(watch["status"] == "success")
+
+    await eventually(finished, 15, "the slow job finished")
+    await asyncio.sleep(0.5)  # nothing more may come
+    assert [(d["type"], d["body"]["data"]["job"]["id"]) for d in receiver.deliveries()] == [
+        ("job.slow", slow)
+    ]
+    async with aiohttp.ClientSession() as s, s.get(daemon.api + "/metrics") as r:
+        text = await r.text()
+    assert "watcher_jobs_slow_total 1.0" in text  # detected again after the restart, and stored once
+    assert daemon.stop() == 0
