@@ -152,6 +152,8 @@ async def test_job_slow_is_delivered_once_per_slow_job(
     # Not a transition: job.success of every job is still delivered, in order after job.slow.
     assert sum(d["type"] == "job.success" for d in got) == MIN_SAMPLES + 4
     assert daemon.stop() == 0
+    slow_lines = [e for e in daemon.log_events() if e.get("event") == "job.slow"]
+    assert sorted(e["job_id"] for e in slow_lines) == sorted(slow)
 
 
 async def test_a_restart_keeps_the_model_and_job_slow_stays_one_event(

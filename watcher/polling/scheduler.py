@@ -28,7 +28,7 @@ from watcher.polling.learning import Learner
 from watcher.polling.policy import Decision, PollingPolicy, decide, error_delay, is_expired
 from watcher.polling.ratelimit import TokenBucket
 from watcher.polling.writer import BatchWriter, WriterEvents
-from watcher.statuses import metric_label
+from watcher.statuses import SLOW_EVENT, metric_label
 from watcher.store.base import Store
 
 log = structlog.get_logger("watcher.scheduler")
@@ -380,8 +380,9 @@ class Scheduler(StoreLoop):
             if decision.detection_lag_s is not None:
                 self._metrics.detection_lag.observe(max(0.0, decision.detection_lag_s))
         for new in decision.saved.events:
+            kind = "job.transition" if decision.transition else "job.verdict"
             log.info(
-                "job.transition" if decision.transition else "job.verdict",
+                "job.slow" if new.event.type == SLOW_EVENT else kind,
                 job_id=watch.job_id,
                 workspace=watch.workspace,
                 status=watch.final or watch.status,
