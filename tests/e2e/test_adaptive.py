@@ -151,6 +151,9 @@ async def test_job_slow_is_delivered_once_per_slow_job(
     assert "watcher_jobs_slow_total 2.0" in text
     # Not a transition: job.success of every job is still delivered, in order after job.slow.
     assert sum(d["type"] == "job.success" for d in got) == MIN_SAMPLES + 4
+    for job in slow:
+        order = [d["type"] for d in got if d["body"]["data"]["job"]["id"] == job]
+        assert order == ["job.slow", "job.success"], order
     assert daemon.stop() == 0
     slow_lines = [e for e in daemon.log_events() if e.get("event") == "job.slow"]
     assert sorted(e["job_id"] for e in slow_lines) == sorted(slow)
