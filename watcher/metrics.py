@@ -4,12 +4,21 @@ No label ever carries an unbounded value: statuses and outcomes are enums, webho
 the names of removed webhooks that still have deliveries in the store). The gauges that describe the store
 (queue depth, backlog, dead deliveries) are read from `Store.counts()` snapshots, so they are exact after a
 restart; counters live in the process and start again at 0, which `rate()` and `increase()` handle.
+
+A scrape is consistent per process (SPEC §16): once `watcher_jobs_finished_total` counts a job,
+`watcher_watched_jobs` no longer does, although the snapshot may be seconds old. `FinishLedger` keeps the
+jobs this process finished since the snapshot was fixed, and the gauge leaves them out. Which finishes the
+snapshot saw is exact, not a guess from timestamps: the scheduler saves and counts a batch that finishes
+watches while holding `FinishLedger.gate`, and housekeeping holds the same gate until the store has fixed
+its read snapshot (`Store.counts(on_snapshot=...)`), so every finish is counted either before the snapshot
+(and seen by it) or after (and left out by the ledger).
 """
 
 from __future__ import annotations
 
 import asyncio
 import bisect
+import collections
 import contextlib
 import time
 from collections.abc import Callable, Sequence
@@ -68,6 +77,9 @@ class _StoreGauges(Collector):
         for status, n in counts.watched_by_status.items():
             label = metric_label(status)
             by_status[label] = by_status.get(label, 0) + n
+        for status, n in m.finishes.unseen().items():  # finished and counted since the snapshot
+            label = metric_label(status)
+            by_status[label] = max(0, by_status.get(label, 0) - n)
         for status, n in sorted(by_status.items()):
             watched.add_metric([status], n)
         pending = GaugeMetricFamily(
@@ -100,6 +112,34 @@ class _StoreGauges(Collector):
         )
         quarantined.add_metric([], counts.quarantined)
         return [ready, watched, pending, dead, oldest, due, quarantined]
+
+
+class FinishLedger:
+    """The jobs this process finished (and counted) since the store snapshot behind the gauges was fixed,
+    by the status the snapshot counted them under (see the module docstring)."""
+
+    def __init__(self) -> None:
+        self.gate = asyncio.Lock()  # a save that finishes watches, or a snapshot being fixed
+        self._seq = 0
+        self._log: collections.deque[tuple[int, str]] = collections.deque()
+
+    def finished(self, previous_status: str | None) -> None:
+        """One job finished and counted; the store had it under `previous_status` (None: never polled)."""
+        self._seq += 1
+        self._log.append((self._seq, previous_status or "unknown"))
+
+    def mark(self) -> int:
+        """Where the ledger stands: call it once a snapshot is fixed, and give it to `published`."""
+        return self._seq
+
+    def published(self, mark: int) -> None:
+        """The snapshot fixed at `mark` is the one the gauges show: the finishes before it are in it."""
+        while self._log and self._log[0][0] <= mark:
+            self._log.popleft()
+
+    def unseen(self) -> collections.Counter[str]:
+        """Finished jobs the published snapshot still counts as watched, by their status in it."""
+        return collections.Counter(status for _, status in self._log)
 
 
 class _LoopGauges(Collector):
@@ -182,6 +222,7 @@ class Metrics:
         self.ready = ready
         self.counts: StoreCounts | None = None
         self.counts_at = 0.0
+        self.finishes = FinishLedger()
         self.polls_due = 0
         self.polls_waiting = polls_waiting
         # The client's `*_created` series would appear as `watcher_polls_created` and the like, which reads
@@ -266,14 +307,31 @@ class Metrics:
         )
         for fault in StoreFault:
             self.store_errors.labels(kind=fault.value)
+        self.api_requests = Counter(
+            "watcher_api_requests",
+            "API requests by client (a name of api.clients, `token` for api.tokens, `anonymous`), route"
+            " template (`unmatched` for unknown paths) and status code.",
+            ["client", "route", "code"],
+            registry=r,
+        )
         Info("watcher_build", "Build information.", registry=r).info({"version": __version__})
         r.register(_StoreGauges(self))
         r.register(_LoopGauges())
         if default_collectors:
             _register_default_collectors(r)
 
-    def update_counts(self, counts: StoreCounts, now: float, polls_due: int | None = None) -> None:
-        """Refresh the store-derived gauges from a snapshot taken at `now`."""
+    def job_finished(self, final: str, previous_status: str | None) -> None:
+        """Count a job that stopped being watched (`final`, as `metric_label` names it); call it as soon as
+        the store has committed the finish, while holding `finishes.gate`."""
+        self.jobs_finished.labels(status=final).inc()
+        self.finishes.finished(previous_status)
+
+    def update_counts(
+        self, counts: StoreCounts, now: float, polls_due: int | None = None, *, mark: int | None = None
+    ) -> None:
+        """Refresh the store-derived gauges from a snapshot taken at `now`, fixed at the ledger's `mark`
+        (`FinishLedger.mark`; None: the ledger as it is now, for callers that finish nothing meanwhile)."""
+        self.finishes.published(self.finishes.mark() if mark is None else mark)
         self.counts = counts
         self.counts_at = now
         if polls_due is not None:

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
 import base64
+import tomllib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,11 +11,12 @@ from typing import Any
 
 import aiohttp
 import pytest
-from prometheus_client import CollectorRegistry
 
-from tests.e2e.conftest import free_port
+from tests.support import config
+from tests.support.daemon import InProcessDaemon
+from tests.support.ports import free_port
 from tests.support.postgres import pg_schema
-from watcher.config import Settings, load_config
+from watcher.config import Settings
 from watcher.daemon import Daemon
 from watcher.devtools.receiver import Receiver
 from watcher.devtools.simulate import Simulator
@@ -52,64 +53,29 @@ class Running:
             return r.status, (await r.json(content_type=None)) if text else None
 
 
-def write_settings(tmp_path: Path, sim_url: str, hook_url: str, port: int, extra: str = "") -> Settings:
-    """A fast test configuration with two webhooks (`ops`, `audit`) and two workspaces (`acme`, `other`)."""
-    text = f"""
-[upstream]
-base_url = "{sim_url}"
-token = "sim-token"
-api_key = "sim-key"
-workspace_slug = "acme"
-[upstream.workspaces.other]
-token = "other-token"
-api_key = "other-key"
-[polling]
-initial_interval_s = 0.05
-max_interval_s = 0.2
-[api]
-listen = "127.0.0.1:{port}"
-max_body_bytes = 65536
-{extra}
-[store]
-url = "sqlite:///{tmp_path / "w.db"}"
-[watchlist]
-path = "{tmp_path / "watchlist.txt"}"
-reload_interval_s = 0.1
-[daemon]
-shutdown_grace_s = 3.0
-[[webhooks]]
-name = "ops"
-url = "{hook_url}"
-secret = "{SECRET}"
-retry_initial_s = 0.05
-retry_max_s = 0.2
-max_attempts = 2
-[[webhooks]]
-name = "audit"
-url = "{hook_url}audit"
-secret = "{SECRET}"
-events = ["job.failed"]
-retry_initial_s = 0.05
-retry_max_s = 0.2
-max_attempts = 2
-"""
-    path = tmp_path / "w.toml"
-    path.write_text(text)
-    return load_config(path, env={})
+def write_settings(
+    tmp_path: Path, sim_url: str, hook_url: str, port: int, token: str | None = None, api: str = ""
+) -> Settings:
+    """A fast test configuration with two webhooks (`ops`, `audit`) and two workspaces (`acme`, `other`).
 
-
-async def wait_until(predicate: Callable[[], object], within_s: float = 15.0) -> None:
-    """Poll `predicate` every 20 ms until it is true; fail after `within_s`."""
-    async with asyncio.timeout(within_s):
-        while not predicate():
-            await asyncio.sleep(0.02)
-
-
-async def wait_for(check: Callable[[], Awaitable[bool]], within_s: float = 15.0) -> None:
-    """Await `check` every 50 ms until it is true; fail after `within_s`."""
-    async with asyncio.timeout(within_s):
-        while not await check():
-            await asyncio.sleep(0.05)
+    `api`: more of the `[api]` table as TOML text, keys and `[[api.clients]]` tables alike.
+    """
+    hooks = {"secret": SECRET, "max_attempts": 2}
+    more = tomllib.loads(api)
+    more |= more.pop("api", {})  # `[[api.clients]]` tables in the text parse as {"api": {"clients": …}}
+    return config.settings(
+        tmp_path,
+        sim_url,
+        port=port,
+        webhooks=[
+            {"name": "ops", "url": hook_url, **hooks},
+            {"name": "audit", "url": f"{hook_url}audit", "events": ["job.failed"], **hooks},
+        ],
+        sections={
+            "upstream.workspaces.other": {"token": "other-token", "api_key": "other-key"},
+            "api": {"max_body_bytes": 65536, **({"tokens": [token]} if token else {}), **more},
+        },
+    )
 
 
 StartDaemon = Callable[..., Awaitable[Running]]
@@ -121,7 +87,11 @@ async def start_daemon(tmp_path: Path) -> AsyncIterator[StartDaemon]:
     stack: list[Callable[[], Awaitable[object]]] = []
 
     async def start(
-        *, token: str | None = None, watchlist: tuple[str, ...] = (), store: Store | None = None
+        *,
+        token: str | None = None,
+        watchlist: tuple[str, ...] = (),
+        store: Store | None = None,
+        api: str = "",
     ) -> Running:
         sim = Simulator(workspace_slug="acme", workspaces={"other": ("other-token", "other-key")})
         sim_url = await sim.start()
@@ -131,19 +101,16 @@ async def start_daemon(tmp_path: Path) -> AsyncIterator[StartDaemon]:
         stack.append(receiver.stop)
         listfile = tmp_path / "watchlist.txt"
         listfile.write_text("".join(f"{j}\n" for j in watchlist))
-        extra = f'tokens = ["{token}"]' if token else ""
-        settings = write_settings(tmp_path, sim_url, hook_url, free_port(), extra)
-        daemon = Daemon(settings, handle_signals=False, registry=CollectorRegistry(), store=store)
-        run = asyncio.create_task(daemon.run())
+        settings = write_settings(tmp_path, sim_url, hook_url, free_port(), token, api)
+        running = InProcessDaemon(settings, store=store)
 
         async def stop() -> None:
-            daemon.request_stop()
-            assert await asyncio.wait_for(run, 15) == 0
+            if running.task is not None:
+                assert await running.stop(15) == 0
 
         stack.append(stop)
-        await wait_until(lambda: run.done() or (daemon.state is not None and daemon.state.ready))
-        if run.done():
-            await run  # raises what stopped it
+        await running.start(15)
+        daemon = running.daemon
         http = aiohttp.ClientSession()
         stack.append(http.close)
         base = f"http://{settings.api.listen}"

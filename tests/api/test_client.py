@@ -7,8 +7,9 @@ import json
 import os
 import sys
 
-from tests.api.conftest import Running, StartDaemon, wait_for
-from tests.e2e.conftest import free_port
+from tests.api.conftest import Running, StartDaemon
+from tests.support.eventually import eventually
+from tests.support.ports import free_port
 
 TOKEN = "client-test-token"
 
@@ -52,7 +53,7 @@ async def test_client_commands_against_a_running_daemon(start_daemon: StartDaemo
         code, out, _ = await watcher(d, "deliveries", "list", "--state", "dead", "--json")
         return code == 0 and len(json.loads(out)["deliveries"]) == 1
 
-    await wait_for(dead, within_s=30)
+    await eventually(dead, timeout=30)
     code, out, _ = await watcher(d, "watches", "show", job)
     assert code == 0
     assert "state:       failed" in out and "job.failed" in out and "dead" in out

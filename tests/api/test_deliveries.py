@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from tests.api.conftest import Running, StartDaemon, wait_for, wait_until
+from tests.api.conftest import Running, StartDaemon
+from tests.support.eventually import eventually
 
 
 async def _dead(d: Running, n: int) -> bool:
@@ -15,7 +16,7 @@ async def test_dead_delivery_is_replayed_with_the_same_webhook_id(start_daemon: 
     d.receiver.set_status(500)
     job = d.sim.add_job(status="failed", error="boom").id
     assert (await d.call("POST", "/v1/watches", json={"job_id": job}))[0] == 201
-    await wait_for(lambda: _dead(d, 2))  # ops and audit, two attempts each
+    await eventually(lambda: _dead(d, 2))  # ops and audit, two attempts each
     dead = (await d.call("GET", "/v1/deliveries?state=dead&webhook=ops"))[1]["deliveries"]
     assert [(x["webhook"], x["attempts"], x["job_id"]) for x in dead] == [("ops", 2, job)]
     assert dead[0]["last_error"] and dead[0]["next_attempt_at"] is None
@@ -24,8 +25,8 @@ async def test_dead_delivery_is_replayed_with_the_same_webhook_id(start_daemon: 
     assert status == 200, body
     assert (body["delivery"]["state"], body["delivery"]["attempts"]) == ("pending", 0)
     assert body["delivery"]["event_id"] == dead[0]["event_id"]
-    await wait_until(lambda: d.receiver.ids() == [dead[0]["event_id"]])
-    await wait_for(lambda: _dead(d, 1))
+    await eventually(lambda: d.receiver.ids() == [dead[0]["event_id"]])
+    await eventually(lambda: _dead(d, 1))
     status, body = await d.call("POST", f"/v1/deliveries/{dead[0]['id']}/retry")
     assert status == 409 and "delivered" in body["detail"]
     for missing in ("999999", "9223372036854775807"):
@@ -47,7 +48,7 @@ async def test_list_filters_and_cursor(start_daemon: StartDaemon) -> None:
         body = (await d.call("GET", "/v1/deliveries?state=delivered"))[1]
         return len(body["deliveries"]) == 6
 
-    await wait_for(six_delivered)
+    await eventually(six_delivered)
     everything = (await d.call("GET", "/v1/deliveries"))[1]
     ids = [x["id"] for x in everything["deliveries"]]
     assert ids == sorted(ids, reverse=True) and everything["next_cursor"] is None

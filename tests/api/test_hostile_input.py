@@ -7,8 +7,10 @@ as invalid and registers the rest, and it survives a store that refuses one row 
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 import uuid
+from contextlib import closing
 
 import asyncpg  # type: ignore[import-untyped]
 import pytest
@@ -111,15 +113,20 @@ async def test_batch_reports_a_nul_item_and_registers_the_rest(daemon: Running) 
     assert sorted(w["job_id"] for w in page["watches"]) == sorted([a, c])
 
 
+def _sqlite_trigger(path: str, job_id: str) -> None:
+    with closing(sqlite3.connect(path, timeout=30.0, isolation_level=None)) as db:
+        db.execute(
+            f"CREATE TRIGGER refuse BEFORE INSERT ON watches WHEN NEW.job_id = '{job_id}' "
+            "BEGIN SELECT RAISE(ABORT, 'refused by the test'); END"
+        )
+
+
 async def _refuse_inserts_of(backend: Backend, job_id: str) -> None:
     """Make the real database refuse one row, as a constraint or a broken page would: a trigger."""
     if backend.kind == "sqlite":
-        with sqlite3.connect(backend.url) as db:
-            db.execute(
-                f"CREATE TRIGGER refuse BEFORE INSERT ON watches WHEN NEW.job_id = '{job_id}' "
-                "BEGIN SELECT RAISE(ABORT, 'refused by the test'); END"
-            )
-        db.close()
+        # Off the event loop: the daemon runs on this loop, and a write transaction of its own (a purge, a
+        # watch-list sync) can only commit, and so let the schema change in, while the loop runs.
+        await asyncio.to_thread(_sqlite_trigger, backend.url, job_id)
         return
     target = parse_url(backend.url)
     conn = await asyncpg.connect(target.dsn)

@@ -23,7 +23,8 @@ from hypothesis.errors import Unsatisfiable
 from schemathesis.config import SchemathesisConfig
 
 from tests.api.conftest import SECRET
-from tests.e2e.conftest import free_port
+from tests.support import config
+from tests.support.ports import free_port
 from tests.support.postgres import pg_schema
 from watcher.config import load_config
 from watcher.http.openapi import openapi_document
@@ -37,37 +38,26 @@ MAX_EXAMPLES = 30
 
 def _config(tmp: Path, port: int, store_url: str | None = None) -> Path:
     dead = f"http://127.0.0.1:{free_port()}"  # nothing listens: polls and deliveries just fail and retry
-    text = f"""
-[upstream]
-base_url = "{dead}/api/v2"
-token = "t"
-api_key = "k"
-workspace_slug = "acme"
-[upstream.workspaces.other]
-[api]
-listen = "127.0.0.1:{port}"
-tokens = ["{TOKEN}"]
-max_body_bytes = 65536
-[store]
-url = "{store_url or "sqlite:///" + str(tmp / "w.db")}"
-[daemon]
-state_dir = "{tmp}"
-shutdown_grace_s = 2.0
-[log]
-level = "warning"
-format = "json"
-[[webhooks]]
-name = "ops"
-url = "{dead}/hook"
-secret = "{SECRET}"
-[[webhooks]]
-name = "audit"
-url = "{dead}/audit"
-secret = "{SECRET}"
-"""
-    path = tmp / "w.toml"
-    path.write_text(text)
-    return path
+    return config.write_config(
+        tmp,
+        f"{dead}/api/v2",
+        port=port,
+        webhooks=[
+            {"name": "ops", "url": f"{dead}/hook", "secret": SECRET},
+            {"name": "audit", "url": f"{dead}/audit", "secret": SECRET},
+        ],
+        sections={
+            "upstream": {"token": "t", "api_key": "k"},
+            "upstream.workspaces.other": {},
+            "polling": None,
+            "api": {"tokens": [TOKEN], "max_body_bytes": 65536},
+            "store": {"url": store_url or f"sqlite:///{tmp / 'w.db'}"},
+            "watchlist": None,
+            "daemon": {"state_dir": str(tmp), "shutdown_grace_s": 2.0},
+            "log": {"level": "warning", "format": "json"},
+        },
+        hook_defaults={},
+    )
 
 
 @pytest.fixture(scope="module", params=["sqlite", "postgres"])

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
 import uuid
+from typing import Any
 
-from tests.api.conftest import Running, StartDaemon, wait_for, wait_until
+from tests.api.conftest import Running, StartDaemon
+from tests.support.eventually import eventually
 
 
 def _ids(n: int) -> list[str]:
@@ -31,15 +32,20 @@ async def test_same_id_from_api_and_watchlist_is_one_watch_and_one_event(start_d
     async def both_sources() -> bool:
         return sorted((await d.call("GET", f"/v1/watches/{job}"))[1]["sources"]) == ["api", "file"]
 
-    await wait_for(both_sources)
-    await wait_until(lambda: len(d.sim.requests(job)) >= 1)
+    await eventually(both_sources)
+    await eventually(lambda: len(d.sim.requests(job)) >= 1)
     d.sim.set_status(job, "success")
-    await wait_until(lambda: len(d.receiver.deliveries) >= 1)
-    await asyncio.sleep(0.5)  # time for a duplicate, if there were one
+
+    async def finished_and_delivered() -> dict[str, Any] | None:
+        detail = (await d.call("GET", f"/v1/watches/{job}"))[1]
+        delivered = detail["deliveries"] and all(x["state"] == "delivered" for x in detail["deliveries"])
+        return detail if detail["final"] and delivered else None
+
+    # Finished, and every delivery it made recorded: a duplicate event would be in the store by now.
+    detail = await eventually(finished_and_delivered, 15, "the job finished and its deliveries done")
     assert [x.type for x in d.receiver.deliveries] == ["job.success"]
     page = (await d.call("GET", "/v1/watches"))[1]
     assert [w["job_id"] for w in page["watches"]] == [job]
-    detail = (await d.call("GET", f"/v1/watches/{job}"))[1]
     assert [t["type"] for t in detail["transitions"]] == ["job.active", "job.success"]
     assert [(x["webhook"], x["state"]) for x in detail["deliveries"]] == [("ops", "delivered")]
     assert detail["deliveries"][0]["event_id"] == d.receiver.deliveries[0].webhook_id
@@ -68,7 +74,7 @@ async def test_register_options_and_show(start_daemon: StartDaemon) -> None:
         3600.0,
     )
     assert (created["state"], created["sources"], created["polls"]) == ("unknown", ["api"], 0)
-    await wait_until(lambda: len(d.receiver.deliveries) == 1)
+    await eventually(lambda: len(d.receiver.deliveries) == 1)
     assert d.receiver.deliveries[0].type == "job.failed"
     detail = (await d.call("GET", f"/v1/watches/{job}"))[1]
     assert (detail["state"], detail["final"], detail["next_poll_at"]) == ("failed", "failed", None)
@@ -125,7 +131,7 @@ async def test_list_filters_and_pages(start_daemon: StartDaemon) -> None:
         page = (await d.call("GET", "/v1/watches?status=missing"))[1]
         return len(page["watches"]) == 7
 
-    await wait_for(all_missing, within_s=30)
+    await eventually(all_missing, timeout=30)
     assert (await d.call("GET", "/v1/watches?status=active"))[1]["watches"] == []
 
 
@@ -134,12 +140,12 @@ async def test_delete_then_register_again_is_a_fresh_watch(start_daemon: StartDa
     d = await start_daemon()
     job = d.sim.add_job(status="success").id
     assert (await d.call("POST", "/v1/watches", json={"job_id": job}))[0] == 201
-    await wait_until(lambda: len(d.receiver.deliveries) == 1)
+    await eventually(lambda: len(d.receiver.deliveries) == 1)
     assert (await d.call("DELETE", f"/v1/watches/{job}"))[0] == 204
     assert (await d.call("DELETE", f"/v1/watches/{job}"))[0] == 404
     assert (await d.call("GET", f"/v1/watches/{job}"))[0] == 404
     assert (await d.call("POST", "/v1/watches", json={"job_id": job}))[0] == 201
-    await wait_until(lambda: len(d.receiver.deliveries) == 2)
+    await eventually(lambda: len(d.receiver.deliveries) == 2)
     first, second = d.receiver.deliveries
     assert first.type == second.type == "job.success"
     assert first.webhook_id == second.webhook_id  # the same fact keeps its id (docs/api/http.md, "Stopping")

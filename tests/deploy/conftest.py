@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.conftest import daemon_factory, receiver, sim  # noqa: F401  (fixtures reused as they are)
+from tests.support.eventually import eventually
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -67,14 +68,10 @@ class NotifySocket:
 
     async def wait_for(self, predicate: Callable[[Notification], bool], timeout: float) -> Notification:
         """The first notification matching `predicate`, waiting up to `timeout` seconds for it."""
-        deadline = time.monotonic() + timeout
-        while True:
-            match = next((n for n in self.received if predicate(n)), None)
-            if match is not None:
-                return match
-            if time.monotonic() > deadline:
-                raise AssertionError(f"no matching notification in {timeout}s; got {self.received!r}")
-            await asyncio.sleep(0.02)
+        try:
+            return await eventually(lambda: next((n for n in self.received if predicate(n)), None), timeout)
+        except AssertionError:
+            raise AssertionError(f"no matching notification in {timeout}s; got {self.received!r}") from None
 
 
 @pytest.fixture

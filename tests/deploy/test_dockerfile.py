@@ -20,7 +20,8 @@ from typing import Any
 import pytest
 
 from tests.deploy.conftest import ROOT
-from tests.e2e.conftest import DaemonProc, Receiver, Sim, free_port, write_config
+from tests.e2e.conftest import DaemonProc, Receiver, Sim, write_config
+from tests.support.ports import free_port
 
 DOCKERFILE = ROOT / "Dockerfile"
 DOCKERIGNORE = ROOT / ".dockerignore"

@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import signal
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +16,9 @@ import pytest
 from aiohttp import web
 
 from tests.deploy.conftest import NotifySocket
-from tests.e2e.conftest import WEBHOOK_SECRET, DaemonProc, Receiver, Sim, free_port, write_config
+from tests.e2e.conftest import WEBHOOK_SECRET, DaemonProc, Receiver, Sim, write_config
+from tests.support.eventually import eventually
+from tests.support.ports import free_port
 from tests.support.standard_webhooks import TestReceiver
 
 pytestmark = pytest.mark.slow
@@ -91,12 +93,20 @@ async def test_in_flight_poll_drains_and_no_new_poll_starts(
     monkeypatch.setenv("NOTIFY_SOCKET", notify_socket.address)
     daemon.start()
     await notify_socket.wait_for(lambda n: n.fields.get("READY") == "1", 30)
-    deadline = time.monotonic() + 15
-    while len(await sim.requests(job)) < 3:
-        assert time.monotonic() < deadline, "the job is not being polled"
-        await asyncio.sleep(0.05)
+
+    async def finished_polls() -> int:
+        return len(await sim.requests(job))
+
+    async def slow_in_flight(before: int) -> bool:
+        # One job's polls never overlap: once a poll has finished after the fault, the one in flight started
+        # after it, so it is slow.
+        stats = await sim.call("GET", "/_sim/stats")
+        return await finished_polls() > before and stats["inflight"] >= 1
+
+    await eventually(lambda: _at_least(finished_polls(), 3), 15, "the job being polled")
     await sim.faults(slow=1.0, slow_s=1.5)  # under the 2 s upstream timeout: slow, not failed
-    await asyncio.sleep(0.6)  # polls come every <= 0.36 s, so one is now in flight for 1.5 s
+    before = await finished_polls()
+    await eventually(lambda: slow_in_flight(before), 15, "a slow poll in flight")
     await sim.set_status(job, "success")  # the in-flight poll answers with this when its time is over
 
     stopping_wall, took = await _sigterm(daemon, notify_socket, within_s=15)
@@ -131,10 +141,7 @@ async def test_delivery_in_flight_finishes_within_the_grace(
     daemon: DaemonProc = daemon_factory(_config(tmp_path, sim, receiver, port, 10.0, gated.url), port)
     monkeypatch.setenv("NOTIFY_SOCKET", notify_socket.address)
     daemon.start()
-    deadline = time.monotonic() + 20
-    while gated.in_progress == 0:
-        assert time.monotonic() < deadline, "no delivery reached the receiver"
-        await asyncio.sleep(0.01)
+    await eventually(lambda: gated.in_progress > 0, 20, "a delivery reaching the receiver")
 
     _, took = await _sigterm(daemon, notify_socket, within_s=15)
 
@@ -161,10 +168,7 @@ async def test_unfinished_delivery_stays_in_the_store_for_the_next_start(
     daemon: DaemonProc = daemon_factory(_config(tmp_path, sim, receiver, port, grace_s, gated.url), port)
     monkeypatch.setenv("NOTIFY_SOCKET", notify_socket.address)
     daemon.start()
-    deadline = time.monotonic() + 20
-    while not gated.held:
-        assert time.monotonic() < deadline, "no delivery reached the receiver"
-        await asyncio.sleep(0.01)
+    await eventually(lambda: gated.held, 20, "a delivery reaching the receiver")
 
     _, took = await _sigterm(daemon, notify_socket, within_s=grace_s + 15)
 
@@ -177,3 +181,7 @@ async def test_unfinished_delivery_stays_in_the_store_for_the_next_start(
     assert gated.deliveries[0].id == gated.held[0], "the same event (same webhook-id) is delivered"
     assert gated.deliveries[0].type == "job.failed"
     assert daemon.stop() == 0
+
+
+async def _at_least(count: Awaitable[int], n: int) -> bool:
+    return await count >= n

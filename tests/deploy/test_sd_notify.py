@@ -8,7 +8,6 @@ import os
 import signal
 import socket
 import statistics
-import time
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +15,9 @@ import aiohttp
 import pytest
 
 from tests.deploy.conftest import NotifySocket
-from tests.e2e.conftest import DaemonProc, Receiver, Sim, free_port, write_config
+from tests.e2e.conftest import DaemonProc, Receiver, Sim, write_config
+from tests.support.eventually import eventually
+from tests.support.ports import free_port
 
 pytestmark = pytest.mark.slow
 
@@ -46,7 +47,10 @@ async def test_ready_status_watchdog_and_stopping(
     assert ready.fields["STATUS"].startswith("watching ")
     # The housekeeping loop counts the watch from the list; STATUS= follows within a few seconds.
     await notify_socket.wait_for(lambda n: n.fields.get("STATUS", "").startswith("watching 1 jobs"), 15)
-    await asyncio.sleep(max(0.0, 2.0 - (time.monotonic() - ready.at)))  # at least 2 s of pings
+    # Ten pings after READY=1 (about 2 s), counted rather than slept for.
+    await eventually(
+        lambda: len([n for n in notify_socket.with_key("WATCHDOG") if n.at >= ready.at]) >= 10, 20
+    )
 
     daemon.signal(signal.SIGTERM)
     stopping = await notify_socket.wait_for(lambda n: n.fields.get("STOPPING") == "1", 15)
@@ -91,7 +95,15 @@ async def test_abstract_socket_and_no_watchdog_without_usec(
             monkeypatch.delenv("WATCHDOG_USEC", raising=False)
             daemon.start()
             await ns.wait_for(lambda n: n.fields.get("READY") == "1", 30)
-            await asyncio.sleep(0.5)
+            # A known later event instead of a pause: a watch registered now changes the status line, and
+            # the notify loop sends it on one of its next rounds; none of those rounds may ping.
+            job = await sim.create_job(status="active")
+            async with (
+                aiohttp.ClientSession() as s,
+                s.post(daemon.api + "/v1/watches", json={"job_id": job}) as r,
+            ):
+                assert r.status == 201, await r.text()
+            await ns.wait_for(lambda n: n.fields.get("STATUS", "").startswith("watching 1 jobs"), 15)
             assert daemon.stop() == 0
             await ns.wait_for(lambda n: n.fields.get("STOPPING") == "1", 5)
             assert ns.with_key("WATCHDOG") == []

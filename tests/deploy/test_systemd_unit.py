@@ -18,7 +18,8 @@ from pathlib import Path
 import pytest
 
 from tests.deploy.conftest import DEPLOY, NotifySocket, require_tool
-from tests.e2e.conftest import SIM_KEY, SIM_TOKEN, WEBHOOK_SECRET, Receiver, Sim, free_port
+from tests.e2e.conftest import SIM_KEY, SIM_TOKEN, WEBHOOK_SECRET, Receiver, Sim
+from tests.support.ports import free_port
 from watcher.config import load_config
 from watcher.config.model import DaemonConfig
 

@@ -3,12 +3,10 @@ subprocesses on loopback, each started on a free port and stopped by the fixture
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,17 +17,13 @@ from typing import Any
 import aiohttp
 import pytest
 
+from tests.support import config
+from tests.support.eventually import eventually
+
 ROOT = Path(__file__).resolve().parents[2]
 RECEIVER_SCRIPT = ROOT / "tests" / "support" / "standard_webhooks.py"
 SIM_TOKEN, SIM_KEY, SIM_SLUG = "sim-token-e2e-5ecret", "sim-key-e2e-5ecret", "acme"
 WEBHOOK_SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
-
-
-def free_port() -> int:
-    """A loopback port that was free a moment ago."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _read_listening(proc: subprocess.Popen[str], timeout: float = 20.0) -> str:
@@ -113,14 +107,19 @@ class Receiver:
             assert r.status == 200
 
     async def wait_for(self, predicate: Any, timeout: float) -> list[dict[str, Any]]:
-        deadline = time.monotonic() + timeout
-        while True:
+        """The deliveries once `predicate(deliveries)` holds, waiting up to `timeout` seconds."""
+
+        def met() -> list[dict[str, Any]] | None:
             got = self.deliveries()
-            if predicate(got):
-                return got
-            if time.monotonic() > deadline:
-                raise AssertionError(f"receiver condition not met in {timeout}s; got {len(got)} deliveries")
-            await asyncio.sleep(0.1)
+            return got if predicate(got) else None
+
+        try:
+            return await eventually(met, timeout, "receiver condition")
+        except AssertionError:
+            got = self.deliveries()
+            raise AssertionError(
+                f"receiver condition not met in {timeout}s; got {len(got)} deliveries"
+            ) from None
 
 
 class DaemonProc:
@@ -147,18 +146,24 @@ class DaemonProc:
         logf.close()
 
     async def wait_ready(self, timeout: float = 20.0) -> None:
-        deadline = time.monotonic() + timeout
+        """Wait until /readyz answers 200; fail with the log's tail if the daemon exits or is not ready."""
         async with aiohttp.ClientSession() as s:
-            while time.monotonic() < deadline:
+
+            async def ready() -> bool:
                 assert self.proc is not None
                 if self.proc.poll() is not None:
                     raise AssertionError(f"daemon exited {self.proc.returncode}:\n{self.log_text()[-3000:]}")
                 with contextlib.suppress(aiohttp.ClientError):
                     async with s.get(self.api + "/readyz") as r:
-                        if r.status == 200:
-                            return
-                await asyncio.sleep(0.05)
-        raise AssertionError("daemon not ready in time:\n" + self.log_text()[-3000:])
+                        return r.status == 200
+                return False
+
+            try:
+                await eventually(ready, timeout, "ready")
+            except AssertionError as exc:
+                if "daemon exited" in str(exc):
+                    raise
+                raise AssertionError("daemon not ready in time:\n" + self.log_text()[-3000:]) from None
 
     def signal(self, sig: int) -> None:
         assert self.proc is not None
@@ -242,9 +247,14 @@ def write_config(
     polling: dict[str, Any] | None = None,
     webhook: dict[str, Any] | None = None,
     upstream: dict[str, Any] | None = None,
-    watchlist: bool = True,
+    watchlist: bool | Path = True,
+    store_url: str | None = None,
+    daemon: dict[str, Any] | None = None,
+    reload_interval_s: float = 0.2,
 ) -> Path:
-    """A TOML config for a fast test daemon; `polling`/`webhook`/`upstream` override keys."""
+    """A TOML config for a fast test daemon (tests/support/config.py); `polling`/`webhook`/`upstream`/
+    `daemon` override keys, `store_url` replaces the SQLite file, and `watchlist` is a path to watch
+    another file (or False for none), reloaded every `reload_interval_s`."""
     pol = {
         "initial_interval_s": 0.05,
         "multiplier": 1.5,
@@ -266,7 +276,6 @@ def write_config(
         **(webhook or {}),
     }
     up = {
-        "base_url": sim.base_url,
         "token": SIM_TOKEN,
         "api_key": SIM_KEY,
         "workspace_slug": SIM_SLUG,
@@ -275,27 +284,31 @@ def write_config(
         "rate_limit_per_s": 2000.0,
         **(upstream or {}),
     }
-
-    def section(values: dict[str, Any]) -> str:
-        return "".join(f"{k} = {json.dumps(v)}\n" for k, v in values.items())
-
-    text = (
-        "[upstream]\n"
-        + section(up)
-        + "\n[polling]\n"
-        + section(pol)
-        + f'\n[api]\nlisten = "127.0.0.1:{api_port}"\n'
-        + f'\n[store]\nurl = "sqlite:///{tmp_path / "state" / "watcher.db"}"\n'
-        + f'\n[daemon]\nstate_dir = "{tmp_path / "state"}"\nshutdown_grace_s = 5.0\n'
-        + '\n[log]\nlevel = "info"\nformat = "json"\n'
-        + "\n[[webhooks]]\n"
-        + section(hook)
+    state = tmp_path / "state"
+    return config.write_config(
+        tmp_path,
+        sim.base_url,
+        port=api_port,
+        webhooks=[hook],
+        sections={
+            "upstream": up,
+            "polling": pol,
+            "store": {"url": store_url or f"sqlite:///{state / 'watcher.db'}"},
+            "daemon": {"state_dir": str(state), "shutdown_grace_s": 5.0, **(daemon or {})},
+            "log": {"level": "info", "format": "json"},
+            "watchlist": _watchlist(watchlist, reload_interval_s),
+        },
+        name="watcher.toml",
     )
-    if watchlist:
-        text += f'\n[watchlist]\npath = "{tmp_path / "watchlist.txt"}"\nreload_interval_s = 0.2\n'
-    path = tmp_path / "watcher.toml"
-    path.write_text(text)
-    return path
+
+
+def _watchlist(watchlist: bool | Path, reload_interval_s: float) -> dict[str, Any] | None:
+    if watchlist is False:
+        return None
+    section: dict[str, Any] = {"reload_interval_s": reload_interval_s}
+    if isinstance(watchlist, Path):
+        section["path"] = str(watchlist)
+    return section
 
 
 @pytest.fixture

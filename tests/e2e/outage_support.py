@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import signal
@@ -17,6 +16,7 @@ from typing import Any
 import aiohttp
 
 from tests.e2e.conftest import DaemonProc, Receiver, Sim
+from tests.support.eventually import eventually
 
 
 async def probe(api: str, path: str, timeout: float = 5.0) -> tuple[int, Any, float]:
@@ -44,19 +44,32 @@ async def metric(api: str, name: str) -> float | None:
     return None
 
 
+async def store_errors(api: str) -> float:
+    """`watcher_store_errors_total`, all kinds: one more each time a loop finds the store out."""
+    status, text, _ = await probe(api, "/metrics")
+    lines = str(text).splitlines() if status == 200 else []
+    return sum(float(x.split()[-1]) for x in lines if x.startswith("watcher_store_errors_total{"))
+
+
+async def store_retried(api: str, times: int, timeout: float = 30.0) -> None:
+    """Wait until the daemon's loops have found the store out `times` more times: a known event, after
+    which a negative check ("nothing was polled meanwhile") means something."""
+    start = await store_errors(api)
+
+    async def retried() -> bool:
+        return await store_errors(api) >= start + times
+
+    await until(retried, timeout, f"{times} more attempts on the store")
+
+
 async def metric_is(api: str, name: str, value: float) -> bool:
     """True if the sample `name` has `value` now."""
     return await metric(api, name) == value
 
 
-async def until(check: Callable[[], Awaitable[bool]], timeout: float, what: str, step: float = 0.1) -> float:
-    """Poll `check` until it is true; returns the seconds it took, fails naming `what` after `timeout`."""
-    started = time.monotonic()
-    while not await check():
-        if time.monotonic() - started > timeout:
-            raise AssertionError(f"{what}: not within {timeout}s")
-        await asyncio.sleep(step)
-    return time.monotonic() - started
+async def until(check: Callable[[], Awaitable[bool]], timeout: float, what: str) -> None:
+    """`eventually(check, timeout, what)`, for an async check."""
+    await eventually(check, timeout, what)
 
 
 async def readyz_is(api: str, status: int) -> bool:

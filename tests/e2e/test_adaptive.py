@@ -9,14 +9,15 @@ from __future__ import annotations
 
 import asyncio
 import random
-import time
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
 
-from tests.e2e.conftest import DaemonProc, Receiver, Sim, free_port, write_config
+from tests.e2e.conftest import DaemonProc, Receiver, Sim, write_config
+from tests.support.eventually import eventually
+from tests.support.ports import free_port
 from watcher.clock import parse_timestamp
 
 pytestmark = pytest.mark.slow
@@ -37,17 +38,6 @@ ADAPTIVE = {
 async def api(daemon: DaemonProc, method: str, path: str, body: Any = None) -> tuple[int, Any]:
     async with aiohttp.ClientSession() as s, s.request(method, daemon.api + path, json=body) as r:
         return r.status, await r.json() if r.content_type.endswith("json") else await r.text()
-
-
-async def eventually(check: Any, timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        got = await check()
-        if got:
-            return got
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout}s: {what}")
-        await asyncio.sleep(0.1)
 
 
 async def run_jobs(

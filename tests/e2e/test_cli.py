@@ -13,9 +13,9 @@ from tests.e2e.conftest import (
     DaemonProc,
     Receiver,
     Sim,
-    free_port,
     write_config,
 )
+from tests.support.ports import free_port
 
 
 def watcher(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:

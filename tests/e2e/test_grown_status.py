@@ -4,17 +4,17 @@ only when `[upstream] terminal_statuses` lists it, metric labels `other`, never 
 
 from __future__ import annotations
 
-import asyncio
 import re
-import time
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
 
-from tests.e2e.conftest import DaemonProc, Receiver, Sim, free_port
+from tests.e2e.conftest import DaemonProc, Receiver, Sim
 from tests.e2e.test_poison import config, metric, store_url, wait_metric
+from tests.support.eventually import eventually
+from tests.support.ports import free_port
 
 pytestmark = pytest.mark.slow
 __all__ = ["store_url"]  # the fixture, shared with the poison tests
@@ -24,17 +24,6 @@ async def api(daemon: DaemonProc, path: str) -> Any:
     async with aiohttp.ClientSession() as s, s.get(daemon.api + path) as r:
         assert r.status == 200, (path, r.status, await r.text())
         return await r.json() if r.content_type == "application/json" else await r.text()
-
-
-async def until(check: Any, within_s: float = 15.0) -> Any:
-    """Poll the async `check` until it returns something truthy; fail after `within_s`."""
-    deadline = time.monotonic() + within_s
-    while True:
-        value = await check()
-        if value:
-            return value
-        assert time.monotonic() < deadline, "condition not met in time"
-        await asyncio.sleep(0.05)
 
 
 async def polls_of(sim: Sim, job: str) -> int:
@@ -56,7 +45,7 @@ async def test_a_terminal_grown_status_ends_the_watch(
     )
     daemon.start()
     await daemon.wait_ready()
-    await until(lambda: _status_is(daemon, job, "active"))
+    await eventually(lambda: _status_is(daemon, job, "active"))
     await sim.set_status(job, "cancelled")
     await sim.set_status(other, "success")
     got = await receiver.wait_for(lambda d: len(d) >= 2, timeout=20)
@@ -66,7 +55,10 @@ async def test_a_terminal_grown_status_ends_the_watch(
     assert (cancelled["job"]["status"], cancelled["previous_status"]) == ("cancelled", "active")
 
     before = await polls_of(sim, job)
-    await asyncio.sleep(1.0)  # a live watch would have been polled several times by now
+    # A live watch is polled as often as another live one: three polls of a new job, none of this one.
+    live = await sim.create_job(status="active")
+    (tmp_path / "watchlist.txt").write_text((tmp_path / "watchlist.txt").read_text() + f"{live}\n")
+    await eventually(lambda: _more_polls(sim, live, 3), 20, "three polls of a live job")
     assert await polls_of(sim, job) == before
     page = await api(daemon, "/v1/watches?status=cancelled")
     assert [(w["job_id"], w["state"], w["final"]) for w in page["watches"]] == [
@@ -94,12 +86,12 @@ async def test_a_grown_status_is_a_transition_and_polling_goes_on(
     daemon: DaemonProc = daemon_factory(config(tmp_path, sim, receiver, port, store_url), port)
     daemon.start()
     await daemon.wait_ready()
-    await until(lambda: _status_is(daemon, job, "active"))
+    await eventually(lambda: _status_is(daemon, job, "active"))
     await sim.set_status(job, "CANCELLED")
-    await until(lambda: _status_is(daemon, job, "cancelled"))
+    await eventually(lambda: _status_is(daemon, job, "cancelled"))
     await sim.set_status(job, "cancelled")
     seen = await polls_of(sim, job)
-    await until(lambda: _more_polls(sim, job, seen + 5))  # well past the case-only change
+    await eventually(lambda: _more_polls(sim, job, seen + 5))  # well past the case-only change
 
     detail = await api(daemon, f"/v1/watches/{job}")
     assert [t["type"] for t in detail["transitions"]] == ["job.active", "job.cancelled"]

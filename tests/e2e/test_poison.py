@@ -6,7 +6,6 @@ store crashes nothing."""
 
 from __future__ import annotations
 
-import asyncio
 import re
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -15,7 +14,9 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.e2e.conftest import DaemonProc, Receiver, Sim, free_port, write_config
+from tests.e2e.conftest import DaemonProc, Receiver, Sim, write_config
+from tests.support.eventually import eventually
+from tests.support.ports import free_port
 from tests.support.postgres import pg_schema
 
 pytestmark = pytest.mark.slow
@@ -35,13 +36,7 @@ async def store_url(request: pytest.FixtureRequest) -> AsyncIterator[str | None]
 
 def config(tmp_path: Path, sim: Sim, receiver: Receiver, port: int, store_url: str | None, **kw: Any) -> Path:
     """The e2e config, on PostgreSQL when `store_url` is given."""
-    path = write_config(tmp_path, sim, receiver, port, **kw)
-    if store_url is not None:
-        text = path.read_text()
-        sqlite_line = f'url = "sqlite:///{tmp_path / "state" / "watcher.db"}"'
-        assert sqlite_line in text
-        path.write_text(text.replace(sqlite_line, f'url = "{store_url}"'))
-    return path
+    return write_config(tmp_path, sim, receiver, port, store_url=store_url, **kw)
 
 
 async def poison(sim: Sim, job_id: str, variant: str, count: int) -> None:
@@ -64,13 +59,15 @@ async def wait_metric(
     daemon: DaemonProc, name: str, expected: float, within_s: float = 15.0, **labels: str
 ) -> None:
     """Wait until the sample equals `expected`; fail with the last value after `within_s`."""
-    value = None
-    for _ in range(int(within_s / 0.1)):
+
+    async def equal() -> bool:
+        return await metric(daemon, name, **labels) == expected
+
+    try:
+        await eventually(equal, within_s, f"{name}{labels} == {expected}")
+    except AssertionError:
         value = await metric(daemon, name, **labels)
-        if value == expected:
-            return
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"{name}{labels} is {value}, expected {expected}")
+        raise AssertionError(f"{name}{labels} is {value}, expected {expected}") from None
 
 
 async def receiver_stats(receiver: Receiver) -> dict[str, Any]:
@@ -127,11 +124,11 @@ async def test_poison_bodies_never_kill_the_daemon(
     polls_before = len(await sim.requests())
     daemon.start()
     await daemon.wait_ready()
-    for _ in range(100):
-        if len(await sim.requests()) >= polls_before + 3 * len(running):
-            break
-        await asyncio.sleep(0.1)
-    await asyncio.sleep(0.5)
+
+    async def polled_again() -> bool:  # each poisoned watch about three times more
+        return len(await sim.requests()) >= polls_before + 3 * len(running)
+
+    await eventually(polled_again, 15, "the restored poisoned watches polled again")
     assert daemon.alive()
     await wait_metric(daemon, "watcher_watched_jobs", len(running), status="active")
     assert daemon.stop() == 0

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.conftest import DaemonProc, Receiver, Sim, free_port, write_config
+from tests.e2e.conftest import DaemonProc, Receiver, Sim, write_config
 from tests.e2e.outage_support import (
     assert_all_json,
     every_end_delivered,
@@ -26,8 +26,10 @@ from tests.e2e.outage_support import (
     probe,
     readyz_is,
     scripted_jobs,
+    store_retried,
     until,
 )
+from tests.support.ports import free_port
 from tests.support.postgres import pg_schema
 from tests.support.tcp_proxy import TcpProxy
 from watcher.store.postgres.conn import parse_url
@@ -53,16 +55,8 @@ def pg_config(
     tmp_path: Path, sim: Sim, receiver: Receiver, port: int, url: str, lease_s: float | None = None
 ) -> Path:
     """The e2e config with the store at `url` (and `[daemon] lease_s` if given)."""
-    path = write_config(tmp_path, sim, receiver, port)
-    text = path.read_text()
-    sqlite_url = f'url = "sqlite:///{tmp_path / "state" / "watcher.db"}"'
-    assert sqlite_url in text
-    text = text.replace(sqlite_url, f'url = "{url}"')
-    if lease_s is not None:
-        text = text.replace("shutdown_grace_s = 5.0\n", f"shutdown_grace_s = 5.0\nlease_s = {lease_s}\n")
-        assert f"lease_s = {lease_s}" in text
-    path.write_text(text)
-    return path
+    daemon = {} if lease_s is None else {"lease_s": lease_s}
+    return write_config(tmp_path, sim, receiver, port, store_url=url, daemon=daemon)
 
 
 async def polls_between(sim: Sim, start: float, end: float) -> int:
@@ -79,7 +73,11 @@ async def test_outage_during_polling_loses_nothing(
     jobs = await scripted_jobs(sim, 30, first_s=1.0, spread_s=8.0)
     (tmp_path / "watchlist.txt").write_text("\n".join(jobs) + "\n")
     port = free_port()
-    daemon: DaemonProc = daemon_factory(pg_config(tmp_path, sim, receiver, port, url), port)
+    # A claim whose answer the cut loses leaves its watches leased to nobody until the lease runs out (as a
+    # crashed replica's would): with the default 60 s lease that outlasted the 40 s wait for the
+    # deliveries below whenever the cut fell on a claim. A short lease keeps that wait short.
+    config = pg_config(tmp_path, sim, receiver, port, url, lease_s=3.0)
+    daemon: DaemonProc = daemon_factory(config, port)
     daemon.start()
     await daemon.wait_ready()
     await asyncio.sleep(1.5)  # steady polling, the first jobs finishing
@@ -157,7 +155,7 @@ async def test_start_while_the_database_is_down(
     assert await metric(daemon.api, "watcher_ready") == 0.0
     status, body, _ = await probe(daemon.api, "/readyz")
     assert status == 503 and body["store"]["kind"] == "unreachable", body
-    await asyncio.sleep(2.0)
+    await store_retried(daemon.api, 2)  # it keeps trying, stays up, and polls nothing meanwhile
     assert daemon.alive(), daemon.log_text()[-3000:]
     assert await sim.requests() == []  # nothing polled before the store is open
 
@@ -180,7 +178,7 @@ async def test_sigterm_while_waiting_for_the_database(
     daemon: DaemonProc = daemon_factory(pg_config(tmp_path, sim, receiver, port, url), port)
     daemon.start()
     await until(lambda: readyz_is(daemon.api, 503), 20, "/readyz 503 while the database is down")
-    await asyncio.sleep(1.0)
+    await store_retried(daemon.api, 2)  # waiting out the outage, between two attempts
     started = time.monotonic()
     daemon.signal(signal.SIGTERM)
     assert daemon.proc is not None

@@ -12,7 +12,6 @@ import asyncio
 import sqlite3
 import subprocess
 import sys
-import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,9 @@ import aiohttp
 import asyncpg  # type: ignore[import-untyped]
 import pytest
 
-from tests.e2e.conftest import DaemonProc, Receiver, Sim, free_port, write_config
+from tests.e2e.conftest import DaemonProc, Receiver, Sim, write_config
+from tests.support.eventually import eventually
+from tests.support.ports import free_port
 from tests.support.postgres import PG_URL, pg_schema
 
 pytestmark = pytest.mark.slow
@@ -78,17 +79,6 @@ async def api(daemon: DaemonProc, method: str, path: str) -> tuple[int, Any]:
         return r.status, await r.json() if r.content_type.endswith("json") else await r.text()
 
 
-async def eventually(check: Any, timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        got = await check()
-        if got:
-            return got
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout}s: {what}")
-        await asyncio.sleep(0.1)
-
-
 def metric(text: str, name: str) -> float | None:
     for line in text.splitlines():
         if line.startswith(name + " "):
@@ -104,8 +94,7 @@ async def test_a_poisoned_job_is_quarantined_and_released(
     poisoned = await sim.create_job(status="active", name="customer.createBatch")
     others = [await sim.create_job(status="active", name="customer.createBatch") for _ in range(4)]
     port = free_port()
-    config = write_config(tmp_path, sim, receiver, port, watchlist=False)
-    config.write_text(config.read_text().replace(f"sqlite:///{tmp_path / 'state' / 'watcher.db'}", db.url))
+    config = write_config(tmp_path, sim, receiver, port, watchlist=False, store_url=db.url)
     daemon: DaemonProc = daemon_factory(config, port)
     daemon.start()
     await daemon.wait_ready()

@@ -18,7 +18,9 @@ import aiohttp
 import asyncpg  # type: ignore[import-untyped]
 import pytest
 
-from tests.e2e.conftest import DaemonProc, Receiver, Sim, free_port, write_config
+from tests.e2e.conftest import DaemonProc, Receiver, Sim, write_config
+from tests.support.eventually import eventually
+from tests.support.ports import free_port
 from tests.support.postgres import pg_schema
 from watcher.store.postgres.conn import parse_url
 
@@ -50,7 +52,7 @@ def replica_config(root: Path, n: int, sim: Sim, receiver: Receiver, port: int, 
     """The e2e config of replica `n`: the shared PostgreSQL store and watch-list file, short leases."""
     rdir = root / f"replica-{n}"
     rdir.mkdir()
-    path = write_config(
+    return write_config(
         rdir,
         sim,
         receiver,
@@ -60,14 +62,10 @@ def replica_config(root: Path, n: int, sim: Sim, receiver: Receiver, port: int, 
         polling={"initial_interval_s": 2.0, "max_interval_s": 5.0, "jitter": 0.5},
         upstream={"timeout_s": 1.0, "max_concurrency": 64},
         webhook={"timeout_s": 1.0, "events": EVENTS},
+        store_url=url,
+        daemon={"lease_s": LEASE_S},
+        watchlist=root / "watchlist.txt",
     )
-    text = path.read_text()
-    text = text.replace(f'url = "sqlite:///{rdir / "state" / "watcher.db"}"', f'url = "{url}"')
-    text = text.replace("shutdown_grace_s = 5.0\n", f"shutdown_grace_s = 5.0\nlease_s = {LEASE_S}\n")
-    text = text.replace(str(rdir / "watchlist.txt"), str(root / "watchlist.txt"))
-    assert url in text and f"lease_s = {LEASE_S}" in text
-    path.write_text(text)
-    return path
 
 
 async def create_jobs(sim: Sim, rng: random.Random) -> dict[str, str]:
@@ -147,7 +145,12 @@ async def test_three_replicas_one_killed(
         return len({d["body"]["data"]["job"]["id"] for d in got if d["type"] != "job.active"}) >= JOBS
 
     await receiver.wait_for(all_final, timeout=70)
-    await asyncio.sleep(0.5)
+
+    async def all_recorded() -> bool:  # every delivery's outcome recorded: nothing left in flight
+        rows = await pg_fetch(pg_url, "SELECT count(*) AS n FROM deliveries WHERE state <> 'delivered'")
+        return rows[0]["n"] == 0
+
+    await eventually(all_recorded, 30, "every delivery recorded as delivered")
     for d in replicas[1:]:
         assert d.stop() == 0, d.log_text()[-2000:]
 

@@ -22,9 +22,10 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.conftest import DaemonProc, Receiver, Sim, free_port, write_config
+from tests.e2e.conftest import DaemonProc, Receiver, Sim, write_config
 from tests.e2e.outage_support import assert_all_json, until
 from tests.integration.test_store_contract import reg
+from tests.support.ports import free_port
 from watcher.store.sqlite import SQLiteStore
 
 pytestmark = pytest.mark.slow

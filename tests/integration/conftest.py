@@ -7,13 +7,14 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.pg_clock import FakeNowPostgresStore
 from tests.support.postgres import pg_schema
 from watcher.store.base import Store
 from watcher.store.memory import MemoryStore
 from watcher.store.postgres import PostgresStore
 from watcher.store.sqlite import SQLiteStore
 
-STORE_KINDS = ["memory", "sqlite", "postgres"]
+STORE_KINDS = ["memory", "sqlite", "postgres", "postgres-shared"]
 
 
 def make_store(kind: str, tmp_path: Path) -> Store:
@@ -28,10 +29,13 @@ def make_store(kind: str, tmp_path: Path) -> Store:
 @pytest.fixture(params=STORE_KINDS)
 async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
     """An open store of each kind; every test using it runs once per implementation."""
-    if request.param == "postgres":
-        # Its own schema, dropped afterwards; shared=False: the contract's fake clock is taken as given.
+    if request.param.startswith("postgres"):
+        # Its own schema, dropped afterwards. shared=False takes the contract's fake times as given; the
+        # shared (production) mode reads the database's clock, which FakeNowPostgresStore sets to them.
         async with pg_schema("contract") as url:
-            pg = PostgresStore(url, shared=False)
+            pg = (
+                PostgresStore(url, shared=False) if request.param == "postgres" else FakeNowPostgresStore(url)
+            )
             await pg.open()
             yield pg
             await pg.close()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import aiohttp
@@ -12,8 +12,11 @@ import pytest
 from prometheus_client import CollectorRegistry
 from structlog.testing import capture_logs
 
-from tests.e2e.conftest import free_port
-from watcher.config import Settings, load_config
+from tests.support import config
+from tests.support.daemon import InProcessDaemon
+from tests.support.eventually import eventually
+from tests.support.ports import free_port
+from watcher.config import Settings
 from watcher.daemon import Daemon
 from watcher.devtools.receiver import ReceivedDelivery, Receiver
 from watcher.devtools.simulate import Simulator
@@ -41,41 +44,12 @@ async def receiver() -> AsyncIterator[Receiver]:
     await r.stop()
 
 
-def settings_for(tmp_path: Path, sim_url: str, hook_url: str, port: int) -> Settings:
-    text = f"""
-[upstream]
-base_url = "{sim_url}"
-token = "sim-token"
-api_key = "sim-key"
-workspace_slug = "acme"
-[polling]
-initial_interval_s = 0.05
-max_interval_s = 0.2
-[api]
-listen = "127.0.0.1:{port}"
-[store]
-url = "sqlite:///{tmp_path / "w.db"}"
-[watchlist]
-path = "{tmp_path / "watchlist.txt"}"
-reload_interval_s = 0.1
-[daemon]
-shutdown_grace_s = 3.0
-[[webhooks]]
-name = "ops"
-url = "{hook_url}"
-secret = "{SECRET}"
-retry_initial_s = 0.05
-retry_max_s = 0.2
-"""
-    path = tmp_path / "w.toml"
-    path.write_text(text)
-    return load_config(path, env={})
-
-
-async def wait_until(predicate: object, within_s: float = 10.0) -> None:
-    async with asyncio.timeout(within_s):
-        while not predicate():  # type: ignore[operator]
-            await asyncio.sleep(0.02)
+def settings_for(
+    tmp_path: Path, sim_url: str, hook_url: str, port: int, sections: config.Sections | None = None
+) -> Settings:
+    """The fast test configuration with one webhook, `ops`."""
+    hook = {"name": "ops", "url": hook_url, "secret": SECRET}
+    return config.settings(tmp_path, sim_url, port=port, webhooks=[hook], sections=sections)
 
 
 async def test_endpoints_and_graceful_stop(tmp_path: Path, sim: Simulator, receiver: Receiver) -> None:
@@ -85,29 +59,32 @@ async def test_endpoints_and_graceful_stop(tmp_path: Path, sim: Simulator, recei
     port = free_port()
     assert receiver.url is not None
     settings = settings_for(tmp_path, sim_url=_sim_url(sim), hook_url=receiver.url, port=port)
-    daemon = Daemon(settings, handle_signals=False, registry=CollectorRegistry())
-    run = asyncio.create_task(daemon.run())
-    base = f"http://127.0.0.1:{port}"
+    # Gauges refreshed every 50 ms instead of every second: the test waits for them, not a fixed time.
+    daemon = InProcessDaemon(settings, housekeeping_pause_s=0.05)
+    base = daemon.base
     async with aiohttp.ClientSession() as http:
-        await wait_until(lambda: daemon.state is not None and daemon.state.ready)
+        await daemon.start()
         async with http.get(base + "/healthz") as r:
             assert r.status == 200
             assert (await r.json())["status"] == "ok"
         async with http.get(base + "/readyz") as r:
             assert r.status == 200
-        await wait_until(lambda: len(sim.requests(job)) >= 2)
+        await eventually(lambda: len(sim.requests(job)) >= 2)
         sim.set_status(job, "success")
-        await wait_until(lambda: len(receiver.deliveries) == 1)
-        await asyncio.sleep(1.2)  # one refresh of the store-derived gauges
-        async with http.get(base + "/metrics") as r:
-            text = await r.text()
+        await eventually(lambda: len(receiver.deliveries) == 1)
+
+        async def refreshed() -> str | None:  # the store-derived gauges count the finished job
+            async with http.get(base + "/metrics") as r:
+                text = await r.text()
+            return text if 'watcher_watched_jobs{status="active"} 0.0' in text else None
+
+        text = await eventually(refreshed, 15, "the gauges refreshed")
     assert 'watcher_jobs_finished_total{status="success"} 1.0' in text
     assert 'watcher_transitions_total{status="success"} 1.0' in text
     assert 'watcher_webhook_deliveries_total{outcome="success",webhook="ops"} 1.0' in text
     assert 'watcher_watched_jobs{status="active"} 0.0' in text
     assert "watcher_build_info{version=" in text
-    daemon.request_stop()
-    assert await run == 0
+    assert await daemon.stop() == 0
 
 
 class _FailingStore(SQLiteStore):
@@ -135,32 +112,22 @@ async def test_a_failing_claim_makes_the_daemon_not_ready_but_never_ends_it(
     assert receiver.url is not None
     settings = settings_for(tmp_path, _sim_url(sim), receiver.url, free_port())
     store = _FailingStore(tmp_path / "w.db")
-    daemon = Daemon(settings, handle_signals=False, registry=CollectorRegistry(), store=store)
-    base = f"http://{settings.api.listen}"
+    daemon = InProcessDaemon(settings, store=store)
+    base = daemon.base
 
     async def readyz() -> int:
         async with aiohttp.ClientSession() as http, http.get(base + "/readyz") as r:
             return r.status
 
     with capture_logs() as logs:
-        run = asyncio.create_task(daemon.run())
-        await wait_until(lambda: daemon.state is not None and daemon.state.ready)
+        await daemon.start()
         store.fail = StoreError("database disk image is malformed")
-        await wait_until(lambda: any(e["event"] == "delivery.claim_failed" for e in logs))
-        for _ in range(100):
-            if await readyz() == 503:
-                break
-            await asyncio.sleep(0.05)
-        assert await readyz() == 503
-        assert not run.done()
+        await eventually(lambda: any(e["event"] == "delivery.claim_failed" for e in logs))
+        await eventually(lambda: _is(readyz(), 503), 15, "/readyz 503")
+        assert daemon.running
         store.fail = None
-        for _ in range(200):
-            if await readyz() == 200:
-                break
-            await asyncio.sleep(0.05)
-        assert await readyz() == 200
-        daemon.request_stop()
-        assert await asyncio.wait_for(run, 10) == 0
+        await eventually(lambda: _is(readyz(), 200), 15, "/readyz 200 again")
+        assert await daemon.stop(10) == 0
     assert not [e for e in logs if e["event"] == "daemon.loop_died"]
     failed = [e for e in logs if e["event"] == "delivery.claim_failed"]
     assert failed and failed[0]["exc_info"] is not None
@@ -172,10 +139,10 @@ class _BadCountsStore(SQLiteStore):
 
     fail = False
 
-    async def counts(self) -> StoreCounts:
+    async def counts(self, on_snapshot: Callable[[], None] | None = None) -> StoreCounts:
         if self.fail:
             raise StoreError("aggregate refused")
-        return await super().counts()
+        return await super().counts(on_snapshot)
 
 
 async def test_housekeeping_survives_a_failing_aggregate(
@@ -187,16 +154,14 @@ async def test_housekeeping_survives_a_failing_aggregate(
     settings = settings_for(tmp_path, _sim_url(sim), receiver.url, free_port())
     store = _BadCountsStore(tmp_path / "w.db")
     registry = CollectorRegistry()
-    daemon = Daemon(settings, handle_signals=False, registry=registry, store=store)
+    daemon = InProcessDaemon(settings, registry=registry, store=store)
     with capture_logs() as logs:
-        run = asyncio.create_task(daemon.run())
-        await wait_until(lambda: daemon.state is not None and daemon.state.ready)
+        await daemon.start()
         store.fail = True
-        await wait_until(lambda: sum(e["event"] == "housekeeping.failed" for e in logs) >= 2)
-        assert not run.done()
+        await eventually(lambda: sum(e["event"] == "housekeeping.failed" for e in logs) >= 2)
+        assert daemon.running
         store.fail = False
-        daemon.request_stop()
-        assert await asyncio.wait_for(run, 10) == 0
+        assert await daemon.stop(10) == 0
     errors = registry.get_sample_value("watcher_internal_errors_total", {"loop": "housekeeping"})
     assert errors is not None and errors >= 2
     assert not [e for e in logs if e["event"] == "daemon.loop_died"]
@@ -211,12 +176,12 @@ async def test_supervisor_stops_the_daemon_when_a_loop_dies(
     assert receiver.url is not None
     settings = settings_for(tmp_path, _sim_url(sim), receiver.url, free_port())
     store = _FailingStore(tmp_path / "w.db")
-    daemon = Daemon(settings, handle_signals=False, registry=CollectorRegistry(), store=store)
+    daemon = InProcessDaemon(settings, store=store)
     with capture_logs() as logs:
-        run = asyncio.create_task(daemon.run())
-        await wait_until(lambda: daemon.state is not None and daemon.state.ready)
+        await daemon.start()
         store.fail = _Bug("a bug outside any item")
-        code = await asyncio.wait_for(run, 10)
+        assert daemon.task is not None
+        code = await asyncio.wait_for(daemon.task, 10)
     assert code == 1
     died = [e for e in logs if e["event"] == "daemon.loop_died"]
     assert died and died[0]["loop"] == "delivery"
@@ -232,23 +197,25 @@ async def test_restart_restores_watches_and_pending_deliveries(
     assert receiver.url is not None
     settings = settings_for(tmp_path, _sim_url(sim), receiver.url, free_port())
     receiver.set_status(503)
-    first = Daemon(settings, handle_signals=False, registry=CollectorRegistry())
-    run = asyncio.create_task(first.run())
-    await wait_until(lambda: all(len(sim.requests(j)) >= 1 for j in jobs))
+    first = InProcessDaemon(settings)
+    await first.start()
+    await eventually(lambda: all(len(sim.requests(j)) >= 1 for j in jobs))
     sim.set_status(jobs[0], "failed", error="boom")
-    await wait_until(lambda: receiver.attempts and sum(receiver.attempts.values()) >= 2)
-    first.request_stop()
-    assert await run == 0
+    await eventually(lambda: receiver.attempts and sum(receiver.attempts.values()) >= 2)
+    assert await first.stop() == 0
     assert receiver.deliveries == []
     receiver.set_status(None)
     sim.set_status(jobs[1], "success")
-    second = Daemon(settings, handle_signals=False, registry=CollectorRegistry())
-    run = asyncio.create_task(second.run())
-    await wait_until(lambda: len(receiver.deliveries) == 2)
+    second = InProcessDaemon(settings)
+    await second.start()
+    await eventually(lambda: len(receiver.deliveries) == 2)
     got = {_job_of(d): d.type for d in receiver.deliveries}
     assert got == {jobs[0]: "job.failed", jobs[1]: "job.success"}
-    second.request_stop()
-    assert await run == 0
+    assert await second.stop() == 0
+
+
+async def _is(status: Awaitable[int], expected: int) -> bool:
+    return await status == expected
 
 
 def _sim_url(sim: Simulator) -> str:
@@ -279,19 +246,14 @@ async def test_second_workspace_uses_its_own_credentials(tmp_path: Path, receive
         theirs = sim.add_job(status="failed", workspace="other").id
         (tmp_path / "watchlist.txt").write_text(f"{mine}\n{theirs} other\n")
         assert receiver.url is not None
-        settings_for(tmp_path, url, receiver.url, free_port())  # writes w.toml
-        path = tmp_path / "w.toml"
-        path.write_text(
-            path.read_text() + '\n[upstream.workspaces.other]\ntoken = "other-token"\napi_key = "other-key"\n'
-        )
-        settings = load_config(path, env={})
-        daemon = Daemon(settings, handle_signals=False, registry=CollectorRegistry())
-        run = asyncio.create_task(daemon.run())
-        await wait_until(lambda: len(receiver.deliveries) == 2)
+        other = {"upstream.workspaces.other": {"token": "other-token", "api_key": "other-key"}}
+        settings = settings_for(tmp_path, url, receiver.url, free_port(), other)
+        daemon = InProcessDaemon(settings)
+        await daemon.start()
+        await eventually(lambda: len(receiver.deliveries) == 2)
         got = {_job_of(d): (d.type, d.body["data"]["workspace"]) for d in receiver.deliveries}
         assert got == {mine: ("job.success", "acme"), theirs: ("job.failed", "other")}
         assert {r["workspace"] for r in sim.requests(theirs)} == {"other"}
-        daemon.request_stop()
-        assert await run == 0
+        assert await daemon.stop() == 0
     finally:
         await sim.stop()

@@ -15,6 +15,8 @@ import pytest
 from prometheus_client import CollectorRegistry
 from structlog.testing import capture_logs
 
+from tests.support.eventually import eventually
+from tests.support.ports import free_port
 from tests.support.standard_webhooks import TestReceiver
 from watcher import __version__
 from watcher.clock import SystemClock
@@ -73,12 +75,20 @@ async def add_events(
     return events
 
 
-async def eventually(check: Callable[[], Awaitable[bool]], within_s: float = 5.0) -> None:
-    """Poll `check` until it holds; fail after `within_s`."""
-    deadline = time.monotonic() + within_s
-    while not await check():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.005)
+class CountingStore(MemoryStore):
+    """Counts the worker's claims, and its look-ups of the next due time (made when a claim found less
+    than it had room for): a test knows the worker went round, or went idle, without sleeping."""
+
+    claims = 0
+    lookups = 0
+
+    async def claim_deliveries(self, now: float, limit: int, lease_s: float) -> list[Delivery]:
+        self.claims += 1
+        return await super().claim_deliveries(now, limit, lease_s)
+
+    async def next_delivery_at(self) -> float | None:
+        self.lookups += 1
+        return await super().next_delivery_at()
 
 
 @dataclass
@@ -170,15 +180,15 @@ async def test_delivers_signed_with_headers_promptly(
     make_harness: MakeHarness, receiver: TestReceiver
 ) -> None:
     """A woken worker delivers at once with Standard Webhooks headers, extra headers, a metric and a log."""
-    h = await make_harness(worker_kw={"max_idle_s": 30.0})
+    store = CountingStore()
+    h = await make_harness(store=store, worker_kw={"max_idle_s": 3600.0})
     with capture_logs() as logs:
         h.start()
-        await asyncio.sleep(0.05)  # the worker is now idle with nothing due, sleeping up to max_idle_s
+        await eventually(lambda: store.lookups >= 1, 10, "the worker idle with nothing due")
         [event] = await add_events(h.store, JOB_A, ["failed"])
-        woken = time.monotonic()
         h.worker.wake()
-        [got] = await receiver.wait_for(1, within_s=2.0)
-        assert time.monotonic() - woken < 0.5
+        # Without the wake, the idle worker would look again only after max_idle_s, an hour.
+        [got] = await receiver.wait_for(1, within_s=15.0)
         await eventually(lambda: _has_state(h, DeliveryState.DELIVERED))
     assert got.id == event.id
     assert got.type == "job.failed"
@@ -262,11 +272,14 @@ async def test_redirect_is_retried_not_followed(make_harness: MakeHarness, recei
 async def test_max_attempts_then_dead(make_harness: MakeHarness, receiver: TestReceiver) -> None:
     """A receiver that keeps failing gets exactly max_attempts attempts, then the delivery is dead."""
     receiver.set_status(500)
-    h = await make_harness(max_attempts=3)
+    store = CountingStore()
+    h = await make_harness(store=store, max_attempts=3)
     [event] = await add_events(h.store, JOB_A, ["failed"])
     h.start()
     await eventually(lambda: _has_state(h, DeliveryState.DEAD))
-    await asyncio.sleep(0.1)  # room for a wrong extra attempt to show up
+    claims = store.claims
+    # Two more claim rounds after it is dead: a wrong extra attempt would have been claimed by now.
+    await eventually(lambda: store.claims >= claims + 2, 10, "two more claim rounds")
     [dead] = await h.in_state(DeliveryState.DEAD)
     assert dead.attempts == 3
     assert dead.last_error is not None
@@ -329,9 +342,7 @@ async def test_stop_drains_in_flight(make_harness: MakeHarness, receiver: TestRe
     await asyncio.wait_for(h.task, 3.0)
     assert len(receiver.deliveries) == 1
     assert await _has_state(h, DeliveryState.DELIVERED)
-    await add_events(h.store, JOB_B, ["failed"])
-    await asyncio.sleep(0.05)
-    assert len(receiver.requests) == 1  # a stopped worker takes nothing more
+    assert h.task.done()  # so a stopped worker takes nothing more: nothing runs that could
 
 
 async def _true(value: bool) -> bool:
@@ -351,14 +362,14 @@ async def test_concurrency_is_bounded(make_harness: MakeHarness, receiver: TestR
 
 @pytest.mark.parametrize(("case", "reason"), [("refused", "connection error"), ("slow", "timeout")])
 async def test_transport_failures_are_retried(
-    make_harness: MakeHarness, receiver: TestReceiver, unused_port: int, case: str, reason: str
+    make_harness: MakeHarness, receiver: TestReceiver, case: str, reason: str
 ) -> None:
     """Connection errors and timeouts fail the attempt, never the worker, and end dead after max_attempts."""
     if case == "slow":
         receiver.delay_s = 1.0
         h = await make_harness(timeout_s=0.1, max_attempts=2)
     else:
-        h = await make_harness(url=f"http://127.0.0.1:{unused_port}/hook", max_attempts=2)
+        h = await make_harness(url=f"http://127.0.0.1:{free_port()}/hook", max_attempts=2)
     await add_events(h.store, JOB_A, ["failed"])
     h.start()
     await eventually(lambda: _has_state(h, DeliveryState.DEAD))
@@ -426,17 +437,6 @@ async def test_a_delivery_that_cannot_be_recorded_fails_nothing_else(
 
 async def _logged(logs: list[dict[str, Any]], event: str) -> bool:
     return any(e["event"] == event for e in logs)
-
-
-@pytest.fixture
-def unused_port() -> int:
-    """A loopback port with nothing listening on it (bound then released)."""
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
 
 
 async def test_demo_receiver_verifies_records_and_scripts(make_harness: MakeHarness) -> None:

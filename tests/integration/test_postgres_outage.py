@@ -14,7 +14,8 @@ import asyncpg  # type: ignore[import-untyped]
 import pytest
 
 from tests.integration.test_store_contract import jid, polled, reg
-from tests.support.postgres import pg_schema
+from tests.support.eventually import eventually
+from tests.support.postgres import PG_URL, pg_schema
 from tests.support.tcp_proxy import TcpProxy
 from watcher.errors import StoreUnavailable
 from watcher.store.faults import StoreFault, fault_of
@@ -23,6 +24,16 @@ from watcher.store.postgres.conn import is_outage, parse_url
 
 pytestmark = pytest.mark.postgres
 NOW = 1_700_000_000.0
+
+
+async def _running(query: str) -> bool:
+    """True once the server runs `query` (seen from a connection of our own, not through the proxy)."""
+    conn = await asyncpg.connect(PG_URL)
+    try:
+        sql = "SELECT count(*) FROM pg_stat_activity WHERE query = $1 AND state = 'active'"
+        return bool(await conn.fetchval(sql, query))
+    finally:
+        await conn.close()
 
 
 @pytest.fixture
@@ -83,7 +94,7 @@ async def test_a_connection_reset_mid_query_is_unavailable_and_replaced(
             await conn.fetchval("SELECT pg_sleep(2)")
 
     call = asyncio.create_task(slow_read())
-    await asyncio.sleep(0.5)
+    await eventually(lambda: _running("SELECT pg_sleep(2)"), 10, "the slow read running")
     await proxy.reset_all()
     with pytest.raises(StoreUnavailable):
         await asyncio.wait_for(call, 10)

@@ -14,14 +14,14 @@ from pathlib import Path
 
 import asyncpg  # type: ignore[import-untyped]
 import pytest
-from prometheus_client import CollectorRegistry
 
-from tests.e2e.conftest import free_port
 from tests.integration.test_store_contract import jid, polled, reg
+from tests.support import config
+from tests.support.daemon import InProcessDaemon
+from tests.support.eventually import eventually
+from tests.support.ports import free_port
 from tests.support.postgres import PG_URL, pg_schema
 from watcher.cli.migrate import migrate_url
-from watcher.config import load_config
-from watcher.daemon import Daemon
 from watcher.devtools.clock import ManualClock
 from watcher.devtools.simulate import Faults, Simulator
 from watcher.errors import StoreError
@@ -251,19 +251,25 @@ async def test_a_stopping_daemon_leaves_no_claim_behind(url: str, tmp_path: Path
         await store.register([Registration(j, "acme", Source.API) for j in ids], 0.0)
         await store.close()
         port = free_port()
-        config = tmp_path / "w.toml"
-        config.write_text(
-            f'[upstream]\nbase_url = "{sim.url}"\ntoken = "sim-token"\napi_key = "sim-key"\n'
-            'workspace_slug = "acme"\nmax_concurrency = 8\nrate_limit_per_s = 100000.0\n'
-            "[polling]\ninitial_interval_s = 0.001\nmultiplier = 1.0\nmax_interval_s = 0.001\njitter = 0.0\n"
-            f'[api]\nlisten = "127.0.0.1:{port}"\n[store]\nurl = "{url}"\n'
-            f'[daemon]\nlease_s = 30.0\nshutdown_grace_s = 5.0\nstate_dir = "{tmp_path}"\n'
-        )
-        daemon = Daemon(load_config(config, env={}), handle_signals=False, registry=CollectorRegistry())
-        run = asyncio.create_task(daemon.run())
-        await asyncio.sleep(1.5)  # several rounds of 8 slow polls, with watches claimed ahead all along
-        daemon.request_stop()
-        assert await run == 0
+        settings = config.settings(
+            tmp_path,
+            sim.url,
+            port=port,
+            sections={
+                "upstream": {"max_concurrency": 8, "rate_limit_per_s": 100000.0},
+                "polling": {
+                    "initial_interval_s": 0.001, "multiplier": 1.0, "max_interval_s": 0.001, "jitter": 0.0
+                },
+                "store": {"url": url},
+                "watchlist": None,
+                "daemon": {"lease_s": 30.0, "shutdown_grace_s": 5.0, "state_dir": str(tmp_path)},
+            },
+        )  # fmt: skip
+        daemon = InProcessDaemon(settings)
+        await daemon.start()
+        # Several rounds of 8 slow polls, with watches claimed ahead all along.
+        await eventually(lambda: sim.stats()["requests"] >= 32, 20, "four rounds of polls")
+        assert await daemon.stop() == 0
     finally:
         await sim.stop()
     conn = await asyncpg.connect(parse_url(url).dsn, server_settings={"search_path": parse_url(url).schema})

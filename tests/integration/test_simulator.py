@@ -9,13 +9,13 @@ import random
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
 import pytest
 
+from tests.support.eventually import eventually
 from watcher.clock import iso_utc
 from watcher.devtools.clock import ManualClock
 from watcher.devtools.simulate import Faults, Simulator, simulate_main
@@ -270,10 +270,8 @@ class TestRequestLog:
         assert h.sim.stats()["max_inflight_per_job"] == 1
         h.sim.faults = Faults(slow=1.0, slow_s=1.0)
         both = asyncio.gather(h.poll(job.id), h.poll(job.id))
-        deadline = time.monotonic() + 5
         # Handlers count themselves in flight and reach the clock's sleep without awaiting in between.
-        while h.sim.stats()["max_inflight_per_job"] < 2 and time.monotonic() < deadline:
-            await asyncio.sleep(0.01)
+        await eventually(lambda: h.sim.stats()["max_inflight_per_job"] >= 2, 10, "both polls in flight")
         await h.clock.advance(1.0)
         assert [s for s, _ in await both] == [200, 200]
         stats = h.sim.stats()

@@ -19,6 +19,7 @@ from structlog.testing import capture_logs
 
 from tests.integration.test_sqlite_store import _quiet
 from tests.integration.test_store_contract import jid, polled, reg
+from tests.support.eventually import eventually
 from tests.support.small_disk import SmallDisk
 from watcher.errors import StoreUnavailable
 from watcher.store.faults import StoreFault, fault_of
@@ -55,13 +56,6 @@ async def make_store() -> AsyncIterator[type[SQLiteStore]]:
     yield Made
     for s in made:
         await s.close()
-
-
-async def eventually(check: object, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():  # type: ignore[operator]
-        assert time.monotonic() < deadline, "condition not met in time"
-        await asyncio.sleep(0.02)
 
 
 async def test_a_full_disk_is_unavailable_with_its_cause_and_the_save_can_be_retried(
@@ -127,7 +121,8 @@ async def test_a_lock_held_elsewhere_never_blocks_the_event_loop(
             other.execute("ROLLBACK")
     finally:
         tick.cancel()
-    assert gaps and max(gaps) < 0.2, f"the event loop was blocked for {max(gaps):.3f}s"
+    # Blocked, the loop would wait out SQLite's 5 s lock timeout; a loaded machine adds well under 1 s.
+    assert gaps and max(gaps) < 1.0, f"the event loop was blocked for {max(gaps):.3f}s"
     assert await store.save_polls([polled(w, "success", T0)]) == [True]
 
 

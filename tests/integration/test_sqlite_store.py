@@ -12,6 +12,9 @@ from pathlib import Path
 import pytest
 
 from tests.integration.test_store_contract import LEASE, T0, jid, polled, reg
+from tests.support.eventually import eventually
+from watcher.clock import Clock
+from watcher.devtools.clock import ManualClock
 from watcher.errors import StoreError
 from watcher.models import DeliveryState, DeliveryUpdate, NewEvent, SavedPoll, Watch
 from watcher.store import open_store
@@ -27,8 +30,8 @@ async def make_store() -> AsyncIterator[StoreFactory]:
     """Build SQLite stores on given paths and close every one at the end."""
     made: list[SQLiteStore] = []
 
-    def make(path: Path, write_behind_s: float = WRITE_BEHIND_S) -> SQLiteStore:
-        made.append(SQLiteStore(path, write_behind_s=write_behind_s))
+    def make(path: Path, write_behind_s: float = WRITE_BEHIND_S, clock: Clock | None = None) -> SQLiteStore:
+        made.append(SQLiteStore(path, write_behind_s=write_behind_s, clock=clock))
         return made[-1]
 
     yield make
@@ -214,10 +217,8 @@ async def test_saves_reach_the_database_file_through_checkpoints(
             saves = [_quiet(w, now) for w in watches]
             assert await s.save_polls(saves) == [True] * 10
             now += 1
-        for _ in range(500):  # the checkpoint runs on a worker thread: give it a moment
-            if not s.connections.upkeep.running:
-                break
-            await asyncio.sleep(0.01)
+        # The checkpoint runs on a worker thread: wait for it.
+        await eventually(lambda: not s.connections.upkeep.running, 15, "the checkpoint done")
         wal_sizes.append((tmp_path / "w.db-wal").stat().st_size)
     # The database file alone, without its WAL, already holds the state as of the last checkpoint.
     alone = tmp_path / "alone.db"
@@ -279,16 +280,19 @@ async def test_write_behind_writes_within_its_window(tmp_path: Path, make_store:
     """Deferred polls are written by a later save once the oldest has waited `write_behind_s`, even when
     the same watches keep being polled (their first unwritten poll counts, not their latest)."""
     path = tmp_path / "w.db"
-    s = make_store(path, write_behind_s=0.2)
+    clock = ManualClock()
+    s = make_store(path, write_behind_s=10.0, clock=clock)
     await s.open()
     await s.register([reg(1)], T0)
     now = await _poll_quietly(s, 2, T0)
-    assert _on_disk(path, jid(1))[0] == 0
-    await asyncio.sleep(0.25)
-    now = await _poll_quietly(s, 1, now)  # this save writes the deferred state, its own included
-    assert _on_disk(path, jid(1))[0] == 3
+    await clock.advance(9.0)
     now = await _poll_quietly(s, 1, now)
-    assert _on_disk(path, jid(1))[0] == 3  # a new window starts
+    assert _on_disk(path, jid(1))[0] == 0  # the oldest has waited 9 s of 10
+    await clock.advance(1.0)
+    now = await _poll_quietly(s, 1, now)  # this save writes the deferred state, its own included
+    assert _on_disk(path, jid(1))[0] == 4
+    now = await _poll_quietly(s, 1, now)
+    assert _on_disk(path, jid(1))[0] == 4  # a new window starts
 
 
 async def test_a_crash_loses_only_deferred_polling_state(tmp_path: Path, make_store: StoreFactory) -> None:
@@ -341,11 +345,12 @@ async def test_a_failed_write_keeps_the_deferred_state(tmp_path: Path, make_stor
     """When the save that writes deferred polls cannot write at all (another process holds the write lock),
     they stay deferred and a later save writes them; the poll count never goes back."""
     path = tmp_path / "w.db"
-    s = make_store(path, write_behind_s=0.05)
+    clock = ManualClock()
+    s = make_store(path, write_behind_s=10.0, clock=clock)
     await s.open()
     await s.register([reg(1)], T0)
     now = await _poll_quietly(s, 2, T0)
-    await asyncio.sleep(0.1)
+    await clock.advance(10.0)
     assert s.connections.hot is not None
     s.connections.hot.execute("PRAGMA busy_timeout = 0")  # fail at once instead of after 5 s
     with closing(sqlite3.connect(path, isolation_level=None)) as other:
@@ -369,7 +374,8 @@ async def test_a_refused_deferred_row_fails_nothing_else(tmp_path: Path, make_st
     fail the save that carries it, nor any later one: that save's own rows and the other deferred rows are
     written, and only the refused row's deferred polling state is dropped (SPEC §16)."""
     path = tmp_path / "w.db"
-    s = make_store(path, write_behind_s=0.05)
+    clock = ManualClock()
+    s = make_store(path, write_behind_s=10.0, clock=clock)
     await s.open()
     await s.register([reg(1), reg(2), reg(3)], T0)
     claimed = await s.claim_due(T0, 10, LEASE)
@@ -379,7 +385,7 @@ async def test_a_refused_deferred_row_fails_nothing_else(tmp_path: Path, make_st
             f"CREATE TRIGGER refuse BEFORE UPDATE ON watches WHEN NEW.job_id = '{jid(2)}'"
             " BEGIN SELECT RAISE(ABORT, 'refused'); END"
         )
-    await asyncio.sleep(0.1)  # the deferred polls are due for writing with the next save
+    await clock.advance(10.0)  # the deferred polls are due for writing with the next save
     now = T0 + 5
     w3 = next(w for w in await s.claim_due(now, 10, LEASE) if w.job_id == jid(3))
     assert await s.save_polls([polled(w3, "active", now)]) == [True]  # an event: written at once

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-from collections.abc import AsyncIterator, Callable, MutableMapping, Sequence
+from collections.abc import AsyncIterator, MutableMapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -14,12 +14,13 @@ import pytest
 from prometheus_client import CollectorRegistry
 from structlog.testing import capture_logs
 
+from tests.support.eventually import eventually
 from watcher.devtools.clock import ManualClock
-from watcher.errors import StoreError
+from watcher.errors import StoreError, StoreUnavailable
 from watcher.metrics import Metrics
 from watcher.models import Registration, Source
 from watcher.sources.watchlist import WatchlistReloader
-from watcher.store.base import SyncResult
+from watcher.store.base import RegisterResult, SyncResult
 from watcher.store.memory import MemoryStore
 
 A = "5135bfe3-b2c7-41f3-a44f-f4b58e7384df"
@@ -71,7 +72,7 @@ class Env:
         return value or 0.0
 
 
-def make_env(tmp_path: Path, store: MemoryStore | None = None) -> Env:
+def make_env(tmp_path: Path, store: MemoryStore | None = None, settle_s: float = 0.0) -> Env:
     """Build the reloader around `tmp_path/watchlist.txt` (not created)."""
     store = store or MemoryStore()
     clock = ManualClock()
@@ -87,6 +88,7 @@ def make_env(tmp_path: Path, store: MemoryStore | None = None) -> Env:
         reload_interval_s=INTERVAL,
         metrics=metrics,
         on_change=lambda: changes.append(1),
+        settle_s=settle_s,
     )
     return Env(path, store, clock, metrics, reloader, changes)
 
@@ -201,6 +203,97 @@ class TestReload:
         assert await env.watched() == {A: Source.API}
 
 
+SETTLE = 2 * INTERVAL
+
+
+def write_in_place(path: Path, text: str) -> None:
+    """Rewrite the file in place: truncate it and write `text`, keeping the inode."""
+    with path.open("r+" if path.exists() else "w", encoding="utf-8") as f:
+        f.truncate(0)
+        f.write(text)
+
+
+class TestSettle:
+    """Removals wait until an in-place file has settled; additions and atomic replacements do not."""
+
+    @pytest.fixture
+    def env(self, tmp_path: Path) -> Env:
+        """A reloader whose removals wait `SETTLE` seconds of the manual clock."""
+        return make_env(tmp_path, settle_s=SETTLE)
+
+    async def test_a_file_written_in_parts_unwatches_nothing(self, env: Env) -> None:
+        """Truncated, then written in chunks, reloaded in between: no id it still lists is unwatched, and
+        each keeps its registered_at and poll count."""
+        full = f"{A}\n{B} beta\n{C}\n"
+        env.write(full)
+        assert await env.reloader.reload()
+        await env.clock.advance(SETTLE)
+        assert await env.reloader.reload()  # the first version settles
+        claimed = await env.store.claim_due(env.clock.now(), 10, 30.0)  # a poll counted for each
+        assert len(claimed) == 3
+        before = {w.job_id: w for w in (await env.store.list_watches(limit=10)).watches}
+        with capture_logs() as logs:
+            write_in_place(env.path, "")
+            assert await env.reloader.reload()
+            for end in range(1, len(full) + 1, 17):
+                await env.clock.advance(1.0)
+                write_in_place(env.path, full[:end])
+                await env.reloader.reload()
+            await env.clock.advance(1.0)
+            write_in_place(env.path, full)
+            await env.reloader.reload()
+            await env.clock.advance(SETTLE)
+            assert await env.reloader.reload()  # settled: applied in full, nothing to remove
+        after = {w.job_id: w for w in (await env.store.list_watches(limit=10)).watches}
+        assert set(after) == {A, B, C}
+        for job_id, w in after.items():
+            assert (w.registered_at, w.polls, w.lease) == (
+                before[job_id].registered_at,
+                before[job_id].polls,
+                before[job_id].lease,
+            ), job_id
+        assert all(e["removed"] == 0 for e in events(logs, "watchlist.reloaded"))
+        waiting = [e["removals_waiting"] for e in events(logs, "watchlist.reloaded") if "settle_s" in e]
+        assert waiting and max(waiting) == 3  # the empty file: all three waited, none left
+
+    async def test_a_removal_applies_once_the_file_has_settled(self, env: Env) -> None:
+        """An id dropped in place stays watched for `settle_s`, then is unwatched."""
+        write_in_place(env.path, f"{A}\n{B}\n")
+        assert await env.reloader.reload()
+        await env.clock.advance(SETTLE)
+        await env.reloader.reload()
+        write_in_place(env.path, f"{A}\n")
+        assert await env.reloader.reload()
+        assert set(await env.watched()) == {A, B}
+        await env.clock.advance(SETTLE / 2)
+        assert not await env.reloader.reload()
+        assert set(await env.watched()) == {A, B}
+        await env.clock.advance(SETTLE / 2)
+        with capture_logs() as logs:
+            assert await env.reloader.reload()
+        assert set(await env.watched()) == {A}
+        [done] = events(logs, "watchlist.reloaded")
+        assert (done["removed"], "settle_s" in done) == (1, False)
+        assert not events(logs, "watchlist.bad_line")
+
+    async def test_additions_apply_at_once(self, env: Env) -> None:
+        """An id added in place is watched at the first reload, before the file settles."""
+        write_in_place(env.path, f"{A}\n")
+        assert await env.reloader.reload()
+        write_in_place(env.path, f"{A}\n{C}\n")
+        assert await env.reloader.reload()
+        assert set(await env.watched()) == {A, C}
+        assert len(env.changes) == 2
+
+    async def test_an_atomic_replacement_applies_removals_at_once(self, env: Env) -> None:
+        """A file renamed over the old one is complete: its removals do not wait."""
+        env.write(f"{A}\n{B}\n")
+        assert await env.reloader.reload()
+        env.write(f"{B}\n")
+        assert await env.reloader.reload()
+        assert set(await env.watched()) == {B}
+
+
 @contextlib.asynccontextmanager
 async def looping(env: Env) -> AsyncIterator[asyncio.Event]:
     """The reloader's loop running on the manual clock; stopped (and checked to stop) on exit."""
@@ -213,13 +306,9 @@ async def looping(env: Env) -> AsyncIterator[asyncio.Event]:
         await asyncio.wait_for(task, timeout=5.0)
 
 
-async def eventually(check: Callable[[], Any], timeout: float = 5.0) -> None:
-    """Wait (bounded) until the async `check()` returns true; file reads happen in a worker thread."""
-    for _ in range(int(timeout / 0.01)):
-        if await check():
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError("condition not reached in time")
+async def parked(env: Env) -> None:
+    """Wait until the loop waits for the manual clock: nothing happens then until it moves (or a trigger)."""
+    await eventually(lambda: env.clock.sleepers == 1, 10, "the reload loop waiting for its interval")
 
 
 class TestRun:
@@ -231,7 +320,7 @@ class TestRun:
         async with looping(env):
             await eventually(lambda: _has(env, {A}))
             env.write(f"{A}\n{B}\n")
-            await asyncio.sleep(0.05)
+            await parked(env)
             assert set(await env.watched()) == {A}, "no reload before the interval has passed"
             await env.clock.advance(INTERVAL)
             await eventually(lambda: _has(env, {A, B}))
@@ -242,7 +331,7 @@ class TestRun:
         async with looping(env):
             await eventually(lambda: _has(env, {A}))
             await env.store.delete_watch(A)  # drift that only a forced reload repairs
-            await asyncio.sleep(0.05)
+            await parked(env)
             assert await env.watched() == {}
             env.reloader.trigger()
             await eventually(lambda: _has(env, {A}))
@@ -250,7 +339,7 @@ class TestRun:
     async def test_stop_ends_the_loop_promptly(self, env: Env) -> None:
         """Setting the stop event ends run() without waiting for the interval."""
         async with looping(env) as stop:
-            await asyncio.sleep(0.05)
+            await parked(env)
             stop.set()  # the manual clock never moves here: only the stop event can end the loop
 
     async def test_store_failure_is_survived(self, tmp_path: Path) -> None:
@@ -259,7 +348,7 @@ class TestRun:
         env.write(f"{A}\n")
         with capture_logs() as logs:
             async with looping(env):
-                await eventually(lambda: _true(bool(events(logs, "watchlist.reload_failed"))))
+                await eventually(lambda: events(logs, "watchlist.reload_failed"))
                 loop_errors = env.metrics.registry.get_sample_value(
                     "watcher_internal_errors_total", {"loop": "watchlist"}
                 )
@@ -272,5 +361,29 @@ async def _has(env: Env, ids: set[str]) -> bool:
     return set(await env.watched()) == ids
 
 
-async def _true(value: bool) -> bool:
-    return value
+class _FailingRegister(MemoryStore):
+    """A memory store whose next `register` fails with a store outage."""
+
+    fail = 0
+
+    async def register(self, regs: Sequence[Registration], now: float) -> list[RegisterResult]:
+        """Fail while failures remain, then behave like the memory store."""
+        if self.fail > 0:
+            self.fail -= 1
+            raise StoreUnavailable("database is locked")
+        return await super().register(regs, now)
+
+
+async def test_an_addition_that_failed_to_register_is_read_again(tmp_path: Path) -> None:
+    """A store outage during an in-place file's additions: the next round reads the file again and
+    registers them (not only once the file has settled)."""
+    store = _FailingRegister()
+    env = make_env(tmp_path, store, settle_s=SETTLE)
+    write_in_place(env.path, f"{A}\n")
+    assert await env.reloader.reload()
+    write_in_place(env.path, f"{A}\n{B}\n")
+    store.fail = 1
+    with pytest.raises(StoreUnavailable):
+        await env.reloader.reload()
+    assert await env.reloader.reload()
+    assert set(await env.watched()) == {A, B}

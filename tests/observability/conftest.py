@@ -3,9 +3,7 @@ and the Debian tools (promtool, prometheus) that skip visibly, or fail when CI s
 
 from __future__ import annotations
 
-import asyncio
 import base64
-import contextlib
 import os
 import shutil
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
@@ -15,12 +13,12 @@ from typing import Any
 
 import aiohttp
 import pytest
-from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.e2e.conftest import free_port
-from watcher.config import Settings, load_config
-from watcher.daemon import Daemon
+from tests.support import config
+from tests.support.daemon import InProcessDaemon
+from tests.support.eventually import eventually
+from watcher.config import Settings
 from watcher.devtools.receiver import Receiver
 from watcher.devtools.simulate import Simulator
 
@@ -93,55 +91,20 @@ def settings_for(
     polling: Mapping[str, Any] | None = None,
 ) -> Settings:
     """A fast daemon config on a free port, watching `tmp_path/watchlist.txt`, SQLite in `tmp_path`."""
-
-    def section(values: Mapping[str, Any]) -> str:
-        return "".join(f"{k} = {_toml(v)}\n" for k, v in values.items())
-
-    up = {"base_url": upstream.url, "token": "sim-token", "api_key": "sim-key", "workspace_slug": "acme"}
-    pol = {"initial_interval_s": 0.05, "max_interval_s": 0.3, "jitter": 0.1, **(polling or {})}
-    text = (
-        "[upstream]\n" + section({**up, **(upstream_keys or {})})
-        + "[polling]\n" + section(pol)
-        + f'[api]\nlisten = "127.0.0.1:{free_port()}"\n'
-        + f'[store]\nurl = "sqlite:///{tmp_path / "w.db"}"\n'
-        + f'[watchlist]\npath = "{tmp_path / "watchlist.txt"}"\nreload_interval_s = 0.1\n'
-        + "[daemon]\nshutdown_grace_s = 3.0\n"
-    )  # fmt: skip
-    for hook in hooks:
-        text += "[[webhooks]]\n" + section({"secret": SECRET, **hook})
-    path = tmp_path / "w.toml"
-    path.write_text(text)
-    return load_config(path, env={})
+    return config.settings(
+        tmp_path,
+        upstream.url,
+        webhooks=list(hooks),
+        sections={
+            "upstream": dict(upstream_keys or {}),
+            "polling": {"max_interval_s": 0.3, "jitter": 0.1, **(polling or {})},
+        },
+        hook_defaults={"secret": SECRET},
+    )
 
 
-def _toml(v: Any) -> str:
-    if isinstance(v, str):
-        return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    return repr(v)
-
-
-class RunningDaemon:
-    """A `Daemon` running in this event loop, with its /metrics at hand."""
-
-    def __init__(self, settings: Settings) -> None:
-        self.daemon = Daemon(settings, handle_signals=False, registry=CollectorRegistry())
-        self.base = f"http://127.0.0.1:{settings.api.port}"
-        self.task: asyncio.Task[int] | None = None
-
-    async def start(self) -> None:
-        self.task = asyncio.create_task(self.daemon.run())
-        async with asyncio.timeout(20):
-            while not (self.daemon.state is not None and self.daemon.state.ready):
-                assert not self.task.done(), f"daemon exited: {self.task.result()}"
-                await asyncio.sleep(0.02)
-
-    async def stop(self) -> int:
-        assert self.task is not None
-        self.daemon.request_stop()
-        async with asyncio.timeout(20):
-            return await self.task
+class RunningDaemon(InProcessDaemon):
+    """A `Daemon` running in this event loop (tests/support/daemon.py), with its /metrics at hand."""
 
     async def metrics_text(self) -> str:
         async with aiohttp.ClientSession() as http, http.get(self.base + "/metrics") as r:
@@ -150,16 +113,20 @@ class RunningDaemon:
 
     async def wait_metrics(self, predicate: Callable[[Samples], bool], within_s: float = 20.0) -> Samples:
         """Scrape until `predicate` holds (bounded), return that scrape."""
-        samples: Samples = {}
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(within_s):
-                while True:
-                    samples = parse_metrics(await self.metrics_text())
-                    if predicate(samples):
-                        return samples
-                    await asyncio.sleep(0.1)
-        interesting = {k: v for k, v in samples.items() if k[0].startswith("watcher_")}
-        raise AssertionError(f"metrics condition not met in {within_s}s; last scrape: {interesting}")
+        last: list[Samples] = [{}]
+
+        async def scrape() -> Samples | None:
+            last[0] = parse_metrics(await self.metrics_text())
+            return last[0] if predicate(last[0]) else None
+
+        try:
+            got = await eventually(scrape, within_s, "the metrics condition")
+        except AssertionError:
+            interesting = {k: v for k, v in last[0].items() if k[0].startswith("watcher_")}
+            msg = f"metrics condition not met in {within_s}s; last scrape: {interesting}"
+            raise AssertionError(msg) from None
+        assert got is not None
+        return got
 
 
 @pytest.fixture

@@ -131,6 +131,7 @@ def test_no_created_series() -> None:
 def _exposed_names() -> set[str]:
     m = _metrics()
     m.update_counts(COUNTS, now=1010.0, polls_due=0)
+    m.api_requests.labels(client="ops", route="/v1/watches", code="403").inc()  # exposed once requested
 
     async def scrape() -> str:  # as the daemon serves `/metrics`: on its event loop
         return generate_latest(m.registry).decode()
@@ -172,6 +173,7 @@ def test_every_alert_has_a_runbook_and_uses_existing_metrics() -> None:
         "JobWatcherDown", "JobWatcherNotReady", "JobWatcherJobFailureRateHigh", "JobWatcherDeadDeliveries",
         "JobWatcherDeliveriesBackingUp", "JobWatcherUpstreamAuthErrors", "JobWatcherUpstreamErrorRatioHigh",
         "JobWatcherSchedulerBacklog", "JobWatcherStoreUnavailable", "JobWatcherWatchesQuarantined",
+        "JobWatcherApiClientRefused",
     }  # fmt: skip
     exposed = _exposed_names()
     for name, rule in rules.items():

@@ -16,7 +16,6 @@ import aiohttp
 import pytest
 import yaml
 
-from tests.e2e.conftest import free_port
 from tests.observability.conftest import (
     ALERTS,
     DASHBOARD,
@@ -27,6 +26,7 @@ from tests.observability.conftest import (
     settings_for,
 )
 from tests.observability.test_scenario import finish_four, start_ten, watched
+from tests.support.ports import free_port
 from watcher.config import Settings
 from watcher.devtools.receiver import Receiver
 

@@ -9,8 +9,8 @@ from typing import Any
 
 from structlog.testing import capture_logs
 
-from tests.e2e.conftest import free_port
 from tests.observability.conftest import SECRET, RunningDaemon, Samples, Upstream, settings_for, value
+from tests.support.ports import free_port
 from watcher.config import Settings
 from watcher.devtools.receiver import Receiver
 

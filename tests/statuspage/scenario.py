@@ -7,21 +7,22 @@ daemon runs in-process on a SQLite store against the simulated upstream and a ve
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import contextlib
+import functools
 import os
 import shutil
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from playwright.async_api import BrowserContext, async_playwright
-from prometheus_client import CollectorRegistry
 
-from tests.e2e.conftest import free_port
+from tests.support import config
+from tests.support.daemon import InProcessDaemon
+from tests.support.eventually import eventually
 from watcher.config import load_config
 from watcher.daemon import Daemon
 from watcher.devtools.receiver import Receiver
@@ -58,45 +59,20 @@ class Scene:
     dead_id: int  # the dead delivery of the failed job
 
 
-async def wait_until(predicate: Callable[[], object], within_s: float = 15.0, what: str = "") -> None:
-    """Poll `predicate` every 20 ms until it is true; fail naming `what` after `within_s`."""
-    try:
-        async with asyncio.timeout(within_s):
-            while not predicate():
-                await asyncio.sleep(0.02)
-    except TimeoutError:
-        raise AssertionError(f"timed out after {within_s} s waiting for {what or predicate}") from None
-
-
 def _config(tmp_path: Path, sim_url: str, hook_url: str, tokens: list[str]) -> Path:
-    token_line = f"tokens = [{', '.join(repr(t) for t in tokens)}]" if tokens else ""
     tmp_path.mkdir(parents=True, exist_ok=True)
-    path = tmp_path / "watcher.toml"
-    path.write_text(f"""
-[upstream]
-base_url = "{sim_url}"
-token = "sim-token"
-api_key = "sim-key"
-workspace_slug = "acme"
-[polling]
-initial_interval_s = 0.05
-max_interval_s = 0.2
-not_found_limit = 2
-[api]
-listen = "127.0.0.1:{free_port()}"
-{token_line}
-[store]
-url = "sqlite:///{tmp_path / "watcher.db"}"
-[daemon]
-shutdown_grace_s = 3.0
-[[webhooks]]
-name = "ops"
-url = "{hook_url}"
-secret = "{SECRET}"
-retry_initial_s = 0.05
-retry_max_s = 0.2
-""")
-    return path
+    return config.write_config(
+        tmp_path,
+        sim_url,
+        webhooks=[{"name": "ops", "url": hook_url, "secret": SECRET}],
+        sections={
+            "polling": {"not_found_limit": 2},
+            "api": {"tokens": tokens} if tokens else {},
+            "store": {"url": f"sqlite:///{tmp_path / 'watcher.db'}"},
+            "watchlist": None,
+        },
+        name="watcher.toml",
+    )
 
 
 @contextlib.asynccontextmanager
@@ -116,14 +92,10 @@ async def running_scene(
         stack.push_async_callback(receiver.stop)
         settings = load_config(_config(tmp_path, sim_url, hook_url, tokens or []), env={})
         store = SQLiteStore(tmp_path / "watcher.db")
-        daemon = Daemon(settings, handle_signals=False, registry=CollectorRegistry(), store=store)
-        run = asyncio.create_task(daemon.run())
+        running = InProcessDaemon(settings, store=store)
+        daemon = running.daemon
         try:
-            await wait_until(
-                lambda: run.done() or (daemon.state is not None and daemon.state.ready), what="ready"
-            )
-            if run.done():
-                await run  # surfaces the start-up error
+            await running.start(15)  # surfaces a start-up error
             jobs = await _populate(sim, receiver, store, daemon, hostile)
             dead = await store.list_deliveries(state="dead")
             yield Scene(
@@ -136,8 +108,7 @@ async def running_scene(
                 dead_id=dead[0].id,
             )
         finally:
-            daemon.request_stop()
-            code = await asyncio.wait_for(run, 15)
+            code = await running.stop(15) if running.task is not None else 0
         assert code == 0
 
 
@@ -158,13 +129,10 @@ async def _populate(
     receiver.fail_next(1, status=410)
     await watch(failed, team="billing", note=HOSTILE_LABEL if hostile else "nightly import")
 
-    async def dead_count() -> int:
-        return len(await store.list_deliveries(state="dead"))
+    async def dead_count(n: int) -> bool:
+        return len(await store.list_deliveries(state="dead")) >= n
 
-    deadline = asyncio.get_running_loop().time() + 15
-    while await dead_count() < 1:
-        assert asyncio.get_running_loop().time() < deadline, "the 410 delivery did not become dead"
-        await asyncio.sleep(0.05)
+    await eventually(lambda: dead_count(1), 15, "the 410 delivery dead")
     jobs = {
         "failed": failed,
         "active": sim.add_job(status="active", name="report.export").id,
@@ -174,16 +142,18 @@ async def _populate(
     }
     for role in ("active", "queued", "success", "missing"):
         await watch(jobs[role], team="ops" if role != "active" else "reports")
-    await wait_until(
+    await eventually(
         lambda: {d.type for d in receiver.deliveries} >= {"job.success", "job.missing"},
         what="job.success and job.missing delivered",
     )
     for role in ("active", "queued"):
-        await wait_until(lambda r=role: sim.requests(jobs[r]), what=f"{role} job polled")  # type: ignore[misc]
-    deadline = asyncio.get_running_loop().time() + 15
-    while (await store.watch_counts()).get("queued") != 1 or (await store.watch_counts()).get("active") != 1:
-        assert asyncio.get_running_loop().time() < deadline, "active and queued jobs not seen"
-        await asyncio.sleep(0.05)
+        await eventually(functools.partial(sim.requests, jobs[role]), what=f"{role} job polled")
+
+    async def seen() -> bool:
+        counts = await store.watch_counts()
+        return counts.get("queued") == 1 and counts.get("active") == 1
+
+    await eventually(seen, 15, "active and queued jobs seen")
     return jobs
 
 

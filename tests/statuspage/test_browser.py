@@ -11,11 +11,12 @@ from tests.statuspage.scenario import (
     HOSTILE_LABEL,
     SECRET,
     TOKEN,
+    Scene,
     chromium,
     chromium_path,
     running_scene,
-    wait_until,
 )
+from tests.support.eventually import eventually
 from watcher.models import DeliveryState
 
 ARTIFACTS = Path(__file__).resolve().parents[2] / "artifacts"  # /artifacts/ is in .gitignore
@@ -24,6 +25,11 @@ WAIT_MS = 15_000
 
 async def _card(page: Page, status: str) -> str:
     return await page.locator(f'#counts [data-status="{status}"] .n').inner_text()
+
+
+async def _state_is(scene: Scene, state: DeliveryState) -> bool:
+    stored = await scene.store.get_delivery(scene.dead_id)
+    return stored is not None and stored.state is state
 
 
 async def test_operator_sees_the_state_and_replays_a_dead_delivery(tmp_path: Path) -> None:
@@ -84,13 +90,13 @@ async def test_operator_sees_the_state_and_replays_a_dead_delivery(tmp_path: Pat
         await page.fill("#token", TOKEN)
         await dead_row.locator("button.replay").click()
         await expect(page.locator("#message")).to_contain_text("pending again", timeout=WAIT_MS)
-        await wait_until(
+        await eventually(
             lambda: [d for d in scene.receiver.deliveries if d.type == "job.failed"], what="replayed delivery"
         )
         replayed = next(d for d in scene.receiver.deliveries if d.type == "job.failed")
         assert replayed.webhook_id == stored.event.id
-        stored = await scene.store.get_delivery(scene.dead_id)
-        assert stored is not None and stored.state is DeliveryState.DELIVERED
+        # The receiver has it before the worker has its answer: the outcome is recorded a moment later.
+        await eventually(lambda: _state_is(scene, DeliveryState.DELIVERED), 15, "the replay recorded")
         await expect(page.locator("#dead")).to_contain_text("No dead deliveries", timeout=WAIT_MS)
         await expect(page.locator('#counts [data-delivery-state="dead"] .n')).to_have_text(
             "0", timeout=WAIT_MS

@@ -49,4 +49,4 @@ class TestDueIndex:
                 truth.pop(job)
         for now in (0.0, 250.0, 999.0):
             assert ix.count_due(now) == sum(1 for t in truth.values() if t <= now)
-        assert len(ix._heap) <= 2 * len(ix) + 1024
+        assert ix.entries <= 2 * len(ix) + 1024

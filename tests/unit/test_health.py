@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 from structlog.testing import capture_logs
 
+from tests.support.eventually import eventually
 from watcher.devtools.clock import ManualClock
 from watcher.errors import StoreError, StoreUnavailable
 from watcher.health import OUTAGE_BACKOFF_MAX_S, OUTAGE_JITTER, StoreHealth, outage_delay
@@ -97,12 +98,12 @@ class TestStoreHealth:
 
     async def test_wait_out_returns_early_on_stop(self) -> None:
         """A loop waiting out an outage wakes up at once when the daemon stops."""
-        health, _, _ = _health()
+        health, clock, _ = _health()
         stop = asyncio.Event()
         for _ in range(10):  # a long backoff
             health.unavailable("scheduler", StoreUnavailable("down"))
         waiting = asyncio.create_task(health.wait_out("scheduler", StoreUnavailable("down"), stop))
-        await asyncio.sleep(0.01)
+        await eventually(lambda: clock.sleepers == 1, 10, "the backoff waiting for the clock")
         assert not waiting.done()
         stop.set()
         await asyncio.wait_for(waiting, 1.0)

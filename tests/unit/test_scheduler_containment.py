@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import random
-import time
 from collections.abc import Sequence
 
 import pytest
 from prometheus_client import CollectorRegistry
 
+from tests.support.eventually import eventually
 from watcher.clock import SystemClock
 from watcher.containment import QUARANTINE_AFTER, describe
 from watcher.errors import StoreError
@@ -84,11 +84,12 @@ async def _run_until(store: MemoryStore, route: object, done: object, metrics: M
     await store.register([Registration(j, "acme", Source.API) for j in [POISONED, *OTHERS]], clock.now())
     stop = asyncio.Event()
     task = asyncio.create_task(scheduler.run(stop))
-    deadline = time.monotonic() + 20
-    while not await done():  # type: ignore[operator]
+
+    async def finished() -> bool:
         assert not task.done(), f"the scheduler loop ended: {task.exception()!r}"
-        assert time.monotonic() < deadline, "not done in time"
-        await asyncio.sleep(0.02)
+        return bool(await done())  # type: ignore[operator]
+
+    await eventually(finished, 20, "the poisoned watch quarantined, the others finished")
     stop.set()
     await asyncio.wait_for(task, 10)  # returns normally: nothing escaped
     return upstream

@@ -218,6 +218,15 @@ def write_config(
     return path
 
 
+def daemon_config(ctx: Context, name: str, sim: Child, store_url: str, **keys: Any) -> tuple[Path, int]:
+    """`NAME.toml` in the work directory for a daemon polling `sim`, and the free port its API listens on;
+    `keys` are `write_config`'s sections."""
+    port = free_port()
+    return write_config(
+        ctx.workdir / f"{name}.toml", upstream_url=sim.url, store_url=store_url, api_port=port, **keys
+    ), port
+
+
 class Daemon(Child):
     """A `watcher run` child: its API address, readiness and metrics."""
 

@@ -62,13 +62,12 @@ async def run(ctx: harness.Context) -> ScenarioResult:
     await harness.build_store(store_url, harness.job_ids(existing, seed=21), time.time())
     ids = harness.job_ids(new, seed=22)
     async with harness.simulator(ctx.workdir, "--unknown-jobs", "active", "--max-log", "0") as sim:
-        port = harness.free_port()
         period = existing / rate
-        config = harness.write_config(
-            ctx.workdir / "register.toml",
-            upstream_url=sim.url,
-            store_url=store_url,
-            api_port=port,
+        config, port = harness.daemon_config(
+            ctx,
+            "register",
+            sim,
+            store_url,
             upstream={"rate_limit_per_s": 2.5 * rate},
             polling={
                 "initial_interval_s": period,

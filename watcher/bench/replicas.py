@@ -100,17 +100,9 @@ async def run(ctx: harness.Context) -> ScenarioResult:
 def _config(
     ctx: harness.Context, sim: harness.Child, store_url: str, name: str, polling: dict[str, Any]
 ) -> tuple[Path, int]:
-    port = harness.free_port()
-    path = harness.write_config(
-        ctx.workdir / f"{name}.toml",
-        upstream_url=sim.url,
-        store_url=store_url,
-        api_port=port,
-        upstream={"max_concurrency": CONCURRENCY, "rate_limit_per_s": 1_000_000.0, "timeout_s": TIMEOUT_S},
-        polling=polling,
-        daemon={"lease_s": LEASE_S},
-    )
-    return path, port
+    upstream = {"max_concurrency": CONCURRENCY, "rate_limit_per_s": 1_000_000.0, "timeout_s": TIMEOUT_S}
+    daemon = {"lease_s": LEASE_S}
+    return harness.daemon_config(ctx, name, sim, store_url, upstream=upstream, polling=polling, daemon=daemon)
 
 
 @contextlib.asynccontextmanager

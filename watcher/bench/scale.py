@@ -77,10 +77,13 @@ async def run(ctx: harness.Context) -> ScenarioResult:
         else:
             res.add(f"{label}: peak RSS", s.peak / 2**20, "MiB")
         res.add(f"{label}: bytes per watch", (s.rss - empty.rss) / s.watches, "B")
-        res.add(f"{label}: daemon CPU per poll at {rate:g} polls/s", s.cost_us, "µs")
-        res.add(f"{label}: poll rate in the window", s.rate, "polls/s")
-        res.add(f"{label}: daemon CPU per poll, saturated", s.saturated_us, "µs")
-        res.add(f"{label}: poll rate, saturated", s.saturated_rate, "polls/s")
+        for what, value, unit in (
+            (f"daemon CPU per poll at {rate:g} polls/s", s.cost_us, "µs"),
+            ("poll rate in the window", s.rate, "polls/s"),
+            ("daemon CPU per poll, saturated", s.saturated_us, "µs"),
+            ("poll rate, saturated", s.saturated_rate, "polls/s"),
+        ):
+            res.add(f"{label}: {what}", value, unit)
         if s.cost_us is not None and s.saturated_us:
             res.add(
                 f"{label}: CPU per poll at {rate:g}/s / saturated",
@@ -146,16 +149,10 @@ def _config(
     ctx: harness.Context, sim: harness.Child, store_url: str, name: str, period: float, rate: float
 ) -> tuple[Path, int]:
     """A daemon configuration polling each watch every `period` seconds, rate-limited to `rate`."""
-    port = harness.free_port()
-    path = harness.write_config(
-        ctx.workdir / f"{name}.toml",
-        upstream_url=sim.url,
-        store_url=store_url,
-        api_port=port,
-        upstream={"rate_limit_per_s": rate},
-        polling={"initial_interval_s": period, "multiplier": 1.0, "max_interval_s": period, "jitter": 0.2},
+    polling = {"initial_interval_s": period, "multiplier": 1.0, "max_interval_s": period, "jitter": 0.2}
+    return harness.daemon_config(
+        ctx, name, sim, store_url, upstream={"rate_limit_per_s": rate}, polling=polling
     )
-    return path, port
 
 
 async def _measure(

@@ -238,12 +238,11 @@ async def run(ctx: harness.Context) -> ScenarioResult:
         harness.sink(ctx.workdir, secret) as rx,
     ):
         flaky_url = await flaky.start()
-        port = harness.free_port()
-        config = harness.write_config(
-            ctx.workdir / "soak.toml",
-            upstream_url=sim.url,
-            store_url=store_url,
-            api_port=port,
+        config, port = harness.daemon_config(
+            ctx,
+            "soak",
+            sim,
+            store_url,
             upstream={"rate_limit_per_s": 2_000.0},
             polling={"initial_interval_s": 0.5, "max_interval_s": 2.0, "jitter": 0.2, "retention_s": 30.0},
             webhooks=[

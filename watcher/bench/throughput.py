@@ -95,12 +95,11 @@ async def run(ctx: harness.Context) -> ScenarioResult:
     sim_bare: list[float] = []
     sim_daemon: list[float] = []
     async with harness.simulator(ctx.workdir, "--unknown-jobs", "active", "--max-log", "0") as sim:
-        port = harness.free_port()
-        config = harness.write_config(
-            ctx.workdir / "throughput.toml",
-            upstream_url=sim.url,
-            store_url=store_url,
-            api_port=port,
+        config, port = harness.daemon_config(
+            ctx,
+            "throughput",
+            sim,
+            store_url,
             upstream={"max_concurrency": CONCURRENCY, "rate_limit_per_s": 1_000_000.0},
             # Every interval at its minimum: a watch is due again as soon as its poll is saved.
             polling={"initial_interval_s": 0.001, "multiplier": 1.0, "max_interval_s": 0.001, "jitter": 0.0},

@@ -1,7 +1,9 @@
 """`watcher watches …` and `watcher deliveries …`: the `/v1` API for operators at a shell.
 
 The daemon's address and token come from `--url`/`--token`, else `WATCHER_API_TOKEN` for the token, else the
-configuration (`-c`, `$WATCHER_CONFIG`): `api.listen` and the first of `api.tokens`. Output is a table for
+configuration (`-c`, `$WATCHER_CONFIG`): `api.listen` and the token of the client named by `--client`, else
+the first of `api.tokens`, else that of the first of `api.clients` (a scoped client can do what its scopes
+allow, in its workspaces; the daemon answers 403 or 404 for the rest). Output is a table for
 people, or the API's JSON with `--json`. Exit codes: 0 done, 1 the daemon answered an error (its problem's
 title and detail on one line) or could not be reached, 2 bad usage or configuration.
 """
@@ -39,7 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
         "-c", "--config", default=os.environ.get("WATCHER_CONFIG"), help="daemon configuration"
     )
     common.add_argument("--url", help=f"the daemon's API, e.g. {DEFAULT_URL} (default: from api.listen)")
-    common.add_argument("--token", help="bearer token (default: $WATCHER_API_TOKEN, else api.tokens[0])")
+    common.add_argument("--token", help="bearer token (default: $WATCHER_API_TOKEN, else from -c)")
+    common.add_argument("--client", metavar="NAME", help="use the token of this [[api.clients]] entry of -c")
     common.add_argument("--json", action="store_true", help="print the API's JSON instead of a table")
     common.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the daemon")
     parser = argparse.ArgumentParser(prog="watcher", description="Talk to a running job-watcher daemon.")
@@ -81,20 +84,35 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _endpoint(args: argparse.Namespace) -> tuple[str, str | None]:
     """The API base URL and token, from the flags, the environment and the configuration."""
-    token = args.token or os.environ.get("WATCHER_API_TOKEN") or None
+    # --client names a token of the configuration: it beats the environment's, not an explicit --token.
+    token = args.token or (None if args.client else os.environ.get("WATCHER_API_TOKEN")) or None
     url = args.url
+    if args.client is not None and not args.config:
+        raise ClientError("--client: needs the configuration (-c or $WATCHER_CONFIG)", EXIT_USAGE)
     if url is None or token is None:
         settings = _settings(args.config)
         if settings is not None:
             host, port = settings.api.host, settings.api.port
             host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
             url = url or f"http://{f'[{host}]' if ':' in host else host}:{port}"
-            if token is None and settings.api.tokens:
-                token = settings.api.tokens[0].get_secret_value()
+            if token is None:
+                token = _config_token(settings, args.client, args.config)
     url = (url or DEFAULT_URL).rstrip("/")
     if urllib.parse.urlsplit(url).scheme not in ("http", "https"):
         raise ClientError(f"--url: must be an http:// or https:// URL, not {url!r}", EXIT_USAGE)
     return url, token
+
+
+def _config_token(settings: Any, client: str | None, settings_path: str = "the configuration") -> str | None:
+    """The token the configuration gives this command: the named client's, or the first one."""
+    clients = {c.name: c for c in settings.api.clients}
+    if client is not None:
+        if client not in clients:
+            raise ClientError(f"--client: no [[api.clients]] named {client!r} in {settings_path}", EXIT_USAGE)
+        return str(clients[client].secret())
+    if settings.api.tokens:
+        return str(settings.api.tokens[0].get_secret_value())
+    return str(settings.api.clients[0].secret()) if settings.api.clients else None
 
 
 def _settings(path: str | None) -> Any:

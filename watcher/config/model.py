@@ -6,7 +6,6 @@ Validation names the key at fault (`webhooks[0].url: …`); loading it from TOML
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import re
 from collections.abc import Mapping
@@ -16,6 +15,7 @@ from typing import Annotated, Any, Literal, Self
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from watcher.config.api import ApiConfig
 from watcher.config.fields import (
     HttpUrlStr,
     PositiveSeconds,
@@ -144,54 +144,6 @@ class PollingConfig(_Section):
         return self
 
 
-class ApiConfig(_Section):
-    """The HTTP API listener (SPEC §7)."""
-
-    listen: str = "127.0.0.1:8080"
-    tokens: list[SecretStr] = []
-    max_body_bytes: int = Field(default=1_048_576, ge=1)
-
-    @model_validator(mode="after")
-    def _check(self) -> Self:
-        _split_listen(self.listen)  # raises with the key named
-        for i, token in enumerate(self.tokens):
-            if not token.get_secret_value():
-                raise problem(("tokens", i), "must not be empty")
-        return self
-
-    @property
-    def host(self) -> str:
-        """The host part of `listen`, without IPv6 brackets."""
-        return _split_listen(self.listen)[0]
-
-    @property
-    def port(self) -> int:
-        """The port part of `listen` (0 asks the OS for a free port)."""
-        return _split_listen(self.listen)[1]
-
-    def is_loopback(self) -> bool:
-        """True if the API only listens on this machine (then it may run without tokens)."""
-        if self.host == "localhost":
-            return True
-        try:
-            return ipaddress.ip_address(self.host).is_loopback
-        except ValueError:
-            return False  # a host name other than localhost may resolve to anything
-
-
-def _split_listen(listen: str) -> tuple[str, int]:
-    match = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\]:(\d{1,5})|([^\s:\[\]]+):(\d{1,5})", listen)
-    if match is None or int(match[2] or match[4]) > 65535:
-        raise problem(("listen",), "must be host:port, e.g. 127.0.0.1:8080 or [::1]:8080")
-    if match[1] is not None:
-        try:
-            ipaddress.IPv6Address(match[1])
-        except ValueError:
-            raise problem(("listen",), "has an invalid IPv6 address") from None
-        return match[1], int(match[2])
-    return match[3], int(match[4])
-
-
 class StoreConfig(_Section):
     """Where state lives; None means SQLite under the state directory."""
 
@@ -209,6 +161,14 @@ class WatchlistConfig(_Section):
 
     path: Path | None = None
     reload_interval_s: PositiveSeconds = 5.0
+    # How long a file must stay unchanged before the ids it lost are unwatched; None: twice the interval.
+    settle_s: float | None = Field(default=None, ge=0, allow_inf_nan=False)
+
+    @model_validator(mode="after")
+    def _default_settle(self) -> Self:
+        if self.settle_s is None:
+            self.settle_s = 2 * self.reload_interval_s
+        return self
 
 
 class WebhookConfig(_Section):
@@ -327,6 +287,11 @@ class Settings(BaseSettings):
             seen[hook.name] = i
             if hook.events is None:
                 hook.events = default_events(self.upstream.terminal_statuses)
+        known = {self.upstream.workspace_slug, *self.upstream.workspaces}
+        for i, client in enumerate(self.api.clients):
+            for j, ws in enumerate(client.workspaces or ()):
+                if ws not in known:
+                    raise problem(("api", "clients", i, "workspaces", j), f"unknown workspace {ws!r}")
         # A lease shorter than a request would let a second worker take over an in-flight poll or delivery.
         longest = max([self.upstream.timeout_s, *(h.timeout_s for h in self.webhooks)])
         if self.daemon.lease_s <= longest:

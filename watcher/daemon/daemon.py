@@ -27,13 +27,15 @@ from prometheus_client import CollectorRegistry
 from watcher import __version__
 from watcher.clock import Clock, SystemClock
 from watcher.config import Settings
-from watcher.daemon.housekeeping import Housekeeping
+from watcher.daemon.housekeeping import MIN_PAUSE_S, Housekeeping
+from watcher.daemon.limits import budget
 from watcher.daemon.parts import upstream_http, webhook_http, webhook_targets, workers
 from watcher.daemon.systemd import Notifier, notify_loop, status_line, watchdog_interval
 from watcher.delivery.worker import DeliveryWorker
 from watcher.errors import StartupError, StoreUnavailable
 from watcher.health import StoreHealth, one_line
 from watcher.http.app import build_app
+from watcher.http.listener import CappedSite
 from watcher.http.server import ApiRunner
 from watcher.http.state import AppState
 from watcher.metrics import Metrics
@@ -106,8 +108,10 @@ class Daemon:
         store: Store | None = None,
         notifier: Notifier | None = None,
         tune_gc: bool = False,
+        housekeeping_pause_s: float = MIN_PAUSE_S,
     ) -> None:
         self.settings = settings
+        self._housekeeping_pause_s = housekeeping_pause_s  # the least pause between gauge refreshes
         self.tune_gc = tune_gc  # the process is ours (`watcher run`): tune its garbage collector
         self.clock = clock or SystemClock()
         self.rng = rng or random.Random()
@@ -165,9 +169,9 @@ class Daemon:
 
     async def _run(self) -> int:
         s = self.settings
-        if not s.api.is_loopback() and not s.api.tokens:
+        if not s.api.is_loopback() and not s.api.has_auth():
             raise StartupError(
-                f"api.listen: refusing to listen on {s.api.listen} without api.tokens "
+                f"api.listen: refusing to listen on {s.api.listen} without api.tokens or api.clients "
                 "(set api.tokens or listen on 127.0.0.1)"
             )
         store = self._store if self._store is not None else open_store(s.resolved_store_url())
@@ -199,19 +203,23 @@ class Daemon:
             log.info("daemon.stopped")
 
     async def _start_http(self, state: AppState) -> web.AppRunner:
-        # ApiRunner: a request aiohttp cannot parse gets problem+json that echoes nothing (SPEC §16).
-        runner = ApiRunner(build_app(state), access_log=None, handle_signals=False)
+        # ApiRunner: a request aiohttp cannot parse gets problem+json that echoes nothing, slow headers are
+        # cut off, and CappedSite holds no more connections than the descriptors allow (SPEC §16).
+        api = self.settings.api
+        runner = ApiRunner(
+            build_app(state), header_timeout_s=api.header_timeout_s, access_log=None, handle_signals=False
+        )
         await runner.setup()
-        host, port = self.settings.api.host, self.settings.api.port
+        cap = budget(self.settings).api_connections
         try:
-            await web.TCPSite(runner, host, port, reuse_address=True).start()
+            await CappedSite(runner, api.host, api.port, cap=cap, count=runner.count).start()
         except OSError as exc:
             await runner.cleanup()
             raise StartupError(
                 f"api.listen: cannot listen on {self.settings.api.listen}: {exc.strerror}"
             ) from exc
         for sock in runner.addresses:
-            log.info("api.listening", address=f"{sock[0]}:{sock[1]}")
+            log.info("api.listening", address=f"{sock[0]}:{sock[1]}", max_connections=cap)
         return runner
 
     async def _open_store(self, store: Store) -> int | None:
@@ -256,6 +264,7 @@ class Daemon:
                 self.rng,
                 purge_interval_s=s.daemon.purge_interval_s,
                 retention_s=s.polling.retention_s,
+                min_pause_s=self._housekeeping_pause_s,
             ).run(self.stop_event),
         }
         if s.watchlist.path is not None:
@@ -266,6 +275,7 @@ class Daemon:
                 workspaces=tuple(creds),
                 clock=self.clock,
                 reload_interval_s=s.watchlist.reload_interval_s,
+                settle_s=s.watchlist.settle_s or 0.0,
                 metrics=self.metrics,
                 on_change=scheduler.wake,
                 health=self.health,

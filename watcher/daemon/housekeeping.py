@@ -20,8 +20,9 @@ from watcher.store.base import Store
 
 log = structlog.get_logger("watcher.daemon")
 
-# A round never pauses less than this; and never less than ten times what the round took, so that the
-# aggregates (not free over a million watches) take at most about a tenth of the time.
+# A round never pauses less than this (the default of `min_pause_s`); and never less than ten times what
+# the round took, so that the aggregates (not free over a million watches) take at most about a tenth of
+# the time.
 MIN_PAUSE_S = 1.0
 
 
@@ -40,10 +41,31 @@ class Housekeeping(StoreLoop):
         *,
         purge_interval_s: float,
         retention_s: float,
+        min_pause_s: float = MIN_PAUSE_S,
     ) -> None:
         super().__init__(store, metrics, clock, rng, health)
         self._purge_interval_s = purge_interval_s
         self._retention_s = retention_s
+        self._min_pause_s = min_pause_s
+
+    async def _refresh(self, now: float) -> None:
+        """The store-derived gauges from one snapshot, fixed while no save that finishes watches is in
+        flight, so that the gauges and the counters agree at every scrape (`watcher.metrics`, SPEC §16)."""
+        ledger = self._metrics.finishes
+        marks: list[int] = []
+
+        def fixed() -> None:
+            marks.append(ledger.mark())
+            ledger.gate.release()
+
+        await ledger.gate.acquire()
+        try:
+            counts = await self._store.counts(on_snapshot=fixed)
+        finally:
+            if not marks:
+                ledger.gate.release()
+        due = await self._store.count_due(now)
+        self._metrics.update_counts(counts, now, due, mark=marks[0] if marks else None)
 
     async def run(self, stop: asyncio.Event) -> None:
         """Refresh and purge until `stop` is set; the pause between rounds is on the injected clock."""
@@ -54,7 +76,7 @@ class Housekeeping(StoreLoop):
             started = clock.monotonic()
             now = clock.now()
             try:
-                self._metrics.update_counts(await store.counts(), now, await store.count_due(now))
+                await self._refresh(now)
                 if now - last_purge >= self._purge_interval_s:
                     purged = await store.purge_finished(now - self._retention_s)
                     if purged:
@@ -71,4 +93,4 @@ class Housekeeping(StoreLoop):
                 continue
             failures = 0
             self._health.ok(self.name)
-            await sleep_or_stop(clock, max(MIN_PAUSE_S, 10 * (clock.monotonic() - started)), stop)
+            await sleep_or_stop(clock, max(self._min_pause_s, 10 * (clock.monotonic() - started)), stop)

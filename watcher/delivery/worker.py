@@ -12,7 +12,7 @@ import asyncio
 import random
 from collections.abc import Mapping
 from dataclasses import replace
-from typing import Any
+from typing import Any, Protocol
 
 import structlog
 
@@ -20,7 +20,7 @@ from watcher.clock import Clock
 from watcher.containment import as_store_error, describe, safe_line
 from watcher.delivery.retry import next_update
 from watcher.delivery.target import WebhookTarget
-from watcher.delivery.webhook import SendResult, WebhookSender
+from watcher.delivery.webhook import SendResult
 from watcher.errors import StoreUnavailable
 from watcher.health import StoreHealth
 from watcher.loop import StoreLoop
@@ -36,6 +36,14 @@ NOT_CONFIGURED = "webhook not configured"  # the `last_error` of a delivery dead
 _BLOCKED_PAUSE_MIN_S = 0.005
 
 
+class Sender(Protocol):
+    """What the worker needs from the transport (`WebhookSender`): one attempt, classified."""
+
+    async def send(self, target: WebhookTarget, delivery: Delivery) -> SendResult:
+        """POST `delivery` to `target` once; never retries by itself."""
+        ...
+
+
 class DeliveryWorker(StoreLoop):
     """Sends due deliveries with bounded concurrency until stopped; wake it when new events are saved."""
 
@@ -44,7 +52,7 @@ class DeliveryWorker(StoreLoop):
     def __init__(
         self,
         store: Store,
-        sender: WebhookSender,
+        sender: Sender,
         targets: Mapping[str, WebhookTarget],
         metrics: Metrics,
         clock: Clock,
@@ -85,7 +93,7 @@ class DeliveryWorker(StoreLoop):
         try:
             while not stop.is_set():
                 try:
-                    delay_s = await self._claim_and_start()
+                    _, delay_s = await self._claim_and_start()
                 except StoreUnavailable as exc:
                     await self._health.wait_out(self.name, exc, stop)
                     continue
@@ -107,11 +115,33 @@ class DeliveryWorker(StoreLoop):
         finally:
             await self._cancel_in_flight()
 
-    async def _claim_and_start(self) -> float | None:
-        """Claim what fits and start sending it; return how long to wait (None: until something happens)."""
+    async def run_until_idle(self) -> int:
+        """Burst mode: send every delivery due now, record each outcome, and return how many were claimed.
+
+        The loop of `run` without its waiting: a retry that is due later waits for the next call. For tests
+        and tools that move the clock themselves. A failed claim is raised, not waited out; recording an
+        outcome waits out an outage as in `run`, on the injected clock.
+        """
+        total = 0
+        try:
+            while True:
+                claimed, _ = await self._claim_and_start()
+                total += claimed
+                if not self._in_flight:
+                    if claimed:
+                        continue  # all of them were finished at once (unconfigured): more may be due
+                    return total
+                await asyncio.wait(self._in_flight, return_when=asyncio.FIRST_COMPLETED)
+                self._reap()
+        finally:
+            await self._cancel_in_flight()
+
+    async def _claim_and_start(self) -> tuple[int, float | None]:
+        """Claim what fits and start sending it; return how many were claimed and how long to wait then
+        (None: until something happens)."""
         room = self._concurrency - len(self._in_flight)
         if room <= 0:
-            return None  # only a finished send (or stop) can let more in
+            return 0, None  # only a finished send (or stop) can let more in
         # Cleared before claiming so a wake() that lands during the claim is not lost.
         self._wake.clear()
         now = self._clock.now()
@@ -124,7 +154,11 @@ class DeliveryWorker(StoreLoop):
                 continue
             task = asyncio.create_task(self._deliver(delivery, target), name=f"delivery-{delivery.id}")
             self._in_flight.add(task)
-        if len(claimed) >= room:
+        return len(claimed), await self._delay(len(claimed), room, now)
+
+    async def _delay(self, claimed: int, room: int, now: float) -> float | None:
+        """How long to wait after a claim of `claimed` in `room` (None: until something happens)."""
+        if claimed >= room:
             return None if len(self._in_flight) >= self._concurrency else 0.0
         nxt = await self._store.next_delivery_at()
         if nxt is None:

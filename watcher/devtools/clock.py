@@ -21,6 +21,11 @@ class ManualClock:
         """The current fake monotonic time."""
         return self._mono
 
+    @property
+    def sleepers(self) -> int:
+        """How many sleeps wait for the clock to move: a test knows a loop is parked before it advances."""
+        return sum(not fut.done() for _, fut in self._sleepers)
+
     async def sleep(self, seconds: float) -> None:
         """Wait until the clock has been advanced past now + seconds."""
         if seconds <= 0:

@@ -7,6 +7,7 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from watcher.http.clients import Clients, auth_middleware, observe_middleware
 from watcher.http.openapi import openapi_document
 from watcher.http.problems import problem_middleware
 from watcher.http.state import STATE_KEY, AppState
@@ -55,10 +56,15 @@ async def metrics(request: web.Request) -> web.Response:
 def build_app(state: AppState) -> web.Application:
     """The aiohttp application with every route of the daemon."""
     api = state.settings.api
-    tokens = [t.get_secret_value() for t in api.tokens]
+    clients = Clients(api)
     # client_max_size backs up problem_middleware's Content-Length check for bodies read by aiohttp itself.
     app = web.Application(
-        middlewares=[problem_middleware(tokens, api.max_body_bytes)], client_max_size=api.max_body_bytes
+        middlewares=[
+            observe_middleware(state.metrics),
+            problem_middleware(api.max_body_bytes, body_timeout_s=api.body_timeout_s),
+            auth_middleware(clients, state.clock.monotonic),
+        ],
+        client_max_size=api.max_body_bytes,
     )
     app[STATE_KEY] = state
     document = openapi_document(state.settings)
@@ -72,5 +78,5 @@ def build_app(state: AppState) -> web.Application:
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
-    app.router.add_get("/", status_page(state))
+    app.router.add_get("/", status_page(state, clients))
     return app

@@ -29,10 +29,13 @@ _PATH_PARAMS: dict[str, dict[str, Any]] = {
 _PROBLEM_TEXT = {
     400: "A bad field, named in `errors`, malformed JSON or a wrong Content-Type",
     401: "Missing or wrong bearer token",
+    403: "The client lacks the scope this route needs, or registers in a workspace it may not use",
     404: "Unknown job or delivery",
     409: "The request conflicts with the current state; `detail` says how",
     413: "Body over api.max_body_bytes",
+    429: "The client is over its rate_limit_per_s; retry after `Retry-After` seconds",
     503: "The store is unavailable (an outage); retry after `Retry-After` seconds",
+    507: "Registering would take the watcher past api.max_watches",
 }
 # Where one status means different things on different operations (keyed by operationId).
 _OPERATION_TEXT: dict[str, dict[int, str]] = {
@@ -103,12 +106,14 @@ def _problem(status: int, operation: str) -> dict[str, Any]:
         "description": _OPERATION_TEXT.get(operation, {}).get(status) or _PROBLEM_TEXT[status],
         "content": {PROBLEM_TYPE: {"schema": {"$ref": _REF.format(model="ProblemOut")}}},
     }
-    if status == 503:
+    if status in (429, 503):
         out["headers"] = _RETRY_AFTER
     return out
 
 
-def _operation(r: Route, secured: bool) -> dict[str, Any]:
+def _operation(r: Route, settings: Settings) -> dict[str, Any]:
+    api = settings.api
+    secured = api.has_auth()
     op: dict[str, Any] = {"summary": r.summary, "operationId": r.handler.__name__, "responses": {}}
     if r.handler.__doc__:
         op["description"] = r.handler.__doc__.strip()
@@ -139,6 +144,10 @@ def _operation(r: Route, secured: bool) -> dict[str, Any]:
     if secured:
         errors.add(401)
         op["security"] = [{"bearer": []}]
+    if api.clients:
+        errors.add(403)
+    if any(c.rate_limit_per_s is not None for c in api.clients):
+        errors.add(429)
     for status in sorted(errors):
         op["responses"][str(status)] = _problem(status, op["operationId"])
     return op
@@ -157,12 +166,12 @@ def _name_enums(schemas: dict[str, Any], settings: Settings) -> None:
 
 def openapi_document(settings: Settings) -> dict[str, Any]:
     """The OpenAPI 3.1 document of this daemon as configured by `settings`."""
-    secured = bool(settings.api.tokens)
+    secured = settings.api.has_auth()
     schemas = copy.deepcopy(_components())
     _name_enums(schemas, settings)
     paths: dict[str, dict[str, Any]] = {}
     for r in ROUTES:
-        paths.setdefault(r.path, {})[r.method.lower()] = _operation(r, secured)
+        paths.setdefault(r.path, {})[r.method.lower()] = _operation(r, settings)
     for path, spec in _OPEN.items():
         paths[path] = {
             "get": {

@@ -1,4 +1,4 @@
-"""RFC 9457 problem details and the request guards that produce them: bearer auth, body size, JSON bodies.
+"""RFC 9457 problem details and the request guards that produce them: body size and deadline, JSON bodies.
 
 Every error the HTTP server answers is `application/problem+json`: handlers raise `Problem`, aiohttp's own
 404/405/413 become problems in `problem_middleware`, and an unexpected exception becomes a bare 500 whose
@@ -7,6 +7,7 @@ details stay in the log. Nothing a client sends can make a traceback reach it.
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 from collections.abc import Awaitable, Callable, Sequence
@@ -24,15 +25,21 @@ PROBLEM_TYPE = "application/problem+json"
 _TITLES = {
     400: "Bad Request",
     401: "Unauthorized",
+    403: "Forbidden",
     404: "Not Found",
+    408: "Request Timeout",
     405: "Method Not Allowed",
     409: "Conflict",
     413: "Content Too Large",
+    429: "Too Many Requests",
     500: "Internal Server Error",
     503: "Service Unavailable",
+    507: "Insufficient Storage",
 }
 _READ_CHUNK = 65536
 STORE_RETRY_AFTER_S = 5  # what a 503 for a store outage asks a client to wait
+# When the request's body must have arrived whole (loop time), set by the middleware (SPEC §16).
+BODY_DEADLINE: web.RequestKey[float] = web.RequestKey("body_deadline", float)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -108,19 +115,6 @@ def token_matches(presented: str | None, tokens: Sequence[str]) -> bool:
     return found
 
 
-def require_token(request: web.Request, tokens: Sequence[str]) -> None:
-    """Raise a 401 problem unless no tokens are configured or the request carries one of them."""
-    if not tokens:
-        return
-    if token_matches(bearer_token(request), tokens):
-        return
-    raise Problem(
-        401,
-        "missing or wrong bearer token: send Authorization: Bearer <one of api.tokens>",
-        headers={"WWW-Authenticate": 'Bearer realm="job-watcher"'},
-    )
-
-
 # -- bodies -----------------------------------------------------------------------------------------------
 
 
@@ -134,18 +128,27 @@ def check_length(request: web.Request, max_bytes: int) -> None:
 
 
 async def read_json(request: web.Request, max_bytes: int) -> Any:
-    """The request's JSON body, read no further than `max_bytes`; 413, or 400 naming what is wrong."""
+    """The request's JSON body, read no further than `max_bytes` and no later than the body deadline; 413,
+    408, or 400 naming what is wrong."""
     check_length(request, max_bytes)
     if request.content_type != "application/json":
         raise field_problem("Content-Type", "must be application/json")
     body = bytearray()
-    while True:
-        chunk = await request.content.read(_READ_CHUNK)
-        if not chunk:
-            break
-        body += chunk
-        if len(body) > max_bytes:
-            raise Problem(413, f"request body is over the {max_bytes}-byte limit (api.max_body_bytes)")
+    deadline = request.get(BODY_DEADLINE)
+    try:
+        async with asyncio.timeout_at(deadline):
+            while True:
+                chunk = await request.content.read(_READ_CHUNK)
+                if not chunk:
+                    break
+                body += chunk
+                if len(body) > max_bytes:
+                    raise Problem(
+                        413, f"request body is over the {max_bytes}-byte limit (api.max_body_bytes)"
+                    )
+    except TimeoutError:
+        log.info("api.body_timeout", route=route_name(request), received=len(body))
+        raise Problem(408, "the request body did not arrive in time (api.body_timeout_s)") from None
     try:
         return json.loads(body.decode("utf-8"), parse_constant=_reject_constant)
     except UnicodeDecodeError:
@@ -163,14 +166,14 @@ def _reject_constant(name: str) -> Any:
 # -- middleware -------------------------------------------------------------------------------------------
 
 
-def problem_middleware(tokens: Sequence[str], max_body_bytes: int, protected: str = "/v1") -> Middleware:
-    """The middleware: auth and size guards on `protected` paths, and every error rendered as a problem."""
+def problem_middleware(max_body_bytes: int, *, body_timeout_s: float = 30.0) -> Middleware:
+    """The middleware: the size guard, the body's deadline, and every error rendered as a problem (the
+    problems of `watcher.http.clients.auth_middleware`, which runs inside it, included)."""
 
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        request[BODY_DEADLINE] = asyncio.get_running_loop().time() + body_timeout_s
         try:
-            if request.path == protected or request.path.startswith(protected + "/"):
-                require_token(request, tokens)
             check_length(request, max_body_bytes)
             return await handler(request)
         except Problem as problem:
@@ -220,7 +223,7 @@ def _http_detail(exc: web.HTTPException) -> str:
 
 
 def _closing(response: web.Response, status: int) -> web.Response:
-    """After a 413 the rest of the body is unread: close the connection instead of draining it."""
-    if status == 413:
+    """After a 413 or 408 the rest of the body is unread: close the connection instead of draining it."""
+    if status in (408, 413):
         response.force_close()
     return response

@@ -6,12 +6,20 @@ that quotes the offending bytes, such as the start of a bearer token, and a trac
 line. `ApiRunner` serves the application through `ProblemProtocol` instead, whose answer is problem+json
 naming only the kind of fault, and whose log line is one JSON event without the bytes (SPEC §16).
 
-This leans on two aiohttp details: `RequestHandler.handle_error` builds that answer, and `web.Server` keeps
-the protocol's arguments in `_kwargs`. tests/api/test_hostile_http.py fails if an upgrade changes either.
+Slow clients (SPEC §16): aiohttp has no timeout for request headers, but its keep-alive timer closes a
+connection that has no complete request `keepalive_timeout` after it opened or after its last answer, and
+partial headers do not reset it; `ApiRunner` sets it to `api.header_timeout_s`. The request body's deadline
+is `read_json`'s (`watcher.http.problems`); a body no handler reads is drained for at most `LINGER_S`.
+`ApiRunner` also counts open connections for `CappedSite` (`watcher.http.listener`).
+
+This leans on aiohttp details: `RequestHandler.handle_error` builds that answer, `web.Server` keeps the
+protocol's arguments in `_kwargs`, and the keep-alive timer behaves as described.
+tests/api/test_hostile_http.py and tests/api/test_slow_clients.py fail if an upgrade changes any of them.
 """
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import structlog
@@ -19,6 +27,7 @@ from aiohttp import web
 from aiohttp.http_exceptions import BadStatusLine, InvalidHeader, LineTooLong
 from aiohttp.web_protocol import RequestHandler
 
+from watcher.http.listener import ConnectionCount
 from watcher.http.problems import problem_response
 
 log = structlog.get_logger("watcher.api")
@@ -63,14 +72,42 @@ class ProblemProtocol(RequestHandler):
 
 
 class _ProblemServer(web.Server):
-    """A `web.Server` whose connections speak `ProblemProtocol`."""
+    """A `web.Server` whose connections speak `ProblemProtocol`, counted in `count`."""
+
+    def __init__(self, *args: Any, count: ConnectionCount, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.count = count
 
     def __call__(self) -> RequestHandler:
         return ProblemProtocol(self, loop=self._loop, **self._kwargs)
 
+    def connection_made(self, handler: RequestHandler, transport: asyncio.Transport) -> None:
+        super().connection_made(handler, transport)
+        self.count.opened()
+
+    def connection_lost(self, handler: RequestHandler, exc: BaseException | None = None) -> None:
+        super().connection_lost(handler, exc)
+        self.count.closed()
+
+
+# A body no handler read (an answer given before reading it) is drained for at most this long.
+LINGER_S = 5.0
+
 
 class ApiRunner(web.AppRunner):
-    """`web.AppRunner` (same arguments) whose server answers unparseable requests with problem+json."""
+    """`web.AppRunner` (same arguments) whose server answers unparseable requests with problem+json, closes
+    connections whose headers take longer than `header_timeout_s`, and counts its connections in `count`."""
+
+    def __init__(
+        self,
+        app: web.Application,
+        *,
+        header_timeout_s: float = 10.0,
+        count: ConnectionCount | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(app, keepalive_timeout=header_timeout_s, lingering_time=LINGER_S, **kwargs)
+        self.count = count or ConnectionCount()
 
     async def _make_server(self) -> web.Server:
         made = await super()._make_server()
@@ -79,5 +116,6 @@ class ApiRunner(web.AppRunner):
             made.request_handler,
             request_factory=made.request_factory,
             handler_cancellation=made.handler_cancellation,
+            count=self.count,
             **kwargs,
         )

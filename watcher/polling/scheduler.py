@@ -27,8 +27,8 @@ from watcher.polling.errorlog import ErrorLogLimiter
 from watcher.polling.learning import Learner
 from watcher.polling.policy import Decision, PollingPolicy, decide, error_delay, is_expired
 from watcher.polling.ratelimit import TokenBucket
+from watcher.polling.record import record_decision
 from watcher.polling.writer import BatchWriter, WriterEvents
-from watcher.statuses import SLOW_EVENT, metric_label
 from watcher.store.base import Store
 
 log = structlog.get_logger("watcher.scheduler")
@@ -95,6 +95,7 @@ class Scheduler(StoreLoop):
                 wait_out=lambda exc: self._health.wait_out(saving, exc),
                 recovered=lambda: self._health.ok(saving),
             ),
+            finish_gate=metrics.finishes.gate,
         )
         # Results waiting for the store beyond this stop further claims: a stalled store stalls polling.
         self._max_unsaved = 4 * max_concurrency + 512
@@ -126,6 +127,23 @@ class Scheduler(StoreLoop):
 
     async def run(self, stop: asyncio.Event) -> None:
         """Poll until `stop` is set, then let started polls finish and be saved (the daemon bounds that)."""
+        await self._run(stop, until_idle=False)
+
+    async def run_until_idle(self) -> int:
+        """Burst mode: poll every watch due now, save the results, and return how many polls were started.
+
+        The loop of `run` without its waiting: what a poll makes due again at once (an error backoff of
+        zero, say) is polled in the same burst; what is due later waits for the next call. For tests and
+        tools that move the clock themselves. A failed claim is raised, not waited out; a save that finds
+        the store out waits as in `run`, on the injected clock.
+        """
+        before = self.polls_started
+        await self._run(asyncio.Event(), until_idle=True)
+        return self.polls_started - before
+
+    async def _run(self, stop: asyncio.Event, *, until_idle: bool) -> None:
+        self._stopping = False
+        self._halt.clear()
         stop_wait = asyncio.ensure_future(stop.wait())
         workers = [asyncio.create_task(self._worker(), name=f"poll{i}") for i in range(self._max_concurrency)]
         for w in workers:
@@ -137,29 +155,56 @@ class Scheduler(StoreLoop):
                 claimed = 0
                 try:
                     if want > 0:
-                        now = self._clock.now()
-                        watches = await self._store.claim_due(now, want, self._lease_s)
-                        self._health.ok(self.name)
-                        claimed = len(watches)
-                        for watch in watches:
-                            self._hand_out(watch)
+                        claimed = await self._claim(want)
                     if claimed and claimed == want:
                         await asyncio.sleep(0)  # more may be due: let the workers start, then look again
                         continue
+                    if until_idle:
+                        if await self._idle_now(claimed):
+                            break
+                        continue
                     await self._idle(stop_wait, want > 0)
-                except StoreUnavailable as exc:
-                    await self._health.wait_out(self.name, exc, stop)
-                except Exception as exc:  # e.g. a row that cannot be read back: not ready, never dead
+                except Exception as exc:
+                    if until_idle:
+                        raise  # burst mode: its caller sees store errors, none is waited out
+                    if isinstance(exc, StoreUnavailable):
+                        await self._health.wait_out(self.name, exc, stop)
+                        continue
+                    # e.g. a row that cannot be read back: not ready, never dead
                     self._contained()
                     log.error("scheduler.claim_failed", exc_info=exc)
                     await self._health.wait_out(self.name, as_store_error(exc), stop)
             await self._stop(workers)
         finally:
-            self._writer.cancel()
+            if not until_idle:
+                self._writer.cancel()
             stop_wait.cancel()
             for w in workers:
                 w.cancel()
             self._count_polls()
+
+    async def _claim(self, want: int) -> int:
+        """Claim up to `want` due watches and hand them to the workers; how many there were."""
+        watches = await self._store.claim_due(self._clock.now(), want, self._lease_s)
+        self._health.ok(self.name)
+        for watch in watches:
+            self._hand_out(watch)
+        return len(watches)
+
+    async def _idle_now(self, claimed: int) -> bool:
+        """In burst mode, after a claim that found less than it wanted: True once nothing is due now and
+        every started poll is saved; otherwise wait for the workers or the writer to move on."""
+        if claimed:
+            await asyncio.sleep(0)  # let the workers start on what was handed out
+            return False
+        if self._busy or self._ready or self._waiting_tokens:
+            self._wakeup.clear()
+            await self._wakeup.wait()  # a worker that goes idle, or a saved batch, sets it
+            return False
+        if self._writer.unsaved or self._noting:
+            await self.drain()  # saved watches may be due again at once: look once more
+            return False
+        return True
 
     async def drain(self) -> None:
         """Wait for every started poll to be saved (or its failure noted)."""
@@ -362,9 +407,10 @@ class Scheduler(StoreLoop):
         self._count_polls()
         for decision, ok in zip(batch, results, strict=True):
             if ok:
+                # Most polls change nothing and have nothing to record.
                 if decision.saved.events or decision.transition or decision.final is not None:
                     try:
-                        self._record(decision)  # most polls change nothing and have nothing to record
+                        record_decision(decision, self._metrics, self._on_events)
                     except Exception:  # saved already: a failing log line or metric must not stop the writer
                         self._contained()
                         log.exception("scheduler.record_failed", job_id=decision.saved.watch.job_id)
@@ -372,36 +418,3 @@ class Scheduler(StoreLoop):
                 watch = decision.saved.watch
                 log.info("poll.lease_lost", job_id=watch.job_id, workspace=watch.workspace)
         self._wakeup.set()  # saved watches may be due again, and the writer has room again
-
-    def _record(self, decision: Decision) -> None:
-        watch = decision.saved.watch
-        if decision.transition:
-            self._metrics.transitions.labels(status=metric_label(watch.status or "unknown")).inc()
-            if decision.detection_lag_s is not None:
-                self._metrics.detection_lag.observe(max(0.0, decision.detection_lag_s))
-        for new in decision.saved.events:
-            kind = "job.transition" if decision.transition else "job.verdict"
-            log.info(
-                "job.slow" if new.event.type == SLOW_EVENT else kind,
-                job_id=watch.job_id,
-                workspace=watch.workspace,
-                status=watch.final or watch.status,
-                previous_status=decision.previous_status,
-                event_id=new.event.id,
-                type=new.event.type,
-                webhooks=list(new.webhooks),
-                reason=new.event.payload["data"].get("reason"),
-            )
-        if decision.final is not None:
-            self._metrics.jobs_finished.labels(status=metric_label(decision.final)).inc()
-            log.info(
-                "job.finished",
-                job_id=watch.job_id,
-                workspace=watch.workspace,
-                status=str(decision.final),
-                polls=watch.polls,
-            )
-        # Only events routed to a webhook made deliveries: waking the outbox for the others (most first
-        # observations) would cost it two queries per poll for nothing.
-        if self._on_events is not None and any(new.webhooks for new in decision.saved.events):
-            self._on_events()

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 from watcher.errors import StoreUnavailable
 from watcher.polling.policy import Decision
@@ -40,9 +42,17 @@ class BatchWriter:
     """
 
     def __init__(
-        self, store: Store, events: WriterEvents, max_batch: int = 512, linger_s: float = 0.1
+        self,
+        store: Store,
+        events: WriterEvents,
+        max_batch: int = 512,
+        linger_s: float = 0.1,
+        *,
+        finish_gate: asyncio.Lock | None = None,
     ) -> None:
         self._store = store
+        # Held while a batch that finishes watches is saved and counted (`watcher.metrics.FinishLedger`).
+        self._finish_gate = finish_gate
         self._events = events
         self._healthy = asyncio.Event()
         self._healthy.set()
@@ -147,7 +157,11 @@ class BatchWriter:
                 )
                 self._writing = len(batch)
                 try:
-                    await self._save(batch)
+                    gate: contextlib.AbstractAsyncContextManager[Any] = contextlib.nullcontext()
+                    if self._finish_gate is not None and any(d.final is not None for d in batch):
+                        gate = self._finish_gate
+                    async with gate:
+                        await self._save(batch)
                 except StoreUnavailable as exc:
                     if self._events.wait_out is None:
                         self._failed = True

@@ -4,6 +4,11 @@ One job id per line, optionally followed by a workspace; `#` starts a comment. A
 its number and skipped, never fatal. The reloader re-reads the file when its (mtime, size, inode) changes,
 on SIGHUP (`trigger`) and at start-up. A file that cannot be read keeps the last good list: a vanished or
 garbled file must never unwatch everything (an operator empties the file to unwatch all).
+
+Settling: a file written in place (truncated, then written in parts) is read half-written now and then.
+Additions apply at once, but removals wait until the file has kept the same signature for `settle_s`:
+until then the ids it lost stay watched, so one that comes back keeps its `registered_at` and its counts.
+A file replaced atomically (a rename: a new inode) is complete by construction and applies at once.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ from watcher.ids import is_uuid
 from watcher.loop import StoreLoop
 from watcher.metrics import Metrics
 from watcher.models import Registration, Source
-from watcher.store.base import Store
+from watcher.store.base import RegisterResult, Store
 
 log = structlog.get_logger(__name__)
 
@@ -122,6 +127,7 @@ class WatchlistReloader(StoreLoop):
         metrics: Metrics,
         on_change: Callable[[], None] | None = None,
         health: StoreHealth | None = None,
+        settle_s: float = 0.0,
     ) -> None:
         super().__init__(store, metrics, clock, health=health)
         self._path = path
@@ -129,7 +135,11 @@ class WatchlistReloader(StoreLoop):
         self._workspaces = frozenset(workspaces)
         self._interval = reload_interval_s
         self._on_change = on_change
-        self._applied: _Signature | None = None  # the file version the store reflects
+        self._settle_s = settle_s
+        self._applied: _Signature | None = None  # the file version the store reflects, removals included
+        self._seen: _Signature | None = None  # the file version read last
+        self._seen_at = 0.0  # when that version was first read
+        self._listed: set[str] | None = None  # ids the store has from the file, as far as known
         self._failure: str | None = None  # the last failure reported, so a lasting one is logged once
         self._triggered = asyncio.Event()
 
@@ -139,8 +149,11 @@ class WatchlistReloader(StoreLoop):
         An unreadable file keeps the last good list and returns False; the failure is logged and counted
         once per distinct failure (every time when forced), not at every interval.
         """
+        settled = self._seen is not None and self._clock.now() - self._seen_at >= self._settle_s
+        # The version read last is re-read once it has settled, to apply its removals.
+        known = None if force or (settled and self._applied != self._seen) else self._seen
         try:
-            snap = await asyncio.to_thread(_read, self._path, None if force else self._applied)
+            snap = await asyncio.to_thread(_read, self._path, known)
         except (OSError, UnicodeDecodeError) as e:
             reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
             self._report_failure(f"{type(e).__name__}: {reason}", force)
@@ -150,24 +163,50 @@ class WatchlistReloader(StoreLoop):
             return False
         if snap.text is None:
             return False
+        now = self._clock.now()
+        seen, seen_at = self._seen, self._seen_at
+        fresh = snap.signature != seen
+        if fresh:
+            # A new inode is an atomic replacement: complete, so its removals need not wait.
+            replaced = seen is not None and snap.signature[2] != seen[2]
+            seen, seen_at = snap.signature, now
+            settled = replaced or self._settle_s <= 0
         regs, problems = parse_watchlist(snap.text, self._default_workspace, self._workspaces)
-        for p in problems:
+        for p in problems if fresh or force else ():  # not again when a version read before settles
             log.warning("watchlist.bad_line", path=str(self._path), line=p.line, reason=p.message)
-        result = await self._store.sync_source(Source.FILE, regs, self._clock.now())
-        # Only now does the store reflect this version: a failed sync is retried at the next interval.
-        self._applied = snap.signature
+        if settled:
+            result = await self._store.sync_source(Source.FILE, regs, now)
+            # Only now does the store reflect this version: a failed sync is retried at the next interval.
+            self._applied, self._listed = snap.signature, {r.job_id for r in regs}
+            added, removed, waiting = result.added, result.removed, 0
+        else:
+            added, waiting = await self._add_only(regs, now), None
+            removed = 0
+            if self._listed is not None:
+                waiting = len(self._listed - {r.job_id for r in regs})
+        # Only now is this version read: had the store failed, the next round would read it again.
+        self._seen, self._seen_at = seen, seen_at
         self._failure = None
         log.info(
             "watchlist.reloaded",
             path=str(self._path),
             entries=len(regs),
-            added=result.added,
-            removed=result.removed,
+            added=added,
+            removed=removed,
             problems=len(problems),
+            **({} if settled else {"removals_waiting": waiting, "settle_s": self._settle_s}),
         )
-        if result.added and self._on_change is not None:
+        if added and self._on_change is not None:
             self._on_change()
         return True
+
+    async def _add_only(self, regs: list[Registration], now: float) -> int:
+        """Register what the file lists and the store may lack, removing nothing; the ids newly watched."""
+        new = regs if self._listed is None else [r for r in regs if r.job_id not in self._listed]
+        results = await self._store.register(new, now) if new else []
+        if self._listed is not None:
+            self._listed.update(r.job_id for r in new)
+        return sum(1 for r in results if r is RegisterResult.CREATED)
 
     def _report_failure(self, reason: str, force: bool) -> None:
         if reason == self._failure and not force:

@@ -43,6 +43,7 @@ class WatchQuery:
     limit: int
     cursor: str | None
     label: tuple[str, str] | None
+    workspaces: tuple[str, ...] | None = None  # only watches of these (an API client's, SPEC §14)
 
 
 @dataclass(slots=True, frozen=True)
@@ -54,6 +55,7 @@ class DeliveryQuery:
     limit: int
     before: int | None
     job_id: str | None
+    workspaces: tuple[str, ...] | None = None  # only deliveries of these workspaces' events
 
 
 @dataclass(slots=True, frozen=True)
@@ -153,15 +155,17 @@ class Store(ABC):
         limit: int = 100,
         cursor: str | None = None,
         label: tuple[str, str] | None = None,
+        workspaces: Sequence[str] | None = None,
     ) -> WatchPage:
         """Watches in a stable order (by job id), optionally only those whose list status is `status`.
 
         The list status is `Watch.list_status` (in SQL `watcher.store.sql.LIST_STATUS_SQL`): final state,
         else "quarantined", else last status, else "unknown" (not polled successfully yet). `cursor` is the
         last job id of the previous page; `label` keeps watches whose labels map the key to exactly that
-        value.
+        value; `workspaces` keeps the watches of those workspaces.
         """
-        return await self._list_watches(WatchQuery(status, limit, cursor, label))
+        only = None if workspaces is None else tuple(workspaces)
+        return await self._list_watches(WatchQuery(status, limit, cursor, label, only))
 
     @abstractmethod
     async def _list_watches(self, query: WatchQuery) -> WatchPage:
@@ -252,13 +256,16 @@ class Store(ABC):
         limit: int = 100,
         before: int | None = None,
         job_id: str | None = None,
+        workspaces: Sequence[str] | None = None,
     ) -> list[Delivery]:
         """Deliveries, newest (highest id) first, optionally filtered.
 
         `before` is the cursor of the next page: only deliveries whose id is lower (pass the last id of the
-        previous page); `job_id` keeps the deliveries of one job's events.
+        previous page); `job_id` keeps the deliveries of one job's events; `workspaces` those of events of
+        these workspaces.
         """
-        return await self._list_deliveries(DeliveryQuery(state, webhook, limit, before, job_id))
+        only = None if workspaces is None else tuple(workspaces)
+        return await self._list_deliveries(DeliveryQuery(state, webhook, limit, before, job_id, only))
 
     @abstractmethod
     async def _list_deliveries(self, query: DeliveryQuery) -> list[Delivery]:
@@ -277,8 +284,12 @@ class Store(ABC):
         """The `limit` most recently stored events across all jobs, newest first (the status page)."""
 
     @abstractmethod
-    async def counts(self) -> StoreCounts:
-        """Aggregates for the gauges."""
+    async def counts(self, on_snapshot: Callable[[], None] | None = None) -> StoreCounts:
+        """Aggregates for the gauges, all from one read snapshot of the store.
+
+        `on_snapshot` is called once that snapshot is fixed, before the aggregates are computed: what was
+        committed before the call is counted, what commits after it is not (SPEC §16, consistent scrapes).
+        """
 
     # -- job types (SPEC §12) ------------------------------------------------------------------------
 

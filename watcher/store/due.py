@@ -38,6 +38,11 @@ class DueIndex:
     def __contains__(self, job_id: object) -> bool:
         return job_id in self._current
 
+    @property
+    def entries(self) -> int:
+        """Heap entries, stale ones included: compaction keeps them within a factor of `len(self)`."""
+        return len(self._heap)
+
     def clear(self) -> None:
         """Forget every entry and claim (before a restore)."""
         self._heap.clear()

@@ -154,8 +154,10 @@ class MemoryStore(IndexedStore):
         page: list[Watch] = []
         for job_id in ids:
             w = self._watches[job_id]
-            if (query.status is None or w.list_status == query.status) and (
-                query.label is None or w.labels.get(query.label[0]) == query.label[1]
+            if (
+                (query.status is None or w.list_status == query.status)
+                and (query.label is None or w.labels.get(query.label[0]) == query.label[1])
+                and (query.workspaces is None or w.workspace in query.workspaces)
             ):
                 if len(page) == query.limit:
                     return WatchPage(page, page[-1].job_id)
@@ -319,6 +321,7 @@ class MemoryStore(IndexedStore):
                 and (query.state is None or d.state == query.state)
                 and (query.webhook is None or d.webhook == query.webhook)
                 and (query.job_id is None or d.event.job_id == query.job_id)
+                and (query.workspaces is None or d.event.workspace in query.workspaces)
             ):
                 out.append(replace(d))
         return out
@@ -372,8 +375,10 @@ class MemoryStore(IndexedStore):
             out[key] = out.get(key, 0) + 1
         return out
 
-    async def counts(self) -> StoreCounts:
-        """Aggregates computed by scanning the dicts."""
+    async def counts(self, on_snapshot: Callable[[], None] | None = None) -> StoreCounts:
+        """Aggregates computed by scanning the dicts (without awaiting: the snapshot is the call)."""
+        if on_snapshot is not None:
+            on_snapshot()
         by_status: dict[str, int] = {}
         quarantined = 0
         for w in self._watches.values():

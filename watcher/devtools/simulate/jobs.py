@@ -310,9 +310,11 @@ class SimState:
         self._concurrent_jobs.clear()
 
     def stats(self) -> dict[str, Any]:
-        """Counts by status code and fault, and the most requests ever in flight for one job at once."""
+        """Counts by status code and fault, the requests in flight now, and the most ever in flight for one
+        job at once."""
         return {
             "requests": sum(self._by_status.values()),
+            "inflight": sum(self._inflight.values()),
             "by_status": dict(self._by_status),
             "by_fault": dict(self._by_fault),
             "max_inflight_per_job": self._max_inflight,

@@ -1,10 +1,12 @@
 """`GET /`: the status page for operators, rendered on the server from the store on every request.
 
-Auth (SPEC §7): with no `[api] tokens` (loopback only) the page shows everything. With tokens, a request
-without `Authorization` gets the aggregate counts only; the watches, transitions and dead deliveries (job
-ids, labels, upstream errors: the same data `/v1` protects) need `Authorization: Bearer <token>`, which the
-page's script sends from the token field (kept in `sessionStorage`, never in a URL). A wrong token gets 401.
-The replay button calls `POST /v1/deliveries/{id}/retry`, which checks the token itself.
+Auth (SPEC §7, §14): with no `[api] tokens` or clients (loopback only) the page shows everything. With
+them, a request without `Authorization` gets the aggregate counts only; the watches, transitions and dead
+deliveries (job ids, labels, upstream errors: the same data `/v1` protects) need `Authorization: Bearer
+<token>`, which the page's script sends from the token field (kept in `sessionStorage`, never in a URL). A
+wrong token gets 401. A client's token shows what its scopes allow (watches and transitions with
+`watches:read`, dead deliveries with `deliveries:read`), of its workspaces only. The replay button calls
+`POST /v1/deliveries/{id}/retry`, which checks the token and its scope itself.
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ import structlog
 from aiohttp import web
 
 from watcher import __version__
-from watcher.http.problems import bearer_token, problem_response, token_matches
+from watcher.http.clients import CLIENT_KEY, Client, Clients
+from watcher.http.problems import problem_response
 from watcher.http.state import AppState
 from watcher.http.statuspage.render import CSP, PageView, render
 from watcher.statuses import LIST_STATUSES
@@ -72,9 +75,9 @@ def _problem(
 
 
 async def build_view(
-    state: AppState, *, detail: bool, status: str | None, cursor: str | None, limit: int
+    state: AppState, *, client: Client | None, status: str | None, cursor: str | None, limit: int
 ) -> PageView:
-    """Read what the page shows from the store; details only when `detail`."""
+    """Read what the page shows from the store; details only for a `client`, as far as its scopes go."""
     store = state.store
     counts = await store.watch_counts()
     agg = await store.counts()
@@ -82,8 +85,8 @@ async def build_view(
         now=state.clock.now(),
         version=__version__,
         refresh_s=REFRESH_S,
-        token_required=bool(state.settings.api.tokens),
-        detail=detail,
+        token_required=state.settings.api.has_auth(),
+        detail=client is not None,
         counts=counts,
         pending=sum(agg.pending_by_webhook.values()),
         dead=sum(agg.dead_by_webhook.values()),
@@ -92,25 +95,29 @@ async def build_view(
         limit=limit,
         terminal_statuses=frozenset(state.settings.upstream.terminal_statuses),
     )
-    if not detail:
+    if client is None:
         return view
-    page = await store.list_watches(status=status, limit=limit, cursor=cursor)
-    transitions = await store.recent_events(TRANSITIONS_SHOWN)
-    dead = await store.list_deliveries(state="dead", limit=DEAD_SHOWN)
-    types = state.job_types()
-    return replace(
-        view,
-        job_types=tuple(reversed(types[-JOB_TYPES_SHOWN:])),
-        job_types_total=len(types),
-        watches=tuple(page.watches),
-        next_cursor=page.next_cursor,
-        transitions=tuple(transitions),
-        dead_deliveries=tuple(dead),
-    )
+    only = client.only()
+    if "watches:read" in client.scopes:
+        page = await store.list_watches(status=status, limit=limit, cursor=cursor, workspaces=only)
+        recent = await store.recent_events(TRANSITIONS_SHOWN if only is None else 10 * TRANSITIONS_SHOWN)
+        types = [t for t in state.job_types() if client.sees(str(t["workspace"]))]
+        view = replace(
+            view,
+            watches=tuple(page.watches),
+            next_cursor=page.next_cursor,
+            transitions=tuple([e for e in recent if client.sees(e.workspace)][:TRANSITIONS_SHOWN]),
+            job_types=tuple(reversed(types[-JOB_TYPES_SHOWN:])),
+            job_types_total=len(types),
+        )
+    if "deliveries:read" in client.scopes:
+        dead = await store.list_deliveries(state="dead", limit=DEAD_SHOWN, workspaces=only)
+        view = replace(view, dead_deliveries=tuple(dead))
+    return view
 
 
-def status_page(state: AppState) -> Handler:
-    """The `GET /` handler for the daemon whose state is `state`."""
+def status_page(state: AppState, clients: Clients) -> Handler:
+    """The `GET /` handler for the daemon whose state is `state`, callers known by `clients`."""
 
     async def handle(request: web.Request) -> web.StreamResponse:
         try:
@@ -118,17 +125,18 @@ def status_page(state: AppState) -> Handler:
         except ValueError as exc:
             field = str(exc).split(":", 1)[0]
             return _problem(400, str(exc), errors=[{"field": field, "message": str(exc)}])
-        tokens = [t.get_secret_value() for t in state.settings.api.tokens]
-        header = request.headers.get("Authorization")
-        if tokens and header is not None and not token_matches(bearer_token(request), tokens):
-            return _problem(
-                401,
-                "wrong bearer token: send Authorization: Bearer <one of api.tokens>",
-                headers={"WWW-Authenticate": 'Bearer realm="job-watcher"'},
-            )
-        detail = not tokens or header is not None
+        client = None
+        if clients.open or request.headers.get("Authorization") is not None:
+            client = clients.of(request)
+            if client is None:
+                return _problem(
+                    401,
+                    "wrong bearer token: send Authorization: Bearer <a token of api.tokens or api.clients>",
+                    headers={"WWW-Authenticate": 'Bearer realm="job-watcher"'},
+                )
+            request[CLIENT_KEY] = client
         try:
-            view = await build_view(state, detail=detail, status=status, cursor=cursor, limit=limit)
+            view = await build_view(state, client=client, status=status, cursor=cursor, limit=limit)
         except Exception as exc:  # a store failure is a 503 page, never a traceback
             log.warning("statuspage.store_error", error=type(exc).__name__)
             return _problem(503, f"the store did not answer: {type(exc).__name__}")

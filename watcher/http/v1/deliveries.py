@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from watcher.http.clients import client_of
 from watcher.http.problems import Problem
 from watcher.http.state import STATE_KEY
 from watcher.http.v1 import parse
@@ -17,7 +18,11 @@ async def list_deliveries(request: web.Request) -> web.Response:
     state = request.app[STATE_KEY]
     q: DeliveryListQuery = parse.query(request, DeliveryListQuery)
     rows = await state.store.list_deliveries(
-        state=q.state, webhook=q.webhook, limit=q.limit + 1, before=q.before()
+        state=q.state,
+        webhook=q.webhook,
+        limit=q.limit + 1,
+        before=q.before(),
+        workspaces=client_of(request).only(),
     )
     page = rows[: q.limit]
     cursor = str(page[-1].id) if len(rows) > q.limit else None
@@ -29,7 +34,7 @@ async def retry_delivery(request: web.Request) -> web.Response:
     state = request.app[STATE_KEY]
     delivery_id = parse.delivery_id(request)
     found = await state.store.get_delivery(delivery_id)
-    if found is None:
+    if found is None or not client_of(request).sees(found.event.workspace):
         raise Problem(404, f"no delivery {delivery_id}")
     if found.state is not DeliveryState.DEAD:
         raise Problem(

@@ -224,7 +224,7 @@ class BatchItemOut(BaseModel):
 
     index: int
     job_id: str | None
-    result: Literal["created", "existing", "invalid"]
+    result: Literal["created", "existing", "invalid", "forbidden"]
     errors: list[FieldError] | None = None
 
 
@@ -235,6 +235,7 @@ class BatchOut(BaseModel):
     created: int
     existing: int
     invalid: int
+    forbidden: int = 0  # items for a workspace the client may not use (SPEC §14)
 
 
 class DeliveryRetryOut(BaseModel):

@@ -13,9 +13,10 @@ from aiohttp import web
 from pydantic import ValidationError
 
 from watcher.errors import StoreError, StoreUnavailable
+from watcher.http.clients import audit, client_of
 from watcher.http.problems import Problem, read_json
 from watcher.http.state import STATE_KEY, AppState
-from watcher.http.v1 import parse
+from watcher.http.v1 import access, parse
 from watcher.http.v1.models import (
     MAX_PAGE,
     BatchCreate,
@@ -73,6 +74,11 @@ async def create_watch(request: web.Request) -> web.Response:
     """Register one job: 201 if new, 200 if it was already watched (nothing else changes then)."""
     state = request.app[STATE_KEY]
     reg = _registration(await read_json(request, parse.max_body(request)), request)
+    audit(request, job_id=reg.job_id, workspace=reg.workspace)
+    refusal = await access.refuse_registration(request, reg)
+    if refusal is not None:
+        raise Problem(403, refusal)
+    access.check_capacity(request, 1)
     (result,) = await state.store.register([reg], state.clock.now())
     if result is RegisterResult.CREATED:
         state.wake_scheduler()
@@ -96,9 +102,18 @@ async def create_watches(request: web.Request) -> web.Response:
     regs: list[tuple[int, Registration]] = []
     for i, item in enumerate(envelope.watches):
         try:
-            regs.append((i, _registration(item, request, prefix=f"watches[{i}]")))
+            reg = _registration(item, request, prefix=f"watches[{i}]")
         except Problem as problem:
             results.append(_invalid(i, item, problem.errors))
+            continue
+        refusal = await access.refuse_registration(request, reg)
+        if refusal is None:
+            regs.append((i, reg))
+        else:
+            error = {"field": f"watches[{i}].workspace", "message": refusal}
+            results.append(BatchItemOut(index=i, job_id=reg.job_id, result="forbidden", errors=[error]))
+    audit(request, items=len(envelope.watches))
+    access.check_capacity(request, len(regs))
     stored = await _register_batch(state, [r for _, r in regs])
     if RegisterResult.CREATED in stored:
         state.wake_scheduler()
@@ -109,7 +124,7 @@ async def create_watches(request: web.Request) -> web.Response:
         else:
             results.append(BatchItemOut(index=i, job_id=reg.job_id, result=res.value))
     results.sort(key=lambda r: r.index)
-    count = {k: sum(r.result == k for r in results) for k in ("created", "existing", "invalid")}
+    count = {k: sum(r.result == k for r in results) for k in ("created", "existing", "invalid", "forbidden")}
     return ok(BatchOut(results=results, **count))
 
 
@@ -161,7 +176,11 @@ async def list_watches(request: web.Request) -> web.Response:
     state = request.app[STATE_KEY]
     q: WatchListQuery = parse.query(request, WatchListQuery)
     page = await state.store.list_watches(
-        status=q.status, limit=q.limit, cursor=q.cursor, label=q.label_pair()
+        status=q.status,
+        limit=q.limit,
+        cursor=q.cursor,
+        label=q.label_pair(),
+        workspaces=client_of(request).only(),
     )
     return ok(WatchPageOut(watches=[watch_out(w) for w in page.watches], next_cursor=page.next_cursor))
 
@@ -170,9 +189,7 @@ async def get_watch(request: web.Request) -> web.Response:
     """One watch with its transitions and their deliveries."""
     state = request.app[STATE_KEY]
     job_id = parse.job_id(request)
-    watch = await state.store.get_watch(job_id)
-    if watch is None:
-        raise Problem(404, f"job {job_id} is not watched")
+    watch = await access.visible_watch(request, job_id)
     events = await state.store.events_for(job_id)
     deliveries = await state.store.list_deliveries(job_id=job_id, limit=MAX_PAGE)
     base = watch_out(watch).model_dump()
@@ -189,6 +206,7 @@ async def delete_watch(request: web.Request) -> web.Response:
     """Stop watching a job (whatever registered it); a later registration starts a fresh watch."""
     state = request.app[STATE_KEY]
     job_id = parse.job_id(request)
+    await access.require_visible(request, job_id)
     if not await state.store.delete_watch(job_id):
         raise Problem(404, f"job {job_id} is not watched")
     return web.Response(status=204)
@@ -198,6 +216,7 @@ async def release_watch(request: web.Request) -> web.Response:
     """Take a quarantined watch out of quarantine: it is polled again at once, its failures reset."""
     state = request.app[STATE_KEY]
     job_id = parse.job_id(request)
+    await access.require_visible(request, job_id)
     if not await state.store.release_quarantine(job_id, state.clock.now()):
         if await state.store.get_watch(job_id) is None:
             raise Problem(404, f"job {job_id} is not watched")

@@ -96,6 +96,7 @@ SELECT {WATCH_COLS} FROM watches
 WHERE job_id > $1
   AND ($2::text IS NULL OR {LIST_STATUS_SQL} = $2)
   AND ($3::jsonb IS NULL OR labels @> $3)
+  AND ($5::text[] IS NULL OR workspace = ANY($5))
 ORDER BY job_id LIMIT $4"""  # noqa: S608
 
 CLAIM_WATCHES = f"""
@@ -202,6 +203,7 @@ LIST_DELIVERIES = f"""
 {DELIVERY_SELECT}
 WHERE ($1::text IS NULL OR d.state = $1) AND ($2::text IS NULL OR d.webhook = $2)
   AND ($3::bigint IS NULL OR d.id < $3) AND ($4::text IS NULL OR d.job_id = $4)
+  AND ($6::text[] IS NULL OR e.workspace = ANY($6))
 ORDER BY d.id DESC LIMIT $5"""
 
 RETRY_DELIVERY = f"""

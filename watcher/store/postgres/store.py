@@ -199,7 +199,12 @@ class PostgresStore(PgJobTypes, Store):
         contains = None if query.label is None else {query.label[0]: query.label[1]}
         async with self.pool.connection() as conn:
             rows = await conn.fetch(
-                q.LIST_WATCHES, query.cursor or "", query.status, contains, query.limit + 1
+                q.LIST_WATCHES,
+                query.cursor or "",
+                query.status,
+                contains,
+                query.limit + 1,
+                None if query.workspaces is None else list(query.workspaces),
             )
         page = [q.watch_row(r) for r in rows[: query.limit]]
         return WatchPage(page, page[-1].job_id if len(rows) > query.limit and page else None)
@@ -362,7 +367,13 @@ class PostgresStore(PgJobTypes, Store):
         """Newest first below the `before` cursor, optionally filtered by state, webhook and job."""
         async with self.pool.connection() as conn:
             rows = await conn.fetch(
-                q.LIST_DELIVERIES, query.state, query.webhook, query.before, query.job_id, query.limit
+                q.LIST_DELIVERIES,
+                query.state,
+                query.webhook,
+                query.before,
+                query.job_id,
+                query.limit,
+                None if query.workspaces is None else list(query.workspaces),
             )
         return [q.delivery_row(r) for r in rows]
 
@@ -377,9 +388,16 @@ class PostgresStore(PgJobTypes, Store):
         rows = await self.pool.run(lambda c: c.fetch(q.RETRY_DELIVERY, self._now(now), delivery_id), tx=False)
         return bool(rows)
 
-    async def counts(self) -> StoreCounts:
-        """Aggregates from SQL (every replica reports the same values: aggregate them with max)."""
-        async with self.pool.connection() as conn:
+    async def counts(self, on_snapshot: Callable[[], None] | None = None) -> StoreCounts:
+        """Aggregates from SQL (every replica reports the same values: aggregate them with max), from one
+        REPEATABLE READ snapshot, fixed by its first statement."""
+        async with (
+            self.pool.connection() as conn,
+            conn.transaction(isolation="repeatable_read", readonly=True),
+        ):
+            await conn.fetchval("SELECT 1")
+            if on_snapshot is not None:
+                on_snapshot()
             by_status = await conn.fetch(WATCHED_BY_STATUS)
             by_hook = await conn.fetch(DELIVERIES_BY_WEBHOOK)
             oldest = await conn.fetchval(OLDEST_PENDING)

@@ -6,6 +6,7 @@ connection of the scheduler. Delivery leases live in the table, so a claim and i
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from watcher.models import Delivery, DeliveryUpdate, Event
@@ -18,6 +19,7 @@ from watcher.store.sql import (
     WATCHED_BY_STATUS,
 )
 from watcher.store.sqlite.connection import Connections, select
+from watcher.store.sqlite.health import rollback_async
 from watcher.store.sqlite.sql import (
     CLAIMABLE_DELIVERIES,
     DELIVERY_SELECT,
@@ -97,6 +99,9 @@ class SQLiteOutbox(Store):
             if value is not None:
                 where.append(clause)
                 params.append(value)
+        if query.workspaces is not None:
+            where.append(f"e.workspace IN ({', '.join('?' * len(query.workspaces))})")
+            params += query.workspaces
         sql = f"{DELIVERY_SELECT} WHERE {' AND '.join(where)} ORDER BY d.id DESC LIMIT ?"
         async with self.connections.read() as db:
             rows = await select(db, sql, (*params, query.limit))
@@ -120,13 +125,21 @@ class SQLiteOutbox(Store):
             rows = await select(db, WATCH_COUNTS)
         return dict(rows)
 
-    async def counts(self) -> StoreCounts:
-        """Aggregates from SQL, so the gauges are exact after a restart."""
+    async def counts(self, on_snapshot: Callable[[], None] | None = None) -> StoreCounts:
+        """Aggregates from SQL, so the gauges are exact after a restart; one read transaction, whose WAL
+        snapshot its first read fixes."""
         async with self.connections.read() as db:
-            by_status = await select(db, WATCHED_BY_STATUS)
-            quarantined = await select(db, QUARANTINED_COUNT)
-            by_hook = await select(db, DELIVERIES_BY_WEBHOOK)
-            oldest = await select(db, OLDEST_PENDING)
+            await db.execute("BEGIN")
+            try:
+                await select(db, "SELECT 1 FROM watches LIMIT 1")
+                if on_snapshot is not None:
+                    on_snapshot()
+                by_status = await select(db, WATCHED_BY_STATUS)
+                quarantined = await select(db, QUARANTINED_COUNT)
+                by_hook = await select(db, DELIVERIES_BY_WEBHOOK)
+                oldest = await select(db, OLDEST_PENDING)
+            finally:
+                await rollback_async(db)
         pending = {hook: n for hook, state, n in by_hook if state == "pending"}
         dead = {hook: n for hook, state, n in by_hook if state == "dead"}
         return StoreCounts(dict(by_status), pending, dead, oldest[0][0], quarantined[0][0])

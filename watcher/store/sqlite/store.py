@@ -13,7 +13,6 @@ behind `.writebehind`; outages (a full disk, a read-only file system, a lock hel
 from __future__ import annotations
 
 import sqlite3
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -22,6 +21,7 @@ from typing import Any
 import aiosqlite
 import structlog
 
+from watcher.clock import Clock, SystemClock
 from watcher.errors import StoreError
 from watcher.models import Event, Registration, SavedPoll, Source, Watch
 from watcher.store.base import FailureNoted, RegisterResult, SyncResult, WatchPage, WatchQuery
@@ -54,9 +54,12 @@ class SQLiteStore(SQLiteOutbox, SQLiteJobTypes, IndexedStore):
     """The default store: a WAL-mode SQLite file and an in-memory due index; its events and deliveries are
     `SQLiteOutbox`'s, its job types `SQLiteJobTypes`'s."""
 
-    def __init__(self, path: Path | str, write_behind_s: float = WRITE_BEHIND_S) -> None:
+    def __init__(
+        self, path: Path | str, write_behind_s: float = WRITE_BEHIND_S, clock: Clock | None = None
+    ) -> None:
         super().__init__()
         self.path = Path(path)
+        self._clock: Clock = clock if clock is not None else SystemClock()  # times the write-behind window
         self.connections = Connections(self.path)
         self._behind = WriteBehind(write_behind_s)
         self._delivery_tokens = 0
@@ -254,6 +257,9 @@ class SQLiteStore(SQLiteOutbox, SQLiteJobTypes, IndexedStore):
                 " AND l.type = 'text')"
             )
             params += [query.label[0], query.label[1]]
+        if query.workspaces is not None:
+            where.append(f"workspace IN ({marks(len(query.workspaces))})")
+            params += query.workspaces
         sql = f"SELECT {WATCH_COLS} FROM watches WHERE {' AND '.join(where)} ORDER BY job_id LIMIT ?"  # noqa: S608
         async with self.connections.read() as db:
             rows = await select(db, sql, (*params, query.limit + 1))
@@ -311,7 +317,7 @@ class SQLiteStore(SQLiteOutbox, SQLiteJobTypes, IndexedStore):
         holds_lease = self._holds_lease
         behind = self._behind
         defer = behind.delay_s > 0
-        clock = time.monotonic()
+        clock = self._clock.monotonic()
         for saved in polls:
             w = saved.watch
             jid = w.job_id
