@@ -8,7 +8,7 @@ from typing import Any
 
 from watcher.clock import iso_utc
 from watcher.models import Event, FinalState, Watch
-from watcher.statuses import event_type, status_name
+from watcher.statuses import SLOW_EVENT, event_type, status_name
 
 # Fixed forever: changing it would change every event id and break receivers' de-duplication.
 EVENT_NAMESPACE = uuid.UUID("5f0c4a53-9d0e-4c47-8a3b-6f1f2b0a7e11")
@@ -63,6 +63,25 @@ def verdict_event(watch: Watch, verdict: FinalState, now: float, reason: str) ->
         job_id=watch.job_id,
         workspace=watch.workspace,
         type=etype,
+        created_at=now,
+        payload=payload,
+    )
+
+
+def slow_event(watch: Watch, body: dict[str, Any], now: float, age_s: float, slow_after_s: float) -> Event:
+    """The watcher's `job.slow` event (SPEC §12): the job still runs past its type's `slow_quantile`.
+
+    One id per job, so a second detection (another replica, a restart) is the same event and is stored once.
+    """
+    data = _data(watch, body, watch.status, now)
+    data["age_s"] = round(age_s, 3)
+    data["slow_after_s"] = round(slow_after_s, 3)
+    payload = {"type": SLOW_EVENT, "timestamp": iso_utc(now), "data": data}
+    return Event(
+        id=event_id(watch.job_id, "slow"),
+        job_id=watch.job_id,
+        workspace=watch.workspace,
+        type=SLOW_EVENT,
         created_at=now,
         payload=payload,
     )

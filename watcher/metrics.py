@@ -247,6 +247,11 @@ class Metrics:
         )
         for final in (*FinalState, OTHER_LABEL):
             self.jobs_finished.labels(status=final)
+        self.jobs_slow = Counter(
+            "watcher_jobs_slow",
+            "Jobs that ran past their type's slow_quantile duration (job.slow, SPEC §12), once per watch.",
+            registry=r,
+        )
         self.transitions = Counter(
             "watcher_transitions", "Observed status transitions by new status.", ["status"], registry=r
         )

@@ -39,6 +39,8 @@ METRIC_STATUSES: Final = frozenset({*KNOWN_STATUSES, "expired", "missing", "unkn
 MAX_ODD_LENGTH: Final = 64
 DEFAULT_TERMINAL: Final = ("success", "failed")
 VERDICT_EVENTS: Final = ("job.expired", "job.missing")
+# A job still running past its type's `slow_quantile` (SPEC §12): not a transition, not a default event.
+SLOW_EVENT: Final = "job.slow"
 # The list statuses (`Watch.list_status`) of the documented statuses and the watcher's verdicts, the ones
 # every page, gauge and example names: unfinished first, in lifecycle order ("unknown": not polled yet),
 # then the final ones. A grown status and "quarantined" are list statuses too, named as they come.
@@ -107,6 +109,7 @@ def known_events(terminal: Iterable[str]) -> frozenset[str]:
             *(event_type(s) for s in terminal),
             *VERDICT_EVENTS,
             UNKNOWN_EVENT,
+            SLOW_EVENT,
         }
     )
 

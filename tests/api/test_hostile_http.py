@@ -223,13 +223,15 @@ def _request(path: str) -> dict[str, Any]:
 
 
 async def test_a_store_outage_is_a_503_with_retry_after_on_every_route(start_daemon: StartDaemon) -> None:
-    """Out: every /v1 route answers 503 problem+json with Retry-After; back: they all work again."""
+    """Out: every /v1 route that reads the store answers 503 problem+json with Retry-After; back: they all
+    work again. `/v1/job-types` answers from what this replica learnt, in memory: nothing to wait for."""
     store = _OutageStore()
+    routes = [r for r in ROUTES if r.path != "/v1/job-types"]
     d = await start_daemon(token=SECRET, store=store)
     assert (await d.call("POST", "/v1/watches", json={"job_id": JOB}))[0] == 201
     store.out = True
     with capture_logs() as logs:
-        for r in ROUTES:
+        for r in routes:
             path = r.path.replace("{job_id}", JOB).replace("{delivery_id}", "1")
             async with d.http.request(r.method, d.base + path, headers=d.auth(), **_request(r.path)) as resp:
                 text = await resp.text()
@@ -237,8 +239,10 @@ async def test_a_store_outage_is_a_503_with_retry_after_on_every_route(start_dae
                 assert resp.content_type == PROBLEM and resp.headers["Retry-After"] == "5"
                 problem = json.loads(text)
                 assert problem["status"] == 503 and "5432" not in text and "refused" not in text
-    events = [e["event"] for e in logs if e["event"] != "api.audit"]  # changing routes are audited too
-    assert events == ["api.store_unavailable"] * len(ROUTES)
+    # Changing routes are audited too; the daemon's own loops (a watch-list reload) may log meanwhile.
+    events = [e["event"] for e in logs if e["event"].startswith("api.") and e["event"] != "api.audit"]
+    assert events == ["api.store_unavailable"] * len(routes)
+    assert (await d.call("GET", "/v1/job-types"))[0] == 200
     assert all("exc_info" not in e and "exception" not in e for e in logs)
     async with d.http.get(d.base + "/readyz") as resp:
         assert resp.status == 503

@@ -48,6 +48,10 @@ def _view(**overrides: object) -> PageView:
         "next_cursor": EVIL,
         "transitions": (event,),
         "dead_deliveries": (delivery,),
+        "job_types": (
+            {"workspace": EVIL, "name": EVIL, "samples": 40, "p50_s": 12.5, "p90_s": 30.0, "p99_s": None},
+        ),
+        "job_types_total": 3,
     }
     base.update(overrides)
     return PageView(**base)  # type: ignore[arg-type]
@@ -64,6 +68,18 @@ class TestRender:
         assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
         for attr in re.findall(r'(?:href|title|data-[a-z-]+)="([^"]*)"', page):
             assert "<" not in attr and '"' not in attr
+
+    def test_job_types_table(self) -> None:
+        """The learnt job types, as `GET /v1/job-types` lists them; a cut list says how many there are."""
+        page = render(_view())
+        section = page[page.index('<section id="job-types">') :]
+        assert "most recently finished 1 of 3" in section
+        assert (
+            '<td class="num">40</td><td class="num">12.5</td><td class="num">30</td><td class="num">-</td>'
+            in section
+        )
+        assert "No job type learnt yet" in render(_view(job_types=(), job_types_total=0))
+        assert 'id="job-types"' not in render(_view(detail=False))
 
     def test_links_keep_the_filter_and_encode_the_cursor(self) -> None:
         """The next-page link carries the status filter and the URL-encoded cursor."""

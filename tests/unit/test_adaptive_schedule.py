@@ -243,6 +243,21 @@ class TestDegenerateTypes:
         chain = solved(model, AdaptiveSettings(lag_target_s=60.0), 64.0).chain()
         assert len(chain) == 2 and 42.0 <= chain[1] <= 45.0
 
+    def test_few_samples_still_look_below_the_shortest_job_seen(self) -> None:
+        """Twenty hour-long jobs: about 1/21 of the type finishes before the shortest of them, so the
+        schedule's first poll after registration comes before it (without that mass it came after, and
+        every job a little shorter than those seen was detected a whole skip late)."""
+        rng = random.Random(4)
+        few = TypeModel()
+        for i in range(20):
+            few.add(rng.lognormvariate(math.log(3600.0), 0.3), float(i))
+        shortest = few.quantile(0.0)
+        assert shortest is not None
+        ages, probs = few.cdf()
+        dist, _ = distribution_of(ages, probs, few.samples)
+        assert 0.03 < dist.cdf(shortest) < 0.06 and dist.first < 0.9 * shortest
+        assert solved(few, AdaptiveSettings(lag_target_s=60.0), 64.0).chain()[1] < shortest
+
     def test_jobs_that_finish_at_once_leave_it_to_backoff(self) -> None:
         """Jobs finished when created: nothing to schedule, every delay is the backoff curve's."""
         model = TypeModel()

@@ -33,6 +33,7 @@ SCENARIOS: dict[str, str] = {
     "throughput": "watcher.bench.throughput",
     "latency": "watcher.bench.latency",
     "upstream-calls": "watcher.bench.upstream_calls",
+    "adaptive": "watcher.bench.adaptive",
     "register": "watcher.bench.register",
     "replicas": "watcher.bench.replicas",
     "scale": "watcher.bench.scale",

@@ -127,11 +127,22 @@ class PollingConfig(_Section):
     not_found_limit: int = Field(default=5, ge=1)
     error_backoff_max_s: PositiveSeconds = 300.0
     retention_s: PositiveSeconds = 604800.0
+    # Adaptive polling (SPEC §12): learn each job type's durations, poll where its jobs finish.
+    strategy: Literal["backoff", "adaptive"] = "backoff"
+    adaptive_lag_target_s: PositiveSeconds = 60.0
+    adaptive_min_samples: int = Field(default=20, ge=1)
+    adaptive_min_interval_s: PositiveSeconds = 1.0
+    adaptive_max_interval_s: PositiveSeconds = 3600.0
+    adaptive_max_types: int = Field(default=10_000, ge=1)
+    adaptive_window: int = Field(default=1000, ge=1)
+    slow_quantile: float = Field(default=0.99, gt=0.0, lt=1.0)
 
     @model_validator(mode="after")
     def _ordered(self) -> Self:
         if self.max_interval_s < self.initial_interval_s:
             raise problem(("max_interval_s",), "must be >= initial_interval_s")
+        if self.adaptive_max_interval_s < self.adaptive_min_interval_s:
+            raise problem(("adaptive_max_interval_s",), "must be >= adaptive_min_interval_s")
         return self
 
 
@@ -305,7 +316,7 @@ class Settings(BaseSettings):
         known = known_events(self.upstream.terminal_statuses)
         return [
             f"webhooks[{i}].events: {etype} is not an event this watcher knows it emits "
-            f"(documented statuses, terminal_statuses, job.expired, job.missing, job.unknown)"
+            f"(documented statuses, terminal_statuses, job.expired, job.missing, job.unknown, job.slow)"
             for i, hook in enumerate(self.webhooks)
             for etype in hook.events or ()
             if etype not in known

@@ -197,6 +197,7 @@ class Daemon:
             self.state = AppState(
                 s, store, self.metrics, self.clock, self.health, self._loops, scheduler.wake, delivery.wake,
                 check_callback_url=callback_url_check(s),
+                job_types=scheduler.learner.type_rows if scheduler.learner else list,
             )  # fmt: skip
             runner = await self._start_http(self.state)
             restored = await self._open_store(store)
@@ -266,6 +267,7 @@ class Daemon:
         loops: dict[str, Coroutine[Any, Any, None]] = {
             "scheduler": scheduler.run(self.stop_event),
             "delivery": delivery.run(self.delivery_stop),
+            **({"learning": scheduler.learner.run(self.stop_event)} if scheduler.learner else {}),
             "housekeeping": Housekeeping(
                 store,
                 self.metrics,

@@ -1,5 +1,6 @@
 """The daemon's parts, built from the settings: webhook targets, the polling policy, the HTTP sessions, the
-delivery worker and the scheduler with its upstream client and rate limit. Building one starts nothing."""
+delivery worker and the scheduler with its upstream client, rate limit and learner (adaptive polling).
+Building one starts nothing."""
 
 from __future__ import annotations
 
@@ -22,6 +23,8 @@ from watcher.events import route
 from watcher.health import StoreHealth
 from watcher.metrics import Metrics
 from watcher.models import CALLBACK, Watch
+from watcher.polling.adaptive import AdaptiveSettings
+from watcher.polling.learning import Learner
 from watcher.polling.policy import PollingPolicy
 from watcher.polling.ratelimit import TokenBucket
 from watcher.polling.scheduler import Scheduler
@@ -59,6 +62,20 @@ def polling_policy(settings: Settings) -> PollingPolicy:
     return PollingPolicy(
         **settings.polling.model_dump(include=_POLICY_KEYS),
         terminal_statuses=frozenset(settings.upstream.terminal_statuses),
+    )
+
+
+def adaptive_settings(settings: Settings) -> AdaptiveSettings:
+    """The `[polling] adaptive_*` keys and `slow_quantile` (SPEC §12) as the planner's settings."""
+    p = settings.polling
+    return AdaptiveSettings(
+        lag_target_s=p.adaptive_lag_target_s,
+        min_samples=p.adaptive_min_samples,
+        min_interval_s=p.adaptive_min_interval_s,
+        max_interval_s=p.adaptive_max_interval_s,
+        max_types=p.adaptive_max_types,
+        window=p.adaptive_window,
+        slow_quantile=p.slow_quantile,
     )
 
 
@@ -175,10 +192,22 @@ def workers(
         clock,
         max_body_bytes=s.upstream.max_body_bytes,
     )
+    policy = polling_policy(s)
+    learner = Learner(
+        store,
+        metrics,
+        clock,
+        adaptive_settings(s),
+        policy,
+        route_event,
+        adaptive=s.polling.strategy == "adaptive",
+        rng=rng,
+        health=health,
+    )
     scheduler = Scheduler(
         store,
         upstream,
-        polling_policy(s),
+        policy,
         TokenBucket(s.upstream.rate_limit_per_s, clock),
         metrics,
         clock,
@@ -188,5 +217,6 @@ def workers(
         lease_s=s.daemon.lease_s,
         on_events=delivery.wake,
         health=health,
+        learner=learner,
     )
     return delivery, scheduler

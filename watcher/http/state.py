@@ -47,6 +47,8 @@ class AppState:
     wake_delivery: Callable[[], None]  # a replay: look for due deliveries at once
     # Callbacks enabled: why a callback URL is refused at registration (None: allowed); None: callbacks off.
     check_callback_url: Callable[[str], str | None] | None = None
+    # The learnt job types (SPEC §12), one dict per type: workspace, name, samples, p50_s, p90_s, p99_s.
+    job_types: Callable[[], list[dict[str, object]]] = list
 
     @property
     def ready(self) -> bool:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Protocol
 
 from watcher.clock import parse_timestamp
 from watcher.events import transition_event, verdict_event
@@ -22,6 +22,14 @@ from watcher.statuses import status_name
 _MAX_ERROR_EXPONENT = 1000
 
 Route = Callable[[str, Watch], tuple[str, ...]]
+
+
+class Pace(Protocol):
+    """The delay before the next poll of a running job instead of the backoff curve (adaptive polling)."""
+
+    def __call__(
+        self, watch: Watch, body: dict[str, Any], streak: int, now: float, rng: random.Random
+    ) -> float: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,11 +118,14 @@ def decide(
     policy: PollingPolicy,
     rng: random.Random,
     route: Route,
+    pace: Pace | None = None,
 ) -> Decision:
     """The watch's next state after one poll result, or after its deadline passed unpolled (`result` None).
 
     The input watch is never mutated: the new state is a copy that keeps the claim's lease. A watch past
     its deadline whose poll did happen is still decided on that poll; expiry is only for polls that did not.
+    `pace` (adaptive polling, SPEC §12) replaces the backoff curve after a poll that saw the job running;
+    errors, 404s and Retry-After keep their own delays.
     """
     if result is None:
         return _expire(watch, now, policy, route)
@@ -122,7 +133,7 @@ def decide(
         body = result.body
         status = body.get("status") if body is not None else None
         if body is not None and isinstance(status, str):
-            return _observed(watch, body, status_name(status), now, policy, rng, route)
+            return _observed(watch, body, status_name(status), now, policy, rng, route, pace)
         # The upstream client should have classified this as invalid; do not crash on its mistake.
         result = replace(result, outcome=PollOutcome.INVALID_RESPONSE, detail="ok response without a status")
     if result.outcome is PollOutcome.NOT_FOUND:
@@ -148,6 +159,7 @@ def _observed(
     policy: PollingPolicy,
     rng: random.Random,
     route: Route,
+    pace: Pace | None,
 ) -> Decision:
     # `status` is already the watcher's name for it: lower-cased, so a case-only change is no transition.
     previous = watch.status
@@ -169,7 +181,8 @@ def _observed(
         new.final = final
         new.finished_at = now
     else:
-        new.next_poll_at = min(now + poll_delay(streak, policy, rng), deadline(watch, policy))
+        delay = poll_delay(streak, policy, rng) if pace is None else pace(new, body, streak, now, rng)
+        new.next_poll_at = min(now + delay, deadline(watch, policy))
     if not changed:
         return Decision(SavedPoll(new), previous, False, final, None)
     event = transition_event(new, body, previous, now)

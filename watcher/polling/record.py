@@ -13,7 +13,7 @@ import structlog
 
 from watcher.metrics import Metrics
 from watcher.polling.policy import Decision
-from watcher.statuses import metric_label
+from watcher.statuses import SLOW_EVENT, metric_label
 
 log = structlog.get_logger("watcher.scheduler")
 
@@ -26,8 +26,9 @@ def record_decision(decision: Decision, metrics: Metrics, on_events: Callable[[]
         if decision.detection_lag_s is not None:
             metrics.detection_lag.observe(max(0.0, decision.detection_lag_s))
     for new in decision.saved.events:
+        kind = "job.transition" if decision.transition else "job.verdict"
         log.info(
-            "job.transition" if decision.transition else "job.verdict",
+            "job.slow" if new.event.type == SLOW_EVENT else kind,
             job_id=watch.job_id,
             workspace=watch.workspace,
             status=watch.final or watch.status,

@@ -24,6 +24,7 @@ from watcher.loop import StoreLoop
 from watcher.metrics import Metrics, observe_many
 from watcher.models import PollOutcome, PollResult, Watch
 from watcher.polling.errorlog import ErrorLogLimiter
+from watcher.polling.learning import Learner
 from watcher.polling.policy import Decision, PollingPolicy, decide, error_delay, is_expired
 from watcher.polling.ratelimit import TokenBucket
 from watcher.polling.record import record_decision
@@ -69,8 +70,10 @@ class Scheduler(StoreLoop):
         max_idle_s: float = 1.0,
         on_events: Callable[[], None] | None = None,
         health: StoreHealth | None = None,
+        learner: Learner | None = None,
     ) -> None:
         super().__init__(store, metrics, clock, rng, health)
+        self.learner = learner  # adaptive polling (SPEC §12): learns durations, paces polls, job.slow
         self._fetcher = fetcher
         self._policy = policy
         self._bucket = bucket
@@ -384,7 +387,12 @@ class Scheduler(StoreLoop):
                 self._bucket.penalize(result.retry_after_s)
             self._errors.error(watch, result)
         self._errors.settle()
-        self._writer.add(decide(watch, result, self._clock.now(), self._policy, self._rng, self._route))
+        now, learner = self._clock.now(), self.learner
+        pace = learner.pace if learner is not None else None
+        decision = decide(watch, result, now, self._policy, self._rng, self._route, pace)
+        if learner is not None:
+            learner.after_poll(decision, result.body, now)
+        self._writer.add(decision)
 
     def _count_polls(self) -> None:
         durations, self._durations = self._durations, []

@@ -87,6 +87,19 @@ class StoreCounts:
 
 
 @dataclass(slots=True, frozen=True)
+class JobTypeRow:
+    """One job type's stored duration model (SPEC §12): an opaque, versioned blob the store never reads."""
+
+    workspace: str
+    name: str
+    model: bytes
+
+
+# How a store adds a delta to a stored model: (stored model or None for a new type, delta) -> new model.
+MergeModel = Callable[[bytes | None, bytes], bytes]
+
+
+@dataclass(slots=True, frozen=True)
 class FailureNoted:
     """What `Store.note_failure` did: the watch's failure count now, and whether it is quarantined."""
 
@@ -308,6 +321,23 @@ class Store(ABC):
 
         `on_snapshot` is called once that snapshot is fixed, before the aggregates are computed: what was
         committed before the call is counted, what commits after it is not (SPEC §16, consistent scrapes).
+        """
+
+    # -- job types (SPEC §12) ------------------------------------------------------------------------
+
+    @abstractmethod
+    async def load_job_types(self) -> list[JobTypeRow]:
+        """Every stored job type's duration model, the most recently updated last."""
+
+    @abstractmethod
+    async def merge_job_types(
+        self, deltas: Sequence[JobTypeRow], merge: MergeModel, now: float, max_types: int
+    ) -> list[JobTypeRow]:
+        """Add each delta to its type's stored model, `merge(stored, delta)`, and return the merged rows.
+
+        A shared store merges under the row's lock, so two replicas adding at once both count: nothing a
+        concurrent update wrote is overwritten. Types beyond `max_types`, least recently updated first, are
+        dropped. One transaction per call: the caller batches what it learnt.
         """
 
     @abstractmethod

@@ -25,6 +25,8 @@ from watcher.models import (
 from watcher.store.base import (
     DeliveryQuery,
     FailureNoted,
+    JobTypeRow,
+    MergeModel,
     RegisterResult,
     StoreCounts,
     SyncResult,
@@ -81,6 +83,7 @@ class MemoryStore(MemoryHealth, IndexedStore):
         self._delivery_ids = itertools.count(1)
         self._delivery_tokens = itertools.count(1)
         self._endpoints: dict[str, EndpointHealth] = {}
+        self._job_types: dict[tuple[str, str], tuple[bytes, float]] = {}  # -> (model, updated_at), by update
 
     async def open(self) -> None:
         """Nothing to connect to."""
@@ -355,6 +358,25 @@ class MemoryStore(MemoryHealth, IndexedStore):
     async def recent_events(self, limit: int) -> list[Event]:
         """The newest stored events first."""
         return list(itertools.islice(reversed(self._events.values()), max(0, limit)))
+
+    async def load_job_types(self) -> list[JobTypeRow]:
+        """The stored models, least recently updated first."""
+        return [JobTypeRow(ws, name, model) for (ws, name), (model, _) in self._job_types.items()]
+
+    async def merge_job_types(
+        self, deltas: Sequence[JobTypeRow], merge: MergeModel, now: float, max_types: int
+    ) -> list[JobTypeRow]:
+        """Merge each delta into its type's model (one process: no concurrent writer to guard against)."""
+        out = []
+        for d in deltas:
+            key = (d.workspace, d.name)
+            old = self._job_types.pop(key, None)
+            model = merge(None if old is None else old[0], d.model)
+            self._job_types[key] = (model, now)
+            out.append(JobTypeRow(d.workspace, d.name, model))
+        while len(self._job_types) > max(1, max_types):
+            del self._job_types[next(iter(self._job_types))]  # insertion order is update order
+        return out
 
     async def watch_counts(self) -> dict[str, int]:
         """Watches per list status, finished ones included."""

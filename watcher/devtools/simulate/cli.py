@@ -12,6 +12,7 @@ from typing import Any
 
 from watcher.devtools.simulate.faults import FAULT_KINDS, POISON_VARIANTS, Faults
 from watcher.devtools.simulate.jobs import random_script
+from watcher.devtools.simulate.jobtypes import parse_scenario
 from watcher.devtools.simulate.server import Simulator
 from watcher.models import KNOWN_STATUSES
 from watcher.usage import OneLineParser, UsageError
@@ -47,7 +48,12 @@ def _parser() -> OneLineParser:
     p.add_argument("--retry-after-s", type=float, default=1.0, help="Retry-After of 429 and 503 answers")
     p.add_argument("--slow-s", type=float, default=5.0, help="delay of slow answers")
     p.add_argument("--jobs", type=int, default=0, metavar="N", help="create N jobs with random lifecycles")
-    p.add_argument("--scenario", metavar="FILE", help="JSON list of job specs, as for POST /_sim/jobs")
+    p.add_argument(
+        "--scenario",
+        metavar="FILE",
+        help="JSON list of job specs, as for POST /_sim/jobs; or {types, time_scale, jobs}: job types with"
+        ' duration distributions, then a spec {"type": NAME} draws its duration',
+    )
     p.add_argument(
         "--unknown-jobs",
         metavar="STATUS",
@@ -88,11 +94,9 @@ def _build(argv: list[str]) -> tuple[Simulator, str, int]:
     if args.scenario:
         try:
             with open(args.scenario, encoding="utf-8") as fh:
-                specs = json.load(fh)
+                sim.job_types, sim.time_scale, specs = parse_scenario(json.load(fh))
         except (OSError, ValueError) as exc:
             raise UsageError(f"--scenario {args.scenario}: {exc}") from None
-        if not isinstance(specs, list):
-            raise UsageError(f"--scenario {args.scenario}: expected a JSON list of job specs")
     for i, spec in enumerate(specs):
         try:
             sim.add_job_spec(spec)

@@ -18,6 +18,7 @@ from aiohttp import web
 from watcher.clock import Clock, SystemClock, iso_utc
 from watcher.devtools.simulate.faults import FAULT_KINDS, GARBAGE_VARIANTS, POISON_VARIANTS, Faults
 from watcher.models import KNOWN_STATUSES
+from watcher.polling.adaptive.sim import JobType
 
 _VARIANTS: Final = {"garbage": GARBAGE_VARIANTS, "poison": POISON_VARIANTS}
 _MAX_STATUS: Final = 200
@@ -172,6 +173,10 @@ class SimState:
             raise ValueError(f"unknown_jobs: expected one of {', '.join(sorted(KNOWN_STATUSES))}")
         self.unknown_jobs = unknown_jobs
         self._started_at = self.clock.now()
+        # `--scenario` job types (`jobtypes`): a spec {"type": NAME} draws its duration from its own stream.
+        self.job_types: dict[str, JobType] = {}
+        self.time_scale = 1.0
+        self._duration_rng = random.Random(self.rng.getrandbits(64))
 
     def __repr__(self) -> str:
         return f"Simulator(workspaces={sorted(self._workspaces)!r}, jobs={len(self.jobs)})"
@@ -226,10 +231,12 @@ class SimState:
         """Create a job from a JSON spec as accepted by `POST /_sim/jobs` and `--scenario`."""
         if not isinstance(spec, dict):
             raise ValueError("job spec: expected a JSON object")
-        allowed = {"id", "status", "name", "workspace", "error", "visible_after_s", "script"}
+        allowed = {"id", "status", "name", "workspace", "error", "visible_after_s", "script", "type"}
         unknown = set(spec) - allowed
         if unknown:
             raise ValueError(f"job spec: unknown keys {', '.join(sorted(unknown))}")
+        if "type" in spec:
+            spec = self._typed(spec)
         script = spec.get("script") or []
         if not isinstance(script, list):
             raise ValueError("script: expected a list")
@@ -245,6 +252,15 @@ class SimState:
             visible_after_s=spec.get("visible_after_s", 0.0),
             script=script,
         )
+
+    def _typed(self, spec: dict[str, Any]) -> dict[str, Any]:
+        """A spec of a scenario job type: that name, active, successful after a duration drawn from it."""
+        job_type = self.job_types.get(spec["type"]) if isinstance(spec["type"], str) else None
+        if job_type is None:
+            raise ValueError(f"type: expected one of the scenario's types ({', '.join(self.job_types)})")
+        duration = job_type.sample(self._duration_rng) / self.time_scale
+        typed = {"name": job_type.name, "status": "active", "script": [[duration, "success"]]}
+        return {**typed, **{k: v for k, v in spec.items() if k != "type"}}
 
     def set_status(self, job_id: str, status: str, error: str | None = None) -> SimJob:
         """Move a job to `status` now (after applying its script so far); KeyError if unknown."""

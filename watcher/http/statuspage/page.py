@@ -32,6 +32,7 @@ DEFAULT_LIMIT = 50
 MAX_LIMIT = 200
 TRANSITIONS_SHOWN = 20
 DEAD_SHOWN = 50
+JOB_TYPES_SHOWN = 100
 _MAX_CURSOR = 64  # a cursor is a job id
 _GROWN_STATUS = re.compile(r"[^\x00-\x1f\x7f]{1,64}")
 
@@ -100,11 +101,14 @@ async def build_view(
     if "watches:read" in client.scopes:
         page = await store.list_watches(status=status, limit=limit, cursor=cursor, workspaces=only)
         recent = await store.recent_events(TRANSITIONS_SHOWN if only is None else 10 * TRANSITIONS_SHOWN)
+        types = [t for t in state.job_types() if client.sees(str(t["workspace"]))]
         view = replace(
             view,
             watches=tuple(page.watches),
             next_cursor=page.next_cursor,
             transitions=tuple([e for e in recent if client.sees(e.workspace)][:TRANSITIONS_SHOWN]),
+            job_types=tuple(reversed(types[-JOB_TYPES_SHOWN:])),
+            job_types_total=len(types),
         )
     if "deliveries:read" in client.scopes:
         dead = await store.list_deliveries(state="dead", limit=DEAD_SHOWN, workspaces=only)

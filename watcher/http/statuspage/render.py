@@ -45,6 +45,8 @@ class PageView:
     transitions: tuple[Event, ...] = ()
     dead_deliveries: tuple[Delivery, ...] = ()
     terminal_statuses: frozenset[str] = frozenset()  # `upstream.terminal_statuses`: which grown ones finish
+    job_types: tuple[Mapping[str, object], ...] = ()  # what `GET /v1/job-types` lists (SPEC §12)
+    job_types_total: int = 0
 
 
 def _grown(v: PageView) -> tuple[tuple[str, ...], tuple[str, ...]]:
@@ -199,6 +201,28 @@ def _dead(v: PageView) -> str:
     return f'<section id="dead"><h2>Dead deliveries{_e(shown)}</h2>{table}</section>'
 
 
+def _seconds(value: object) -> str:
+    return f"{value:.3g}" if isinstance(value, int | float) else "-"
+
+
+def _job_types(v: PageView) -> str:
+    rows = [
+        f"<tr><td>{_e(t.get('workspace'))}</td><td>{_long(str(t.get('name')))}</td>"
+        f'<td class="num">{_e(t.get("samples"))}</td><td class="num">{_seconds(t.get("p50_s"))}</td>'
+        f'<td class="num">{_seconds(t.get("p90_s"))}</td><td class="num">{_seconds(t.get("p99_s"))}</td></tr>'
+        for t in v.job_types
+    ]
+    total = v.job_types_total
+    shown = f" (most recently finished {len(rows)} of {total})" if total > len(rows) else ""
+    table = _table(
+        "job-types",
+        ("workspace", "name", "samples", "p50 s", "p90 s", "p99 s"),
+        rows,
+        "No job type learnt yet: durations are learnt from finished jobs.",
+    )
+    return f'<section id="job-types"><h2>Job types{_e(shown)}</h2>{table}</section>'
+
+
 def _token_form(v: PageView) -> str:
     if not v.token_required:
         return '<p class="dim" id="auth-note">The API has no tokens configured: replay needs none.</p>'
@@ -213,7 +237,7 @@ def _token_form(v: PageView) -> str:
 def render(v: PageView) -> str:
     """The whole page as one HTML document."""
     if v.detail:
-        body = _counts(v) + _dead(v) + _watches(v) + _transitions(v)
+        body = _counts(v) + _dead(v) + _watches(v) + _transitions(v) + _job_types(v)
     else:
         body = (
             _counts(v) + '<p id="locked">Enter an API token above to see the watches, the recent '

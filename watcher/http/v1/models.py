@@ -248,6 +248,23 @@ class DeliveryPageOut(BaseModel):
     next_cursor: str | None
 
 
+class JobTypeOut(BaseModel):
+    """What the daemon learnt about one job type (SPEC §12): its finished jobs' duration quantiles."""
+
+    workspace: str
+    name: str = Field(description="The upstream job `name`.")
+    samples: int = Field(description="Finished jobs in the model (its two newest windows).")
+    p50_s: float | None
+    p90_s: float | None
+    p99_s: float | None
+
+
+class JobTypesOut(BaseModel):
+    """Every job type the daemon has a duration model of, most recently finished last."""
+
+    items: list[JobTypeOut]
+
+
 class BatchItemOut(BaseModel):
     """What happened to one item of a batch."""
 

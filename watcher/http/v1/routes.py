@@ -13,12 +13,14 @@ from aiohttp import web
 from pydantic import BaseModel
 
 from watcher.http.v1.deliveries import list_deliveries, retry_delivery
+from watcher.http.v1.jobtypes import list_job_types
 from watcher.http.v1.models import (
     BatchCreate,
     BatchOut,
     DeliveryListQuery,
     DeliveryPageOut,
     DeliveryRetryOut,
+    JobTypesOut,
     WatchCreate,
     WatchDetail,
     WatchListQuery,
@@ -100,6 +102,7 @@ ROUTES: tuple[Route, ...] = (
         errors=(404, 409),
     ),
     Route("GET", "/v1/webhooks", list_webhooks, "Webhooks and their circuit breakers", {200: WebhookListOut}),
+    Route("GET", "/v1/job-types", list_job_types, "Learnt job types and their durations", {200: JobTypesOut}),
 )
 
 

@@ -230,6 +230,25 @@ class TypeModel:
         return model
 
 
+def merge_stored(stored: bytes | None, delta: bytes, window: int) -> bytes:
+    """How the store adds a replica's delta to a stored model: the finishes of both, nothing overwritten.
+
+    The delta's finishes join the stored model's windows pairwise (a delta learnt since the last flush
+    holds them all in its filling window); the result rotates if its filling window is full. A stored
+    model that cannot be read (a future format, damage) is replaced by the delta rather than kept stuck.
+    """
+    base = TypeModel(window)
+    if stored is not None:
+        try:
+            base = TypeModel.from_bytes(stored)
+        except ModelFormatError:
+            base = TypeModel(window)
+    base.window = max(1, window)
+    base.merge(TypeModel.from_bytes(delta))
+    base.maybe_rotate()
+    return base.to_bytes()
+
+
 class DurationModels:
     """Every type's model, at most `max_types` of them: the least recently finished type is dropped."""
 
@@ -256,6 +275,13 @@ class DurationModels:
             model = TypeModel(self.window)
             self._models[key] = model
         model.add(duration_s, finished_at)
+        self._touch(key)
+        return model
+
+    def put(self, key: TypeKey, model: TypeModel) -> TypeModel:
+        """Replace type `key`'s model (with the store's merged one); it becomes the most recently learnt."""
+        model.window = self.window
+        self._models[key] = model
         self._touch(key)
         return model
 

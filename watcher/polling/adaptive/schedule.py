@@ -31,6 +31,8 @@ TOP_QUANTILE = 0.999
 # least MIN_SEGMENT), so sampling noise in a sparse tail does not read as ages where nothing finishes.
 SEGMENT_SAMPLES = 20
 MIN_SEGMENT = 0.005
+# Below this relative spread between the shortest and the median job, no mass is assumed below the shortest.
+PAD_MIN_SPREAD = 0.05
 # Grid ages are at most T / GRID_PER_TARGET apart where finishes happen, so gaps near T are represented
 # to within a quarter of it; MAX_GRID bounds the work for a type spread over many hours.
 GRID_PER_TARGET = 4
@@ -378,7 +380,23 @@ def distribution_of(ages: list[float], probs: list[float], samples: int) -> tupl
         else:
             points.append(x)
             cum.append(max(cum[-1], q))
-    return Distribution(points, cum), points[-1]
+    return _pad_below(points, cum, raw.quantile(0.5), samples), points[-1]
+
+
+def _pad_below(points: list[float], cum: list[float], median: float, samples: int) -> Distribution:
+    """The shortest job seen is not the type's shortest: about 1/(samples + 1) of its jobs finish sooner.
+
+    Without this, a schedule learnt from few jobs skips everything below the shortest one, and each job
+    that is a little shorter is seen a whole skip late. That mass is spread below the first finish, down to
+    the first finish mirrored about the median in log space; it fades as samples grow. A type whose jobs
+    all take the same time (no spread below the median) gets none.
+    """
+    first = points[0]
+    if first <= 0.0 or cum[0] > 0.0 or median <= first * (1.0 + PAD_MIN_SPREAD):
+        return Distribution(points, cum)
+    pad = 1.0 / (max(1, samples) + 1)
+    lower = first * first / median
+    return Distribution([lower, *points], [0.0, *(pad + (1.0 - pad) * c for c in cum)])
 
 
 def next_poll_delay(

@@ -45,6 +45,7 @@ from watcher.store.base import (
 from watcher.store.postgres import sql as q
 from watcher.store.postgres.conn import PgPool, PgTarget, dumps, parse_url
 from watcher.store.postgres.endpoints import PgEndpoints
+from watcher.store.postgres.jobtypes import PgJobTypes
 from watcher.store.sql import (
     DELIVERIES_BY_WEBHOOK,
     OLDEST_PENDING,
@@ -56,8 +57,9 @@ from watcher.store.sql import (
 _RESTORE_PAGE = 5000
 
 
-class PostgresStore(PgEndpoints, Store):
-    """A store shared by every replica: leased claims, fenced writes, the database's clock."""
+class PostgresStore(PgEndpoints, PgJobTypes, Store):
+    """A store shared by every replica: leased claims, fenced writes, the database's clock; its endpoint
+    health is `PgEndpoints`'s, its job types `PgJobTypes`'s."""
 
     def __init__(self, url: str, *, shared: bool = True, clock: Clock | None = None) -> None:
         self.target: PgTarget = parse_url(url)

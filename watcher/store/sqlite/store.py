@@ -31,6 +31,7 @@ from watcher.store.sql import LIST_STATUS_SQL
 from watcher.store.sqlite.connection import Connections, select
 from watcher.store.sqlite.endpoints import SQLiteEndpoints
 from watcher.store.sqlite.health import begin_immediate
+from watcher.store.sqlite.jobtypes import SQLiteJobTypes
 from watcher.store.sqlite.outbox import SQLiteOutbox
 from watcher.store.sqlite.sql import (
     WATCH_COLS,
@@ -50,9 +51,9 @@ _RESTORE_PAGE = 5000
 _REGISTER_CHUNK = 250
 
 
-class SQLiteStore(SQLiteEndpoints, SQLiteOutbox, IndexedStore):
+class SQLiteStore(SQLiteEndpoints, SQLiteOutbox, SQLiteJobTypes, IndexedStore):
     """The default store: a WAL-mode SQLite file and an in-memory due index; its events and deliveries are
-    `SQLiteOutbox`'s."""
+    `SQLiteOutbox`'s, its job types `SQLiteJobTypes`'s."""
 
     def __init__(
         self, path: Path | str, write_behind_s: float = WRITE_BEHIND_S, clock: Clock | None = None
