@@ -132,7 +132,7 @@ async def test_sigkill_loses_nothing(
 async def test_receiver_outage_then_recovery(
     tmp_path: Path, sim: Sim, receiver: Receiver, daemon_factory: Any
 ) -> None:
-    """The receiver answers 503 for a while, then recovers: everything arrives."""
+    """The receiver answers 503 for a while (its circuit breaker opens), then recovers: everything arrives."""
     await receiver.set_status(503)
     jobs = [await sim.create_job(status="active") for _ in range(10)]
     (tmp_path / "watchlist.txt").write_text("\n".join(jobs) + "\n")
@@ -145,16 +145,21 @@ async def test_receiver_outage_then_recovery(
     for job in jobs:
         await sim.set_status(job, "success")
 
-    async def refused() -> bool:  # as many refused attempts as jobs (the counter, not a sleep)
+    async def refused_and_open() -> bool:  # the counters, not a sleep
         async with aiohttp.ClientSession() as s, s.get(daemon.api + "/metrics") as r:
             text = await r.text()
-        line = 'watcher_webhook_deliveries_total{outcome="retry",webhook="ops"} '
-        return any(x.startswith(line) and float(x.split()[-1]) >= len(jobs) for x in text.splitlines())
+        retries = 'watcher_webhook_deliveries_total{outcome="retry",webhook="ops"} '
+        is_open = 'watcher_webhook_endpoint_open{webhook="ops"} 1'
+        # `breaker_failures` (5) refused attempts open the endpoint's breaker: no attempts are spent then.
+        return is_open in text and any(
+            x.startswith(retries) and float(x.split()[-1]) >= 5 for x in text.splitlines()
+        )
 
-    await eventually(refused, 20, "ten refused attempts")
+    await eventually(refused_and_open, 20, "refused attempts, then the breaker open")
     assert receiver.deliveries() == []  # nothing was accepted while the receiver failed
     await receiver.set_status(200)
-    got = await receiver.wait_for(lambda d: len({x["id"] for x in d}) >= len(jobs), 20)
+    # The breaker's probe goes out within `breaker_open_s` (10 s); its success sends what waited.
+    got = await receiver.wait_for(lambda d: len({x["id"] for x in d}) >= len(jobs), 40)
     assert {d["body"]["data"]["job"]["id"] for d in got} == set(jobs)
     assert daemon.stop() == 0
 

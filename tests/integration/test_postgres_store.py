@@ -84,6 +84,14 @@ class TestMigrations:
             for s in stores:
                 await s.close()
 
+    async def test_the_watch_table_vacuums_early(self, url: str, replica: Factory) -> None:
+        """The watch table's churn (two non-HOT updates per poll) gets its own autovacuum thresholds, so a
+        million watches are vacuumed every few tens of thousands of dead rows, not every 200,000."""
+        s = await replica()
+        async with s.pool.connection() as conn:
+            options = await conn.fetchval("SELECT reloptions FROM pg_class WHERE oid = 'watches'::regclass")
+        assert {"autovacuum_vacuum_scale_factor=0.01", "autovacuum_vacuum_threshold=10000"} <= set(options)
+
     async def test_migrate_command_is_idempotent(self, url: str) -> None:
         """`watcher migrate` applies once, then reports the schema up to date; no credentials in output."""
         first = await migrate_url(url)

@@ -17,15 +17,16 @@ from typing import Any, Protocol
 import structlog
 
 from watcher.clock import Clock
-from watcher.containment import QUARANTINE_AFTER, as_store_error, describe
+from watcher.containment import as_store_error
 from watcher.errors import StoreUnavailable
 from watcher.health import StoreHealth
 from watcher.loop import StoreLoop
 from watcher.metrics import Metrics, observe_many
 from watcher.models import PollOutcome, PollResult, Watch
 from watcher.polling.errorlog import ErrorLogLimiter
+from watcher.polling.failures import FailureNotes
 from watcher.polling.learning import Learner
-from watcher.polling.policy import Decision, PollingPolicy, decide, error_delay, is_expired
+from watcher.polling.policy import Decision, PollingPolicy, decide, is_expired
 from watcher.polling.ratelimit import TokenBucket
 from watcher.polling.record import record_decision
 from watcher.polling.writer import BatchWriter, WriterEvents
@@ -42,6 +43,11 @@ class JobFetcher(Protocol):
     async def get_job(self, job_id: str, workspace: str) -> PollResult:
         """Poll one job and classify the outcome."""
         ...
+
+
+# Below saturation, claims are at least this far apart (see `Scheduler._idle`): polls due within it are
+# claimed and sent together. Detection lag grows by at most this much.
+CLAIM_WINDOW_S = 0.02
 
 
 class Scheduler(StoreLoop):
@@ -68,6 +74,7 @@ class Scheduler(StoreLoop):
         max_concurrency: int,
         lease_s: float = 60.0,
         max_idle_s: float = 1.0,
+        claim_window_s: float = CLAIM_WINDOW_S,
         on_events: Callable[[], None] | None = None,
         health: StoreHealth | None = None,
         learner: Learner | None = None,
@@ -83,8 +90,13 @@ class Scheduler(StoreLoop):
         self._prefetch = max(1, max_concurrency // 2)
         self._lease_s = lease_s
         self._max_idle_s = max_idle_s
+        self._claim_window_s = claim_window_s
+        self._claimed_at = -claim_window_s  # monotonic time of the last claim
+        self._claim_was_full = False  # it found all it wanted: more may be due (saturation)
         self._on_events = on_events
-        self._noting: set[asyncio.Task[None]] = set()  # failures being written (see `_item_failed`)
+        self._failures = FailureNotes(
+            store, policy, clock, rng, contained=self._contained, noted=self._look_again
+        )
         saving = f"{self.name}.save"
         self._writer = BatchWriter(
             store,
@@ -106,7 +118,10 @@ class Scheduler(StoreLoop):
         self._waiting_tokens = 0
         self._stopping = False
         self._halt = asyncio.Event()  # set with `_stopping`, for workers waiting out a store outage
-        self._wakeup = asyncio.Event()
+        self._wakeup = asyncio.Event()  # anything below, or a worker free: look again
+        # What may make a watch due sooner than the store said: a wake() (a registration, a release), a
+        # batch saved, a failure written, a loop's failure. Below saturation only these cut a wait short.
+        self._nudge = asyncio.Event()
         self._failure: BaseException | None = None
         self._poll_counters = {o: metrics.polls.labels(outcome=o.value) for o in PollOutcome}
         # Polls by outcome and their durations since the last batch: `watcher_polls_total` is incremented
@@ -122,8 +137,8 @@ class Scheduler(StoreLoop):
         return self._busy + self._writer.unsaved
 
     def wake(self) -> None:
-        """Look for due work now (new registrations, a freed slot)."""
-        self._wakeup.set()
+        """Look for due work now (new registrations, a released watch)."""
+        self._look_again()
 
     async def run(self, stop: asyncio.Event) -> None:
         """Poll until `stop` is set, then let started polls finish and be saved (the daemon bounds that)."""
@@ -186,6 +201,8 @@ class Scheduler(StoreLoop):
     async def _claim(self, want: int) -> int:
         """Claim up to `want` due watches and hand them to the workers; how many there were."""
         watches = await self._store.claim_due(self._clock.now(), want, self._lease_s)
+        self._claimed_at = self._clock.monotonic()
+        self._claim_was_full = len(watches) == want
         self._health.ok(self.name)
         for watch in watches:
             self._hand_out(watch)
@@ -201,7 +218,7 @@ class Scheduler(StoreLoop):
             self._wakeup.clear()
             await self._wakeup.wait()  # a worker that goes idle, or a saved batch, sets it
             return False
-        if self._writer.unsaved or self._noting:
+        if self._writer.unsaved or self._failures.pending:
             await self.drain()  # saved watches may be due again at once: look once more
             return False
         return True
@@ -209,8 +226,7 @@ class Scheduler(StoreLoop):
     async def drain(self) -> None:
         """Wait for every started poll to be saved (or its failure noted)."""
         await self._writer.drained()
-        if self._noting:
-            await asyncio.wait(set(self._noting))
+        await self._failures.drained()
         self._raise_failure()
 
     def _want(self) -> int:
@@ -296,75 +312,60 @@ class Scheduler(StoreLoop):
     def _worker_done(self, task: asyncio.Task[None]) -> None:
         if not task.cancelled() and task.exception() is not None and self._failure is None:
             self._failure = task.exception()
-        self._wakeup.set()
+        self._look_again()
 
     def _item_failed(self, item: Watch | Decision, exc: BaseException) -> None:
-        """Contain an unexpected exception of one watch's handling: log it, count it against the watch.
+        """One watch's handling raised: `FailureNotes` counts it against the watch (SPEC §16)."""
+        self._failures.failed(item.saved.watch if isinstance(item, Decision) else item, exc)
 
-        The watch stays claimed until the failure is written; then it is due again after an error backoff,
-        or quarantined at `QUARANTINE_AFTER` failures. If the failure cannot be written either, the claim's
-        lease runs out and the watch is polled again later, so nothing is lost.
-        """
-        watch = item.saved.watch if isinstance(item, Decision) else item
-        self._contained()
-        log.error(
-            "watch.handling_failed",
-            job_id=watch.job_id,
-            workspace=watch.workspace,
-            failures=watch.failures + 1,
-            exc_info=exc,
-        )
-        task = asyncio.create_task(self._note_failure(watch, describe(exc)), name="note-failure")
-        self._noting.add(task)
-        task.add_done_callback(self._noting.discard)
-
-    async def _note_failure(self, watch: Watch, reason: str) -> None:
-        now = self._clock.now()
-        retry_at = now + error_delay(watch.failures + 1, self._policy, self._rng)
-        try:
-            noted = await self._store.note_failure(watch, reason, now, retry_at, QUARANTINE_AFTER)
-        except Exception as exc:
-            log.warning("watch.failure_not_recorded", job_id=watch.job_id, error=describe(exc))
-            return
-        if noted.quarantined:
-            log.error(
-                "watch.quarantined",
-                job_id=watch.job_id,
-                workspace=watch.workspace,
-                failures=noted.failures,
-                reason=reason,
-            )
+    def _look_again(self) -> None:
+        self._nudge.set()
         self._wakeup.set()
 
     def _store_failed(self, exc: BaseException) -> None:
         self._count_polls()  # they were made, whether or not their results could be stored
         if self._failure is None:
             self._failure = exc
-        self._wakeup.set()
+        self._look_again()
 
     def _raise_failure(self) -> None:
         if self._failure is not None:
             raise self._failure
 
     async def _idle(self, stop_wait: asyncio.Future[Any], can_claim: bool) -> None:
+        """Wait until the next watch is due, a wake-up, or `max_idle_s`.
+
+        Below saturation claims are batched by time: the next claim comes no sooner than `claim_window_s`
+        after the last one, and a worker going idle does not cut that wait short (a `wake()`, a saved batch
+        or a stop do). At a steady 500 polls/s that is one claim, one wait and one wake-up per window
+        for about ten polls instead of two loop rounds per poll, and the polls of a window go out
+        together; a poll starts at most `claim_window_s` after it is due.
+        """
         timeout = self._max_idle_s
+        calm = can_claim and not self._claim_was_full
         if can_claim:
             nxt = await self._store.next_due_at()
             if nxt is not None:
                 timeout = min(timeout, max(0.0, nxt - self._clock.now()))
+            if calm:
+                since = self._clock.monotonic() - self._claimed_at
+                timeout = max(timeout, self._claim_window_s - since)
         if timeout <= 0:
             await asyncio.sleep(0)
             return
-        if self._wakeup.is_set():
+        event = self._nudge if calm else self._wakeup
+        if event.is_set():
             self._wakeup.clear()
+            self._nudge.clear()
             return
-        waiters: set[asyncio.Future[Any]] = {stop_wait, asyncio.ensure_future(self._wakeup.wait())}
+        waiters: set[asyncio.Future[Any]] = {stop_wait, asyncio.ensure_future(event.wait())}
         sleeper = asyncio.ensure_future(self._clock.sleep(timeout))
         waiters.add(sleeper)
         try:
             await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
         finally:
             self._wakeup.clear()
+            self._nudge.clear()
             for w in waiters:
                 if w is not stop_wait:
                     w.cancel()
@@ -417,4 +418,4 @@ class Scheduler(StoreLoop):
             else:
                 watch = decision.saved.watch
                 log.info("poll.lease_lost", job_id=watch.job_id, workspace=watch.workspace)
-        self._wakeup.set()  # saved watches may be due again, and the writer has room again
+        self._look_again()  # saved watches may be due again, and the writer has room again
