@@ -11,9 +11,8 @@ import random
 
 import structlog
 
-from watcher.clock import Clock, sleep_or_stop
-from watcher.errors import StoreUnavailable
-from watcher.health import StoreHealth, outage_delay
+from watcher.clock import Clock
+from watcher.health import StoreHealth
 from watcher.loop import StoreLoop
 from watcher.metrics import Metrics
 from watcher.store.base import Store
@@ -47,6 +46,7 @@ class Housekeeping(StoreLoop):
         self._purge_interval_s = purge_interval_s
         self._retention_s = retention_s
         self._min_pause_s = min_pause_s
+        self._last_purge = 0.0
 
     async def _refresh(self, now: float) -> None:
         """The store-derived gauges from one snapshot, fixed while no save that finishes watches is in
@@ -68,29 +68,18 @@ class Housekeeping(StoreLoop):
         self._metrics.update_counts(counts, now, due, mark=marks[0] if marks else None)
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Refresh and purge until `stop` is set; the pause between rounds is on the injected clock."""
-        store, clock = self._store, self._clock
-        last_purge = 0.0
-        failures = 0
-        while not stop.is_set():
-            started = clock.monotonic()
-            now = clock.now()
-            try:
-                await self._refresh(now)
-                if now - last_purge >= self._purge_interval_s:
-                    purged = await store.purge_finished(now - self._retention_s)
-                    if purged:
-                        log.info("watches.purged", count=purged)
-                    last_purge = now
-            except StoreUnavailable as exc:
-                await self._health.wait_out(self.name, exc, stop)
-                continue
-            except Exception as exc:  # stale gauges are no reason to stop the daemon: log, count, go on
-                failures += 1
-                self._contained()
-                log.error("housekeeping.failed", exc_info=exc)
-                await sleep_or_stop(clock, outage_delay(failures, self._rng), stop)
-                continue
-            failures = 0
-            self._health.ok(self.name)
-            await sleep_or_stop(clock, max(self._min_pause_s, 10 * (clock.monotonic() - started)), stop)
+        """Refresh and purge until `stop` is set; the pause between rounds is on the injected clock.
+
+        Stale gauges are no reason to stop the daemon: a failed round is logged (`housekeeping.failed`),
+        counted and tried again.
+        """
+        await self.run_rounds(stop, self._round, lambda took: max(self._min_pause_s, 10 * took))
+
+    async def _round(self) -> None:
+        now = self._clock.now()
+        await self._refresh(now)
+        if now - self._last_purge >= self._purge_interval_s:
+            purged = await self._store.purge_finished(now - self._retention_s)
+            if purged:
+                log.info("watches.purged", count=purged)
+            self._last_purge = now

@@ -22,10 +22,9 @@ from typing import Any
 
 import structlog
 
-from watcher.clock import Clock, parse_timestamp, sleep_or_stop
-from watcher.errors import StoreUnavailable
+from watcher.clock import Clock, parse_timestamp
 from watcher.events import slow_event
-from watcher.health import StoreHealth, outage_delay
+from watcher.health import StoreHealth
 from watcher.loop import StoreLoop
 from watcher.metrics import Metrics
 from watcher.models import NewEvent, Watch
@@ -76,6 +75,7 @@ class Learner(StoreLoop):
         self._flush_s = flush_s
         self._pending: dict[TypeKey, TypeModel] = {}  # learnt here, not yet in the store
         self._pending_count = 0
+        self._last_flush = 0.0  # monotonic time of the last flush (set when the loop starts)
         self._changed: set[TypeKey] = set()  # types whose slow threshold is stale
         self._slow_at: dict[TypeKey, float] = {}  # type -> duration past which a job is slow
         self._slow_seen: OrderedDict[str, None] = OrderedDict()
@@ -135,32 +135,23 @@ class Learner(StoreLoop):
 
     # -- the learner's loop -------------------------------------------------------------------------------
 
+    async def _round(self) -> None:
+        if not self.loaded:
+            await self.load()
+        due = self._clock.monotonic() - self._last_flush >= self._flush_s
+        if self._pending and (due or self._pending_count >= FLUSH_AT):
+            await self.flush()
+            self._last_flush = self._clock.monotonic()
+        self.refresh()
+
     async def run(self, stop: asyncio.Event) -> None:
-        """Load the stored models, then flush, merge and recompute until `stop`; a last flush at the end."""
-        clock = self._clock
-        last_flush = clock.monotonic()
-        failures = 0
-        while not stop.is_set():
-            try:
-                if not self.loaded:
-                    await self.load()
-                due = clock.monotonic() - last_flush >= self._flush_s
-                if self._pending and (due or self._pending_count >= FLUSH_AT):
-                    await self.flush()
-                    last_flush = clock.monotonic()
-                self.refresh()
-            except StoreUnavailable as exc:
-                await self._health.wait_out(self.name, exc, stop)
-                continue
-            except Exception as exc:  # a bad row or a bug: stale schedules are no reason to stop polling
-                failures += 1
-                self._contained()
-                log.error("learning.failed", exc_info=exc)
-                await sleep_or_stop(clock, outage_delay(failures, self._rng), stop)
-                continue
-            failures = 0
-            self._health.ok(self.name)
-            await sleep_or_stop(clock, self._tick_s, stop)
+        """Load the stored models, then flush, merge and recompute until `stop`; a last flush at the end.
+
+        A bad row or a bug is no reason to stop polling (the schedules only go stale): a failed round is
+        logged (`learning.failed`), counted and tried again.
+        """
+        self._last_flush = self._clock.monotonic()
+        await self.run_rounds(stop, self._round, lambda _took: self._tick_s)
         try:
             await self.flush()
         except Exception as exc:  # what was not written is relearnt from the next finishes
