@@ -13,7 +13,7 @@ from typing import Self
 from pydantic import ConfigDict, Field, model_validator
 
 from watcher.config.endpoint import EndpointKeys
-from watcher.config.fields import PositiveSeconds, SecretFile, WebhookSecret, check_whsec, problem
+from watcher.config.fields import PositiveSeconds, SecretFile, SigningSecrets, WebhookSecret, problem
 
 
 def _network(value: str) -> str:
@@ -24,7 +24,7 @@ def _network(value: str) -> str:
     return value
 
 
-class CallbacksConfig(EndpointKeys):
+class CallbacksConfig(EndpointKeys, SigningSecrets):
     """Per-watch callbacks: whether API clients may give one, how they are signed and where they may go."""
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)  # as every section: a typo is an error
@@ -44,16 +44,7 @@ class CallbacksConfig(EndpointKeys):
 
     @model_validator(mode="after")
     def _check(self) -> Self:
-        given = [k for k in ("secret", "secrets", "secret_file") if getattr(self, k) is not None]
-        if len(given) > 1:
-            raise problem((given[1],), f"cannot be combined with {given[0]}; set only one")
-        if self.secrets is not None and not self.secrets:
-            raise problem(("secrets",), "must list at least one secret")
-        if self.secret_file is not None:
-            try:
-                check_whsec(self.secret_file.get_secret_value())
-            except ValueError as e:
-                raise problem(("secret_file",), f"content {e}") from None
+        given = self.given_secrets()
         if self.enabled and not given:
             raise problem(("secret",), "required when callbacks are enabled (or set secrets or secret_file)")
         if self.retry_max_s < self.retry_initial_s:
@@ -64,11 +55,3 @@ class CallbacksConfig(EndpointKeys):
             except ValueError as e:
                 raise problem(("allow_networks", i), str(e)) from None
         return self
-
-    def all_secrets(self) -> list[str]:
-        """Plain signing secrets, newest first; every callback delivery is signed with each (rotation)."""
-        if self.secret_file is not None:
-            return [self.secret_file.get_secret_value()]
-        if self.secrets is not None:
-            return [s.get_secret_value() for s in self.secrets]
-        return [self.secret.get_secret_value()] if self.secret is not None else []

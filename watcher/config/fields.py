@@ -127,3 +127,36 @@ def secret_from(value: SecretStr | None, file: SecretFile | None, key: str) -> S
     if value is not None and not value.get_secret_value():
         raise problem((key,), "must not be empty")
     return value
+
+
+class SigningSecrets:
+    """`secret` / `secrets` / `secret_file`: how a webhook or the callbacks sign (at most one of the three).
+
+    A mixin of the sections that sign; the fields themselves are declared there.
+    """
+
+    secret: SecretStr | None
+    secrets: list[SecretStr] | None
+    secret_file: SecretFile | None
+
+    def given_secrets(self) -> list[str]:
+        """Which of the three keys are set, checked: a problem naming the key if they clash or are bad."""
+        given = [k for k in ("secret", "secrets", "secret_file") if getattr(self, k) is not None]
+        if len(given) > 1:
+            raise problem((given[1],), f"cannot be combined with {given[0]}; set only one")
+        if self.secrets is not None and not self.secrets:
+            raise problem(("secrets",), "must list at least one secret")
+        if self.secret_file is not None:
+            try:
+                check_whsec(self.secret_file.get_secret_value())
+            except ValueError as e:
+                raise problem(("secret_file",), f"content {e}") from None
+        return given
+
+    def all_secrets(self) -> list[str]:
+        """Plain signing secrets, newest first; every delivery is signed with each (rotation)."""
+        if self.secret_file is not None:
+            return [self.secret_file.get_secret_value()]
+        if self.secrets is not None:
+            return [s.get_secret_value() for s in self.secrets]
+        return [self.secret.get_secret_value()] if self.secret is not None else []

@@ -22,8 +22,8 @@ from watcher.config.fields import (
     HttpUrlStr,
     PositiveSeconds,
     SecretFile,
+    SigningSecrets,
     WebhookSecret,
-    check_whsec,
     event_type_name,
     problem,
     secret_from,
@@ -173,7 +173,7 @@ class WatchlistConfig(_Section):
         return self
 
 
-class WebhookConfig(_Section, EndpointKeys):
+class WebhookConfig(_Section, EndpointKeys, SigningSecrets):
     """One webhook receiver; its URL comes only from the config, never from API clients."""
 
     name: Annotated[str, AfterValidator(slug_name)]
@@ -194,16 +194,7 @@ class WebhookConfig(_Section, EndpointKeys):
 
     @model_validator(mode="after")
     def _check(self) -> Self:
-        given = [k for k in ("secret", "secrets", "secret_file") if getattr(self, k) is not None]
-        if len(given) > 1:
-            raise problem((given[1],), f"cannot be combined with {given[0]}; set only one")
-        if self.secrets is not None and not self.secrets:
-            raise problem(("secrets",), "must list at least one secret")
-        if self.secret_file is not None:
-            try:
-                check_whsec(self.secret_file.get_secret_value())
-            except ValueError as e:
-                raise problem(("secret_file",), f"content {e}") from None
+        given = self.given_secrets()
         if not given and self.format == "standard":
             # Slack incoming webhooks cannot verify signatures, so only `standard` insists on a secret.
             raise problem(("secret",), "required for format 'standard' (or set secrets or secret_file)")
@@ -215,14 +206,6 @@ class WebhookConfig(_Section, EndpointKeys):
         if self.events is not None:
             self.events = list(dict.fromkeys(self.events))
         return self
-
-    def all_secrets(self) -> list[str]:
-        """Plain signing secrets, newest first; every delivery is signed with each (rotation)."""
-        if self.secret_file is not None:
-            return [self.secret_file.get_secret_value()]
-        if self.secrets is not None:
-            return [s.get_secret_value() for s in self.secrets]
-        return [self.secret.get_secret_value()] if self.secret is not None else []
 
 
 class LogConfig(_Section):
