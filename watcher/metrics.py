@@ -281,18 +281,10 @@ class Metrics:
                 self.deliveries.labels(webhook=name, outcome=result)
             self.delivery_duration.labels(webhook=name)
             self.endpoint_open.labels(webhook=name)
-        self.detection_lag = Histogram(
-            "watcher_detection_lag_seconds",
-            "Detection time minus the upstream updatedAt of a transition.",
-            buckets=_LAG_BUCKETS,
-            registry=r,
-        )
-        self.notify_lag = Histogram(
-            "watcher_notify_lag_seconds",
-            "First successful delivery minus detection time.",
-            buckets=_LAG_BUCKETS,
-            registry=r,
-        )
+        lag = "Detection time minus the upstream updatedAt of a transition."
+        self.detection_lag = Histogram("watcher_detection_lag_seconds", lag, buckets=_LAG_BUCKETS, registry=r)
+        notify = "First successful delivery minus detection time."
+        self.notify_lag = Histogram("watcher_notify_lag_seconds", notify, buckets=_LAG_BUCKETS, registry=r)
         self.watchlist_errors = Counter(
             "watcher_watchlist_reload_errors",
             "Watch-list reloads that failed and kept the last good list.",
