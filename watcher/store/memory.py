@@ -32,6 +32,8 @@ from watcher.store.base import (
     SyncResult,
     WatchPage,
     WatchQuery,
+    in_range,
+    range_wanted,
 )
 from watcher.store.indexed import IndexedStore
 from watcher.store.memory_health import MemoryHealth
@@ -122,23 +124,38 @@ class MemoryStore(MemoryHealth, IndexedStore):
                 results.append(RegisterResult.EXISTING)
         return results
 
-    async def sync_source(self, source: Source, regs: Sequence[Registration], now: float) -> SyncResult:
-        """Make `source`'s watches equal to `regs`; counts are ids that joined or left the source."""
+    async def sync_source_range(
+        self,
+        source: Source,
+        regs: Sequence[Registration],
+        lo: str | None,
+        hi: str | None,
+        now: float,
+        *,
+        remove: bool = True,
+    ) -> SyncResult:
+        """Sync `source` over the id range `(lo, hi]`; counts are ids that joined, left or wait to leave."""
         bit = int(source)
-        wanted = {r.job_id: r for r in regs}
-        added = removed = 0
-        for job_id, reg in wanted.items():
-            w = self._watches.get(job_id)
-            if w is None or not w.sources & bit:
-                added += 1
-                await self.register([replace(reg, source=source)], now)
-        for w in [w for w in self._watches.values() if w.sources & bit and w.job_id not in wanted]:
-            removed += 1
+        wanted = range_wanted(regs, lo, hi)
+        joining = [
+            replace(r, source=source)
+            for j, r in wanted.items()
+            if (w := self._watches.get(j)) is None or not w.sources & bit
+        ]
+        await self.register(joining, now)
+        leaving = [
+            w
+            for w in self._watches.values()
+            if w.sources & bit and w.job_id not in wanted and in_range(w.job_id, lo, hi)
+        ]
+        if not remove:
+            return SyncResult(added=len(joining), removed=0, waiting=len(leaving))
+        for w in leaving:
             w.sources &= ~bit
             if w.sources == 0 and not w.finished:
                 del self._watches[w.job_id]
                 self._index.discard(w.job_id)
-        return SyncResult(added=added, removed=removed)
+        return SyncResult(added=len(joining), removed=len(leaving))
 
     async def delete_watch(self, job_id: str) -> bool:
         """Forget the watch and its fully delivered events; pending and dead deliveries stay."""
