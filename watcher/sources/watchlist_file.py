@@ -53,8 +53,9 @@ def _lines(
         if len(raw) == MAX_LINE and not raw.endswith("\n"):
             while (more := f.readline(MAX_LINE)) and not more.endswith("\n"):
                 pass
-            yield number, f"line longer than {MAX_LINE} characters", None
-            continue
+            if "#" not in raw:  # with a comment begun, the rest is comment and the head is whole
+                yield number, f"line longer than {MAX_LINE} characters", None
+                continue
         tokens = raw.split("#", 1)[0].split()
         if not tokens:
             continue
