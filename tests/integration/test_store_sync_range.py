@@ -83,3 +83,19 @@ class TestSyncSourceRange:
         assert total == SyncResult(added=7, removed=13)
         page = await store.list_watches(limit=100)
         assert [w.job_id for w in page.watches] == [r.job_id for r in wanted]
+
+    async def test_a_source_gained_between_ranges_is_seen(self, store: Store) -> None:
+        """An id that gains the source from elsewhere while a pass is under way is diffed like the rest."""
+        await store.sync_source(Source.FILE, [reg(n, Source.FILE) for n in (1, 2, 3)], T0)
+        assert await store.sync_source_range(
+            Source.FILE, [reg(1, Source.FILE)], None, jid(10), T0
+        ) == SyncResult(added=0, removed=2)
+        await store.register([reg(20, Source.FILE), reg(30, Source.API)], T0)
+        assert await store.sync_source_range(
+            Source.FILE, [reg(25, Source.FILE)], jid(10), None, T0
+        ) == SyncResult(added=1, removed=1)
+        assert await store.get_watch(jid(20)) is None
+        assert await store.get_watch(jid(30)) is not None
+        assert await store.sync_source_range(Source.FILE, [], None, None, T0) == SyncResult(
+            added=0, removed=2
+        )

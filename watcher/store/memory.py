@@ -36,6 +36,7 @@ from watcher.store.base import (
 )
 from watcher.store.indexed import IndexedStore
 from watcher.store.memory_health import MemoryHealth
+from watcher.store.memory_ranges import SourceRanges
 
 
 def _copy_watch(w: Watch, lease: int = 0) -> Watch:
@@ -85,6 +86,7 @@ class MemoryStore(MemoryHealth, IndexedStore):
         self._delivery_tokens = itertools.count(1)
         self._endpoints: dict[str, EndpointHealth] = {}
         self._job_types: dict[tuple[str, str], tuple[bytes, float]] = {}  # -> (model, updated_at), by update
+        self._ranges = SourceRanges()
 
     async def open(self) -> None:
         """Nothing to connect to."""
@@ -112,6 +114,7 @@ class MemoryStore(MemoryHealth, IndexedStore):
     async def register(self, regs: Sequence[Registration], now: float) -> list[RegisterResult]:
         """Add new watches due at `now`; existing ones only gain the source."""
         results = []
+        gained = 0
         for reg in regs:
             w = self._watches.get(reg.job_id)
             if w is None:
@@ -121,6 +124,8 @@ class MemoryStore(MemoryHealth, IndexedStore):
             else:
                 w.sources |= int(reg.source)
                 results.append(RegisterResult.EXISTING)
+            gained |= int(reg.source)
+        self._ranges.gained(gained)
         return results
 
     async def sync_source_range(
@@ -136,20 +141,21 @@ class MemoryStore(MemoryHealth, IndexedStore):
         """Sync `source` over the id range `(lo, hi]`; counts are ids that joined, left or wait to leave."""
         bit = int(source)
         wanted = range_wanted(regs, lo, hi)
+        items = ((j, w.sources) for j, w in self._watches.items())
+        candidates = self._ranges.members(bit, lo, hi, items)
         joining = [
             replace(r, source=source)
             for j, r in wanted.items()
             if (w := self._watches.get(j)) is None or not w.sources & bit
         ]
-        await self.register(joining, now)
-        # A scan of every watch: fine for the tests and dev runs this store is for (SQL stores use the key).
+        if joining:
+            held = self._ranges.held()
+            await self.register(joining, now)  # no await inside: nothing else registers meanwhile
+            self._ranges.synced(held, bit, hi)
         leaving = [
             w
-            for w in self._watches.values()
-            if w.sources & bit
-            and (lo is None or w.job_id > lo)
-            and (hi is None or w.job_id <= hi)
-            and w.job_id not in wanted
+            for j in candidates
+            if (w := self._watches.get(j)) is not None and w.sources & bit and j not in wanted
         ]
         if not remove:
             return SyncResult(added=len(joining), removed=0, waiting=len(leaving))
