@@ -188,13 +188,13 @@ class PostgresStore(PgEndpoints, PgJobTypes, Store):
                        for j, r in wanted.items() if j not in have]  # fmt: skip
             if joining:
                 await self._register(conn, joining, now)
-            stay = [j for j in have if j not in wanted]
+            leaving = [j for j in have if j not in wanted]
             if not remove:
-                return SyncResult(added=len(joining), removed=0, waiting=len(stay))
-            gone = [j for j in stay if have[j]["sources"] == bit and have[j]["final"] is None]
-            await conn.execute(q.SOURCE_DROP, stay, ~bit)
+                return SyncResult(added=len(joining), removed=0, waiting=len(leaving))
+            gone = [j for j in leaving if have[j]["sources"] == bit and have[j]["final"] is None]
+            await conn.execute(q.SOURCE_DROP, leaving, ~bit)
             await conn.execute(q.DELETE_WATCHES, gone)
-            return SyncResult(added=len(joining), removed=len(stay))
+            return SyncResult(added=len(joining), removed=len(leaving))
 
         return await self.pool.run(work)
 
