@@ -30,18 +30,27 @@ INTERVAL = 5.0
 
 
 class FlakyStore(MemoryStore):
-    """A memory store whose next `failures` syncs fail, as a database that is briefly down would."""
+    """A memory store whose next `failures` range syncs fail, as a database that is briefly down would."""
 
     def __init__(self, failures: int) -> None:
         super().__init__()
         self.failures = failures
 
-    async def sync_source(self, source: Source, regs: Sequence[Registration], now: float) -> SyncResult:
+    async def sync_source_range(
+        self,
+        source: Source,
+        regs: Sequence[Registration],
+        lo: str | None,
+        hi: str | None,
+        now: float,
+        *,
+        remove: bool = True,
+    ) -> SyncResult:
         """Fail while failures remain, then behave like the memory store."""
         if self.failures > 0:
             self.failures -= 1
             raise StoreError("database is locked")
-        return await super().sync_source(source, regs, now)
+        return await super().sync_source_range(source, regs, lo, hi, now, remove=remove)
 
 
 @dataclass

@@ -100,9 +100,18 @@ class FakeNowPostgresStore(PostgresStore):
         await self.at(now)
         return await super().register(regs, now)
 
-    async def sync_source(self, source: Source, regs: Sequence[Registration], now: float) -> SyncResult:
+    async def sync_source_range(
+        self,
+        source: Source,
+        regs: Sequence[Registration],
+        lo: str | None,
+        hi: str | None,
+        now: float,
+        *,
+        remove: bool = True,
+    ) -> SyncResult:
         await self.at(now)
-        return await super().sync_source(source, regs, now)
+        return await super().sync_source_range(source, regs, lo, hi, now, remove=remove)
 
     async def claim_due(self, now: float, limit: int, lease_s: float) -> list[Watch]:
         await self.at(now)

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from watcher.models import Source
 from watcher.sources.watchlist import WatchlistProblem, parse_watchlist
+from watcher.sources.watchlist_file import MAX_LINE
 
 WORKSPACES = ("acme", "beta")
 A = "5135bfe3-b2c7-41f3-a44f-f4b58e7384df"
@@ -118,3 +119,12 @@ def test_ids_are_canonical_uuids() -> None:
     """Returned ids round-trip through uuid.UUID unchanged."""
     entries, _ = parse(f"{A.upper()}\n{B}\n")
     assert [str(uuid.UUID(job_id)) for job_id, _ in entries] == [A, B]
+
+
+def test_an_overlong_line_is_a_problem_and_the_numbering_goes_on() -> None:
+    """A line longer than MAX_LINE is reported (and never held whole), unless a comment begins early in it
+    (the rest is comment); the next lines keep their numbers."""
+    entries, problems = parse(f"{'x' * (3 * MAX_LINE + 5)}\n{A}\n# {'y' * MAX_LINE}\n{B} # {'z' * MAX_LINE}")
+    assert entries == [(A, "acme"), (B, "acme")]
+    assert [line for line, _ in problems] == [1]
+    assert "longer than" in problems[0][1]

@@ -11,6 +11,9 @@ Every job is always `active` (the simulator's `--unknown-jobs active`), so no wa
 the store is built as after every watch's first poll (seen `active` once): the windows time the steady,
 quiet polls a long-running daemon makes, not first observations (each of which stores an event).
 
+At the largest size a daemon also reloads a watch-list file of that many lines on SIGHUP
+(`scale_reload`): reload time, RSS rise and the slowest `/healthz` answer meanwhile.
+
 Each size also runs saturated (every watch always due, as in `throughput`) and idle (the first polls
 spread over months, so hardly any is due): SPEC §9 wants CPU per poll at 500 polls/s within 1.5x of CPU
 per poll at saturation, and idle CPU near zero.
@@ -26,7 +29,7 @@ from pathlib import Path
 
 import aiohttp
 
-from watcher.bench import harness
+from watcher.bench import harness, scale_reload
 from watcher.bench.report import ScenarioResult
 
 RATE = 500.0  # polls per second at every size; well inside what the pipeline sustains on two cores
@@ -60,6 +63,7 @@ async def run(ctx: harness.Context) -> ScenarioResult:
     async with harness.simulator(ctx.workdir, "--unknown-jobs", "active", "--max-log", "0") as sim:
         empty = await _measure(ctx, sim, 0, rate)
         sizes = [await _measure(ctx, sim, n, rate) for n in ctx.sizes]
+        reload = await scale_reload.measure(ctx, sim, max(ctx.sizes))
         # On PostgreSQL the same sizes on SQLite, at the same rate in the same run: SPEC §9 compares them.
         lite = replace(ctx, store="sqlite")
         baseline = (
@@ -101,6 +105,7 @@ async def run(ctx: harness.Context) -> ScenarioResult:
                 s.cost_us / b.cost_us,
                 at_most=MAX_STORE_COST_RATIO,
             )
+    _report_reload(res, reload, sizes[-1].rss - empty.rss)
     smallest, largest = sizes[0], sizes[-1]
     if on_postgres and len(sizes) > 1 and smallest.saturated_rate:
         res.add(
@@ -121,6 +126,22 @@ async def run(ctx: harness.Context) -> ScenarioResult:
         " - empty daemon's) / watches"
     )
     return res
+
+
+def _report_reload(res: ScenarioResult, r: scale_reload.Reload, held: int) -> None:
+    """The reload's figures; `held` is what as many watches restored from the store add to the RSS."""
+    label = f"watch-list of {r.lines:,} lines, SIGHUP"
+    res.add(f"{label}: reload time", r.seconds, "s")
+    res.add(f"{label}: RSS rise (after the reload)", (r.rss_after - r.rss_before) / 2**20, "MiB")
+    res.add(f"{label}: RSS rise (peak)", (r.peak - r.rss_before) / 2**20, "MiB")
+    res.add(f"{label}: peak RSS rise beyond the watches held", (r.peak - r.rss_before - held) / 2**20, "MiB")
+    res.add(
+        f"{label}: slowest /healthz answer during the reload",
+        r.slowest_healthz_s * 1000,
+        "ms",
+        at_most=scale_reload.MAX_STALL_S * 1000,
+    )
+    res.add(f"{label}: /healthz answers during the reload", r.healthz_answers)
 
 
 async def _steady(ctx: harness.Context, d: harness.Daemon, s: aiohttp.ClientSession, rate: float) -> None:

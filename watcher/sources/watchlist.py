@@ -9,14 +9,18 @@ Settling: a file written in place (truncated, then written in parts) is read hal
 Additions apply at once, but removals wait until the file has kept the same signature for `settle_s`:
 until then the ids it lost stay watched, so one that comes back keeps its `registered_at` and its counts.
 A file replaced atomically (a rename: a new inode) is complete by construction and applies at once.
+
+Size: the file is streamed in a worker thread into one int per entry (`watchlist_file.scan`), and the store
+is synced `CHUNK` ids at a time in id order (`Store.sync_source_range`), each chunk one short transaction.
+Memory stays near 60 bytes an entry, and the event loop (the API, `/healthz`) keeps running during the
+reload of a file of a million lines. Bad lines are logged one by one up to `MAX_PROBLEMS`, then counted.
 """
 
 from __future__ import annotations
 
 import asyncio
-import os
-from collections.abc import Callable, Collection
-from dataclasses import dataclass
+import itertools
+from collections.abc import Callable, Collection, Iterator
 from pathlib import Path
 
 import structlog
@@ -24,90 +28,27 @@ import structlog
 from watcher.clock import Clock
 from watcher.errors import StoreUnavailable
 from watcher.health import StoreHealth
-from watcher.ids import is_uuid
 from watcher.loop import StoreLoop
 from watcher.metrics import Metrics
 from watcher.models import Registration, Source
-from watcher.store.base import RegisterResult, Store
+from watcher.sources.watchlist_file import (
+    Scan,
+    Signature,
+    WatchlistProblem,
+    parse_watchlist,
+    scan,
+)
+from watcher.store.base import Store, SyncResult
+
+__all__ = ["CHUNK", "WatchlistProblem", "WatchlistReloader", "parse_watchlist"]
 
 log = structlog.get_logger(__name__)
 
-# (st_mtime_ns, st_size, st_ino): an edit, a truncation or an atomic rename changes at least one of them.
-_Signature = tuple[int, int, int]
+CHUNK = 5000  # ids synced per store call (one short transaction each)
 
 
-@dataclass(frozen=True)
-class WatchlistProblem:
-    """A line of the watch-list that was skipped, and why."""
-
-    line: int  # 1-based, as an editor shows it
-    message: str
-
-
-def parse_watchlist(
-    text: str, default_workspace: str, workspaces: Collection[str]
-) -> tuple[list[Registration], list[WatchlistProblem]]:
-    """Parse a watch-list into FILE registrations (in file order) and the problems of the lines skipped.
-
-    A line is `<job id> [workspace]`; the id must be a hyphenated UUID and comes back lower-case. A
-    duplicate id keeps its first line. Never raises, whatever the text.
-    """
-    regs: list[Registration] = []
-    problems: list[WatchlistProblem] = []
-    first_line: dict[str, int] = {}
-    # Split on "\n" only, so that line numbers match what editors and `sed -n Np` show.
-    for number, raw in enumerate(text.split("\n"), start=1):
-        tokens = raw.split("#", 1)[0].split()
-        if not tokens:
-            continue
-        if len(tokens) > 2:
-            problems.append(
-                WatchlistProblem(number, f"expected '<job id> [workspace]', got {len(tokens)} words")
-            )
-            continue
-        if not is_uuid(tokens[0]):
-            problems.append(WatchlistProblem(number, f"not a job id (UUID): {tokens[0][:64]!r}"))
-            continue
-        job_id = tokens[0].lower()
-        workspace = tokens[1] if len(tokens) == 2 else default_workspace
-        if workspace not in workspaces:
-            problems.append(WatchlistProblem(number, f"unknown workspace {workspace[:64]!r}"))
-            continue
-        if job_id in first_line:
-            problems.append(WatchlistProblem(number, f"duplicate of line {first_line[job_id]}, ignored"))
-            continue
-        first_line[job_id] = number
-        regs.append(Registration(job_id=job_id, workspace=workspace, source=Source.FILE))
-    return regs, problems
-
-
-@dataclass(frozen=True)
-class _Snapshot:
-    """One look at the file: its signature, and its text unless unchanged or changing while read."""
-
-    signature: _Signature
-    text: str | None
-    changing: bool = False
-
-
-def _signature(st: os.stat_result) -> _Signature:
-    return (st.st_mtime_ns, st.st_size, st.st_ino)
-
-
-def _read(path: Path, known: _Signature | None) -> _Snapshot:
-    """Stat the file and read it unless its signature is `known` (blocking: run in a thread).
-
-    `utf-8-sig` drops the BOM some editors write.
-    """
-    before = _signature(path.stat())
-    if before == known:
-        return _Snapshot(before, None)
-    text = path.read_text(encoding="utf-8-sig")
-    after = _signature(path.stat())
-    if after != before:
-        # A writer that does not rename atomically may be half-way through: read it once it settles.
-        return _Snapshot(after, None, changing=True)
-    return _Snapshot(after, text)
+def _take(entries: Iterator[Registration], n: int) -> list[Registration]:
+    return list(itertools.islice(entries, n))
 
 
 class WatchlistReloader(StoreLoop):
@@ -136,10 +77,9 @@ class WatchlistReloader(StoreLoop):
         self._interval = reload_interval_s
         self._on_change = on_change
         self._settle_s = settle_s
-        self._applied: _Signature | None = None  # the file version the store reflects, removals included
-        self._seen: _Signature | None = None  # the file version read last
+        self._applied: Signature | None = None  # the file version the store reflects, removals included
+        self._seen: Signature | None = None  # the file version read last
         self._seen_at = 0.0  # when that version was first read
-        self._listed: set[str] | None = None  # ids the store has from the file, as far as known
         self._failure: str | None = None  # the last failure reported, so a lasting one is logged once
         self._triggered = asyncio.Event()
 
@@ -153,7 +93,9 @@ class WatchlistReloader(StoreLoop):
         # The version read last is re-read once it has settled, to apply its removals.
         known = None if force or (settled and self._applied != self._seen) else self._seen
         try:
-            snap = await asyncio.to_thread(_read, self._path, known)
+            snap = await asyncio.to_thread(
+                scan, self._path, known, self._default_workspace, sorted(self._workspaces)
+            )
         except (OSError, UnicodeDecodeError) as e:
             reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
             self._report_failure(f"{type(e).__name__}: {reason}", force)
@@ -161,7 +103,7 @@ class WatchlistReloader(StoreLoop):
         if snap.changing:
             log.info("watchlist.changing", path=str(self._path))
             return False
-        if snap.text is None:
+        if snap.runs is None:
             return False
         now = self._clock.now()
         seen, seen_at = self._seen, self._seen_at
@@ -171,42 +113,63 @@ class WatchlistReloader(StoreLoop):
             replaced = seen is not None and snap.signature[2] != seen[2]
             seen, seen_at = snap.signature, now
             settled = replaced or self._settle_s <= 0
-        regs, problems = parse_watchlist(snap.text, self._default_workspace, self._workspaces)
-        for p in problems if fresh or force else ():  # not again when a version read before settles
-            log.warning("watchlist.bad_line", path=str(self._path), line=p.line, reason=p.message)
+        report = fresh or force  # not again when a version read before settles
+        shown = self._show_problems(snap, 0) if report else 0
+        result, entries = await self._sync(snap, now, remove=settled)
+        if report:
+            self._show_problems(snap, shown)
+            if snap.problem_count > len(snap.problems):
+                log.warning(
+                    "watchlist.bad_lines_not_shown",
+                    path=str(self._path),
+                    count=snap.problem_count - len(snap.problems),
+                    shown=len(snap.problems),
+                )
         if settled:
-            result = await self._store.sync_source(Source.FILE, regs, now)
             # Only now does the store reflect this version: a failed sync is retried at the next interval.
-            self._applied, self._listed = snap.signature, {r.job_id for r in regs}
-            added, removed, waiting = result.added, result.removed, 0
-        else:
-            added, waiting = await self._add_only(regs, now), None
-            removed = 0
-            if self._listed is not None:
-                waiting = len(self._listed - {r.job_id for r in regs})
+            self._applied = snap.signature
         # Only now is this version read: had the store failed, the next round would read it again.
         self._seen, self._seen_at = seen, seen_at
         self._failure = None
         log.info(
             "watchlist.reloaded",
             path=str(self._path),
-            entries=len(regs),
-            added=added,
-            removed=removed,
-            problems=len(problems),
-            **({} if settled else {"removals_waiting": waiting, "settle_s": self._settle_s}),
+            entries=entries,
+            added=result.added,
+            removed=result.removed,
+            problems=snap.problem_count,
+            **({} if settled else {"removals_waiting": result.waiting, "settle_s": self._settle_s}),
         )
-        if added and self._on_change is not None:
+        if result.added and self._on_change is not None:
             self._on_change()
         return True
 
-    async def _add_only(self, regs: list[Registration], now: float) -> int:
-        """Register what the file lists and the store may lack, removing nothing; the ids newly watched."""
-        new = regs if self._listed is None else [r for r in regs if r.job_id not in self._listed]
-        results = await self._store.register(new, now) if new else []
-        if self._listed is not None:
-            self._listed.update(r.job_id for r in new)
-        return sum(1 for r in results if r is RegisterResult.CREATED)
+    async def _sync(self, snap: Scan, now: float, *, remove: bool) -> tuple[SyncResult, int]:
+        """Sync the store's FILE source with the scanned entries, `CHUNK` ids at a time in id order.
+
+        Each chunk is one store call over the id range from the previous chunk's last id to its own (the
+        last chunk's range is open above), so ids the file dropped are found range by range without
+        holding every id in memory. Without `remove` they are only counted as waiting. Merging the sorted
+        runs happens in a worker thread; the event loop only passes each chunk to the store.
+        """
+        entries = snap.entries()
+        added = removed = waiting = count = 0
+        lo: str | None = None
+        while True:
+            regs = await asyncio.to_thread(_take, entries, CHUNK)
+            count += len(regs)
+            hi = regs[-1].job_id if len(regs) == CHUNK else None
+            part = await self._store.sync_source_range(Source.FILE, regs, lo, hi, now, remove=remove)
+            added, removed, waiting = added + part.added, removed + part.removed, waiting + part.waiting
+            if hi is None:
+                return SyncResult(added, removed, waiting), count
+            lo = hi
+
+    def _show_problems(self, snap: Scan, start: int) -> int:
+        """Log the kept problems from `start` on (duplicates are found while syncing); how many are kept."""
+        for p in snap.problems[start:]:
+            log.warning("watchlist.bad_line", path=str(self._path), line=p.line, reason=p.message)
+        return len(snap.problems)
 
     def _report_failure(self, reason: str, force: bool) -> None:
         if reason == self._failure and not force:

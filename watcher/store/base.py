@@ -38,10 +38,26 @@ class RegisterResult(StrEnum):
 
 @dataclass(slots=True, frozen=True)
 class SyncResult:
-    """What `sync_source` changed."""
+    """What `sync_source` (or one `sync_source_range`) changed."""
 
     added: int
     removed: int
+    waiting: int = 0  # ids that would have left the source, kept because removals were held back
+
+
+def in_range(job_id: str, lo: str | None, hi: str | None) -> bool:
+    """Whether `job_id` lies in the id range `(lo, hi]`; a None bound is open."""
+    return (lo is None or job_id > lo) and (hi is None or job_id <= hi)
+
+
+def range_wanted(regs: Sequence[Registration], lo: str | None, hi: str | None) -> dict[str, Registration]:
+    """The registrations of a `sync_source_range` by id (the first of an id wins), checked to lie in range."""
+    wanted: dict[str, Registration] = {}
+    for r in regs:
+        if not in_range(r.job_id, lo, hi):
+            raise ValueError(f"job id {r.job_id!r} outside the synced range ({lo!r}, {hi!r}]")
+        wanted.setdefault(r.job_id, r)
+    return wanted
 
 
 @dataclass(slots=True, frozen=True)
@@ -141,12 +157,33 @@ class Store(ABC):
         A new watch is due at `now`. Results are in the order of `regs`.
         """
 
-    @abstractmethod
     async def sync_source(self, source: Source, regs: Sequence[Registration], now: float) -> SyncResult:
         """Make `source`'s set of watches equal to `regs` (the declarative watch-list file).
 
         Ids not yet watched are registered; watches that carry `source` but are not in `regs` lose it, and an
-        unfinished watch left with no source is deleted (it stops being polled).
+        unfinished watch left with no source is deleted (it stops being polled). This is
+        `sync_source_range` over the whole id range: one rule for a small list and a streamed one.
+        """
+        return await self.sync_source_range(source, regs, None, None, now)
+
+    @abstractmethod
+    async def sync_source_range(
+        self,
+        source: Source,
+        regs: Sequence[Registration],
+        lo: str | None,
+        hi: str | None,
+        now: float,
+        *,
+        remove: bool = True,
+    ) -> SyncResult:
+        """Make `source`'s watches with an id in `(lo, hi]` (a None bound is open) equal to `regs`.
+
+        Every registration must lie in the range (ValueError otherwise); the first of a repeated id wins.
+        Ids of `regs` not carrying `source` join it (registered, or gaining the source); ids in the range
+        that carry `source` but are not in `regs` leave it as `sync_source` says, or, with `remove=False`,
+        stay and are only counted as `waiting`. One call is one short transaction, so a large list is synced
+        range by range (in id order) without holding the store or the event loop for long.
         """
 
     @abstractmethod

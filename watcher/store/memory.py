@@ -32,9 +32,11 @@ from watcher.store.base import (
     SyncResult,
     WatchPage,
     WatchQuery,
+    range_wanted,
 )
 from watcher.store.indexed import IndexedStore
 from watcher.store.memory_health import MemoryHealth
+from watcher.store.memory_ranges import SourceRanges
 
 
 def _copy_watch(w: Watch, lease: int = 0) -> Watch:
@@ -84,6 +86,7 @@ class MemoryStore(MemoryHealth, IndexedStore):
         self._delivery_tokens = itertools.count(1)
         self._endpoints: dict[str, EndpointHealth] = {}
         self._job_types: dict[tuple[str, str], tuple[bytes, float]] = {}  # -> (model, updated_at), by update
+        self._ranges = SourceRanges()
 
     async def open(self) -> None:
         """Nothing to connect to."""
@@ -111,6 +114,7 @@ class MemoryStore(MemoryHealth, IndexedStore):
     async def register(self, regs: Sequence[Registration], now: float) -> list[RegisterResult]:
         """Add new watches due at `now`; existing ones only gain the source."""
         results = []
+        gained = 0
         for reg in regs:
             w = self._watches.get(reg.job_id)
             if w is None:
@@ -120,25 +124,47 @@ class MemoryStore(MemoryHealth, IndexedStore):
             else:
                 w.sources |= int(reg.source)
                 results.append(RegisterResult.EXISTING)
+            gained |= int(reg.source)
+        self._ranges.gained(gained)
         return results
 
-    async def sync_source(self, source: Source, regs: Sequence[Registration], now: float) -> SyncResult:
-        """Make `source`'s watches equal to `regs`; counts are ids that joined or left the source."""
+    async def sync_source_range(
+        self,
+        source: Source,
+        regs: Sequence[Registration],
+        lo: str | None,
+        hi: str | None,
+        now: float,
+        *,
+        remove: bool = True,
+    ) -> SyncResult:
+        """Sync `source` over the id range `(lo, hi]`; counts are ids that joined, left or wait to leave."""
         bit = int(source)
-        wanted = {r.job_id: r for r in regs}
-        added = removed = 0
-        for job_id, reg in wanted.items():
-            w = self._watches.get(job_id)
-            if w is None or not w.sources & bit:
-                added += 1
-                await self.register([replace(reg, source=source)], now)
-        for w in [w for w in self._watches.values() if w.sources & bit and w.job_id not in wanted]:
-            removed += 1
+        wanted = range_wanted(regs, lo, hi)
+        items = ((j, w.sources) for j, w in self._watches.items())
+        candidates = self._ranges.members(bit, lo, hi, items)
+        joining = [
+            replace(r, source=source)
+            for j, r in wanted.items()
+            if (w := self._watches.get(j)) is None or not w.sources & bit
+        ]
+        if joining:
+            held = self._ranges.held()
+            await self.register(joining, now)  # no await inside: nothing else registers meanwhile
+            self._ranges.synced(held, bit, hi)
+        leaving = [
+            w
+            for j in candidates
+            if (w := self._watches.get(j)) is not None and w.sources & bit and j not in wanted
+        ]
+        if not remove:
+            return SyncResult(added=len(joining), removed=0, waiting=len(leaving))
+        for w in leaving:
             w.sources &= ~bit
             if w.sources == 0 and not w.finished:
                 del self._watches[w.job_id]
                 self._index.discard(w.job_id)
-        return SyncResult(added=added, removed=removed)
+        return SyncResult(added=len(joining), removed=len(leaving))
 
     async def delete_watch(self, job_id: str) -> bool:
         """Forget the watch and its fully delivered events; pending and dead deliveries stay."""

@@ -81,6 +81,18 @@ FROM unnest($1::text[], $2::int[]) AS u(job_id, bits)
 WHERE w.job_id = u.job_id"""
 
 SOURCE_MEMBERS = "SELECT job_id, sources, final FROM watches WHERE sources & $1 <> 0"
+
+
+def source_members(lo: str | None, hi: str | None) -> tuple[str, list[str]]:
+    """The members of source `$1` with an id in `(lo, hi]` (None: open), as a primary-key range scan."""
+    sql, args = SOURCE_MEMBERS, []
+    for op, bound in ((">", lo), ("<=", hi)):
+        if bound is not None:
+            args.append(bound)
+            sql += f" AND job_id {op} ${len(args) + 1}"
+    return sql, args
+
+
 SOURCE_DROP = "UPDATE watches SET sources = sources & $2 WHERE job_id = ANY($1::text[])"
 DELETE_WATCHES = "DELETE FROM watches WHERE job_id = ANY($1::text[])"
 FINISHED_BEFORE = "SELECT job_id FROM watches WHERE final IS NOT NULL AND finished_at < $1"

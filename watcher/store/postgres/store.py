@@ -41,6 +41,7 @@ from watcher.store.base import (
     SyncResult,
     WatchPage,
     WatchQuery,
+    range_wanted,
 )
 from watcher.store.postgres import sql as q
 from watcher.store.postgres.conn import PgPool, PgTarget, dumps, parse_url
@@ -165,19 +166,31 @@ class PostgresStore(PgEndpoints, PgJobTypes, Store):
             out.append(RegisterResult.CREATED if new else RegisterResult.EXISTING)
         return out
 
-    async def sync_source(self, source: Source, regs: Sequence[Registration], now: float) -> SyncResult:
-        """Make `source`'s watches equal to `regs`; replicas syncing the same file take turns."""
+    async def sync_source_range(
+        self,
+        source: Source,
+        regs: Sequence[Registration],
+        lo: str | None,
+        hi: str | None,
+        now: float,
+        *,
+        remove: bool = True,
+    ) -> SyncResult:
+        """Sync `source` over the id range `(lo, hi]`; replicas syncing the same source take turns."""
         bit = int(source)
-        wanted = {r.job_id: r for r in regs}
+        wanted = range_wanted(regs, lo, hi)
+        members, bounds = q.source_members(lo, hi)
 
         async def work(conn: asyncpg.Connection) -> SyncResult:
             await conn.execute(q.LOCK, f"sync:{bit}")
-            have = {r["job_id"]: r for r in await conn.fetch(q.SOURCE_MEMBERS, bit)}
+            have = {r["job_id"]: r for r in await conn.fetch(members, bit, *bounds)}
             joining = [Registration(r.job_id, r.workspace, source, r.labels, r.webhooks, r.max_watch_s)
                        for j, r in wanted.items() if j not in have]  # fmt: skip
             if joining:
                 await self._register(conn, joining, now)
             leaving = [j for j in have if j not in wanted]
+            if not remove:
+                return SyncResult(added=len(joining), removed=0, waiting=len(leaving))
             gone = [j for j in leaving if have[j]["sources"] == bit and have[j]["final"] is None]
             await conn.execute(q.SOURCE_DROP, leaving, ~bit)
             await conn.execute(q.DELETE_WATCHES, gone)

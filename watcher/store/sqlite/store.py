@@ -24,7 +24,14 @@ import structlog
 from watcher.clock import Clock, SystemClock
 from watcher.errors import StoreError
 from watcher.models import Callback, Event, Registration, SavedPoll, Source, Watch
-from watcher.store.base import FailureNoted, RegisterResult, SyncResult, WatchPage, WatchQuery
+from watcher.store.base import (
+    FailureNoted,
+    RegisterResult,
+    SyncResult,
+    WatchPage,
+    WatchQuery,
+    range_wanted,
+)
 from watcher.store.faults import StoreOutage
 from watcher.store.indexed import IndexedStore
 from watcher.store.sql import LIST_STATUS_SQL
@@ -182,20 +189,30 @@ class SQLiteStore(SQLiteEndpoints, SQLiteOutbox, SQLiteJobTypes, IndexedStore):
         await db.executemany("UPDATE watches SET sources = sources | ? WHERE job_id = ?", merges)
         return results, [row[0] for row in inserts]
 
-    async def sync_source(self, source: Source, regs: Sequence[Registration], now: float) -> SyncResult:
-        """Make `source`'s watches equal to `regs`; counts are ids that joined or left the source."""
+    async def sync_source_range(
+        self,
+        source: Source,
+        regs: Sequence[Registration],
+        lo: str | None,
+        hi: str | None,
+        now: float,
+        *,
+        remove: bool = True,
+    ) -> SyncResult:
+        """Sync `source` over the id range `(lo, hi]` in one write transaction (the primary key's range)."""
         bit = int(source)
-        wanted = {r.job_id: r for r in regs}
+        wanted = range_wanted(regs, lo, hi)
+        where, params = "sources & ?", [bit, *(b for b in (lo, hi) if b is not None)]
+        where += "" if lo is None else " AND job_id > ?"
+        where += "" if hi is None else " AND job_id <= ?"
         async with self.connections.write() as db:
             have = {
                 r[0]: (r[1], r[2])
-                for r in await select(
-                    db, "SELECT job_id, sources, final FROM watches WHERE sources & ?", (bit,)
-                )
+                for r in await select(db, f"SELECT job_id, sources, final FROM watches WHERE {where}", params)  # noqa: S608
             }
             joining = [replace(r, source=source) for j, r in wanted.items() if j not in have]
             _, created = await self._register(db, joining, now)
-            leaving = [j for j in have if j not in wanted]
+            leaving = [j for j in have if j not in wanted] if remove else []
             gone = [j for j in leaving if have[j][0] == bit and have[j][1] is None]
             await db.executemany(
                 "UPDATE watches SET sources = sources & ? WHERE job_id = ?", [(~bit, j) for j in leaving]
@@ -207,7 +224,8 @@ class SQLiteStore(SQLiteEndpoints, SQLiteOutbox, SQLiteJobTypes, IndexedStore):
         for jid in gone:
             self._index.discard(jid)
             self._behind.pop(jid)
-        return SyncResult(added=len(joining), removed=len(leaving))
+        waiting = 0 if remove else sum(1 for j in have if j not in wanted)
+        return SyncResult(added=len(joining), removed=len(leaving), waiting=waiting)
 
     async def delete_watch(self, job_id: str) -> bool:
         """Delete the watch and its fully delivered events; pending and dead deliveries stay."""
