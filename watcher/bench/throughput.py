@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import statistics
 import time
 
@@ -23,7 +24,7 @@ from watcher.bench.report import ScenarioResult
 
 TARGET_RATIO = 0.80
 CONCURRENCY = 64  # the default `upstream.max_concurrency`, used by both sides
-PAIRS = 5  # alternating bare-loop and daemon windows
+PAIRS = 9  # alternating bare-loop and daemon windows: more and shorter ones, for a steadier median
 SETTLE_S = 0.5
 
 
@@ -84,7 +85,7 @@ async def run(ctx: harness.Context) -> ScenarioResult:
     watches = 300 if ctx.quick else 3_000
     warmup_s = 0.5 if ctx.quick else 2.0
     pairs = 2 if ctx.quick else PAIRS
-    window_s = ctx.window_s / 2 if ctx.quick else max(1.0, ctx.window_s * 2 / 5)
+    window_s = ctx.window_s / 2 if ctx.quick else max(1.0, ctx.window_s / 4)
     ids = harness.job_ids(watches, seed=1)
     store_url = harness.fresh_store_url(ctx.store, ctx.workdir, "throughput")
     await harness.build_store(store_url, ids, time.time())
@@ -111,23 +112,27 @@ async def run(ctx: harness.Context) -> ScenarioResult:
             harness.daemon(ctx.workdir, config, port, name="throughput-daemon") as d,
             aiohttp.ClientSession() as s,
         ):
-            await _warm_up(d, s, watches, warmup_s)
-            for k in range(pairs):
-                d.pause()
-                try:
-                    cpu0, t0 = sim.cpu_seconds(), time.monotonic()
-                    b_rate, b_us = await bare_client_rate(sim.url, ids, CONCURRENCY, 0.5, window_s)
-                    sim_bare.append((sim.cpu_seconds() - cpu0) / (time.monotonic() - t0))
-                finally:
-                    d.resume()
-                await asyncio.sleep(SETTLE_S)  # back to its steady state before the window opens
-                d_rate, d_us, sim_share = await _daemon_window(d, s, sim, window_s)
-                ctx.say(f"throughput: pair {k + 1}: bare {b_rate:,.0f}/s, daemon {d_rate:,.0f}/s")
-                bare_rates.append(b_rate)
-                bare_cpu.append(b_us)
-                rates.append(d_rate)
-                cpu.append(d_us)
-                sim_daemon.append(sim_share)
+            pinned = _pin(sim, d)
+            try:
+                await _warm_up(d, s, watches, warmup_s)
+                for k in range(pairs):
+                    d.pause()
+                    try:
+                        cpu0, t0 = sim.cpu_seconds(), time.monotonic()
+                        b_rate, b_us = await bare_client_rate(sim.url, ids, CONCURRENCY, 0.5, window_s)
+                        sim_bare.append((sim.cpu_seconds() - cpu0) / (time.monotonic() - t0))
+                    finally:
+                        d.resume()
+                    await asyncio.sleep(SETTLE_S)  # back to its steady state before the window opens
+                    d_rate, d_us, sim_share = await _daemon_window(d, s, sim, window_s)
+                    ctx.say(f"throughput: pair {k + 1}: bare {b_rate:,.0f}/s, daemon {d_rate:,.0f}/s")
+                    bare_rates.append(b_rate)
+                    bare_cpu.append(b_us)
+                    rates.append(d_rate)
+                    cpu.append(d_us)
+                    sim_daemon.append(sim_share)
+            finally:
+                _unpin()
     ratios = [r / b for r, b in zip(rates, bare_rates, strict=True)]
     res.add("bare aiohttp loop (median)", statistics.median(bare_rates), "polls/s")
     res.add("daemon (median)", statistics.median(rates), "polls/s")
@@ -143,7 +148,32 @@ async def run(ctx: harness.Context) -> ScenarioResult:
         f" {window_s:g}s windows, the bare loop (GET, read, json.loads) first with the daemon paused;"
         " ratios of the pairs " + ", ".join(f"{r:.2f}" for r in ratios)
     )
+    res.notes.append(pinned)
     return res
+
+
+_ALL_CPUS: set[int] = set()
+
+
+def _pin(sim: harness.Child, d: harness.Daemon) -> str:
+    """The simulator on one half of the CPUs, the two clients (this process's bare loop and the daemon,
+    which take turns) on the other: neither side of a pair competes with the simulator for a core."""
+    halves = harness.split_cpus()
+    if halves is None:
+        return "not pinned: fewer than two CPUs available"
+    server, clients = halves
+    _ALL_CPUS.update(server | clients)
+    if not (
+        harness.pin(sim.pid, server) and harness.pin(d.pid, clients) and harness.pin(os.getpid(), clients)
+    ):
+        _unpin()
+        return "not pinned: CPU affinity is not available here"
+    return f"pinned: simulator on CPUs {sorted(server)}, bare loop and daemon on CPUs {sorted(clients)}"
+
+
+def _unpin() -> None:
+    if _ALL_CPUS:
+        harness.pin(os.getpid(), set(_ALL_CPUS))
 
 
 async def _warm_up(d: harness.Daemon, s: aiohttp.ClientSession, watches: int, warmup_s: float) -> None:
