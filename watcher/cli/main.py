@@ -62,9 +62,11 @@ def _print_config_error(exc: ConfigError) -> None:
 def cmd_check_config(path: str | None) -> int:
     """Validate and print the effective configuration with secrets masked."""
     from watcher.config import load_config, render_config
+    from watcher.daemon.parts import webhook_targets
 
     try:
         settings = load_config(path)
+        webhook_targets(settings)  # compiles each template and renders a sample event with it
     except ConfigError as exc:
         _print_config_error(exc)
         return EXIT_USAGE
@@ -94,6 +96,9 @@ def cmd_run(path: str | None) -> int:
     log = structlog.get_logger("watcher.cli")
     try:
         return asyncio.run(Daemon(settings, tune_gc=True).run())
+    except ConfigError as exc:  # a template that does not render its sample event (SPEC §15)
+        _print_config_error(exc)
+        return EXIT_USAGE
     except StartupError as exc:
         log.error("daemon.refused_to_start", reason=str(exc))
         print(f"watcher: {exc}", file=sys.stderr)

@@ -12,14 +12,15 @@ import aiohttp
 
 from watcher import __version__
 from watcher.clock import Clock
-from watcher.config import Settings
+from watcher.config import Settings, WebhookConfig
 from watcher.delivery.breaker import Breakers
 from watcher.delivery.callbacks import CallbackTargets
+from watcher.delivery.formats import FormatSettings, alertmanager, validate_template
 from watcher.delivery.guard import AddressGuard, CallbackUrlError, guarded_connector
 from watcher.delivery.target import WebhookTarget
 from watcher.delivery.webhook import WebhookSender
 from watcher.delivery.worker import DeliveryWorker
-from watcher.events import route
+from watcher.events import WebhookFilter, route
 from watcher.health import StoreHealth
 from watcher.metrics import Metrics
 from watcher.models import CALLBACK, Watch
@@ -44,17 +45,52 @@ _CALLBACK_KEYS = {
 _POLICY_KEYS = {f.name for f in fields(PollingPolicy)} - {"terminal_statuses"}
 
 
+def format_settings(hook: WebhookConfig, index: int) -> FormatSettings:
+    """A webhook's format settings (SPEC §15); a `template` is compiled and tried on a sample event first.
+
+    Raises ConfigError naming `webhooks[index].template` when the template does not render the sample.
+    """
+    if hook.format == "template" and hook.template is not None:
+        validate_template(hook.template, f"webhooks[{index}].template")
+    key = hook.routing_key.get_secret_value() if hook.routing_key is not None else None
+    return FormatSettings(
+        name=hook.name,
+        routing_key=key,
+        alert_duration_s=hook.alert_duration_s,
+        template=hook.template,
+        content_type=hook.content_type,
+    )
+
+
 def webhook_targets(settings: Settings) -> dict[str, WebhookTarget]:
-    """The configured webhooks as delivery targets, keyed by name."""
-    return {
-        w.name: WebhookTarget(
-            **w.model_dump(include=_TARGET_KEYS),
+    """The configured webhooks as delivery targets, keyed by name; ConfigError for a broken template."""
+    targets = {}
+    for i, w in enumerate(settings.webhooks):
+        values = w.model_dump(include=_TARGET_KEYS)
+        if w.format == "alertmanager":
+            values["url"] = alertmanager.alerts_url(w.url)
+        targets[w.name] = WebhookTarget(
+            **values,
             secrets=tuple(w.all_secrets()),
             events=frozenset(w.events or ()),
             headers=dict(w.headers),
+            format_settings=format_settings(w, i),
+        )
+    return targets
+
+
+def webhook_filters(settings: Settings, targets: dict[str, WebhookTarget]) -> list[WebhookFilter]:
+    """What each webhook takes: its event types, and its `workspaces` and `labels` filters (SPEC §15)."""
+    return [
+        WebhookFilter(
+            w.name,
+            targets[w.name].events,
+            None if w.workspaces is None else frozenset(w.workspaces),
+            dict(w.labels),
         )
         for w in settings.webhooks
-    }
+        if w.name in targets
+    ]
 
 
 def polling_policy(settings: Settings) -> PollingPolicy:
@@ -174,7 +210,7 @@ def workers(
             webhooks=(*targets, *((CALLBACK,) if callbacks is not None else ())),
         ),
     )
-    filters = [(t.name, t.events) for t in targets.values()]
+    filters = webhook_filters(s, targets)
     callback_default = frozenset(default_events(s.upstream.terminal_statuses))
 
     def route_event(event_type: str, watch: Watch) -> tuple[str, ...]:
