@@ -50,7 +50,8 @@ class WebhookSender:
     def build_headers(
         self, target: WebhookTarget, delivery: Delivery, body: bytes, content_type: str = "application/json"
     ) -> dict[str, str]:
-        """The request headers of one attempt, signature included (timestamp is taken now)."""
+        """The request headers of one attempt, signature included when the target has a secret (the
+        timestamp is taken now)."""
         timestamp = int(self._clock.now())
         headers = dict(target.headers)
         # Our own headers win: a configured extra header must not be able to replace the signature.
@@ -60,9 +61,14 @@ class WebhookSender:
                 "user-agent": USER_AGENT,
                 HEADER_ID: delivery.event.id,
                 HEADER_TIMESTAMP: str(timestamp),
-                HEADER_SIGNATURE: sign(target.secrets, delivery.event.id, timestamp, body),
             }
         )
+        if (
+            target.secrets
+        ):  # only `standard` requires a secret: a Slack or Alertmanager receiver cannot verify
+            headers[HEADER_SIGNATURE] = sign(target.secrets, delivery.event.id, timestamp, body)
+        else:
+            headers.pop(HEADER_SIGNATURE, None)
         return headers
 
     async def send(self, target: WebhookTarget, delivery: Delivery) -> SendResult:
