@@ -213,3 +213,41 @@ def test_run_exits_2_on_a_broken_template(tmp_path: Path) -> None:
     )
     assert done.returncode == 2, done.stderr
     assert "webhooks[0].template: rendering a sample job.failed event: template: undefined" in done.stderr
+
+
+async def test_workspaces_and_labels_route_events_in_the_daemon(tmp_path: Path, sim: Simulator) -> None:
+    """Two failed jobs registered through the API, one labelled team=billing: the catch-all webhook gets
+    both, `billing` (labels) only the labelled one, `acme` (workspaces) both, `other` (workspaces) none:
+    each event's routing, as logged with its transition, names exactly the matching webhooks."""
+    assert sim.url is not None
+    receiver = RawReceiver()
+    url = await receiver.start()
+    hooks = [
+        {"name": name, "url": url, "secret": SECRET, "events": ["job.failed"], **keys}
+        for name, keys in (
+            ("all", {}),
+            ("billing", {"labels": {"team": "billing"}}),
+            ("acme", {"workspaces": ["acme"]}),
+            ("other", {"workspaces": ["other"]}),
+        )
+    ]
+    billing = sim.add_job(status="failed", error=ERROR).id
+    ops = sim.add_job(status="failed", error=ERROR).id
+    settings = config.settings(tmp_path, sim.url, port=free_port(), webhooks=hooks)
+    daemon = InProcessDaemon(settings)
+    with capture_logs() as logs:
+        await daemon.start()
+        try:
+            async with aiohttp.ClientSession() as http:
+                for job, team in ((billing, "billing"), (ops, "ops")):
+                    body = {"job_id": job, "labels": {"team": team}}
+                    async with http.post(f"{daemon.base}/v1/watches", json=body) as r:
+                        assert r.status == 201, await r.text()
+            await receiver.wait_for(5, within_s=15)
+        finally:
+            assert await daemon.stop() == 0
+        await receiver.stop()
+    routed = {e["job_id"]: e["webhooks"] for e in logs if e["event"] == "job.transition"}
+    assert sorted(routed[billing]) == ["acme", "all", "billing"]
+    assert sorted(routed[ops]) == ["acme", "all"]
+    assert len(receiver.deliveries) == 5
