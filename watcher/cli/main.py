@@ -49,6 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub.add_parser("watches", help="add, list, show or rm watches of a running daemon (`watches --help`)")
     sub.add_parser("deliveries", help="list or retry webhook deliveries of a running daemon")
+    sub.add_parser(
+        "webhooks", help="send a test event to a webhook of a running daemon (`webhooks test NAME`)"
+    )
     sub.add_parser("bench", help="measure the performance targets of SPEC §9 (see `watcher bench --help`)")
     return parser
 
@@ -132,7 +135,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from watcher.bench import bench_main
 
         return bench_main(args_list[1:])
-    if args_list and args_list[0] in ("watches", "deliveries"):
+    if args_list and args_list[0] in ("watches", "deliveries", "webhooks"):
         from watcher.cli.client import client_main
 
         return client_main(args_list)
