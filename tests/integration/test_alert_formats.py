@@ -21,6 +21,7 @@ from tests.support import config
 from tests.support.daemon import InProcessDaemon
 from tests.support.eventually import eventually
 from tests.support.ports import free_port
+from tests.unit.test_formats_sandbox_escapes import ESCAPES, LEAKS
 from watcher.cli.main import main
 from watcher.devtools.receiver import Receiver
 from watcher.devtools.simulate import Simulator
@@ -251,3 +252,19 @@ async def test_workspaces_and_labels_route_events_in_the_daemon(tmp_path: Path, 
     assert sorted(routed[billing]) == ["acme", "all", "billing"]
     assert sorted(routed[ops]) == ["acme", "all"]
     assert len(receiver.deliveries) == 5
+
+
+@pytest.mark.parametrize(("name", "source", "why"), ESCAPES, ids=[name for name, _, _ in ESCAPES])
+def test_every_published_sandbox_escape_is_refused_by_check_config(
+    tmp_path: Path, name: str, source: str, why: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The escapes of tests/unit/test_formats_sandbox_escapes.py, each written into a config file as an
+    operator would: `watcher check-config` exits 2 with one line naming `webhooks[0].template` and the
+    reason the sandbox gave, and nothing of Python's internals in it."""
+    hooks = [hook("template", "http://127.0.0.1:9/", template=source)]
+    path = config.write_config(tmp_path, "http://127.0.0.1:9", webhooks=hooks)
+    assert main(["check-config", "-c", str(path)]) == 2
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[0] == "configuration is invalid:" and len(lines) == 2, lines
+    assert lines[1].startswith("  webhooks[0].template: ") and why in lines[1], lines
+    assert not any(leak in lines[1] for leak in LEAKS), lines
