@@ -100,3 +100,5 @@ def test_routing_filters(tmp_path: Path) -> None:
         {"team": "billing"},
     )
     assert problems(tmp_path, format="slack", url=UP, workspaces=[])[0].startswith("webhooks[0].workspaces:")
+    typo = problems(tmp_path, format="slack", url=UP, workspaces=["acme", "acm"])
+    assert typo == ["webhooks[0].workspaces[1]: unknown workspace 'acm'"]

@@ -342,6 +342,10 @@ class Settings(BaseSettings):
             for j, ws in enumerate(client.workspaces or ()):
                 if ws not in known:
                     raise problem(("api", "clients", i, "workspaces", j), f"unknown workspace {ws!r}")
+        for i, hook in enumerate(self.webhooks):  # a typo would silently route nothing there
+            for j, ws in enumerate(hook.workspaces or ()):
+                if ws not in known:
+                    raise problem(("webhooks", i, "workspaces", j), f"unknown workspace {ws!r}")
         # A lease shorter than a request would let a second worker take over an in-flight poll or delivery.
         timeouts = [self.upstream.timeout_s, *(h.timeout_s for h in self.webhooks)]
         if self.callbacks.enabled:
