@@ -223,6 +223,7 @@ async def test_workspaces_and_labels_route_events_in_the_daemon(tmp_path: Path, 
     assert sim.url is not None
     receiver = RawReceiver()
     url = await receiver.start()
+    other = {"upstream.workspaces.other": {"token": "other-token", "api_key": "other-key"}}
     hooks = [
         {"name": name, "url": url, "secret": SECRET, "events": ["job.failed"], **keys}
         for name, keys in (
@@ -234,7 +235,7 @@ async def test_workspaces_and_labels_route_events_in_the_daemon(tmp_path: Path, 
     ]
     billing = sim.add_job(status="failed", error=ERROR).id
     ops = sim.add_job(status="failed", error=ERROR).id
-    settings = config.settings(tmp_path, sim.url, port=free_port(), webhooks=hooks)
+    settings = config.settings(tmp_path, sim.url, port=free_port(), webhooks=hooks, sections=other)
     daemon = InProcessDaemon(settings)
     with capture_logs() as logs:
         await daemon.start()

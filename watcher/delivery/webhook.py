@@ -75,7 +75,12 @@ class WebhookSender:
         """POST `delivery` to `target` once and say whether it succeeded, should be retried or is dead."""
         start = self._clock.monotonic()
         try:
-            rendered = render(target, delivery.event)
+            if target.format == "template":
+                # An operator's template may run up to its time bound: off the event loop, so polls and the
+                # API go on meanwhile (the sandbox's step counter is per thread, so it holds there too).
+                rendered = await asyncio.to_thread(render, target, delivery.event)
+            else:
+                rendered = render(target, delivery.event)
         except RenderError as exc:
             # The same event through the same renderer fails the same way: dead at once, with the reason.
             detail = f"render failed: {exc.reason}"
