@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from watcher.clock import iso_utc
@@ -87,11 +88,31 @@ def slow_event(watch: Watch, body: dict[str, Any], now: float, age_s: float, slo
     )
 
 
-def route(
-    event_type: str, watch: Watch, webhook_filters: Iterable[tuple[str, frozenset[str]]]
-) -> tuple[str, ...]:
+@dataclass(frozen=True, slots=True)
+class WebhookFilter:
+    """What a webhook takes (SPEC §6, §15): event types, and optionally only some workspaces, and only
+    watches that carry every one of `labels` (key and value)."""
+
+    name: str
+    events: frozenset[str]
+    workspaces: frozenset[str] | None = None
+    labels: Mapping[str, str] = field(default_factory=dict)
+
+    def matches(self, event_type: str, watch: Watch) -> bool:
+        """Whether an event of `event_type` about `watch` goes to this webhook (the watch's own choice of
+        webhooks aside)."""
+        if event_type not in self.events:
+            return False
+        if self.workspaces is not None and watch.workspace not in self.workspaces:
+            return False
+        return all(watch.labels.get(k) == v for k, v in self.labels.items())
+
+
+def route(event_type: str, watch: Watch, webhook_filters: Iterable[WebhookFilter]) -> tuple[str, ...]:
     """Names of the webhooks an event goes to: the watch's choice (all if None) whose filter matches."""
     chosen = None if watch.webhooks is None else set(watch.webhooks)
     return tuple(
-        name for name, types in webhook_filters if event_type in types and (chosen is None or name in chosen)
+        f.name
+        for f in webhook_filters
+        if (chosen is None or f.name in chosen) and f.matches(event_type, watch)
     )

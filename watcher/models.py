@@ -328,3 +328,17 @@ class Credentials:
     token: str = field(repr=False)
     api_key: str = field(repr=False)
     workspace_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class WebhookTestResult:
+    """What one test event sent to a webhook at once got (`POST /v1/webhooks/{name}/test`, SPEC §15)."""
+
+    webhook: str
+    event_id: str
+    delivered: bool  # the receiver answered 2xx
+    status_code: (
+        int | None
+    )  # the receiver's status; None when no answer came (timeout, refused, not rendered)
+    detail: str  # one line, safe to show: `HTTP 200`, `timeout`, `render failed: …`
+    duration_s: float

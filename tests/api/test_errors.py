@@ -137,7 +137,7 @@ async def test_five_mib_body_gets_413_quickly_and_the_daemon_keeps_serving(daemo
 
 
 def _concrete(path: str) -> str:
-    return path.replace("{job_id}", JOB).replace("{delivery_id}", "1")
+    return path.replace("{job_id}", JOB).replace("{delivery_id}", "1").replace("{name}", "nope")
 
 
 @pytest.mark.parametrize(
@@ -169,9 +169,8 @@ async def test_every_v1_route_needs_the_token(daemon: Running, auth: str | None)
 async def test_the_right_token_passes_on_every_route(daemon: Running) -> None:
     """With the token no route answers 401 (404 for unknown ids is fine)."""
     for r in ROUTES:
-        kw = (
-            {"json": {"job_id": JOB}} if r.path == "/v1/watches" else {"json": {"watches": [{"job_id": JOB}]}}
-        )
+        bodies = {"/v1/watches": {"job_id": JOB}, "/v1/deliveries/retry": {}}
+        kw = {"json": bodies.get(r.path, {"watches": [{"job_id": JOB}]})}
         async with daemon.http.request(
             r.method, daemon.base + _concrete(r.path), headers=daemon.auth(), **kw
         ) as resp:

@@ -153,7 +153,7 @@ async def test_allow_lists_exactly_the_documented_methods(start_daemon: StartDae
     d = await start_daemon(token=SECRET)
     document = (await d.call("GET", "/openapi.json"))[1]
     for template, operations in document["paths"].items():
-        path = template.replace("{job_id}", JOB).replace("{delivery_id}", "1")
+        path = template.replace("{job_id}", JOB).replace("{delivery_id}", "1").replace("{name}", "ops")
         documented = {m.upper() for m in operations}
         for method in {"GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"} - documented:
             async with d.http.request(method, d.base + path, headers=d.auth()) as r:
@@ -219,14 +219,17 @@ _OutageStore.ping = _ping  # type: ignore[method-assign]
 def _request(path: str) -> dict[str, Any]:
     if path == "/v1/watches":
         return {"json": {"job_id": JOB}}
+    if path == "/v1/deliveries/retry":
+        return {"json": {}}
     return {"json": {"watches": [{"job_id": JOB}]}} if path.endswith("/batch") else {}
 
 
 async def test_a_store_outage_is_a_503_with_retry_after_on_every_route(start_daemon: StartDaemon) -> None:
     """Out: every /v1 route that reads the store answers 503 problem+json with Retry-After; back: they all
-    work again. `/v1/job-types` answers from what this replica learnt, in memory: nothing to wait for."""
+    work again. `/v1/job-types` answers from what this replica learnt, in memory, and a webhook test sends
+    without the store: nothing to wait for."""
     store = _OutageStore()
-    routes = [r for r in ROUTES if r.path != "/v1/job-types"]
+    routes = [r for r in ROUTES if r.path not in ("/v1/job-types", "/v1/webhooks/{name}/test")]
     d = await start_daemon(token=SECRET, store=store)
     assert (await d.call("POST", "/v1/watches", json={"job_id": JOB}))[0] == 201
     store.out = True

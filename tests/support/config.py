@@ -51,6 +51,8 @@ def _tables(v: Any) -> bool:
 def _value(v: Any) -> str:
     if isinstance(v, Path):
         v = str(v)
+    if isinstance(v, Mapping):  # an inline table
+        return "{" + ", ".join(f"{json.dumps(k)} = {_value(x)}" for k, x in v.items()) + "}"
     return json.dumps(v)  # a JSON string, number, boolean or array is the same value in TOML
 
 

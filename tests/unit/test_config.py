@@ -480,7 +480,16 @@ class TestExample:
     def test_example_loads(self) -> None:
         """The example passes validation as shipped."""
         s = load_config(REPO / "config.example.toml", {"HOME": "/home/tester"})
-        assert [(h.name, h.format) for h in s.webhooks] == [("ops", "standard"), ("slack-failures", "slack")]
+        assert [(h.name, h.format) for h in s.webhooks] == [
+            ("ops", "standard"),
+            ("slack-failures", "slack"),
+            ("pager-acme", "pagerduty"),
+            ("teams-ops", "msteams"),
+            ("discord-billing", "discord"),
+            ("alertmanager-1", "alertmanager"),
+            ("alertmanager-2", "alertmanager"),
+            ("custom", "template"),
+        ]
         assert set(s.upstream.credentials()) == {"acme", "other"}
 
     @pytest.mark.parametrize(

@@ -1,4 +1,5 @@
-"""`watcher watches …` and `watcher deliveries …`: the `/v1` API for operators at a shell.
+"""`watcher watches …`, `watcher deliveries …` and `watcher webhooks test NAME`: the `/v1` API for
+operators at a shell.
 
 The daemon's address and token come from `--url`/`--token`, else `WATCHER_API_TOKEN` for the token, else the
 configuration (`-c`, `$WATCHER_CONFIG`): `api.listen` and the token of the client named by `--client`, else
@@ -76,9 +77,22 @@ def build_parser() -> argparse.ArgumentParser:
     dl.add_argument("--webhook", metavar="NAME")
     dl.add_argument("--limit", type=int, default=100)
     dl.add_argument("--cursor", help="next_cursor printed by the previous page")
-    deliveries.add_parser("retry", parents=[common], help="replay a dead delivery").add_argument(
-        "delivery_id", type=int
+    retry = deliveries.add_parser(
+        "retry", parents=[common], help="replay a dead delivery, or with --all every dead one that matches"
     )
+    retry.add_argument("delivery_id", type=int, nargs="?")
+    retry.add_argument(
+        "--all", action="store_true", help="every dead delivery (of --webhook, in a time range)"
+    )
+    retry.add_argument("--webhook", metavar="NAME", help="with --all: only this webhook's")
+    retry.add_argument("--since", metavar="TIME", help="with --all: created at or after (RFC 3339)")
+    retry.add_argument("--until", metavar="TIME", help="with --all: created before (RFC 3339)")
+    webhooks = top.add_parser("webhooks", help="test configured webhooks").add_subparsers(
+        dest="action", metavar="ACTION", required=True
+    )
+    webhooks.add_parser(
+        "test", parents=[common], help="send a signed webhook.test event to a webhook now"
+    ).add_argument("name")
     return parser
 
 
@@ -254,6 +268,14 @@ def _render(args: argparse.Namespace, status: int, answer: Any) -> str:
                 f"released {answer['job_id']} from quarantine; it is polled again (state {answer['state']})"
             )
         return f"stopped watching {args.job_id}"
+    if args.command == "webhooks":
+        outcome = "delivered" if answer["delivered"] else "NOT delivered"
+        return (
+            f"webhook {answer['webhook']}: test event {answer['event_id']} {outcome}: {answer['detail']}"
+            f" ({answer['duration_s']:.3f} s)"
+        )
+    if args.action == "retry" and "retried" in answer:
+        return f"{answer['retried']} dead deliveries are pending again"
     if args.action == "list":
         text = _deliveries_table(answer["deliveries"])
         return text + (f"\nmore: --cursor {answer['next_cursor']}" if answer["next_cursor"] else "")
@@ -286,9 +308,16 @@ def _call(args: argparse.Namespace) -> tuple[str, str, Any, dict[str, Any] | Non
             return "POST", f"{path}/release", None, None
         method = "GET" if args.action == "show" else "DELETE"
         return method, path, None, None
+    if args.command == "webhooks":
+        return "POST", f"/v1/webhooks/{quote(args.name, safe='')}/test", None, None
     if args.action == "list":
         query = {"state": args.state, "webhook": args.webhook, "limit": args.limit, "cursor": args.cursor}
         return "GET", "/v1/deliveries", None, query
+    if args.all == (args.delivery_id is not None):
+        raise ClientError("deliveries retry: give a delivery id, or --all (not both)", EXIT_USAGE)
+    if args.all:
+        bulk = {"webhook": args.webhook, "since": args.since, "until": args.until}
+        return "POST", "/v1/deliveries/retry", {k: v for k, v in bulk.items() if v is not None}, None
     return "POST", f"/v1/deliveries/{args.delivery_id}/retry", None, None
 
 
@@ -318,6 +347,9 @@ def client_main(argv: Sequence[str]) -> int:
     if args.json:
         if answer is not None:
             print(json.dumps(answer, indent=2))
-        return EXIT_OK
+        failed_test = args.command == "webhooks" and not answer["delivered"]
+        return EXIT_ERROR if failed_test else EXIT_OK
     print(_render(args, status, answer))
+    if args.command == "webhooks" and not answer["delivered"]:
+        return EXIT_ERROR  # the receiver did not take the test event: a script can tell
     return EXIT_OK

@@ -49,6 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub.add_parser("watches", help="add, list, show or rm watches of a running daemon (`watches --help`)")
     sub.add_parser("deliveries", help="list or retry webhook deliveries of a running daemon")
+    sub.add_parser(
+        "webhooks", help="send a test event to a webhook of a running daemon (`webhooks test NAME`)"
+    )
     sub.add_parser("bench", help="measure the performance targets of SPEC §9 (see `watcher bench --help`)")
     return parser
 
@@ -62,9 +65,11 @@ def _print_config_error(exc: ConfigError) -> None:
 def cmd_check_config(path: str | None) -> int:
     """Validate and print the effective configuration with secrets masked."""
     from watcher.config import load_config, render_config
+    from watcher.daemon.parts import webhook_targets
 
     try:
         settings = load_config(path)
+        webhook_targets(settings)  # compiles each template and renders a sample event with it
     except ConfigError as exc:
         _print_config_error(exc)
         return EXIT_USAGE
@@ -94,6 +99,9 @@ def cmd_run(path: str | None) -> int:
     log = structlog.get_logger("watcher.cli")
     try:
         return asyncio.run(Daemon(settings, tune_gc=True).run())
+    except ConfigError as exc:  # a template that does not render its sample event (SPEC §15)
+        _print_config_error(exc)
+        return EXIT_USAGE
     except StartupError as exc:
         log.error("daemon.refused_to_start", reason=str(exc))
         print(f"watcher: {exc}", file=sys.stderr)
@@ -127,7 +135,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from watcher.bench import bench_main
 
         return bench_main(args_list[1:])
-    if args_list and args_list[0] in ("watches", "deliveries"):
+    if args_list and args_list[0] in ("watches", "deliveries", "webhooks"):
         from watcher.cli.client import client_main
 
         return client_main(args_list)

@@ -37,6 +37,9 @@ from watcher.statuses import DEFAULT_TERMINAL, config_name, default_events, know
 _HEADER_NAME_RE = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 # The signature headers are computed per attempt; a static header must not be able to replace them.
 _RESERVED_HEADERS = frozenset({"webhook-id", "webhook-timestamp", "webhook-signature", "content-type"})
+_MEDIA_TYPE_RE = re.compile(r"[A-Za-z0-9!#$&^_.+-]+/[A-Za-z0-9!#$&^_.+-]+(\s*;[ -~]*)?")
+# Where format `pagerduty` posts when `url` is not set: PagerDuty's Events API v2 enqueue endpoint.
+PAGERDUTY_EVENTS_URL = "https://events.pagerduty.com/v2/enqueue"
 _STORE_SCHEMES = ("sqlite:///", "memory://", "postgresql://", "postgres://")
 
 
@@ -183,7 +186,9 @@ class WebhookConfig(_Section, EndpointKeys, SigningSecrets):
     secret_file: SecretFile | None = None
     # None: the default filter, which depends on `upstream.terminal_statuses` (filled in by `Settings`).
     events: list[Annotated[str, AfterValidator(event_type_name)]] | None = Field(default=None, min_length=1)
-    format: Literal["standard", "slack"] = "standard"
+    format: Literal["standard", "slack", "pagerduty", "msteams", "discord", "alertmanager", "template"] = (
+        "standard"
+    )
     timeout_s: PositiveSeconds = 10.0
     max_attempts: int = Field(default=10, ge=1)
     retry_initial_s: PositiveSeconds = 1.0
@@ -191,6 +196,44 @@ class WebhookConfig(_Section, EndpointKeys, SigningSecrets):
     headers: dict[str, str] = Field(default={}, repr=False)  # values may be receivers' API keys
     # Deliveries to this webhook in flight at once, within `daemon.delivery_concurrency` (issue 14).
     concurrency: int = Field(default=4, ge=1)
+    # SPEC §15: the formats' own keys. `routing_key` is PagerDuty's integration key, a secret.
+    routing_key: SecretStr | None = None
+    routing_key_file: SecretFile | None = None
+    template: str | None = Field(default=None, repr=False)
+    template_file: Path | None = None
+    content_type: str = "application/json"
+    alert_duration_s: PositiveSeconds = 3600.0
+    # Routing filters beside `events` (SPEC §15): the watch's workspace is one of these; every label matches.
+    workspaces: list[str] | None = Field(default=None, min_length=1)
+    labels: dict[str, str] = {}
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_url(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("format") == "pagerduty" and "url" not in data:
+            return {**data, "url": PAGERDUTY_EVENTS_URL}
+        return data
+
+    @model_validator(mode="after")
+    def _check_format(self) -> Self:
+        self.routing_key = secret_from(self.routing_key, self.routing_key_file, "routing_key")
+        if self.format == "pagerduty" and self.routing_key is None:
+            raise problem(("routing_key",), "required for format 'pagerduty' (or set routing_key_file)")
+        if self.template is not None and self.template_file is not None:
+            raise problem(("template_file",), "cannot be combined with template; set only one")
+        if self.template_file is not None:
+            try:
+                self.template = self.template_file.expanduser().read_text(encoding="utf-8")
+            except (OSError, UnicodeDecodeError) as e:
+                reason = getattr(e, "strerror", None) or "not UTF-8 text"
+                raise problem(("template_file",), f"cannot read {self.template_file}: {reason}") from None
+        if self.format == "template" and not (self.template or "").strip():
+            raise problem(("template",), "required for format 'template' (or set template_file)")
+        if self.format != "template" and self.template is not None:
+            raise problem(("template",), "only for format 'template'")
+        if not _MEDIA_TYPE_RE.fullmatch(self.content_type):
+            raise problem(("content_type",), "is not a media type (type/subtype)")
+        return self
 
     @model_validator(mode="after")
     def _check(self) -> Self:
@@ -282,6 +325,10 @@ class Settings(BaseSettings):
             for j, ws in enumerate(client.workspaces or ()):
                 if ws not in known:
                     raise problem(("api", "clients", i, "workspaces", j), f"unknown workspace {ws!r}")
+        for i, hook in enumerate(self.webhooks):  # a typo would silently route nothing there
+            for j, ws in enumerate(hook.workspaces or ()):
+                if ws not in known:
+                    raise problem(("webhooks", i, "workspaces", j), f"unknown workspace {ws!r}")
         # A lease shorter than a request would let a second worker take over an in-flight poll or delivery.
         timeouts = [self.upstream.timeout_s, *(h.timeout_s for h in self.webhooks)]
         if self.callbacks.enabled:

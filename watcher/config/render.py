@@ -15,6 +15,8 @@ from watcher.config.fields import SecretFile
 from watcher.config.model import Settings
 
 MASK = "********"
+# Formats whose URL carries its own credential in the path (incoming webhooks, Workflows triggers).
+_URL_IS_SECRET = frozenset({"slack", "discord", "msteams"})
 
 
 def render_config(settings: Settings) -> str:
@@ -24,7 +26,7 @@ def render_config(settings: Settings) -> str:
     data["store"]["url"] = _mask_url(settings.resolved_store_url())
     for hook, model in zip(data["webhooks"], settings.webhooks, strict=True):
         hook["headers"] = dict.fromkeys(hook["headers"], MASK)
-        hook["url"] = _mask_url(model.url, hide_path=model.format == "slack")
+        hook["url"] = _mask_url(model.url, hide_path=model.format in _URL_IS_SECRET)
     lines = ["# Effective job-watcher configuration; secrets are shown as ********."]
     _emit_table(lines, (), _masked(data))
     return "\n".join(lines).strip() + "\n"

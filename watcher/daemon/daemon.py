@@ -35,6 +35,7 @@ from watcher.daemon.parts import (
     upstream_http,
     webhook_http,
     webhook_targets,
+    webhook_tester,
     workers,
 )
 from watcher.daemon.systemd import Notifier, notify_loop, status_line, watchdog_interval
@@ -198,6 +199,7 @@ class Daemon:
                 s, store, self.metrics, self.clock, self.health, self._loops, scheduler.wake, delivery.wake,
                 check_callback_url=callback_url_check(s),
                 job_types=scheduler.learner.type_rows if scheduler.learner else list,
+                test_webhook=webhook_tester(self.targets, webhook_session, self.clock, self.rng),
             )  # fmt: skip
             runner = await self._start_http(self.state)
             restored = await self._open_store(store)

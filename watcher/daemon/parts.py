@@ -5,24 +5,28 @@ Building one starts nothing."""
 from __future__ import annotations
 
 import random
-from collections.abc import Callable
+import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import fields
 
 import aiohttp
+import structlog
 
 from watcher import __version__
-from watcher.clock import Clock
-from watcher.config import Settings
+from watcher.clock import Clock, iso_utc
+from watcher.config import Settings, WebhookConfig
 from watcher.delivery.breaker import Breakers
 from watcher.delivery.callbacks import CallbackTargets
+from watcher.delivery.formats import FormatSettings, alertmanager, validate_template
+from watcher.delivery.formats.template import SAMPLE_EVENT
 from watcher.delivery.guard import AddressGuard, CallbackUrlError, guarded_connector
 from watcher.delivery.target import WebhookTarget
 from watcher.delivery.webhook import WebhookSender
 from watcher.delivery.worker import DeliveryWorker
-from watcher.events import route
+from watcher.events import WebhookFilter, route
 from watcher.health import StoreHealth
 from watcher.metrics import Metrics
-from watcher.models import CALLBACK, Watch
+from watcher.models import CALLBACK, Delivery, DeliveryOutcome, DeliveryState, Event, Watch, WebhookTestResult
 from watcher.polling.adaptive import AdaptiveSettings
 from watcher.polling.learning import Learner
 from watcher.polling.policy import PollingPolicy
@@ -31,6 +35,10 @@ from watcher.polling.scheduler import Scheduler
 from watcher.polling.upstream import UpstreamClient
 from watcher.statuses import default_events
 from watcher.store.base import Store
+
+log = structlog.get_logger("watcher.daemon")
+# The type of the event `POST /v1/webhooks/{name}/test` sends (SPEC §15).
+TEST_EVENT = "webhook.test"
 
 # What a webhook's target and the polling policy take from their sections as they are; the rest is converted.
 _TARGET_KEYS = {
@@ -44,17 +52,52 @@ _CALLBACK_KEYS = {
 _POLICY_KEYS = {f.name for f in fields(PollingPolicy)} - {"terminal_statuses"}
 
 
+def format_settings(hook: WebhookConfig, index: int) -> FormatSettings:
+    """A webhook's format settings (SPEC §15); a `template` is compiled and tried on a sample event first.
+
+    Raises ConfigError naming `webhooks[index].template` when the template does not render the sample.
+    """
+    if hook.format == "template" and hook.template is not None:
+        validate_template(hook.template, f"webhooks[{index}].template")
+    key = hook.routing_key.get_secret_value() if hook.routing_key is not None else None
+    return FormatSettings(
+        name=hook.name,
+        routing_key=key,
+        alert_duration_s=hook.alert_duration_s,
+        template=hook.template,
+        content_type=hook.content_type,
+    )
+
+
 def webhook_targets(settings: Settings) -> dict[str, WebhookTarget]:
-    """The configured webhooks as delivery targets, keyed by name."""
-    return {
-        w.name: WebhookTarget(
-            **w.model_dump(include=_TARGET_KEYS),
+    """The configured webhooks as delivery targets, keyed by name; ConfigError for a broken template."""
+    targets = {}
+    for i, w in enumerate(settings.webhooks):
+        values = w.model_dump(include=_TARGET_KEYS)
+        if w.format == "alertmanager":
+            values["url"] = alertmanager.alerts_url(w.url)
+        targets[w.name] = WebhookTarget(
+            **values,
             secrets=tuple(w.all_secrets()),
             events=frozenset(w.events or ()),
             headers=dict(w.headers),
+            format_settings=format_settings(w, i),
+        )
+    return targets
+
+
+def webhook_filters(settings: Settings, targets: dict[str, WebhookTarget]) -> list[WebhookFilter]:
+    """What each webhook takes: its event types, and its `workspaces` and `labels` filters (SPEC §15)."""
+    return [
+        WebhookFilter(
+            w.name,
+            targets[w.name].events,
+            None if w.workspaces is None else frozenset(w.workspaces),
+            dict(w.labels),
         )
         for w in settings.webhooks
-    }
+        if w.name in targets
+    ]
 
 
 def polling_policy(settings: Settings) -> PollingPolicy:
@@ -174,7 +217,7 @@ def workers(
             webhooks=(*targets, *((CALLBACK,) if callbacks is not None else ())),
         ),
     )
-    filters = [(t.name, t.events) for t in targets.values()]
+    filters = webhook_filters(s, targets)
     callback_default = frozenset(default_events(s.upstream.terminal_statuses))
 
     def route_event(event_type: str, watch: Watch) -> tuple[str, ...]:
@@ -220,3 +263,36 @@ def workers(
         learner=learner,
     )
     return delivery, scheduler
+
+
+def webhook_tester(
+    targets: dict[str, WebhookTarget], session: aiohttp.ClientSession, clock: Clock, rng: random.Random
+) -> Callable[[str], Awaitable[WebhookTestResult]]:
+    """What `POST /v1/webhooks/{name}/test` calls: send a `webhook.test` event to the named webhook now,
+    rendered in its format and signed like any delivery, without storing it; what the receiver said.
+
+    The event's `data` is the sample job.failed event's (a job, workspace, labels), so a format or a
+    template shows what a real alert looks like; `type` is `webhook.test` and its id is new every time.
+    """
+
+    sender = WebhookSender(session, clock)
+
+    async def test(name: str) -> WebhookTestResult:
+        target = targets[name]
+        now = clock.now()
+        event_id = str(uuid.UUID(int=rng.getrandbits(128), version=4))
+        payload = {**SAMPLE_EVENT.payload, "type": TEST_EVENT, "timestamp": iso_utc(now)}
+        event = Event(event_id, SAMPLE_EVENT.job_id, SAMPLE_EVENT.workspace, TEST_EVENT, now, payload)
+        delivery = Delivery(0, event, name, DeliveryState.PENDING, 0, now, now)
+        result = await sender.send(target, delivery)
+        log.info("webhook.tested", webhook=name, event_id=event_id, outcome=result.kind, reason=result.detail)
+        return WebhookTestResult(
+            webhook=name,
+            event_id=event_id,
+            delivered=result.kind is DeliveryOutcome.SUCCESS,
+            status_code=result.status_code,
+            detail=result.detail,
+            duration_s=result.duration_s,
+        )
+
+    return test

@@ -7,6 +7,8 @@ import json
 from typing import Any
 
 from watcher import strictjson
+from watcher.delivery import formats
+from watcher.delivery.formats import Rendered
 from watcher.delivery.target import WebhookTarget
 from watcher.models import Event
 
@@ -51,8 +53,17 @@ def slack_text(event: Event) -> str:
     return f"{_SLACK_ICONS.get(kind, ':information_source:')} {text}"
 
 
+def render(target: WebhookTarget, event: Event) -> Rendered:
+    """The exact bytes POSTed for `event` and their content type; `formats.RenderError` if the webhook's
+    format cannot render it (a template failing on this event's data)."""
+    if target.format in formats.RENDERERS:
+        return formats.render(target.format, event, target.format_settings)
+    return Rendered(render_body(target, event))
+
+
 def render_body(target: WebhookTarget, event: Event) -> bytes:
-    """The exact bytes POSTed for `event`; the same event always renders to the same bytes."""
+    """The exact bytes POSTed for `event` in format `standard` or `slack`; the same event always renders
+    to the same bytes."""
     doc: Any = {"text": slack_text(event)} if target.format == "slack" else event.payload
     # Sorted keys make the bytes (and so the signature) independent of how the payload was stored. Strict
     # JSON (RFC 8259) only: a payload stored before bodies were sanitised may still hold a NaN.

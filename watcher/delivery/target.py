@@ -6,6 +6,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
+from watcher.delivery.formats.base import FormatSettings
+
 
 def _url_origin(url: str) -> str:
     # Slack-style webhook URLs carry their secret in the path, so only scheme and host are ever shown.
@@ -21,7 +23,7 @@ class WebhookTarget:
     url: str = field(repr=False)
     secrets: tuple[str, ...] = field(repr=False)
     events: frozenset[str]
-    format: str = "standard"  # "standard" | "slack"
+    format: str = "standard"  # "standard" | "slack" | one of `watcher.delivery.formats.RENDERERS`
     timeout_s: float = 10.0
     max_attempts: int = 10
     retry_initial_s: float = 1.0
@@ -32,6 +34,8 @@ class WebhookTarget:
     breaker_open_s: float = 10.0
     breaker_open_max_s: float = 300.0
     max_delivery_age_s: float = 3 * 86400.0
+    # The format's own settings (SPEC §15); its repr hides the routing key and the template.
+    format_settings: FormatSettings = field(default_factory=FormatSettings, repr=False)
 
     def __repr__(self) -> str:
         return (

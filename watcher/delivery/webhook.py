@@ -13,7 +13,8 @@ import aiohttp
 
 from watcher import __version__
 from watcher.clock import Clock, SystemClock, parse_retry_after
-from watcher.delivery.bodies import one_line, render_body
+from watcher.delivery.bodies import one_line, render
+from watcher.delivery.formats import RenderError
 from watcher.delivery.guard import find_blocked
 from watcher.delivery.signing import HEADER_ID, HEADER_SIGNATURE, HEADER_TIMESTAMP, sign
 from watcher.delivery.target import WebhookTarget
@@ -46,26 +47,47 @@ class WebhookSender:
         self._session = session
         self._clock: Clock = clock if clock is not None else SystemClock()
 
-    def build_headers(self, target: WebhookTarget, delivery: Delivery, body: bytes) -> dict[str, str]:
-        """The request headers of one attempt, signature included (timestamp is taken now)."""
+    def build_headers(
+        self, target: WebhookTarget, delivery: Delivery, body: bytes, content_type: str = "application/json"
+    ) -> dict[str, str]:
+        """The request headers of one attempt, signature included when the target has a secret (the
+        timestamp is taken now)."""
         timestamp = int(self._clock.now())
         headers = dict(target.headers)
         # Our own headers win: a configured extra header must not be able to replace the signature.
         headers.update(
             {
-                "content-type": "application/json",
+                "content-type": content_type,
                 "user-agent": USER_AGENT,
                 HEADER_ID: delivery.event.id,
                 HEADER_TIMESTAMP: str(timestamp),
-                HEADER_SIGNATURE: sign(target.secrets, delivery.event.id, timestamp, body),
             }
         )
+        if (
+            target.secrets
+        ):  # only `standard` requires a secret: a Slack or Alertmanager receiver cannot verify
+            headers[HEADER_SIGNATURE] = sign(target.secrets, delivery.event.id, timestamp, body)
+        else:
+            headers.pop(HEADER_SIGNATURE, None)
         return headers
 
     async def send(self, target: WebhookTarget, delivery: Delivery) -> SendResult:
         """POST `delivery` to `target` once and say whether it succeeded, should be retried or is dead."""
-        body = render_body(target, delivery.event)
-        headers = self.build_headers(target, delivery, body)
+        start = self._clock.monotonic()
+        try:
+            if target.format == "template":
+                # An operator's template may run up to its time bound: off the event loop, so polls and the
+                # API go on meanwhile (the sandbox's step counter is per thread, so it holds there too).
+                rendered = await asyncio.to_thread(render, target, delivery.event)
+            else:
+                rendered = render(target, delivery.event)
+        except RenderError as exc:
+            # The same event through the same renderer fails the same way: dead at once, with the reason.
+            detail = f"render failed: {exc.reason}"
+            duration = self._clock.monotonic() - start
+            return SendResult(DeliveryOutcome.DEAD, None, None, detail, duration, DeadReason.RENDER_FAILED)
+        body = rendered.body
+        headers = self.build_headers(target, delivery, body, rendered.content_type)
         start = self._clock.monotonic()
         timeout = aiohttp.ClientTimeout(total=target.timeout_s)
         try:

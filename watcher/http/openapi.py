@@ -25,6 +25,7 @@ _REF = "#/components/schemas/{model}"
 _PATH_PARAMS: dict[str, dict[str, Any]] = {
     "job_id": {"type": "string", "format": "uuid", "pattern": UUID_PATTERN},
     "delivery_id": {"type": "integer", "minimum": 1, "maximum": MAX_DELIVERY_ID},
+    "name": {"type": "string", "pattern": r"^[A-Za-z0-9_.-]{1,64}$"},
 }
 _PROBLEM_TEXT = {
     400: "A bad field, named in `errors`, malformed JSON or a wrong Content-Type",
@@ -41,6 +42,8 @@ _PROBLEM_TEXT = {
 _OPERATION_TEXT: dict[str, dict[int, str]] = {
     "create_watch": {409: "The watch was deleted while it was being registered; register it again"},
     "retry_delivery": {409: "The delivery is not dead (or stopped being dead meanwhile)"},
+    "retry_deliveries": {404: "No webhook of that name"},
+    "test_webhook": {404: "No webhook of that name"},
 }
 _RETRY_AFTER = {
     "Retry-After": {"description": "Seconds to wait before retrying", "schema": {"type": "integer"}}

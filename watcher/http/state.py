@@ -7,7 +7,7 @@ passed in when the state is built; the supervisor's tasks stay with the supervis
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -17,6 +17,7 @@ from watcher.clock import Clock
 from watcher.config import Settings
 from watcher.health import StoreHealth
 from watcher.metrics import Metrics
+from watcher.models import WebhookTestResult
 from watcher.store.base import Store
 
 
@@ -49,6 +50,8 @@ class AppState:
     check_callback_url: Callable[[str], str | None] | None = None
     # The learnt job types (SPEC §12), one dict per type: workspace, name, samples, p50_s, p90_s, p99_s.
     job_types: Callable[[], list[dict[str, object]]] = list
+    # Sends a `webhook.test` event to the named webhook now and says what the receiver answered (SPEC §15).
+    test_webhook: Callable[[str], Awaitable[WebhookTestResult]] | None = None
 
     @property
     def ready(self) -> bool:

@@ -28,6 +28,7 @@ from watcher.http.v1.models import (
     WatchPageOut,
     WebhookListOut,
 )
+from watcher.http.v1.operations import BulkRetry, BulkRetryOut, WebhookTestOut, retry_deliveries, test_webhook
 from watcher.http.v1.watches import (
     create_watch,
     create_watches,
@@ -95,6 +96,15 @@ ROUTES: tuple[Route, ...] = (
     ),
     Route(
         "POST",
+        "/v1/deliveries/retry",
+        retry_deliveries,
+        "Replay dead deliveries in bulk",
+        {200: BulkRetryOut},
+        BulkRetry,
+        errors=(404,),
+    ),
+    Route(
+        "POST",
         "/v1/deliveries/{delivery_id}/retry",
         retry_delivery,
         "Replay a dead delivery",
@@ -102,6 +112,14 @@ ROUTES: tuple[Route, ...] = (
         errors=(404, 409),
     ),
     Route("GET", "/v1/webhooks", list_webhooks, "Webhooks and their circuit breakers", {200: WebhookListOut}),
+    Route(
+        "POST",
+        "/v1/webhooks/{name}/test",
+        test_webhook,
+        "Send a test event to a webhook now",
+        {200: WebhookTestOut},
+        errors=(404,),
+    ),
     Route("GET", "/v1/job-types", list_job_types, "Learnt job types and their durations", {200: JobTypesOut}),
 )
 
