@@ -50,7 +50,12 @@ def in_range(job_id: str, lo: str | None, hi: str | None) -> bool:
     return (lo is None or job_id > lo) and (hi is None or job_id <= hi)
 
 
-def range_wanted(regs: Sequence[Registration], lo: str | None, hi: str | None) -> dict[str, Registration]:
+# A bound of a job-id range `(lo, hi]`; None is open. What a source's range is synced to.
+Bound = str | None
+Regs = Sequence[Registration]
+
+
+def range_wanted(regs: Sequence[Registration], lo: Bound, hi: Bound) -> dict[str, Registration]:
     """The registrations of a `sync_source_range` by id (the first of an id wins), checked to lie in range."""
     wanted: dict[str, Registration] = {}
     for r in regs:
@@ -168,14 +173,7 @@ class Store(ABC):
 
     @abstractmethod
     async def sync_source_range(
-        self,
-        source: Source,
-        regs: Sequence[Registration],
-        lo: str | None,
-        hi: str | None,
-        now: float,
-        *,
-        remove: bool = True,
+        self, source: Source, regs: Regs, lo: Bound, hi: Bound, now: float, *, remove: bool = True
     ) -> SyncResult:
         """Make `source`'s watches with an id in `(lo, hi]` (a None bound is open) equal to `regs`.
 

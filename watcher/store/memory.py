@@ -23,11 +23,13 @@ from watcher.models import (
     Watch,
 )
 from watcher.store.base import (
+    Bound,
     DeliveryQuery,
     FailureNoted,
     JobTypeRow,
     MergeModel,
     RegisterResult,
+    Regs,
     StoreCounts,
     SyncResult,
     WatchPage,
@@ -129,14 +131,7 @@ class MemoryStore(MemoryHealth, IndexedStore):
         return results
 
     async def sync_source_range(
-        self,
-        source: Source,
-        regs: Sequence[Registration],
-        lo: str | None,
-        hi: str | None,
-        now: float,
-        *,
-        remove: bool = True,
+        self, source: Source, regs: Regs, lo: Bound, hi: Bound, now: float, *, remove: bool = True
     ) -> SyncResult:
         """Sync `source` over the id range `(lo, hi]`; counts are ids that joined, left or wait to leave."""
         bit = int(source)

@@ -33,9 +33,11 @@ from watcher.models import (
     Watch,
 )
 from watcher.store.base import (
+    Bound,
     DeliveryQuery,
     FailureNoted,
     RegisterResult,
+    Regs,
     Store,
     StoreCounts,
     SyncResult,
@@ -167,14 +169,7 @@ class PostgresStore(PgEndpoints, PgJobTypes, Store):
         return out
 
     async def sync_source_range(
-        self,
-        source: Source,
-        regs: Sequence[Registration],
-        lo: str | None,
-        hi: str | None,
-        now: float,
-        *,
-        remove: bool = True,
+        self, source: Source, regs: Regs, lo: Bound, hi: Bound, now: float, *, remove: bool = True
     ) -> SyncResult:
         """Sync `source` over the id range `(lo, hi]`; replicas syncing the same source take turns."""
         bit = int(source)

@@ -25,8 +25,10 @@ from watcher.clock import Clock, SystemClock
 from watcher.errors import StoreError
 from watcher.models import Callback, Event, Registration, SavedPoll, Source, Watch
 from watcher.store.base import (
+    Bound,
     FailureNoted,
     RegisterResult,
+    Regs,
     SyncResult,
     WatchPage,
     WatchQuery,
@@ -190,14 +192,7 @@ class SQLiteStore(SQLiteEndpoints, SQLiteOutbox, SQLiteJobTypes, IndexedStore):
         return results, [row[0] for row in inserts]
 
     async def sync_source_range(
-        self,
-        source: Source,
-        regs: Sequence[Registration],
-        lo: str | None,
-        hi: str | None,
-        now: float,
-        *,
-        remove: bool = True,
+        self, source: Source, regs: Regs, lo: Bound, hi: Bound, now: float, *, remove: bool = True
     ) -> SyncResult:
         """Sync `source` over the id range `(lo, hi]` in one write transaction (the primary key's range)."""
         bit = int(source)
