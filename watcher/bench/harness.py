@@ -64,28 +64,6 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def pin(pid: int, cpus: set[int]) -> bool:
-    """Run every thread of process `pid` on `cpus` only; False where the system cannot (not Linux, say)."""
-    try:
-        for tid in os.listdir(f"/proc/{pid}/task"):
-            os.sched_setaffinity(int(tid), cpus)
-    except (AttributeError, OSError):
-        return False
-    return True
-
-
-def split_cpus() -> tuple[set[int], set[int]] | None:
-    """Two disjoint CPU sets for a server and its clients, if this process may use two CPUs or more."""
-    try:
-        mine = sorted(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        return None
-    if len(mine) < 2:
-        return None
-    half = len(mine) // 2
-    return set(mine[half:]), set(mine[:half])
-
-
 def cpu_seconds(pid: int) -> float:
     """User plus system CPU time of a process so far, all its threads included."""
     with open(f"/proc/{pid}/stat", encoding="ascii") as fh:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import statistics
 import time
 
@@ -112,27 +111,23 @@ async def run(ctx: harness.Context) -> ScenarioResult:
             harness.daemon(ctx.workdir, config, port, name="throughput-daemon") as d,
             aiohttp.ClientSession() as s,
         ):
-            pinned = _pin(sim, d)
-            try:
-                await _warm_up(d, s, watches, warmup_s)
-                for k in range(pairs):
-                    d.pause()
-                    try:
-                        cpu0, t0 = sim.cpu_seconds(), time.monotonic()
-                        b_rate, b_us = await bare_client_rate(sim.url, ids, CONCURRENCY, 0.5, window_s)
-                        sim_bare.append((sim.cpu_seconds() - cpu0) / (time.monotonic() - t0))
-                    finally:
-                        d.resume()
-                    await asyncio.sleep(SETTLE_S)  # back to its steady state before the window opens
-                    d_rate, d_us, sim_share = await _daemon_window(d, s, sim, window_s)
-                    ctx.say(f"throughput: pair {k + 1}: bare {b_rate:,.0f}/s, daemon {d_rate:,.0f}/s")
-                    bare_rates.append(b_rate)
-                    bare_cpu.append(b_us)
-                    rates.append(d_rate)
-                    cpu.append(d_us)
-                    sim_daemon.append(sim_share)
-            finally:
-                _unpin()
+            await _warm_up(d, s, watches, warmup_s)
+            for k in range(pairs):
+                d.pause()
+                try:
+                    cpu0, t0 = sim.cpu_seconds(), time.monotonic()
+                    b_rate, b_us = await bare_client_rate(sim.url, ids, CONCURRENCY, 0.5, window_s)
+                    sim_bare.append((sim.cpu_seconds() - cpu0) / (time.monotonic() - t0))
+                finally:
+                    d.resume()
+                await asyncio.sleep(SETTLE_S)  # back to its steady state before the window opens
+                d_rate, d_us, sim_share = await _daemon_window(d, s, sim, window_s)
+                ctx.say(f"throughput: pair {k + 1}: bare {b_rate:,.0f}/s, daemon {d_rate:,.0f}/s")
+                bare_rates.append(b_rate)
+                bare_cpu.append(b_us)
+                rates.append(d_rate)
+                cpu.append(d_us)
+                sim_daemon.append(sim_share)
     ratios = [r / b for r, b in zip(rates, bare_rates, strict=True)]
     res.add("bare aiohttp loop (median)", statistics.median(bare_rates), "polls/s")
     res.add("daemon (median)", statistics.median(rates), "polls/s")
@@ -148,32 +143,7 @@ async def run(ctx: harness.Context) -> ScenarioResult:
         f" {window_s:g}s windows, the bare loop (GET, read, json.loads) first with the daemon paused;"
         " ratios of the pairs " + ", ".join(f"{r:.2f}" for r in ratios)
     )
-    res.notes.append(pinned)
     return res
-
-
-_ALL_CPUS: set[int] = set()
-
-
-def _pin(sim: harness.Child, d: harness.Daemon) -> str:
-    """The simulator on one half of the CPUs, the two clients (this process's bare loop and the daemon,
-    which take turns) on the other: neither side of a pair competes with the simulator for a core."""
-    halves = harness.split_cpus()
-    if halves is None:
-        return "not pinned: fewer than two CPUs available"
-    server, clients = halves
-    _ALL_CPUS.update(server | clients)
-    if not (
-        harness.pin(sim.pid, server) and harness.pin(d.pid, clients) and harness.pin(os.getpid(), clients)
-    ):
-        _unpin()
-        return "not pinned: CPU affinity is not available here"
-    return f"pinned: simulator on CPUs {sorted(server)}, bare loop and daemon on CPUs {sorted(clients)}"
-
-
-def _unpin() -> None:
-    if _ALL_CPUS:
-        harness.pin(os.getpid(), set(_ALL_CPUS))
 
 
 async def _warm_up(d: harness.Daemon, s: aiohttp.ClientSession, watches: int, warmup_s: float) -> None:
