@@ -1,7 +1,9 @@
-"""Fixtures shared by the integration tests: an open store of every kind."""
+"""Fixtures shared by the integration tests: an open store of every kind, a simulated upstream, a verifying
+receiver."""
 
 from __future__ import annotations
 
+import base64
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -9,12 +11,16 @@ import pytest
 
 from tests.support.pg_clock import FakeNowPostgresStore
 from tests.support.postgres import pg_schema
+from watcher.devtools.receiver import Receiver
+from watcher.devtools.simulate import Simulator
 from watcher.store.base import Store
 from watcher.store.memory import MemoryStore
 from watcher.store.postgres import PostgresStore
 from watcher.store.sqlite import SQLiteStore
 
 STORE_KINDS = ["memory", "sqlite", "postgres", "postgres-shared"]
+# The signing secret of the `receiver` fixture, for the daemons the tests configure (a test value).
+SECRET = "whsec_" + base64.b64encode(b"integration-test-secret").decode()
 
 
 def make_store(kind: str, tmp_path: Path) -> Store:
@@ -44,3 +50,19 @@ async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
     await s.open()
     yield s
     await s.close()
+
+
+@pytest.fixture
+async def sim() -> AsyncIterator[Simulator]:
+    s = Simulator(workspace_slug="acme")
+    await s.start()
+    yield s
+    await s.stop()
+
+
+@pytest.fixture
+async def receiver() -> AsyncIterator[Receiver]:
+    r = Receiver([SECRET])
+    await r.start()
+    yield r
+    await r.stop()

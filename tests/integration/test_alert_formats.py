@@ -49,14 +49,6 @@ class RawReceiver(Receiver):
 
 
 @pytest.fixture
-async def sim() -> AsyncIterator[Simulator]:
-    s = Simulator(workspace_slug="acme")
-    await s.start()
-    yield s
-    await s.stop()
-
-
-@pytest.fixture
 async def receivers() -> AsyncIterator[dict[str, RawReceiver]]:
     hooks = {name: RawReceiver() for name in ("pagerduty", "msteams", "discord", "alertmanager", "template")}
     for r in hooks.values():

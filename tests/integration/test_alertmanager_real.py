@@ -135,14 +135,6 @@ async def alertmanager(tmp_path: Path, notifications: Notifications) -> AsyncIte
         log.close()
 
 
-@pytest.fixture
-async def sim() -> AsyncIterator[Simulator]:
-    s = Simulator(workspace_slug="acme")
-    await s.start()
-    yield s
-    await s.stop()
-
-
 async def test_failures_reach_alertmanager_and_its_receiver_grouped_by_job_name(
     tmp_path: Path, sim: Simulator, alertmanager: str, notifications: Notifications
 ) -> None:

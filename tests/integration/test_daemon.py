@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import base64
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import aiohttp
@@ -12,6 +11,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 from structlog.testing import capture_logs
 
+from tests.integration.conftest import SECRET
 from tests.support import config
 from tests.support.daemon import InProcessDaemon
 from tests.support.eventually import eventually
@@ -24,24 +24,6 @@ from watcher.errors import StartupError, StoreError
 from watcher.models import Delivery
 from watcher.store.base import StoreCounts
 from watcher.store.sqlite import SQLiteStore
-
-SECRET = "whsec_" + base64.b64encode(b"daemon-integration-secret").decode()
-
-
-@pytest.fixture
-async def sim() -> AsyncIterator[Simulator]:
-    s = Simulator(workspace_slug="acme")
-    await s.start()
-    yield s
-    await s.stop()
-
-
-@pytest.fixture
-async def receiver() -> AsyncIterator[Receiver]:
-    r = Receiver([SECRET])
-    await r.start()
-    yield r
-    await r.stop()
 
 
 def settings_for(

@@ -5,7 +5,6 @@ webhooks test NAME` send a signed `webhook.test` event at once and answer the re
 from __future__ import annotations
 
 import asyncio
-import base64
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -13,6 +12,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from tests.integration.conftest import SECRET
 from tests.support import config
 from tests.support.daemon import InProcessDaemon
 from tests.support.eventually import eventually
@@ -20,24 +20,6 @@ from tests.support.ports import free_port
 from watcher.cli.client import client_main
 from watcher.devtools.receiver import Receiver
 from watcher.devtools.simulate import Simulator
-
-SECRET = "whsec_" + base64.b64encode(b"webhook-operations-secret").decode()
-
-
-@pytest.fixture
-async def sim() -> AsyncIterator[Simulator]:
-    s = Simulator(workspace_slug="acme")
-    await s.start()
-    yield s
-    await s.stop()
-
-
-@pytest.fixture
-async def receiver() -> AsyncIterator[Receiver]:
-    r = Receiver([SECRET])
-    await r.start()
-    yield r
-    await r.stop()
 
 
 @pytest.fixture
