@@ -223,11 +223,11 @@ def sim() -> Iterator[Sim]:
         _stop(proc)
 
 
-@pytest.fixture
-def receiver(tmp_path: Path) -> Iterator[Receiver]:
-    out = tmp_path / "received.jsonl"
+@contextlib.contextmanager
+def running_receiver(out: Path, secret: str) -> Iterator[Receiver]:
+    """The independent Standard Webhooks receiver in a subprocess, verifying with `secret` into `out`."""
     proc = subprocess.Popen(
-        [sys.executable, str(RECEIVER_SCRIPT), "--port", "0", "--secret", WEBHOOK_SECRET, "--out", str(out)],
+        [sys.executable, str(RECEIVER_SCRIPT), "--port", "0", "--secret", secret, "--out", str(out)],
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         text=True,
@@ -236,6 +236,12 @@ def receiver(tmp_path: Path) -> Iterator[Receiver]:
         yield Receiver(proc, _read_listening(proc), out)
     finally:
         _stop(proc)
+
+
+@pytest.fixture
+def receiver(tmp_path: Path) -> Iterator[Receiver]:
+    with running_receiver(tmp_path / "received.jsonl", WEBHOOK_SECRET) as r:
+        yield r
 
 
 def write_config(

@@ -9,8 +9,6 @@ registration is refused.
 from __future__ import annotations
 
 import base64
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,12 +17,10 @@ import aiohttp
 import pytest
 
 from tests.e2e.conftest import (
-    RECEIVER_SCRIPT,
     DaemonProc,
     Receiver,
     Sim,
-    _read_listening,
-    _stop,
+    running_receiver,
     write_config,
 )
 from tests.support.ports import free_port
@@ -38,17 +34,8 @@ HEADER = "Bearer e2e-cb-h3ader"
 @pytest.fixture
 def cb_receiver(tmp_path: Path) -> Iterator[Receiver]:
     """The independent receiver, verifying with the callbacks' secret."""
-    out = tmp_path / "callbacks.jsonl"
-    proc = subprocess.Popen(
-        [sys.executable, str(RECEIVER_SCRIPT), "--port", "0", "--secret", CB_SECRET, "--out", str(out)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
-    try:
-        yield Receiver(proc, _read_listening(proc), out)
-    finally:
-        _stop(proc)
+    with running_receiver(tmp_path / "callbacks.jsonl", CB_SECRET) as r:
+        yield r
 
 
 def with_callbacks(config: Path, allow: list[str]) -> Path:
