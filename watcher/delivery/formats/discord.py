@@ -21,16 +21,12 @@ from watcher.delivery.formats.grouping import GroupSummary
 from watcher.models import Event
 
 MAX_CONTENT: Final = 2000
-MAX_EMBEDS: Final = 10
 MAX_TITLE: Final = 256
 MAX_DESCRIPTION: Final = 4096
 MAX_FIELDS: Final = 25
-MAX_FIELD_NAME: Final = 256
-MAX_FIELD_VALUE: Final = 1024
-MAX_FOOTER: Final = 2048
-MAX_AUTHOR: Final = 256
 MAX_TOTAL: Final = 6000
-# Our own budgets, well inside Discord's, so that a whole embed stays under MAX_TOTAL by construction.
+# Our own budgets, well inside Discord's per-part limits (the docstring lists them, the tests check them),
+# so that a whole embed stays under MAX_TOTAL by construction.
 _ERROR, _LINE, _VALUE, _FOOTER = 1500, 250, 200, 120
 _COLORS: Final = {"success": 0x2EB67D, "error": 0xE01E5A, "warning": 0xECB22E, "info": 0x4A90D9}
 
@@ -136,14 +132,9 @@ def render_group(group: GroupSummary, settings: FormatSettings) -> Rendered:
 
 
 __all__ = [
-    "MAX_AUTHOR",
     "MAX_CONTENT",
     "MAX_DESCRIPTION",
-    "MAX_EMBEDS",
     "MAX_FIELDS",
-    "MAX_FIELD_NAME",
-    "MAX_FIELD_VALUE",
-    "MAX_FOOTER",
     "MAX_TITLE",
     "MAX_TOTAL",
     "embed_chars",

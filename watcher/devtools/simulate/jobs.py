@@ -72,14 +72,6 @@ class SimJob:
             self.updated_at = max(at, self.updated_at + 0.001)
 
 
-@dataclass(slots=True, frozen=True)
-class Workspace:
-    slug: str
-    id: str
-    token: str = field(repr=False)
-    api_key: str = field(repr=False)
-
-
 def _number(value: Any, name: str) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
         raise ValueError(f"{name}: expected a number >= 0")
@@ -153,11 +145,10 @@ class SimState:
         self.clock: Clock = clock if clock is not None else SystemClock()
         self.faults = faults if faults is not None else Faults()
         self.default_workspace = workspace_slug
-        self._workspaces: dict[str, Workspace] = {}
-        self._auth: dict[tuple[str, str], set[str]] = {}
+        self._workspaces: dict[str, str] = {}  # slug -> the workspaceId it reports
+        self._auth: dict[tuple[str, str], set[str]] = {}  # (token, api key) -> the slugs they open
         for slug, (tok, key) in {workspace_slug: (token, api_key), **(workspaces or {})}.items():
-            ws = Workspace(slug, str(uuid.uuid5(_WS_NAMESPACE, slug)), tok, key)
-            self._workspaces[slug] = ws
+            self._workspaces[slug] = str(uuid.uuid5(_WS_NAMESPACE, slug))
             self._auth.setdefault((tok, key), set()).add(slug)
         self.jobs: dict[str, SimJob] = {}
         self._log: deque[dict[str, Any]] = deque(maxlen=max_log)
@@ -183,7 +174,7 @@ class SimState:
 
     def workspace_id(self, slug: str) -> str:
         """The `workspaceId` the simulator reports for jobs of workspace `slug`."""
-        return self._workspaces[slug].id
+        return self._workspaces[slug]
 
     def add_job(
         self,
@@ -291,7 +282,7 @@ class SimState:
             "name": job.name,
             "status": job.status,
             "error": job.error,
-            "workspaceId": self._workspaces[job.workspace].id,
+            "workspaceId": self._workspaces[job.workspace],
         }
 
     def requests(self, job_id: str | None = None) -> list[dict[str, Any]]:

@@ -162,7 +162,7 @@ class Simulator(SimState):
             "name": "bench.job",
             "status": self.unknown_jobs,
             "error": None,
-            "workspaceId": self._workspaces[request.headers["x-workspace-slug"]].id,
+            "workspaceId": self._workspaces[request.headers["x-workspace-slug"]],
         }
         return web.Response(body=json.dumps(view).encode(), content_type="application/json")
 

@@ -14,7 +14,7 @@ import asyncio
 import json
 import logging
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -121,6 +121,15 @@ def parse_url(url: str) -> PgTarget:
         raise StoreError("store.url: the port is not a number") from None
     where = f"{parts.hostname or 'localhost'}:{port}{parts.path or '/'}"
     return PgTarget(dsn, schema, where)
+
+
+def columns(rows: Iterable[tuple[Any, ...]], width: int) -> list[list[Any]]:
+    """Rows as `width` column lists, the shape `unnest($1::text[], $2::…[], …)` takes (empty when no rows)."""
+    cols: list[list[Any]] = [[] for _ in range(width)]
+    for row in rows:
+        for col, value in zip(cols, row, strict=True):
+            col.append(value)
+    return cols
 
 
 def dumps(value: Any) -> str:

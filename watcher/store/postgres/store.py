@@ -46,7 +46,7 @@ from watcher.store.base import (
     range_wanted,
 )
 from watcher.store.postgres import sql as q
-from watcher.store.postgres.conn import PgPool, PgTarget, dumps, parse_url
+from watcher.store.postgres.conn import PgPool, PgTarget, columns, dumps, parse_url
 from watcher.store.postgres.endpoints import PgEndpoints
 from watcher.store.postgres.jobtypes import PgJobTypes
 from watcher.store.sql import (
@@ -117,10 +117,8 @@ class PostgresStore(PgEndpoints, PgJobTypes, Store):
         async def page(conn: asyncpg.Connection, last: str) -> list[Watch]:
             rows = await conn.fetch(q.RESTORE_PAGE, self._now(now), self.shared, last, _RESTORE_PAGE)
             watches = [q.watch_row(r) for r in rows]
-            bases, offsets = (
-                zip(*(self._at(first_due(w)) for w in watches), strict=True) if rows else ((), ())
-            )
-            await conn.execute(q.RESTORE_SET, [w.job_id for w in watches], list(bases), list(offsets))
+            due = columns(((w.job_id, *self._at(first_due(w))) for w in watches), 3)
+            await conn.execute(q.RESTORE_SET, *due)
             return watches
 
         last = ""
@@ -269,7 +267,7 @@ class PostgresStore(PgEndpoints, PgJobTypes, Store):
             ws = [by_key[k].watch for k in sorted(keys)]  # one lock order for every replica
             at = [self._at(w.next_poll_at) for w in ws]
             cols = [[getattr(w, c) for w in ws] for c in q.SAVE_FIELDS]
-            rows = await conn.fetch(q.SAVE_WATCHES, *cols, [a[0] for a in at], [a[1] for a in at])
+            rows = await conn.fetch(q.SAVE_WATCHES, *cols, *columns(at, 2))
             kept = {(r["job_id"], r["lease"]) for r in rows}
             events: dict[str, tuple[Event, tuple[str, ...], Callback | None]] = {}
             for k in keys:  # the callers' order: events of one job keep the order they happened
@@ -297,12 +295,9 @@ class PostgresStore(PgEndpoints, PgJobTypes, Store):
             r["id"]
             for r in await conn.fetch(
                 q.INSERT_EVENTS,
-                [e.id for e in evs],
-                [e.job_id for e in evs],
-                [e.workspace for e in evs],
-                [e.type for e in evs],
-                [e.created_at for e in evs],
-                [dumps(e.payload) for e in evs],
+                *columns(
+                    ((e.id, e.job_id, e.workspace, e.type, e.created_at, dumps(e.payload)) for e in evs), 6
+                ),
             )
         }
         rows = [
