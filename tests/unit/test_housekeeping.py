@@ -7,10 +7,11 @@ import asyncio
 import random
 from collections.abc import Callable
 
+import pytest
 from prometheus_client import CollectorRegistry
 
 from tests.support.eventually import eventually
-from watcher.daemon.housekeeping import MIN_PAUSE_S, Housekeeping
+from watcher.daemon.housekeeping import MAX_STALE_S, MIN_PAUSE_S, ROUND_BUDGET, Housekeeping, pause_after
 from watcher.devtools.clock import ManualClock
 from watcher.health import StoreHealth
 from watcher.metrics import Metrics
@@ -70,3 +71,12 @@ async def test_rounds_follow_the_injected_clock_and_pause() -> None:
 
 def test_the_default_pause_is_unchanged() -> None:
     assert MIN_PAUSE_S == 1.0
+
+
+def test_a_slow_recount_pauses_fifty_times_as_long_within_the_staleness_bound() -> None:
+    """The recount's share of a core: ~2 % while the gauges stay fresher than MAX_STALE_S, ~10 % at worst."""
+    assert pause_after(0.001) == MIN_PAUSE_S  # a small store: the floor
+    assert pause_after(0.1) == pytest.approx(0.1 / ROUND_BUDGET)  # a million watches: 5 s, 2 %
+    assert pause_after(1.0) == MAX_STALE_S  # slower than that: the gauges' staleness bound wins
+    assert pause_after(10.0) == 100.0  # and past it, never more than a tenth of the time
+    assert pause_after(0.001, min_pause_s=10.0) == 10.0

@@ -19,10 +19,19 @@ from watcher.store.base import Store
 
 log = structlog.get_logger("watcher.daemon")
 
-# A round never pauses less than this (the default of `min_pause_s`); and never less than ten times what
-# the round took, so that the aggregates (not free over a million watches) take at most about a tenth of
-# the time.
+# A round never pauses less than this (the default of `min_pause_s`).
 MIN_PAUSE_S = 1.0
+# The aggregates are not free over a million watches (a scan of the watch table), and they are paid every
+# round whether or not polls are due, so they set the idle CPU and, at a steady rate, a share of the CPU
+# per poll. A round pauses fifty times as long as it took (the recount costs about 2 % of a core), unless
+# that would leave the gauges staler than MAX_STALE_S; and never less than ten times (at most ~10 %).
+ROUND_BUDGET = 0.02
+MAX_STALE_S = 30.0
+
+
+def pause_after(took: float, min_pause_s: float = MIN_PAUSE_S) -> float:
+    """How long housekeeping waits after a round that took `took` seconds."""
+    return max(min_pause_s, 10 * took, min(took / ROUND_BUDGET, MAX_STALE_S))
 
 
 class Housekeeping(StoreLoop):
@@ -73,7 +82,7 @@ class Housekeeping(StoreLoop):
         Stale gauges are no reason to stop the daemon: a failed round is logged (`housekeeping.failed`),
         counted and tried again.
         """
-        await self.run_rounds(stop, self._round, lambda took: max(self._min_pause_s, 10 * took))
+        await self.run_rounds(stop, self._round, lambda took: pause_after(took, self._min_pause_s))
 
     async def _round(self) -> None:
         now = self._clock.now()
