@@ -10,9 +10,10 @@ One daemon runs for `--duration-s` (10 minutes by default) while, all at the sam
 - the upstream answers with a steady trickle of faults, and once a minute a burst of 5xx.
 
 Every minute (every few seconds with `--quick`) it samples the daemon's RSS and open descriptors (from
-`/proc`), its asyncio task count (`watcher_event_loop_tasks`) and the store's size on disk. The first sample
-after the warm-up is the reference: later samples must stay within 10 % of its RSS and within 5 of its
-descriptors. At the end the load stops and every finished job must reach the healthy webhook.
+`/proc`; each the median of twelve readings spread over the minute, see `_sample`), its asyncio task count
+(`watcher_event_loop_tasks`) and the store's size on disk. The first sample after the warm-up is the
+reference: later samples must stay within 10 % of its RSS and within 5 of its descriptors. At the end the
+load stops and every finished job must reach the healthy webhook.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import asyncio
 import contextlib
 import os
 import random
+import statistics
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -36,6 +38,7 @@ from watcher.devtools.receiver import Receiver
 
 RSS_TOLERANCE_PCT = 10.0
 FD_TOLERANCE = 5
+READINGS = 12  # readings of RSS and descriptors per sample, spread over its period
 TERMINAL = ("success", "failed")
 
 
@@ -48,6 +51,7 @@ class Sample:
     fds: int
     tasks: float | None
     store_bytes: int | None
+    fds_max: int = 0  # the most descriptors of one reading within the sample
 
 
 @dataclass
@@ -179,12 +183,26 @@ async def _flaky(flaky: Receiver, deadline: float) -> None:
         flaky.set_status(None)
 
 
-async def _sample(d: harness.Daemon, session: aiohttp.ClientSession, store_url: str, t0: float) -> Sample:
-    rss, _peak = d.memory()
+async def _sample(
+    d: harness.Daemon, session: aiohttp.ClientSession, store_url: str, t0: float, period_s: float
+) -> Sample:
+    """One sample over the next `period_s`: the median of READINGS readings of RSS and descriptors spread
+    over it, then the task count and store size at its end.
+
+    One reading alone says more about the moment than about the trend: the upstream connection pool
+    shrinks by a dozen after a fault burst (the simulator resets connections, idle ones time out) and
+    refills within seconds. A leak moves the median; a pool refilling does not.
+    """
+    readings: list[tuple[int, int]] = []
+    for _ in range(READINGS):
+        await asyncio.sleep(period_s / READINGS)
+        readings.append((d.memory()[0], open_fds(d.pid)))
     tasks: float | None = None
     with contextlib.suppress(aiohttp.ClientError, TimeoutError):
         tasks = (await d.metrics(session)).get("watcher_event_loop_tasks")
-    return Sample(time.monotonic() - t0, rss, open_fds(d.pid), tasks, store_bytes(store_url))
+    rss = int(statistics.median(r for r, _ in readings))
+    fds = int(statistics.median(f for _, f in readings))
+    return Sample(time.monotonic() - t0, rss, fds, tasks, store_bytes(store_url), max(f for _, f in readings))
 
 
 def _report(res: ScenarioResult, samples: list[Sample], ref: Sample, load: Load) -> None:
@@ -197,6 +215,7 @@ def _report(res: ScenarioResult, samples: list[Sample], ref: Sample, load: Load)
     res.add("RSS, largest change after warm-up", rss_dev, "%", at_most=RSS_TOLERANCE_PCT)
     res.add("descriptors after warm-up", ref.fds)
     res.add("descriptors, largest change after warm-up", fd_dev, at_most=FD_TOLERANCE + 1)
+    res.add("descriptors, most in one reading after warm-up", max(s.fds_max for s in after))
     if ref.tasks is not None and after[-1].tasks is not None:
         res.add("asyncio tasks after warm-up", ref.tasks)
         res.add("asyncio tasks at the end", after[-1].tasks)
@@ -211,8 +230,8 @@ def _report(res: ScenarioResult, samples: list[Sample], ref: Sample, load: Load)
         tasks = "-" if s.tasks is None else f"{s.tasks:.0f}"
         size = "-" if s.store_bytes is None else f"{s.store_bytes / 2**20:.1f} MiB"
         res.notes.append(
-            f"t={s.t:6.0f}s  RSS {s.rss / 2**20:6.1f} MiB  fds {s.fds:4d}  tasks {tasks:>5}  store {size}"
-            + ("  <- reference (end of warm-up)" if s is ref else "")
+            f"t={s.t:6.0f}s  RSS {s.rss / 2**20:6.1f} MiB  fds {s.fds:4d} (max {s.fds_max:4d})"
+            f"  tasks {tasks:>5}  store {size}" + ("  <- reference (end of warm-up)" if s is ref else "")
         )
     res.notes.extend(f"load step failed (noted, the run went on): {e}" for e in load.errors)
 
@@ -290,8 +309,7 @@ async def run(ctx: harness.Context) -> ScenarioResult:
                 ]
                 try:
                     while (now := time.monotonic()) < deadline:
-                        await asyncio.sleep(min(every, deadline - now))
-                        samples.append(await _sample(d, session, store_url, t0))
+                        samples.append(await _sample(d, session, store_url, t0, min(every, deadline - now)))
                         s = samples[-1]
                         ctx.say(
                             f"soak: t={s.t:.0f}s RSS {s.rss / 2**20:.1f} MiB, {s.fds} fds, tasks {s.tasks},"
