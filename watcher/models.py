@@ -262,6 +262,9 @@ class Delivery:
     delivered_at: float | None = None
     lease: int = 0
     callback: Callback | None = None  # set when `webhook` is CALLBACK: the watch's callback when it happened
+    # A grouped message (`group_window_s`, SPEC §15): every member claimed with this one (itself included),
+    # which go out as one message and share its outcome. Empty for a delivery sent on its own.
+    group: tuple[Delivery, ...] = ()
 
     @property
     def endpoint(self) -> str:

@@ -16,7 +16,7 @@ from collections.abc import Callable, Collection, Sequence
 import asyncpg  # type: ignore[import-untyped]
 
 from watcher.models import Delivery, Registration, Source, Watch
-from watcher.store.base import FailureNoted, RegisterResult, SyncResult
+from watcher.store.base import FailureNoted, GroupClaim, RegisterResult, SyncResult
 from watcher.store.postgres import PostgresStore
 from watcher.store.postgres.conn import PgPool, dumps, migrate
 
@@ -136,6 +136,12 @@ class FakeNowPostgresStore(PostgresStore):
     ) -> list[Delivery]:
         await self.at(now)
         return await super().claim_deliveries(now, limit, lease_s, exclude)
+
+    async def claim_group(
+        self, webhook: str, now: float, window_s: float, limit: int, lease_s: float
+    ) -> GroupClaim:
+        await self.at(now)
+        return await super().claim_group(webhook, now, window_s, limit, lease_s)
 
     async def retry_delivery(self, delivery_id: int, now: float) -> bool:
         await self.at(now)

@@ -129,6 +129,48 @@ class FailureNoted:
     quarantined: bool = False
 
 
+@dataclass(slots=True, frozen=True)
+class GroupClaim:
+    """What `Store.claim_group` did for one webhook: the members it claimed under one lease, or, when it
+    claimed none, when the open window of the waiting deliveries closes (None: none are waiting)."""
+
+    members: list[Delivery]
+    window_closes_at: float | None = None
+
+
+@dataclass(slots=True, frozen=True)
+class GroupPlan:
+    """What a backend found among one webhook's claimable pair heads, for `pick_group` to decide on."""
+
+    retry: tuple[int, float] | None  # (attempts, next_attempt_at) of the earliest due head retried before
+    fresh_since: float | None  # the earliest `next_attempt_at` among the due heads never attempted
+
+
+@dataclass(slots=True, frozen=True)
+class GroupKey:
+    """Which heads one group claim takes: those with `attempts`, and `next_attempt_at` equal to `at`
+    (a group retried together) or, with `at` None, every due one (a fresh window that closed)."""
+
+    attempts: int
+    at: float | None
+
+
+def pick_group(plan: GroupPlan, now: float, window_s: float) -> GroupKey | float | None:
+    """The group to claim now, else when the open window closes (a float), else None (nothing waits).
+
+    A group that failed together was written back with one update, so its members share their attempt
+    count and retry time: they are claimed together again, whatever came in meanwhile (which waits in a
+    window of its own). Never-attempted heads form a tumbling window that opens at the earliest of them and
+    closes `window_s` later; then every one of them that is due goes.
+    """
+    if plan.retry is not None:
+        return GroupKey(*plan.retry)
+    if plan.fresh_since is None:
+        return None
+    closes = plan.fresh_since + window_s
+    return GroupKey(0, None) if closes <= now else closes
+
+
 class Store(ABC):
     """Durable state of the daemon: watches, their events (the outbox) and deliveries."""
 
@@ -287,6 +329,23 @@ class Store(ABC):
         webhook's name, a callback's `scheme://host:port`) are left where they are: their endpoint's
         breaker is open, or all its slots are busy.
         """
+
+    @abstractmethod
+    async def claim_group(
+        self, webhook: str, now: float, window_s: float, limit: int, lease_s: float
+    ) -> GroupClaim:
+        """Claim one group of `webhook`'s deliveries (`group_window_s`, SPEC §15) under one new lease.
+
+        Only pair heads are eligible, as in `claim_deliveries`, so a job's later event never joins a group
+        before its earlier one is finished; which heads form the group is `pick_group`'s rule, at most
+        `limit` of them, oldest first. A webhook whose endpoint is open is left alone. Nothing claimed:
+        `window_closes_at` says when the waiting heads' window closes.
+        """
+
+    @abstractmethod
+    async def finish_group(self, members: Sequence[Delivery], update: DeliveryUpdate) -> int:
+        """Record one attempt's outcome on every member of a group, each fenced by its lease as in
+        `finish_delivery`, in one transaction; how many were written."""
 
     @abstractmethod
     async def next_delivery_at(self) -> float | None:

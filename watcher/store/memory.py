@@ -37,6 +37,7 @@ from watcher.store.base import (
     range_wanted,
 )
 from watcher.store.indexed import IndexedStore
+from watcher.store.memory_groups import MemoryGroups
 from watcher.store.memory_health import MemoryHealth
 from watcher.store.memory_ranges import SourceRanges
 
@@ -74,7 +75,7 @@ def _apply_poll(stored: Watch, polled: Watch) -> None:
     stored.upstream_updated_at = polled.upstream_updated_at
 
 
-class MemoryStore(MemoryHealth, IndexedStore):
+class MemoryStore(MemoryHealth, MemoryGroups, IndexedStore):
     """Every watch, event and delivery in dicts; a `DueIndex` schedules the watches."""
 
     def __init__(self) -> None:

@@ -41,6 +41,8 @@ _DELIVERY_COLS = (
     "d.id, d.webhook, d.state, d.attempts, d.next_attempt_at, d.created_at, d.last_error, d.delivered_at,"
     f" d.lease, d.callback, {_EVENT_COLS}"
 )
+DELIVERY_COLS = _DELIVERY_COLS
+NOW = _NOW  # the database's now, in epoch seconds
 DELIVERY_SELECT = f"SELECT {_DELIVERY_COLS} FROM deliveries d JOIN events e ON e.id = d.event_id"  # noqa: S608
 
 # Scoped to the schema, so independent watchers sharing a database never wait on each other.

@@ -48,6 +48,7 @@ from watcher.store.base import (
 from watcher.store.postgres import sql as q
 from watcher.store.postgres.conn import PgPool, PgTarget, columns, dumps, parse_url
 from watcher.store.postgres.endpoints import PgEndpoints
+from watcher.store.postgres.groups import PgGroups
 from watcher.store.postgres.jobtypes import PgJobTypes
 from watcher.store.sql import (
     DELIVERIES_BY_WEBHOOK,
@@ -60,7 +61,7 @@ from watcher.store.sql import (
 _RESTORE_PAGE = 5000
 
 
-class PostgresStore(PgEndpoints, PgJobTypes, Store):
+class PostgresStore(PgEndpoints, PgGroups, PgJobTypes, Store):
     """A store shared by every replica: leased claims, fenced writes, the database's clock; its endpoint
     health is `PgEndpoints`'s, its job types `PgJobTypes`'s."""
 

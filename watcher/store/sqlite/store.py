@@ -39,6 +39,7 @@ from watcher.store.indexed import IndexedStore
 from watcher.store.sql import LIST_STATUS_SQL
 from watcher.store.sqlite.connection import Connections, select
 from watcher.store.sqlite.endpoints import SQLiteEndpoints
+from watcher.store.sqlite.groups import SQLiteGroups
 from watcher.store.sqlite.health import begin_immediate
 from watcher.store.sqlite.jobtypes import SQLiteJobTypes
 from watcher.store.sqlite.outbox import SQLiteOutbox
@@ -60,7 +61,7 @@ _RESTORE_PAGE = 5000
 _REGISTER_CHUNK = 250
 
 
-class SQLiteStore(SQLiteEndpoints, SQLiteOutbox, SQLiteJobTypes, IndexedStore):
+class SQLiteStore(SQLiteEndpoints, SQLiteOutbox, SQLiteGroups, SQLiteJobTypes, IndexedStore):
     """The default store: a WAL-mode SQLite file and an in-memory due index; its events and deliveries are
     `SQLiteOutbox`'s, its job types `SQLiteJobTypes`'s."""
 
