@@ -45,6 +45,7 @@ from watcher.store.faults import StoreFault
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 _LAG_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 900.0, 3600.0)
+_GROUP_BUCKETS = (1, 2, 5, 10, 25, 50, 100, 250, 500, 1000)
 # The `status` labels of `watcher_watched_jobs`: every grown status is `other` (SPEC §2), a label never
 # carries what the upstream made up.
 WATCH_STATUSES: tuple[str, ...] = (*UNFINISHED_STATUSES, OTHER_LABEL)
@@ -268,6 +269,13 @@ class Metrics:
             "Duration of webhook delivery attempts.",
             ["webhook"],
             buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.group_members = Histogram(
+            "watcher_webhook_group_members",
+            "Members (events) of each grouped message sent (group_window_s), by webhook.",
+            ["webhook"],
+            buckets=_GROUP_BUCKETS,
             registry=r,
         )
         self.endpoint_open = Gauge(

@@ -102,3 +102,46 @@ def test_routing_filters(tmp_path: Path) -> None:
     assert problems(tmp_path, format="slack", url=UP, workspaces=[])[0].startswith("webhooks[0].workspaces:")
     typo = problems(tmp_path, format="slack", url=UP, workspaces=["acme", "acm"])
     assert typo == ["webhooks[0].workspaces[1]: unknown workspace 'acm'"]
+
+
+@pytest.mark.parametrize(
+    ("fmt", "extra"),
+    [("slack", {}), ("msteams", {}), ("discord", {}), ("pagerduty", {"routing_key": KEY})],
+)
+def test_group_window_on_the_chat_and_pager_formats(tmp_path: Path, fmt: str, extra: dict[str, Any]) -> None:
+    """group_window_s (default 0, off) reaches the target on the formats that group (SPEC §15)."""
+    assert load(tmp_path, format=fmt, url=UP, **extra).webhooks[0].group_window_s == 0
+    settings = load(tmp_path, format=fmt, url=UP, group_window_s=30, **extra)
+    [target] = webhook_targets(settings).values()
+    assert target.group_window_s == 30.0
+    assert "group_window_s = 30.0" in render_config(settings)
+
+
+@pytest.mark.parametrize(
+    ("fmt", "extra"),
+    [
+        ("standard", {"secret": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"}),
+        ("alertmanager", {}),
+        ("template", {"template": "{}"}),
+    ],
+)
+def test_group_window_refused_where_each_event_is_its_own_request(
+    tmp_path: Path, fmt: str, extra: dict[str, Any]
+) -> None:
+    """standard, alertmanager and template send one event per request: a window is a config error naming
+    the key; 0 is accepted (it is the default)."""
+    [problem] = problems(tmp_path, format=fmt, url=UP, group_window_s=5, **extra)
+    assert problem.startswith(
+        "webhooks[0].group_window_s: only for formats slack, msteams, discord, pagerduty"
+    )
+    assert load(tmp_path, format=fmt, url=UP, group_window_s=0, **extra).webhooks[0].group_window_s == 0
+
+
+def test_group_window_bounds(tmp_path: Path) -> None:
+    """Not negative, at most an hour, and shorter than max_delivery_age_s."""
+    for bad in (-1, 3601):
+        assert problems(tmp_path, format="slack", url=UP, group_window_s=bad)[0].startswith(
+            "webhooks[0].group_window_s:"
+        )
+    short = problems(tmp_path, format="slack", url=UP, group_window_s=60, max_delivery_age_s=60)
+    assert short[0] == "webhooks[0].group_window_s: must be less than max_delivery_age_s"

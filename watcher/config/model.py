@@ -176,6 +176,11 @@ class WatchlistConfig(_Section):
         return self
 
 
+# The formats that may group events into one message (`group_window_s`, SPEC §15), and the longest window.
+GROUPED_FORMATS = ("slack", "msteams", "discord", "pagerduty")
+GROUP_WINDOW_MAX_S = 3600.0
+
+
 class WebhookConfig(_Section, EndpointKeys, SigningSecrets):
     """One webhook receiver; its URL comes only from the config, never from API clients."""
 
@@ -203,6 +208,8 @@ class WebhookConfig(_Section, EndpointKeys, SigningSecrets):
     template_file: Path | None = None
     content_type: str = "application/json"
     alert_duration_s: PositiveSeconds = 3600.0
+    # One message per window for the chat and pager formats (SPEC §15); 0: one message per event.
+    group_window_s: float = Field(default=0.0, ge=0, le=GROUP_WINDOW_MAX_S, allow_inf_nan=False)
     # Routing filters beside `events` (SPEC §15): the watch's workspace is one of these; every label matches.
     workspaces: list[str] | None = Field(default=None, min_length=1)
     labels: dict[str, str] = {}
@@ -231,6 +238,14 @@ class WebhookConfig(_Section, EndpointKeys, SigningSecrets):
             raise problem(("template",), "required for format 'template' (or set template_file)")
         if self.format != "template" and self.template is not None:
             raise problem(("template",), "only for format 'template'")
+        if self.group_window_s > 0 and self.format not in GROUPED_FORMATS:
+            formats = ", ".join(GROUPED_FORMATS)
+            raise problem(
+                ("group_window_s",),
+                f"only for formats {formats}; format {self.format!r} sends one event per request",
+            )
+        if self.group_window_s >= self.max_delivery_age_s:
+            raise problem(("group_window_s",), "must be less than max_delivery_age_s")
         if not _MEDIA_TYPE_RE.fullmatch(self.content_type):
             raise problem(("content_type",), "is not a media type (type/subtype)")
         return self

@@ -43,7 +43,7 @@ TEST_EVENT = "webhook.test"
 # What a webhook's target and the polling policy take from their sections as they are; the rest is converted.
 _TARGET_KEYS = {
     "name", "url", "format", "timeout_s", "max_attempts", "retry_initial_s", "retry_max_s", "concurrency",
-    "breaker_failures", "breaker_open_s", "breaker_open_max_s", "max_delivery_age_s",
+    "breaker_failures", "breaker_open_s", "breaker_open_max_s", "max_delivery_age_s", "group_window_s",
 }  # fmt: skip
 _CALLBACK_KEYS = {
     "timeout_s", "max_attempts", "retry_initial_s", "retry_max_s", "breaker_failures", "breaker_open_s",

@@ -10,7 +10,7 @@ from watcher import strictjson
 from watcher.delivery import formats
 from watcher.delivery.formats import Rendered
 from watcher.delivery.target import WebhookTarget
-from watcher.models import Event
+from watcher.models import Delivery, Event
 
 _MAX_TEXT_DETAIL = 300
 
@@ -51,6 +51,21 @@ def slack_text(event: Event) -> str:
     if labels:
         text += " [" + ", ".join(f"{k}={one_line(v, 80)}" for k, v in sorted(labels.items())) + "]"
     return f"{_SLACK_ICONS.get(kind, ':information_source:')} {text}"
+
+
+def message_id(delivery: Delivery) -> str:
+    """The message's `webhook-id`: the event's id, or for a grouped message one derived from its members'
+    event ids alone (the same members make the same id, on every retry and after a restart)."""
+    if delivery.group:
+        return formats.group_id(m.event.id for m in delivery.group)
+    return delivery.event.id
+
+
+def render_delivery(target: WebhookTarget, delivery: Delivery) -> Rendered:
+    """The exact bytes POSTed for `delivery`: its event's body, or its group's summary (SPEC §15)."""
+    if delivery.group:
+        return formats.render_group(target.format, [m.event for m in delivery.group], target.format_settings)
+    return render(target, delivery.event)
 
 
 def render(target: WebhookTarget, event: Event) -> Rendered:

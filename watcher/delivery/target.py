@@ -34,6 +34,8 @@ class WebhookTarget:
     breaker_open_s: float = 10.0
     breaker_open_max_s: float = 300.0
     max_delivery_age_s: float = 3 * 86400.0
+    # > 0: the events waiting for this webhook go out as one message per window (SPEC §15).
+    group_window_s: float = 0.0
     # The format's own settings (SPEC §15); its repr hides the routing key and the template.
     format_settings: FormatSettings = field(default_factory=FormatSettings, repr=False)
 
@@ -46,5 +48,5 @@ class WebhookTarget:
             f"retry_max_s={self.retry_max_s}, headers={sorted(self.headers)!r}, "
             f"concurrency={self.concurrency}, breaker_failures={self.breaker_failures}, "
             f"breaker_open_s={self.breaker_open_s}, breaker_open_max_s={self.breaker_open_max_s}, "
-            f"max_delivery_age_s={self.max_delivery_age_s})"
+            f"max_delivery_age_s={self.max_delivery_age_s}, group_window_s={self.group_window_s})"
         )

@@ -13,7 +13,7 @@ import aiohttp
 
 from watcher import __version__
 from watcher.clock import Clock, SystemClock, parse_retry_after
-from watcher.delivery.bodies import one_line, render
+from watcher.delivery.bodies import message_id, one_line, render, render_delivery
 from watcher.delivery.formats import RenderError
 from watcher.delivery.guard import find_blocked
 from watcher.delivery.signing import HEADER_ID, HEADER_SIGNATURE, HEADER_TIMESTAMP, sign
@@ -59,14 +59,14 @@ class WebhookSender:
             {
                 "content-type": content_type,
                 "user-agent": USER_AGENT,
-                HEADER_ID: delivery.event.id,
+                HEADER_ID: message_id(delivery),
                 HEADER_TIMESTAMP: str(timestamp),
             }
         )
         if (
             target.secrets
         ):  # only `standard` requires a secret: a Slack or Alertmanager receiver cannot verify
-            headers[HEADER_SIGNATURE] = sign(target.secrets, delivery.event.id, timestamp, body)
+            headers[HEADER_SIGNATURE] = sign(target.secrets, headers[HEADER_ID], timestamp, body)
         else:
             headers.pop(HEADER_SIGNATURE, None)
         return headers
@@ -80,7 +80,7 @@ class WebhookSender:
                 # API go on meanwhile (the sandbox's step counter is per thread, so it holds there too).
                 rendered = await asyncio.to_thread(render, target, delivery.event)
             else:
-                rendered = render(target, delivery.event)
+                rendered = render_delivery(target, delivery)
         except RenderError as exc:
             # The same event through the same renderer fails the same way: dead at once, with the reason.
             detail = f"render failed: {exc.reason}"

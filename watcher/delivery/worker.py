@@ -21,6 +21,8 @@ from watcher.containment import as_store_error, describe, safe_line
 from watcher.delivery.breaker import Admission, BreakerPolicy, Breakers
 from watcher.delivery.callbacks import CallbackTargets
 from watcher.delivery.expiry import SWEEP_S, expire_old, too_old
+from watcher.delivery.grouped import claim_groups, grouped, split
+from watcher.delivery.outcomes import record_outcome
 from watcher.delivery.retry import next_update
 from watcher.delivery.slots import EndpointSlots
 from watcher.delivery.target import WebhookTarget
@@ -93,6 +95,9 @@ class DeliveryWorker(StoreLoop):
         self._claim_max = max([1, *budgets])  # the largest claim (see `_claim_and_start`)
         self._stopping = False
         self._swept_at: float | None = None  # monotonic time of the last `max_delivery_age_s` sweep
+        # Webhooks that send one message per window (SPEC §15): claimed by `claim_groups`, never one by one.
+        self._grouped = grouped(self._targets.values())
+        self._grouped_names = {t.name for t in self._grouped}
 
     def wake(self) -> None:
         """Look for new deliveries at once (called by the scheduler after it saved events)."""
@@ -172,14 +177,23 @@ class DeliveryWorker(StoreLoop):
         if self._breakers is not None:
             await self._breakers.refresh()
             exclude |= self._breakers.excluded(now)
-        if exclude:
-            claimed = await self._store.claim_deliveries(now, room, self._lease_s, exclude)
+        skip = exclude | self._grouped_names
+        if skip:
+            claimed = await self._store.claim_deliveries(now, room, self._lease_s, skip)
         else:
             claimed = await self._store.claim_deliveries(now, room, self._lease_s)
+        closes = None
+        if self._grouped:
+            left = room - len(claimed)
+            groups, closes = await claim_groups(self._store, self._grouped, exclude, now, self._lease_s, left)
+            claimed += groups
         self._health.ok(self.name)
         for delivery in claimed:
             await self._start(delivery, now)
-        return len(claimed), await self._delay(len(claimed), room, now)
+        delay = await self._delay(len(claimed), room, now)
+        if closes is not None:  # a grouped webhook's window closes then
+            delay = max(0.0, closes - now) if delay is None else min(delay, max(0.0, closes - now))
+        return len(claimed), delay
 
     async def _delay(self, claimed: int, room: int, now: float) -> float | None:
         """How long to wait after a claim of `claimed` in `room` (None: until something happens)."""
@@ -211,7 +225,14 @@ class DeliveryWorker(StoreLoop):
         if isinstance(target, str):
             await self._finish_dead(delivery, now, DeadReason.BLOCKED_ADDRESS, target)
             return
-        if now - delivery.created_at > target.max_delivery_age_s:
+        if delivery.group:  # a grouped message: its members too old are dead, the others go
+            fresh, old = split(delivery, lambda m: now - m.created_at <= target.max_delivery_age_s)
+            if old is not None:
+                await self._finish_dead(old, now, DeadReason.MAX_AGE, too_old(target))
+            if fresh is None:
+                return
+            delivery = fresh
+        elif now - delivery.created_at > target.max_delivery_age_s:
             await self._finish_dead(delivery, now, DeadReason.MAX_AGE, too_old(target))
             return
         endpoint = delivery.endpoint
@@ -338,7 +359,7 @@ class DeliveryWorker(StoreLoop):
                 log.warning("breaker.record_failed", webhook=target.name, error=describe(exc))
         kept = await self._finish(delivery, update)
         if kept is not None:
-            self._record(delivery, update, result, now, kept)
+            record_outcome(self._metrics, delivery, update, result, now, kept)
 
     async def _finish(self, delivery: Delivery, update: DeliveryUpdate) -> bool | None:
         """Record an attempt; None if it could not be recorded.
@@ -352,7 +373,10 @@ class DeliveryWorker(StoreLoop):
         sanitised = False
         while True:
             try:
-                kept = await self._store.finish_delivery(delivery, update)
+                if delivery.group:  # one outcome for every member of a grouped message
+                    kept = await self._store.finish_group(delivery.group, update) > 0
+                else:
+                    kept = await self._store.finish_delivery(delivery, update)
             except StoreUnavailable as exc:
                 if self._stop is not None and self._stop.is_set():
                     log.warning(
@@ -389,42 +413,4 @@ class DeliveryWorker(StoreLoop):
         if kept is None:
             return
         result = SendResult(DeliveryOutcome.DEAD, None, None, detail, 0.0, reason)
-        self._record(delivery, update, result, now, kept, sent=False)
-
-    def _record(
-        self,
-        delivery: Delivery,
-        update: DeliveryUpdate,
-        result: SendResult,
-        now: float,
-        kept: bool,
-        *,
-        sent: bool = True,
-    ) -> None:
-        """Metrics and one log event per attempt outcome."""
-        outcome = update.outcome
-        webhook = delivery.webhook
-        self._metrics.deliveries.labels(webhook=webhook, outcome=outcome).inc()
-        if sent:
-            self._metrics.delivery_duration.labels(webhook=webhook).observe(result.duration_s)
-        if outcome is DeliveryOutcome.SUCCESS:
-            self._metrics.notify_lag.observe(max(0.0, now - delivery.event.created_at))
-        fields = {
-            "job_id": delivery.event.job_id,
-            "workspace": delivery.event.workspace,
-            "event_id": delivery.event.id,
-            "event_type": delivery.event.type,
-            "webhook": webhook,
-            "attempt": update.attempts,
-            "status_code": result.status_code,
-            "reason": result.detail,
-        }
-        if not kept:
-            # Another worker took the lease over (it expired mid-send); its outcome is the one that counts.
-            log.warning("delivery.lease_lost", **fields)
-        if outcome is DeliveryOutcome.SUCCESS:
-            log.info("delivery.success", duration_s=round(result.duration_s, 4), **fields)
-        elif outcome is DeliveryOutcome.RETRY:
-            log.warning("delivery.retry", retry_in_s=round(update.next_attempt_at - now, 3), **fields)
-        else:
-            log.error("delivery.dead", **fields)
+        record_outcome(self._metrics, delivery, update, result, now, kept, sent=False)
