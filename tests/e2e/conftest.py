@@ -10,7 +10,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -99,7 +99,7 @@ class Receiver:
             return []
         return [json.loads(line) for line in self.out.read_text().splitlines() if line.strip()]
 
-    async def set_status(self, status: int) -> None:
+    async def set_status(self, status: int | None) -> None:
         async with (
             aiohttp.ClientSession() as s,
             s.put(self.root + "/_ctl/status", json={"status": status}) as r,
@@ -257,10 +257,12 @@ def write_config(
     store_url: str | None = None,
     daemon: dict[str, Any] | None = None,
     reload_interval_s: float = 0.2,
+    more_webhooks: Sequence[dict[str, Any]] = (),
 ) -> Path:
     """A TOML config for a fast test daemon (tests/support/config.py); `polling`/`webhook`/`upstream`/
-    `daemon` override keys, `store_url` replaces the SQLite file, and `watchlist` is a path to watch
-    another file (or False for none), reloaded every `reload_interval_s`."""
+    `daemon` override keys, `store_url` replaces the SQLite file, `watchlist` is a path to watch
+    another file (or False for none), reloaded every `reload_interval_s`, and `more_webhooks` follow the
+    receiver's webhook as they are."""
     pol = {
         "initial_interval_s": 0.05,
         "multiplier": 1.5,
@@ -295,7 +297,7 @@ def write_config(
         tmp_path,
         sim.base_url,
         port=api_port,
-        webhooks=[hook],
+        webhooks=[hook, *more_webhooks],
         sections={
             "upstream": up,
             "polling": pol,
