@@ -134,6 +134,7 @@ def _exposed_names() -> set[str]:
     m = _metrics()
     m.update_counts(COUNTS, now=1010.0, polls_due=0)
     m.api_requests.labels(client="ops", route="/v1/watches", code="403").inc()  # exposed once requested
+    m.group_members.labels(webhook="slack").observe(14)  # exposed once a grouped message is sent
 
     async def scrape() -> str:  # as the daemon serves `/metrics`: on its event loop
         return generate_latest(m.registry).decode()
