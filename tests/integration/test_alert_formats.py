@@ -6,6 +6,7 @@ a broken template refuses to start (exit 2 naming `webhooks[i].template`)."""
 from __future__ import annotations
 
 import base64
+import re
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -261,3 +262,62 @@ def test_every_published_sandbox_escape_is_refused_by_check_config(
     assert lines[0] == "configuration is invalid:" and len(lines) == 2, lines
     assert lines[1].startswith("  webhooks[0].template: ") and why in lines[1], lines
     assert not any(leak in lines[1] for leak in LEAKS), lines
+
+
+TITLE_COUNT = re.compile(r"^(\d+) jobs? failed in acme$")
+
+
+def title_count(title: str) -> int:
+    """The count a grouped message's title says ("12 jobs failed in acme")."""
+    m = TITLE_COUNT.match(title)
+    assert m is not None, title
+    return int(m.group(1))
+
+
+async def test_grouped_pager_and_chat_formats_through_the_daemon(
+    tmp_path: Path, sim: Simulator, receivers: dict[str, RawReceiver]
+) -> None:
+    """group_window_s on pagerduty, msteams and discord (SPEC §15): twelve failures reach each receiver as
+    grouped messages within the vendor's rules whose counts add up to 12; PagerDuty's dedup_key is the
+    message's webhook-id (the group's id)."""
+    assert sim.url is not None
+    grouped = ("pagerduty", "msteams", "discord")
+    urls = {name: receivers[name].url for name in grouped}
+    hooks = [
+        hook("pagerduty", f"{urls['pagerduty']}enqueue", routing_key=ROUTING_KEY, group_window_s=1.0),
+        hook("msteams", f"{urls['msteams']}workflows/x", group_window_s=1.0),
+        hook("discord", f"{urls['discord']}api/webhooks/1/t", group_window_s=1.0),
+    ]
+    jobs = [sim.add_job(status="failed", error=ERROR, name=f"import.{i % 3}").id for i in range(12)]
+    (tmp_path / "watchlist.txt").write_text("\n".join(jobs) + "\n")
+    settings = config.settings(tmp_path, sim.url, port=free_port(), webhooks=hooks)
+    daemon = InProcessDaemon(settings)
+
+    def counts() -> dict[str, list[int]]:
+        out: dict[str, list[int]] = {}
+        for name in grouped:
+            bodies = [receivers[name].raw[i] for i in receivers[name].ids()]
+            docs = [CHECKS[name](b) for b in bodies]
+            if name == "pagerduty":
+                out[name] = [d["payload"]["custom_details"]["count"] for d in docs]
+            elif name == "msteams":
+                titles = [d["attachments"][0]["content"]["body"][0]["text"] for d in docs]
+                out[name] = [title_count(t) for t in titles]
+            else:
+                out[name] = [title_count(d["content"]) for d in docs]
+        return out
+
+    def all_counted() -> dict[str, list[int]] | None:
+        c = counts()
+        return c if all(sum(v) >= len(jobs) for v in c.values()) else None
+
+    await daemon.start()
+    try:
+        got = await eventually(all_counted, 20, "every failure counted by every grouped receiver")
+    finally:
+        assert await daemon.stop() == 0
+    assert {name: sum(v) for name, v in got.items()} == dict.fromkeys(grouped, len(jobs))
+    assert all(len(v) <= 4 for v in got.values()), got  # grouped: not one message per job
+    pd = receivers["pagerduty"]
+    for msg_id in pd.ids():
+        assert CHECKS["pagerduty"](pd.raw[msg_id])["dedup_key"] == msg_id
