@@ -48,6 +48,11 @@ def message_count(text: str) -> int:
     return count
 
 
+def counted(messages: list[dict[str, Any]]) -> dict[str, int]:
+    """Each distinct grouped message (by webhook-id) and the count it says."""
+    return {d["id"]: message_count(d["body"]["text"]) for d in messages}
+
+
 def chat_hook(url: str, **keys: Any) -> dict[str, Any]:
     return {
         "name": "chat",
@@ -129,16 +134,16 @@ async def test_a_failing_batch_is_a_handful_of_messages(
     daemon.start()
     await daemon.wait_ready()
     std = await receiver.wait_for(lambda got: len({d["id"] for d in got}) >= JOBS, timeout=45)
-    messages = await chat.wait_for(lambda got: sum(message_count(d["body"]["text"]) for d in got) >= JOBS, 30)
+    messages = await chat.wait_for(lambda got: sum(counted(got).values()) >= JOBS, 30)
     assert daemon.stop() == 0
     elapsed = time.monotonic() - started
 
-    counts = [message_count(d["body"]["text"]) for d in messages]
+    # At least once: a message repeated (a reply lost to a timeout) has the same id and counts once.
+    counts = list(counted(messages).values())
     assert sum(counts) == JOBS, counts
-    assert 1 <= len(counts) <= 10, counts  # a handful: the failures span about one window
-    assert len({d["id"] for d in messages}) == len(messages)  # one id per message
+    assert 1 <= len(counts) <= 10, counts  # a handful: the failures span two or three windows
     assert {d["body"]["data"]["job"]["id"] for d in std} == set(jobs)
-    assert len(std) == JOBS
+    assert len({d["id"] for d in std}) == JOBS  # one delivery per job, each its event's id
     assert all(d["type"] == "job.failed" for d in std)
     assert elapsed < 60, f"took {elapsed:.1f} s"
 
