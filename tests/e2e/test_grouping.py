@@ -4,7 +4,7 @@ independent receivers, each a process of its own on loopback.
 A batch fails (800 jobs within a few seconds): a grouped `slack` webhook receives a handful of messages
 whose counts, read from the messages' text, add up to 800, while a `standard` webhook in the same run gets
 800 deliveries. And a daemon killed (SIGKILL) while a group is being sent and retried loses no member: after
-a restart the group goes out again and every member is delivered, on SQLite and on PostgreSQL.
+a restart the group goes out again and every member is delivered. Both on SQLite and on PostgreSQL.
 """
 
 from __future__ import annotations
@@ -105,8 +105,17 @@ def chat(tmp_path: Path) -> Any:
         yield r
 
 
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+async def store_url(request: pytest.FixtureRequest) -> AsyncIterator[str | None]:
+    if request.param == "sqlite":
+        yield None
+        return
+    async with pg_schema("grouping") as url:
+        yield url
+
+
 async def test_a_failing_batch_is_a_handful_of_messages(
-    tmp_path: Path, sim: Sim, receiver: Receiver, chat: Receiver, daemon_factory: Any
+    tmp_path: Path, sim: Sim, receiver: Receiver, chat: Receiver, daemon_factory: Any, store_url: str | None
 ) -> None:
     """800 jobs fail within 3 s (while watched): the grouped slack webhook gets a handful of messages whose
     counts add up to 800; the standard webhook gets 800 deliveries, one per job."""
@@ -129,6 +138,7 @@ async def test_a_failing_batch_is_a_handful_of_messages(
         polling={"initial_interval_s": 0.5, "multiplier": 2.0, "max_interval_s": 1.0},
         webhook={"events": ["job.failed"]},
         more_webhooks=[chat_hook(str(chat.url))],
+        store_url=store_url,
     )
     daemon: DaemonProc = daemon_factory(cfg, port)
     daemon.start()
@@ -146,15 +156,6 @@ async def test_a_failing_batch_is_a_handful_of_messages(
     assert len({d["id"] for d in std}) == JOBS  # one delivery per job, each its event's id
     assert all(d["type"] == "job.failed" for d in std)
     assert elapsed < 60, f"took {elapsed:.1f} s"
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-async def store_url(request: pytest.FixtureRequest) -> AsyncIterator[str | None]:
-    if request.param == "sqlite":
-        yield None
-        return
-    async with pg_schema("grouping") as url:
-        yield url
 
 
 async def test_a_crash_mid_group_loses_no_member(
