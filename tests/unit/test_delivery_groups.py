@@ -1,11 +1,12 @@
-"""Grouped webhooks (`group_window_s`, SPEC §15) in the delivery worker, in burst mode: the real worker on a
-`MemoryStore` and a `ManualClock`, a scripted fake at the send seam (as in test_delivery_worker).
+"""Grouped webhooks (`group_window_s`, SPEC §15) in the delivery worker: the real worker on a `MemoryStore`
+and a `ManualClock`, in burst mode (and running, for the endpoint budget), with a scripted fake at the send
+seam (as in test_delivery_worker).
 
 What is checked: nothing goes before the window closes, then one message for everything waiting; the
 message's id comes from its members; every member shares the outcome (delivered, retried with the same
 attempt count, dead with the same reason); members past `max_delivery_age_s` are dead on their own; a job's
-later event waits behind its earlier one; the breaker holds a grouped endpoint like any other; and the
-pure rule of which heads form a group (`pick_group`).
+later event waits behind its earlier one; the breaker and the endpoint budget hold a grouped endpoint like
+any other; and the pure rule of which heads form a group (`pick_group`).
 """
 
 from __future__ import annotations
@@ -14,8 +15,10 @@ import asyncio
 import random
 from dataclasses import replace
 
+import pytest
 from prometheus_client import CollectorRegistry
 
+from tests.support.eventually import eventually
 from watcher.delivery.bodies import message_id, render_delivery
 from watcher.delivery.breaker import Breakers
 from watcher.delivery.grouped import as_message, split
@@ -72,10 +75,12 @@ class GroupSender:
 
 
 class Env:
-    def __init__(self, target: WebhookTarget = CHAT, *, breakers: bool = False) -> None:
+    def __init__(
+        self, target: WebhookTarget = CHAT, *, breakers: bool = False, sender: GroupSender | None = None
+    ) -> None:
         self.clock = ManualClock()
         self.store = MemoryStore()
-        self.sender = GroupSender()
+        self.sender = sender or GroupSender()
         self.metrics = Metrics(CollectorRegistry(), webhooks=("chat",), default_collectors=False)
         self.worker = DeliveryWorker(
             self.store,
@@ -257,3 +262,56 @@ def test_pick_group_rules() -> None:
     assert pick_group(GroupPlan(None, 95.0), now, 10) == 105.0
     assert pick_group(GroupPlan(None, 90.0), now, 10) == GroupKey(0, None)
     assert pick_group(GroupPlan((2, 97.5), 50.0), now, 10) == GroupKey(2, 97.5)
+
+
+class GatedSender(GroupSender):
+    """A `GroupSender` whose sends wait for `gate`, counting how many are in flight at once."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = asyncio.Event()
+        self.in_flight = 0
+        self.max_in_flight = 0
+
+    async def send(self, target: WebhookTarget, delivery: Delivery) -> SendResult:
+        self.in_flight += 1
+        self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            await self.gate.wait()
+            return await super().send(target, delivery)
+        finally:
+            self.in_flight -= 1
+
+
+@pytest.mark.parametrize("concurrency", [1, 2])
+async def test_the_endpoint_budget_holds_grouped_messages(concurrency: int) -> None:
+    """The running worker: a message in flight holds one of the webhook's `concurrency` slots. With one
+    slot, the next window's message waits until the first is answered; with two, it goes meanwhile."""
+    sender = GatedSender()
+    env = Env(replace(CHAT, concurrency=concurrency), sender=sender)
+    stop = asyncio.Event()
+    task = asyncio.create_task(env.worker.run(stop))
+    try:
+        for job in JOBS[:3]:
+            await env.fail(job)
+        env.worker.wake()
+        await env.clock.advance(WINDOW)
+        await eventually(lambda: sender.in_flight == 1, 5, "the first message in flight")
+        for job in JOBS[3:6]:
+            await env.fail(job)
+        env.worker.wake()
+        await env.clock.advance(WINDOW)  # the second window closed
+        if concurrency == 1:
+            # The worker has claimed since and parked on the clock: the second message was not claimed.
+            await eventually(lambda: env.clock.sleepers > 0, 5, "the worker parked")
+            assert sender.in_flight == 1
+        else:
+            await eventually(lambda: sender.in_flight == 2, 5, "the second message in flight")
+        sender.gate.set()
+        await eventually(lambda: len(sender.messages) == 2, 5, "both messages sent")
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 5)
+    assert sender.max_in_flight == concurrency
+    assert [jobs for _, jobs in sender.messages] in ([JOBS[:3], JOBS[3:6]], [JOBS[3:6], JOBS[:3]])
+    assert {d.state for d in await env.deliveries()} == {DeliveryState.DELIVERED}
