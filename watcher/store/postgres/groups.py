@@ -32,23 +32,11 @@ _PLAN_FRESH = f"""
 SELECT (SELECT min(d.next_attempt_at) FROM deliveries d WHERE {_HEADS} AND d.attempts = 0) AS fresh,
     {_NOW} AS now"""  # noqa: S608
 # Then `$3` attempts, `$4` the shared due time (NULL: any due one), `$5` limit, `$6` lease_s.
-_CLAIM_GROUP = f"""
-WITH due AS MATERIALIZED (
-    SELECT d.id, d.next_attempt_at FROM deliveries d
-    WHERE {_HEADS} AND d.attempts = $3 AND ($4::float8 IS NULL OR d.next_attempt_at = $4::float8)
-    ORDER BY d.next_attempt_at, d.id
-    LIMIT $5
-    FOR UPDATE OF d SKIP LOCKED
-), token AS MATERIALIZED (SELECT nextval('lease_seq') AS lease),
-claimed AS (
-    UPDATE deliveries d
-    SET next_attempt_at = {_NOW} + $6::float8, lease = token.lease
-    FROM due, token
-    WHERE d.id = due.id
-    RETURNING d.*, due.next_attempt_at AS due
+_CLAIM_GROUP = q.lease_deliveries(
+    f"{_HEADS} AND d.attempts = $3 AND ($4::float8 IS NULL OR d.next_attempt_at = $4::float8)",
+    "$5",
+    f"{_NOW} + $6::float8",
 )
-SELECT {q.DELIVERY_COLS.replace("d.", "c.")}, c.due
-FROM claimed c JOIN events e ON e.id = c.event_id"""  # noqa: S608
 _FINISH_GROUP = f"""
 UPDATE deliveries SET state = $1, attempts = $2, next_attempt_at = coalesce($3::float8, {q.NOW}) + $4::float8,
     last_error = $5, delivered_at = $6, lease = NULL

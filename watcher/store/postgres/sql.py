@@ -41,7 +41,6 @@ _DELIVERY_COLS = (
     "d.id, d.webhook, d.state, d.attempts, d.next_attempt_at, d.created_at, d.last_error, d.delivered_at,"
     f" d.lease, d.callback, {_EVENT_COLS}"
 )
-DELIVERY_COLS = _DELIVERY_COLS
 NOW = _NOW  # the database's now, in epoch seconds
 DELIVERY_SELECT = f"SELECT {_DELIVERY_COLS} FROM deliveries d JOIN events e ON e.id = d.event_id"  # noqa: S608
 
@@ -193,25 +192,37 @@ FROM unnest($1::text[], $2::text[], $3::text[], $4::float8[], $5::float8[], $6::
      WITH ORDINALITY AS u(event_id, job_id, webhook, due, created_at, callback, endpoint, ord)
 ORDER BY u.ord"""  # noqa: S608
 
-CLAIM_DELIVERIES = f"""
+
+def lease_deliveries(where: str, limit: str, due_until: str) -> str:
+    """A claim of deliveries: the first `limit` matching `where` by due time, locked (`SKIP LOCKED`), leased
+    under one new token until `due_until`, and returned with their events. The due time doubles as the lease
+    expiry, so a crashed replica's claim becomes due again by itself."""
+    return f"""
 WITH due AS MATERIALIZED (
     SELECT d.id, d.next_attempt_at FROM deliveries d
-    WHERE d.state = 'pending' AND d.next_attempt_at <= coalesce($1::float8, {_NOW}) AND {PAIR_HEAD}
-      AND coalesce(d.endpoint, d.webhook) <> ALL($4::text[])
-      AND {ENDPOINT_NOT_OPEN.format(now=f"coalesce($1::float8, {_NOW})")}
+    WHERE {where}
     ORDER BY d.next_attempt_at, d.id
-    LIMIT $2
+    LIMIT {limit}
     FOR UPDATE OF d SKIP LOCKED
 ), token AS MATERIALIZED (SELECT nextval('lease_seq') AS lease),
 claimed AS (
     UPDATE deliveries d
-    SET next_attempt_at = coalesce($1::float8, {_NOW}) + $3::float8, lease = token.lease
+    SET next_attempt_at = {due_until}, lease = token.lease
     FROM due, token
     WHERE d.id = due.id
     RETURNING d.*, due.next_attempt_at AS due
 )
 SELECT {_DELIVERY_COLS.replace("d.", "c.")}, c.due
 FROM claimed c JOIN events e ON e.id = c.event_id"""  # noqa: S608
+
+
+CLAIM_DELIVERIES = lease_deliveries(
+    f"""d.state = 'pending' AND d.next_attempt_at <= coalesce($1::float8, {_NOW}) AND {PAIR_HEAD}
+      AND coalesce(d.endpoint, d.webhook) <> ALL($4::text[])
+      AND {ENDPOINT_NOT_OPEN.format(now=f"coalesce($1::float8, {_NOW})")}""",
+    "$2",
+    f"coalesce($1::float8, {_NOW}) + $3::float8",
+)
 
 NEXT_DELIVERY = f"SELECT min(d.next_attempt_at) FROM deliveries d WHERE d.state = 'pending' AND {PAIR_HEAD}"  # noqa: S608
 

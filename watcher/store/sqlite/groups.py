@@ -7,10 +7,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from watcher.models import Delivery, DeliveryUpdate
-from watcher.store.base import GroupClaim, GroupKey, GroupPlan, Store, pick_group
+from watcher.store.base import GroupClaim, GroupKey, GroupPlan, pick_group
 from watcher.store.sql import ENDPOINT_NOT_OPEN, PAIR_HEAD
-from watcher.store.sqlite.connection import Connections, select
-from watcher.store.sqlite.sql import DELIVERY_SELECT, chunks, delivery_row, marks
+from watcher.store.sqlite.connection import select
+from watcher.store.sqlite.outbox import SQLiteOutbox
+from watcher.store.sqlite.sql import DELIVERY_SELECT, chunks, marks
 
 # `webhook`'s due, unleased pair heads; parameters: webhook, now, now, now. The pending-age index narrows
 # the rows to the webhook's pending ones.
@@ -36,11 +37,9 @@ _FINISH_GROUP = (
 )
 
 
-class SQLiteGroups(Store):
-    """`claim_group` and `finish_group` of `SQLiteStore`, which owns the connections and the lease tokens."""
-
-    connections: Connections
-    _delivery_tokens: int
+class SQLiteGroups(SQLiteOutbox):
+    """`claim_group` and `finish_group` of `SQLiteStore`, which owns the connections and the lease tokens;
+    a group is leased as `SQLiteOutbox` leases what it claims."""
 
     async def claim_group(
         self, webhook: str, now: float, window_s: float, limit: int, lease_s: float
@@ -55,19 +54,7 @@ class SQLiteGroups(Store):
             if not isinstance(key, GroupKey) or limit <= 0:
                 return GroupClaim([], key if not isinstance(key, GroupKey) else None)
             rows = await select(db, _GROUP, (*heads, key.attempts, key.at, key.at, limit))
-            if not rows:
-                return GroupClaim([])
-            self._delivery_tokens += 1
-            token = self._delivery_tokens
-            for chunk in chunks([r[0] for r in rows]):
-                await db.execute(
-                    f"UPDATE deliveries SET lease = ?, lease_until = ? WHERE id IN ({marks(len(chunk))})",  # noqa: S608
-                    (token, now + lease_s, *chunk),
-                )
-        out = [delivery_row(r) for r in rows]
-        for d in out:
-            d.lease = token
-        return GroupClaim(out)
+            return GroupClaim(await self._lease_rows(db, rows, now, lease_s))
 
     async def finish_group(self, members: Sequence[Delivery], update: DeliveryUpdate) -> int:
         """One UPDATE per lease and chunk of ids, all in one write transaction."""

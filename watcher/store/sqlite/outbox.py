@@ -6,8 +6,10 @@ connection of the scheduler. Delivery leases live in the table, so a claim and i
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Sequence
 from typing import Any
+
+import aiosqlite
 
 from watcher.models import Delivery, DeliveryUpdate, Event
 from watcher.store.base import DeliveryQuery, Store, StoreCounts
@@ -59,15 +61,21 @@ class SQLiteOutbox(Store):
         skip = sorted(exclude)
         async with self.connections.write() as db:
             rows = await select(db, claimable_deliveries(len(skip)), (now, now, now, *skip, limit))
-            if not rows:
-                return []
-            self._delivery_tokens += 1
-            token = self._delivery_tokens
-            for chunk in chunks([r[0] for r in rows]):
-                await db.execute(
-                    f"UPDATE deliveries SET lease = ?, lease_until = ? WHERE id IN ({marks(len(chunk))})",  # noqa: S608
-                    (token, now + lease_s, *chunk),
-                )
+            return await self._lease_rows(db, rows, now, lease_s)
+
+    async def _lease_rows(
+        self, db: aiosqlite.Connection, rows: Sequence[Any], now: float, lease_s: float
+    ) -> list[Delivery]:
+        """Lease the selected delivery `rows` under one new token, in the caller's write transaction."""
+        if not rows:
+            return []
+        self._delivery_tokens += 1
+        token = self._delivery_tokens
+        for chunk in chunks([r[0] for r in rows]):
+            await db.execute(
+                f"UPDATE deliveries SET lease = ?, lease_until = ? WHERE id IN ({marks(len(chunk))})",  # noqa: S608
+                (token, now + lease_s, *chunk),
+            )
         out = [delivery_row(r) for r in rows]
         for d in out:
             d.lease = token

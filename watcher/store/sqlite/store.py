@@ -42,7 +42,6 @@ from watcher.store.sqlite.endpoints import SQLiteEndpoints
 from watcher.store.sqlite.groups import SQLiteGroups
 from watcher.store.sqlite.health import begin_immediate
 from watcher.store.sqlite.jobtypes import SQLiteJobTypes
-from watcher.store.sqlite.outbox import SQLiteOutbox
 from watcher.store.sqlite.sql import (
     WATCH_COLS,
     chunks,
@@ -61,7 +60,7 @@ _RESTORE_PAGE = 5000
 _REGISTER_CHUNK = 250
 
 
-class SQLiteStore(SQLiteEndpoints, SQLiteOutbox, SQLiteGroups, SQLiteJobTypes, IndexedStore):
+class SQLiteStore(SQLiteEndpoints, SQLiteGroups, SQLiteJobTypes, IndexedStore):
     """The default store: a WAL-mode SQLite file and an in-memory due index; its events and deliveries are
     `SQLiteOutbox`'s, its job types `SQLiteJobTypes`'s."""
 
