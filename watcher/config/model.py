@@ -30,6 +30,7 @@ from watcher.config.fields import (
     slug_name,
     uuid_value,
 )
+from watcher.config.tls import ClientTlsKeys
 from watcher.errors import ConfigError
 from watcher.models import Credentials
 from watcher.statuses import DEFAULT_TERMINAL, config_name, default_events, known_events
@@ -66,8 +67,8 @@ class WorkspaceConfig(_Section):
         return self
 
 
-class UpstreamConfig(_Section):
-    """How to reach the Oration API (SPEC §2)."""
+class UpstreamConfig(_Section, ClientTlsKeys):
+    """How to reach the Oration API (SPEC §2); its TLS keys hold for every workspace's requests."""
 
     base_url: HttpUrlStr = "https://www.oration.ai/api/v2"
     token: SecretStr | None = None
@@ -176,7 +177,7 @@ class WatchlistConfig(_Section):
         return self
 
 
-class WebhookConfig(_Section, EndpointKeys, SigningSecrets):
+class WebhookConfig(_Section, EndpointKeys, SigningSecrets, ClientTlsKeys):
     """One webhook receiver; its URL comes only from the config, never from API clients."""
 
     name: Annotated[str, AfterValidator(slug_name)]

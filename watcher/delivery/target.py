@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
@@ -36,6 +37,8 @@ class WebhookTarget:
     max_delivery_age_s: float = 3 * 86400.0
     # The format's own settings (SPEC §15); its repr hides the routing key and the template.
     format_settings: FormatSettings = field(default_factory=FormatSettings, repr=False)
+    # What its TLS connections trust and present (`ca_file`, mTLS); None: the system's trust, no client cert.
+    ssl_context: ssl.SSLContext | None = field(default=None, repr=False, compare=False)
 
     def __repr__(self) -> str:
         return (
