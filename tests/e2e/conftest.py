@@ -224,10 +224,21 @@ def sim() -> Iterator[Sim]:
 
 
 @contextlib.contextmanager
-def running_receiver(out: Path, secret: str) -> Iterator[Receiver]:
-    """The independent Standard Webhooks receiver in a subprocess, verifying with `secret` into `out`."""
+def running_receiver(out: Path, secret: str, *tls_args: str) -> Iterator[Receiver]:
+    """The independent Standard Webhooks receiver in a subprocess, verifying with `secret` into `out`;
+    `tls_args` are its --tls-* options (HTTPS, mTLS)."""
     proc = subprocess.Popen(
-        [sys.executable, str(RECEIVER_SCRIPT), "--port", "0", "--secret", secret, "--out", str(out)],
+        [
+            sys.executable,
+            str(RECEIVER_SCRIPT),
+            "--port",
+            "0",
+            "--secret",
+            secret,
+            "--out",
+            str(out),
+            *tls_args,
+        ],
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         text=True,
