@@ -1,0 +1,122 @@
+"""TLS on the way out, with real certificates (tests/support/certs.py) and the real daemon in-process: the
+simulated upstream behind HTTPS, webhook receivers behind HTTPS and behind mTLS, on loopback.
+
+A receiver whose certificate the webhook does not trust, or that wants a client certificate the webhook does
+not present, gets nothing; each such attempt is a failed attempt (`outcome="retry"`, a TLS `last_error`),
+and the daemon goes on delivering to the others.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from tests.integration.conftest import SECRET
+from tests.support import config
+from tests.support.certs import Pki, make_pki
+from tests.support.daemon import InProcessDaemon
+from tests.support.eventually import eventually
+from tests.support.ports import free_port
+from tests.support.standard_webhooks import TestReceiver
+from watcher.devtools.simulate import Simulator
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pki]:
+    yield make_pki(tmp_path_factory.mktemp("pki"))
+
+
+@pytest.fixture
+async def tls_sim(pki: Pki) -> AsyncIterator[Simulator]:
+    """The simulated upstream, served over HTTPS with the test CA's server certificate."""
+    s = Simulator(workspace_slug="acme")
+    await s.start(ssl_context=pki.server_context())
+    yield s
+    await s.stop()
+
+
+@pytest.fixture
+async def receivers(pki: Pki) -> AsyncIterator[dict[str, TestReceiver]]:
+    """Four verifying receivers: two behind HTTPS, two behind HTTPS that requires a client certificate."""
+    made = {name: TestReceiver([SECRET]) for name in ("trusted", "untrusted", "mtls", "no_cert")}
+    for name, r in made.items():
+        await r.start(ssl_context=pki.server_context(require_client_cert=name in ("mtls", "no_cert")))
+    yield made
+    for r in made.values():
+        await r.stop()
+
+
+def delivered_types(receiver: TestReceiver) -> list[Any]:
+    return [d.type for d in receiver.deliveries]
+
+
+async def deliveries(base: str, webhook: str) -> list[dict[str, Any]]:
+    async with aiohttp.ClientSession() as http, http.get(f"{base}/v1/deliveries?webhook={webhook}") as r:
+        assert r.status == 200
+        return list((await r.json())["deliveries"])
+
+
+async def test_https_upstream_and_webhooks_with_ca_file_and_client_certificates(
+    tmp_path: Path, pki: Pki, tls_sim: Simulator, receivers: dict[str, TestReceiver]
+) -> None:
+    """With `ca_file` the upstream is polled and the HTTPS receiver gets a signed event; with a client
+    certificate the mTLS receiver does too. Without `ca_file`, or without the certificate, every attempt
+    fails as a retryable TLS failure, the receiver sees nothing, and the daemon keeps running."""
+    ca = {"ca_file": pki.ca}
+    cert = {"client_cert_file": pki.client_cert, "client_key_file": pki.client_key}
+    hooks = [
+        {"name": "trusted", "url": receivers["trusted"].url, "secret": SECRET, **ca},
+        {"name": "untrusted", "url": receivers["untrusted"].url, "secret": SECRET},
+        {"name": "mtls", "url": receivers["mtls"].url, "secret": SECRET, **ca, **cert},
+        {"name": "no_cert", "url": receivers["no_cert"].url, "secret": SECRET, **ca},
+    ]
+    events = {"events": ["job.failed"], "max_attempts": 1000, "breaker_failures": 1000}
+    assert tls_sim.url is not None and tls_sim.url.startswith("https://")
+    settings = config.settings(
+        tmp_path, tls_sim.url, port=free_port(), webhooks=[{**h, **events} for h in hooks],
+        sections={"upstream": {"ca_file": str(pki.ca)}, "watchlist": None},
+    )  # fmt: skip
+    daemon = InProcessDaemon(settings)
+    await daemon.start()
+    try:
+        job = tls_sim.add_job(status="failed", error="row 17").id
+        async with (
+            aiohttp.ClientSession() as http,
+            http.post(daemon.base + "/v1/watches", json={"job_id": job}) as r,
+        ):
+            assert r.status == 201, await r.text()
+        await receivers["trusted"].wait_for(1, within_s=15)
+        await receivers["mtls"].wait_for(1, within_s=15)
+        for name in ("trusted", "mtls"):  # TestReceiver records only what its own verifier accepted
+            assert delivered_types(receivers[name]) == ["job.failed"]
+            assert receivers[name].deliveries[0].body["data"]["job"]["id"] == job
+
+        registry = daemon.daemon.metrics.registry
+
+        def failed(name: str) -> float:
+            return (
+                registry.get_sample_value(
+                    "watcher_webhook_deliveries_total", {"webhook": name, "outcome": "retry"}
+                )
+                or 0.0
+            )
+
+        await eventually(
+            lambda: failed("untrusted") >= 2 and failed("no_cert") >= 2, 15, "failed TLS attempts"
+        )
+        [untrusted] = await deliveries(daemon.base, "untrusted")
+        [no_cert] = await deliveries(daemon.base, "no_cert")
+        assert untrusted["state"] == no_cert["state"] == "pending"
+        assert untrusted["attempts"] >= 2 and no_cert["attempts"] >= 2
+        assert "certificate is not trusted" in untrusted["last_error"]
+        # The server's refusal comes after the client's side of the handshake: a TLS alert or a reset.
+        assert no_cert["last_error"].startswith(("connection error", "TLS")), no_cert["last_error"]
+        for name in ("untrusted", "no_cert"):
+            assert receivers[name].deliveries == [] and receivers[name].rejected == 0
+        assert daemon.running
+    finally:
+        assert await daemon.stop() == 0
