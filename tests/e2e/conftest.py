@@ -18,6 +18,7 @@ import aiohttp
 import pytest
 
 from tests.support import config
+from tests.support.certs import Pki, make_pki
 from tests.support.eventually import eventually
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -342,3 +343,9 @@ async def daemon_factory(tmp_path: Path) -> AsyncIterator[Any]:
     for d in made:
         if d.alive():
             d.kill()
+
+
+@pytest.fixture(scope="session")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    """A test CA with a server certificate for loopback and a client certificate (tests/support/certs.py)."""
+    return make_pki(tmp_path_factory.mktemp("pki"))

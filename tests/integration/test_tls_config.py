@@ -5,25 +5,19 @@ names its key (exit 2); check-config prints the paths and never a key's content.
 from __future__ import annotations
 
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.support import config
-from tests.support.certs import Pki, make_pki
+from tests.support.certs import Pki
 from watcher.cli.main import main
 from watcher.config import load_config
 from watcher.daemon.parts import tls_context, webhook_targets
 from watcher.errors import ConfigError
 
 HOOK = {"name": "ops", "url": "https://127.0.0.1:9/hook", "secret": "whsec_" + "QUJDREVGR0hJSktMTU5PUA=="}
-
-
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pki]:
-    yield make_pki(tmp_path_factory.mktemp("pki"))
 
 
 def load(tmp_path: Path, webhook: dict[str, Any] | None = None, **sections: dict[str, Any]) -> Any:
@@ -46,7 +40,8 @@ def test_every_place_takes_the_three_keys(tmp_path: Path, pki: Pki) -> None:
     path = config.write_config(
         tmp_path,
         "https://127.0.0.1:9/api/v2",
-        webhooks=[{**HOOK, **mtls}, {**HOOK, "name": "two", **mtls}, {**HOOK, "name": "three", "ca_file": pki.ca}],
+        webhooks=[{**HOOK, **mtls}, {**HOOK, "name": "two", **mtls},
+                  {**HOOK, "name": "three", "ca_file": pki.ca}],
         sections={"upstream": mtls, "callbacks": mtls},
     )  # fmt: skip
     s = load_config(path, {})
@@ -85,7 +80,8 @@ def test_broken_files_name_the_file_at_fault(tmp_path: Path, pki: Pki) -> None:
     """Not a certificate, not a key, the wrong key, an encrypted key: each names its own key."""
     encrypted = tmp_path / "enc.key"
     subprocess.run(
-        ["openssl", "pkey", "-in", str(pki.client_key), "-aes256", "-passout", "pass:pw-S3CRET", "-out", str(encrypted)],
+        ["openssl", "pkey", "-in", str(pki.client_key), "-aes256", "-passout", "pass:pw-S3CRET",
+         "-out", str(encrypted)],
         check=True, capture_output=True,
     )  # fmt: skip
     cases = [
@@ -125,7 +121,8 @@ def test_check_config_exit_2_names_the_key(
     tmp_path: Path, pki: Pki, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """`watcher check-config` exits 2 with the key named for a certificate without its key."""
-    path = config.write_config(tmp_path, "https://127.0.0.1:9/api/v2", webhooks=[{**HOOK, "client_cert_file": pki.client_cert}])  # fmt: skip
+    hook = {**HOOK, "client_cert_file": pki.client_cert}
+    path = config.write_config(tmp_path, "https://127.0.0.1:9/api/v2", webhooks=[hook])
     assert main(["check-config", "-c", str(path)]) == 2
     assert "webhooks[0].client_key_file: required with client_cert_file" in capsys.readouterr().err
 

@@ -8,7 +8,7 @@ and the daemon goes on delivering to the others.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -17,17 +17,12 @@ import pytest
 
 from tests.integration.conftest import SECRET
 from tests.support import config
-from tests.support.certs import Pki, make_pki
+from tests.support.certs import Pki
 from tests.support.daemon import InProcessDaemon
 from tests.support.eventually import eventually
 from tests.support.ports import free_port
 from tests.support.standard_webhooks import TestReceiver
 from watcher.devtools.simulate import Simulator
-
-
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pki]:
-    yield make_pki(tmp_path_factory.mktemp("pki"))
 
 
 @pytest.fixture
@@ -68,13 +63,13 @@ async def test_https_upstream_and_webhooks_with_ca_file_and_client_certificates(
     fails as a retryable TLS failure, the receiver sees nothing, and the daemon keeps running."""
     ca = {"ca_file": pki.ca}
     cert = {"client_cert_file": pki.client_cert, "client_key_file": pki.client_key}
-    hooks = [
+    hooks: list[dict[str, Any]] = [
         {"name": "trusted", "url": receivers["trusted"].url, "secret": SECRET, **ca},
         {"name": "untrusted", "url": receivers["untrusted"].url, "secret": SECRET},
         {"name": "mtls", "url": receivers["mtls"].url, "secret": SECRET, **ca, **cert},
         {"name": "no_cert", "url": receivers["no_cert"].url, "secret": SECRET, **ca},
     ]
-    events = {"events": ["job.failed"], "max_attempts": 1000, "breaker_failures": 1000}
+    events: dict[str, Any] = {"events": ["job.failed"], "max_attempts": 1000, "breaker_failures": 1000}
     assert tls_sim.url is not None and tls_sim.url.startswith("https://")
     settings = config.settings(
         tmp_path, tls_sim.url, port=free_port(), webhooks=[{**h, **events} for h in hooks],
