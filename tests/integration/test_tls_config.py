@@ -49,6 +49,8 @@ def test_every_place_takes_the_three_keys(tmp_path: Path, pki: Pki) -> None:
     targets = webhook_targets(s)
     one, two, three = (targets[n].ssl_context for n in ("ops", "two", "three"))
     assert one is not None and one is two and three is not None and three is not one
+    assert targets["three"].tls_files == (str(pki.ca), None, None)
+    assert targets["ops"] == targets["ops"].__class__(**{**vars(targets["ops"]), "ssl_context": None})
     assert tls_context(s.upstream, "upstream") is not None
     plain = load(tmp_path / "plain")
     assert webhook_targets(plain)["ops"].ssl_context is None  # the default: system trust, no certificate
@@ -147,3 +149,11 @@ def test_check_config_prints_paths_never_key_contents(
         body = [line for line in secret_file.read_text().splitlines() if not line.startswith("-----")]
         assert body and not any(line in out for line in body)
     assert "PRIVATE KEY" not in out
+
+
+def test_simulate_tls_flags(pki: Pki, capsys: pytest.CaptureFixture[str]) -> None:
+    """`watcher simulate --tls-cert` needs `--tls-key`, and a bad file is named by its flag (exit 2)."""
+    assert main(["simulate", "--tls-cert", str(pki.server_cert)]) == 2
+    assert "--tls-cert and --tls-key go together" in capsys.readouterr().err
+    assert main(["simulate", "--tls-cert", str(pki.server_cert), "--tls-key", str(pki.client_key)]) == 2
+    assert f"--tls-key: {pki.client_key} is not the key of --tls-cert" in capsys.readouterr().err

@@ -27,9 +27,10 @@ from watcher.devtools.simulate import Simulator
 
 @pytest.fixture
 async def tls_sim(pki: Pki) -> AsyncIterator[Simulator]:
-    """The simulated upstream, served over HTTPS with the test CA's server certificate."""
+    """The simulated upstream over HTTPS with the test CA's server certificate, requiring a client
+    certificate the CA signed (mTLS)."""
     s = Simulator(workspace_slug="acme")
-    await s.start(ssl_context=pki.server_context())
+    await s.start(ssl_context=pki.server_context(require_client_cert=True))
     yield s
     await s.stop()
 
@@ -58,7 +59,8 @@ async def deliveries(base: str, webhook: str) -> list[dict[str, Any]]:
 async def test_https_upstream_and_webhooks_with_ca_file_and_client_certificates(
     tmp_path: Path, pki: Pki, tls_sim: Simulator, receivers: dict[str, TestReceiver]
 ) -> None:
-    """With `ca_file` the upstream is polled and the HTTPS receiver gets a signed event; with a client
+    """With `ca_file` and a client certificate the upstream is polled (it requires both), with `ca_file`
+    the HTTPS receiver gets a signed event; with a client
     certificate the mTLS receiver does too. Without `ca_file`, or without the certificate, every attempt
     fails as a retryable TLS failure, the receiver sees nothing, and the daemon keeps running."""
     ca = {"ca_file": pki.ca}
@@ -73,7 +75,7 @@ async def test_https_upstream_and_webhooks_with_ca_file_and_client_certificates(
     assert tls_sim.url is not None and tls_sim.url.startswith("https://")
     settings = config.settings(
         tmp_path, tls_sim.url, port=free_port(), webhooks=[{**h, **events} for h in hooks],
-        sections={"upstream": {"ca_file": str(pki.ca)}, "watchlist": None},
+        sections={"upstream": {**ca, **cert}, "watchlist": None},
     )  # fmt: skip
     daemon = InProcessDaemon(settings)
     await daemon.start()
@@ -113,5 +115,34 @@ async def test_https_upstream_and_webhooks_with_ca_file_and_client_certificates(
         for name in ("untrusted", "no_cert"):
             assert receivers[name].deliveries == [] and receivers[name].rejected == 0
         assert daemon.running
+    finally:
+        assert await daemon.stop() == 0
+
+
+async def test_https_callback_with_ca_file_and_client_certificate(
+    tmp_path: Path, pki: Pki, sim: Simulator, receivers: dict[str, TestReceiver]
+) -> None:
+    """`[callbacks]` TLS keys hold for every callback: an mTLS receiver on an allowed loopback address gets
+    the signed event over HTTPS (the guard still checks the address; no proxy is involved)."""
+    assert sim.url is not None
+    callbacks = {
+        "enabled": True, "secret": SECRET, "allow_networks": ["127.0.0.0/8"], "ca_file": str(pki.ca),
+        "client_cert_file": str(pki.client_cert), "client_key_file": str(pki.client_key),
+        "retry_initial_s": 0.05,
+    }  # fmt: skip
+    settings = config.settings(
+        tmp_path, sim.url, port=free_port(), sections={"callbacks": callbacks, "watchlist": None}
+    )
+    assert settings.callbacks.require_https  # the default: an https:// callback, as in production
+    daemon = InProcessDaemon(settings)
+    await daemon.start()
+    try:
+        job = sim.add_job(status="active").id
+        body = {"job_id": job, "callback": {"url": receivers["mtls"].url, "events": ["job.failed"]}}
+        async with aiohttp.ClientSession() as http, http.post(daemon.base + "/v1/watches", json=body) as r:
+            assert r.status == 201, await r.text()
+        sim.set_status(job, "failed", error="boom")
+        [got] = await receivers["mtls"].wait_for(1, within_s=15)
+        assert got.type == "job.failed" and got.body["data"]["job"]["id"] == job
     finally:
         assert await daemon.stop() == 0

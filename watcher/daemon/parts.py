@@ -92,6 +92,7 @@ def webhook_targets(settings: Settings) -> dict[str, WebhookTarget]:
             headers=dict(w.headers),
             format_settings=format_settings(w, i),
             ssl_context=_context(contexts, w, f"webhooks[{i}]"),
+            tls_files=tuple(None if p is None else str(p) for p in w.tls_files()),
         )
     return targets
 
@@ -234,6 +235,7 @@ def workers(
             secrets=tuple(cb.all_secrets()),
             concurrency=cb.concurrency_per_endpoint,
             ssl_context=tls_context(cb, "callbacks"),
+            tls_files=tuple(None if p is None else str(p) for p in cb.tls_files()),
             **cb.model_dump(include=_CALLBACK_KEYS),
         )
     delivery = DeliveryWorker(

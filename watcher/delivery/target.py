@@ -38,7 +38,9 @@ class WebhookTarget:
     # The format's own settings (SPEC §15); its repr hides the routing key and the template.
     format_settings: FormatSettings = field(default_factory=FormatSettings, repr=False)
     # What its TLS connections trust and present (`ca_file`, mTLS); None: the system's trust, no client cert.
+    # Targets compare by the files the context was read from (`tls_files`), not by the context object.
     ssl_context: ssl.SSLContext | None = field(default=None, repr=False, compare=False)
+    tls_files: tuple[str | None, ...] = (None, None, None)  # ca_file, client_cert_file, client_key_file
 
     def __repr__(self) -> str:
         return (
@@ -49,5 +51,5 @@ class WebhookTarget:
             f"retry_max_s={self.retry_max_s}, headers={sorted(self.headers)!r}, "
             f"concurrency={self.concurrency}, breaker_failures={self.breaker_failures}, "
             f"breaker_open_s={self.breaker_open_s}, breaker_open_max_s={self.breaker_open_max_s}, "
-            f"max_delivery_age_s={self.max_delivery_age_s})"
+            f"max_delivery_age_s={self.max_delivery_age_s}, tls_files={self.tls_files!r})"
         )

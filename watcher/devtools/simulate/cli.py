@@ -79,7 +79,7 @@ def _tls(cert: str | None, key: str | None) -> ssl.SSLContext | None:
         return server_context(Path(cert), Path(key))
     except TlsFileError as exc:
         flag = "--tls-cert" if exc.key == "tls_cert_file" else "--tls-key"
-        raise UsageError(f"{flag}: {exc}") from None
+        raise UsageError(f"{flag}: {str(exc).replace('tls_cert_file', '--tls-cert')}") from None
 
 
 def _build(argv: list[str]) -> tuple[Simulator, str, int, ssl.SSLContext | None]:
