@@ -1,6 +1,8 @@
 """TLS on the way out, with real certificates (tests/support/certs.py) and the real daemon in-process: the
 simulated upstream behind HTTPS, webhook receivers behind HTTPS and behind mTLS, on loopback.
 
+Polls also go through the proxy the environment names, TLS running end to end inside its tunnel.
+
 A receiver whose certificate the webhook does not trust, or that wants a client certificate the webhook does
 not present, gets nothing; each such attempt is a failed attempt (`outcome="retry"`, a TLS `last_error`),
 and the daemon goes on delivering to the others.
@@ -20,6 +22,7 @@ from tests.support import config
 from tests.support.certs import Pki
 from tests.support.daemon import InProcessDaemon
 from tests.support.eventually import eventually
+from tests.support.http_proxy import ForwardProxy
 from tests.support.ports import free_port
 from tests.support.standard_webhooks import TestReceiver
 from watcher.devtools.simulate import Simulator
@@ -146,3 +149,41 @@ async def test_https_callback_with_ca_file_and_client_certificate(
         assert got.type == "job.failed" and got.body["data"]["job"]["id"] == job
     finally:
         assert await daemon.stop() == 0
+
+
+async def test_https_upstream_through_the_environment_s_proxy(
+    tmp_path: Path, pki: Pki, tls_sim: Simulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With HTTPS_PROXY set when the daemon starts, polls tunnel through it (CONNECT), and TLS with the
+    upstream's `ca_file` and client certificate runs end to end inside the tunnel."""
+    proxy = ForwardProxy()
+    await proxy.start()
+    monkeypatch.setenv("HTTPS_PROXY", f"http://127.0.0.1:{proxy.port}")
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    assert tls_sim.url is not None
+    mtls = {
+        "ca_file": str(pki.ca),
+        "client_cert_file": str(pki.client_cert),
+        "client_key_file": str(pki.client_key),
+    }
+    settings = config.settings(
+        tmp_path, tls_sim.url, port=free_port(), sections={"upstream": mtls, "watchlist": None}
+    )
+    daemon = InProcessDaemon(settings)
+    await daemon.start()
+    try:
+        job = tls_sim.add_job(status="failed").id
+        async with aiohttp.ClientSession() as http:
+            async with http.post(daemon.base + "/v1/watches", json={"job_id": job}) as r:
+                assert r.status == 201
+
+            async def finished() -> bool:
+                async with http.get(f"{daemon.base}/v1/watches/{job}") as r:
+                    return bool((await r.json())["status"] == "failed")
+
+            await eventually(finished, 15, "the job polled as failed")
+        assert proxy.seen and set(proxy.seen) == {f"CONNECT {tls_sim.url.split('/')[2]}"}
+    finally:
+        assert await daemon.stop() == 0
+        await proxy.stop()

@@ -37,6 +37,7 @@ from watcher.polling.policy import PollingPolicy
 from watcher.polling.ratelimit import TokenBucket
 from watcher.polling.scheduler import Scheduler
 from watcher.polling.upstream import UpstreamClient
+from watcher.proxies import Proxy, environment_proxies, proxy_for
 from watcher.statuses import default_events
 from watcher.store.base import Store
 
@@ -81,6 +82,7 @@ def webhook_targets(settings: Settings) -> dict[str, WebhookTarget]:
     """
     targets = {}
     contexts: dict[tuple[Path | None, ...], ssl.SSLContext | None] = {}
+    proxies = environment_proxies()
     for i, w in enumerate(settings.webhooks):
         values = w.model_dump(include=_TARGET_KEYS)
         if w.format == "alertmanager":
@@ -93,6 +95,7 @@ def webhook_targets(settings: Settings) -> dict[str, WebhookTarget]:
             format_settings=format_settings(w, i),
             ssl_context=_context(contexts, w, f"webhooks[{i}]"),
             tls_files=tuple(None if p is None else str(p) for p in w.tls_files()),
+            proxy=proxy_for(values["url"], proxies),
         )
     return targets
 
@@ -152,9 +155,15 @@ def adaptive_settings(settings: Settings) -> AdaptiveSettings:
     )
 
 
+def upstream_proxies(settings: Settings) -> dict[str, Proxy | None]:
+    """Each workspace's forward proxy from the environment (HTTPS_PROXY/HTTP_PROXY/NO_PROXY), by slug."""
+    proxies = environment_proxies()
+    return {slug: proxy_for(c.base_url, proxies) for slug, c in settings.upstream.credentials().items()}
+
+
 def upstream_http(settings: Settings) -> aiohttp.ClientSession:
     """The session of the upstream polls: as many connections as polls in flight, no cookies; the
-    `[upstream]` TLS keys for every workspace; HTTPS_PROXY/HTTP_PROXY/NO_PROXY from the environment."""
+    `[upstream]` TLS keys for every workspace (proxies: `upstream_proxies`, per request)."""
     context = tls_context(settings.upstream, "upstream")
     return aiohttp.ClientSession(
         connector=aiohttp.TCPConnector(
@@ -164,14 +173,13 @@ def upstream_http(settings: Settings) -> aiohttp.ClientSession:
         ),
         headers={"User-Agent": f"job-watcher/{__version__}"},
         cookie_jar=aiohttp.DummyCookieJar(),  # the API authenticates by header; keep no cookies
-        trust_env=True,
     )
 
 
 def webhook_http() -> aiohttp.ClientSession:
-    """The session of the configured webhooks' deliveries (each target brings its own SSL context), through
-    the proxy the environment names (HTTPS_PROXY/HTTP_PROXY, except NO_PROXY hosts)."""
-    return aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=100), trust_env=True)
+    """The session of the configured webhooks' deliveries; each target brings its own SSL context and
+    proxy (`webhook_targets`). Not `trust_env`: see `watcher.proxies`."""
+    return aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=100))
 
 
 def callback_guard(settings: Settings) -> AddressGuard:
@@ -274,6 +282,7 @@ def workers(
         s.upstream.timeout_s,
         clock,
         max_body_bytes=s.upstream.max_body_bytes,
+        proxies=upstream_proxies(s),
     )
     policy = polling_policy(s)
     learner = Learner(

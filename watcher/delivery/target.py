@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 from watcher.delivery.formats.base import FormatSettings
+from watcher.proxies import Proxy
 
 
 def _url_origin(url: str) -> str:
@@ -41,6 +42,8 @@ class WebhookTarget:
     # Targets compare by the files the context was read from (`tls_files`), not by the context object.
     ssl_context: ssl.SSLContext | None = field(default=None, repr=False, compare=False)
     tls_files: tuple[str | None, ...] = (None, None, None)  # ca_file, client_cert_file, client_key_file
+    # The forward proxy the environment names for `url` (decided at start-up), or None to connect directly.
+    proxy: Proxy | None = field(default=None, repr=False)
 
     def __repr__(self) -> str:
         return (

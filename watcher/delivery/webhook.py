@@ -98,6 +98,7 @@ class WebhookSender:
                 timeout=timeout,
                 allow_redirects=False,
                 ssl=True if target.ssl_context is None else target.ssl_context,
+                **({} if target.proxy is None else target.proxy.request_kwargs()),
             ) as resp:
                 status = resp.status
                 reason = resp.reason or ""
