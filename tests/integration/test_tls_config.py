@@ -9,13 +9,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from prometheus_client import CollectorRegistry
 
 from tests.support import config
 from tests.support.certs import Pki
 from watcher.cli.main import main
 from watcher.config import load_config
+from watcher.daemon import Daemon
 from watcher.daemon.parts import tls_context, webhook_targets
-from watcher.errors import ConfigError
+from watcher.errors import ConfigError, StartupError
 
 HOOK = {"name": "ops", "url": "https://127.0.0.1:9/hook", "secret": "whsec_" + "QUJDREVGR0hJSktMTU5PUA=="}
 
@@ -157,3 +159,11 @@ def test_simulate_tls_flags(pki: Pki, capsys: pytest.CaptureFixture[str]) -> Non
     assert "--tls-cert and --tls-key go together" in capsys.readouterr().err
     assert main(["simulate", "--tls-cert", str(pki.server_cert), "--tls-key", str(pki.client_key)]) == 2
     assert f"--tls-key: {pki.client_key} is not the key of --tls-cert" in capsys.readouterr().err
+
+
+async def test_https_api_on_a_public_address_still_needs_tokens(tmp_path: Path, pki: Pki) -> None:
+    """TLS does not stand in for authentication: a non-loopback listen without tokens is still refused."""
+    tls = {"tls_cert_file": pki.server_cert, "tls_key_file": pki.server_key}
+    settings = load(tmp_path, api={"listen": "0.0.0.0:0", **tls})
+    with pytest.raises(StartupError, match=r"api\.tokens"):
+        await Daemon(settings, handle_signals=False, registry=CollectorRegistry()).run()
