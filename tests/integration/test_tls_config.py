@@ -59,11 +59,14 @@ def test_every_place_takes_the_three_keys(tmp_path: Path, pki: Pki) -> None:
     assert tls_context(plain.upstream, "upstream") is None
 
 
-@pytest.mark.parametrize("where", ["upstream", "webhooks", "callbacks"])
+@pytest.mark.parametrize("where", ["upstream", "upstream.workspaces.other", "webhooks", "callbacks"])
 def test_missing_ca_file_names_its_key(tmp_path: Path, where: str) -> None:
     """A ca_file that does not exist: one line naming the key and the path."""
     missing = tmp_path / "nope.pem"
-    if where == "webhooks":
+    if where == "upstream.workspaces.other":
+        got = problems(tmp_path, upstream={"workspaces": {"other": {"ca_file": missing}}})
+        key = f"{where}.ca_file"
+    elif where == "webhooks":
         got = problems(tmp_path, {"ca_file": missing})
         key = "webhooks[0].ca_file"
     else:

@@ -187,3 +187,39 @@ async def test_https_upstream_through_the_environment_s_proxy(
     finally:
         assert await daemon.stop() == 0
         await proxy.stop()
+
+
+async def test_a_workspace_with_its_own_tls_keys(tmp_path: Path, pki: Pki, sim: Simulator) -> None:
+    """The default workspace is polled over plain HTTP; workspace `other`, whose `base_url` requires mTLS,
+    with its own `ca_file` and client certificate: both jobs are seen."""
+    other = Simulator(workspace_slug="other")
+    await other.start(ssl_context=pki.server_context(require_client_cert=True))
+    try:
+        assert sim.url is not None and other.url is not None
+        mtls = {"ca_file": str(pki.ca), "client_cert_file": str(pki.client_cert),
+                "client_key_file": str(pki.client_key)}  # fmt: skip
+        sections = {"upstream.workspaces.other": {"base_url": other.url, **mtls}, "watchlist": None}
+        daemon = InProcessDaemon(config.settings(tmp_path, sim.url, port=free_port(), sections=sections))
+        await daemon.start()
+        try:
+            mine = sim.add_job(status="failed").id
+            theirs = other.add_job("0f6a2d1e-4c1b-4a7e-9a51-8f7f0d6b2c33", status="failed").id  # not `mine`
+            async with aiohttp.ClientSession() as http:
+                for job, ws in ((mine, "acme"), (theirs, "other")):
+                    async with http.post(
+                        daemon.base + "/v1/watches", json={"job_id": job, "workspace": ws}
+                    ) as r:
+                        assert r.status == 201
+
+                async def both_failed() -> bool:
+                    statuses = []
+                    for job in (mine, theirs):
+                        async with http.get(f"{daemon.base}/v1/watches/{job}") as r:
+                            statuses.append((await r.json())["status"])
+                    return statuses == ["failed", "failed"]
+
+                await eventually(both_failed, 15, "both workspaces polled")
+        finally:
+            assert await daemon.stop() == 0
+    finally:
+        await other.stop()

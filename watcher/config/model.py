@@ -50,8 +50,9 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
-class WorkspaceConfig(_Section):
-    """An extra upstream workspace; credentials it leaves out are the default workspace's."""
+class WorkspaceConfig(_Section, ClientTlsKeys):
+    """An extra upstream workspace; credentials it leaves out are the default workspace's. Its TLS keys,
+    when it sets any of them, replace all three of `[upstream]`'s for its requests."""
 
     token: SecretStr | None = None
     token_file: SecretFile | None = None
@@ -68,7 +69,7 @@ class WorkspaceConfig(_Section):
 
 
 class UpstreamConfig(_Section, ClientTlsKeys):
-    """How to reach the Oration API (SPEC §2); its TLS keys hold for every workspace's requests."""
+    """How to reach the Oration API (SPEC §2); its TLS keys hold for every workspace that sets none."""
 
     base_url: HttpUrlStr = "https://www.oration.ai/api/v2"
     token: SecretStr | None = None

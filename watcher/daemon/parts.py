@@ -161,9 +161,23 @@ def upstream_proxies(settings: Settings) -> dict[str, Proxy | None]:
     return {slug: proxy_for(c.base_url, proxies) for slug, c in settings.upstream.credentials().items()}
 
 
+def upstream_contexts(settings: Settings) -> dict[str, ssl.SSLContext]:
+    """The SSL contexts of the workspaces that set TLS keys of their own, by slug (the others use the
+    session's, `[upstream]`'s); ConfigError naming the workspace's key for a file that went bad."""
+    contexts: dict[tuple[Path | None, ...], ssl.SSLContext | None] = {}
+    own = {}
+    for slug, ws in settings.upstream.workspaces.items():
+        if ws.has_tls():
+            context = _context(contexts, ws, f"upstream.workspaces.{slug}")
+            if context is not None:
+                own[slug] = context
+    return own
+
+
 def upstream_http(settings: Settings) -> aiohttp.ClientSession:
     """The session of the upstream polls: as many connections as polls in flight, no cookies; the
-    `[upstream]` TLS keys for every workspace (proxies: `upstream_proxies`, per request)."""
+    `[upstream]` TLS keys (a workspace with its own: `upstream_contexts`, per request; proxies:
+    `upstream_proxies`, per request)."""
     context = tls_context(settings.upstream, "upstream")
     return aiohttp.ClientSession(
         connector=aiohttp.TCPConnector(
@@ -283,6 +297,7 @@ def workers(
         clock,
         max_body_bytes=s.upstream.max_body_bytes,
         proxies=upstream_proxies(s),
+        ssl_contexts=upstream_contexts(s),
     )
     policy = polling_policy(s)
     learner = Learner(
