@@ -7,6 +7,7 @@ import contextlib
 import json
 import os
 import signal
+import ssl
 import subprocess
 import sys
 import time
@@ -18,6 +19,7 @@ import aiohttp
 import pytest
 
 from tests.support import config
+from tests.support.certs import Pki, make_pki
 from tests.support.eventually import eventually
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -59,13 +61,20 @@ def _stop(proc: subprocess.Popen[str], sig: int = signal.SIGTERM, timeout: float
 class Sim:
     """Handle on a `watcher simulate` subprocess and its control API."""
 
-    def __init__(self, proc: subprocess.Popen[str], base_url: str) -> None:
+    def __init__(
+        self, proc: subprocess.Popen[str], base_url: str, ssl_context: ssl.SSLContext | None = None
+    ) -> None:
         self.proc = proc
         self.base_url = base_url  # e.g. http://127.0.0.1:PORT/api/v2
         self.root = base_url.split("/api/")[0]
+        self.ssl_context = ssl_context  # what verifies an https:// simulator (its --tls-cert)
 
     async def call(self, method: str, path: str, body: Any = None) -> Any:
-        async with aiohttp.ClientSession() as s, s.request(method, self.root + path, json=body) as r:
+        verify = True if self.ssl_context is None else self.ssl_context
+        async with (
+            aiohttp.ClientSession() as s,
+            s.request(method, self.root + path, json=body, ssl=verify) as r,
+        ):
             assert r.status < 300, f"{method} {path} -> {r.status}: {await r.text()}"
             return await r.json() if r.content_type == "application/json" else None
 
@@ -131,11 +140,13 @@ class DaemonProc:
         self.api = f"http://127.0.0.1:{api_port}"
         self.proc: subprocess.Popen[bytes] | None = None
         self.starts = 0
+        self.env: dict[str, str] = {}  # added to the daemon's environment (e.g. HTTPS_PROXY)
+        self.ssl_context: ssl.SSLContext | None = None  # verifies an https:// API (`api.tls_*`)
 
     def start(self) -> None:
         self.starts += 1
         logf = self.log_path.open("ab")
-        env = {k: v for k, v in os.environ.items() if not k.startswith("WATCHER_")}
+        env = {k: v for k, v in os.environ.items() if not k.startswith("WATCHER_")} | self.env
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "watcher", "run", "-c", str(self.config)],
             stdout=logf,
@@ -153,8 +164,9 @@ class DaemonProc:
                 assert self.proc is not None
                 if self.proc.poll() is not None:
                     raise AssertionError(f"daemon exited {self.proc.returncode}:\n{self.log_text()[-3000:]}")
+                verify = True if self.ssl_context is None else self.ssl_context
                 with contextlib.suppress(aiohttp.ClientError):
-                    async with s.get(self.api + "/readyz") as r:
+                    async with s.get(self.api + "/readyz", ssl=verify) as r:
                         return r.status == 200
                 return False
 
@@ -194,40 +206,47 @@ class DaemonProc:
         return out
 
 
-@pytest.fixture
-def sim() -> Iterator[Sim]:
+@contextlib.contextmanager
+def running_sim(*args: str, ssl_context: ssl.SSLContext | None = None) -> Iterator[Sim]:
+    """`watcher simulate` in a subprocess with the tests' credentials; `args` are more of its options
+    (e.g. --tls-cert/--tls-key, then `ssl_context` verifies it)."""
     proc = subprocess.Popen(
         [
-            sys.executable,
-            "-m",
-            "watcher",
-            "simulate",
-            "--port",
-            "0",
-            "--seed",
-            "7",
-            "--token",
-            SIM_TOKEN,
-            "--api-key",
-            SIM_KEY,
-            "--workspace-slug",
-            SIM_SLUG,
+            sys.executable, "-m", "watcher", "simulate", "--port", "0", "--seed", "7", "--token", SIM_TOKEN,
+            "--api-key", SIM_KEY, "--workspace-slug", SIM_SLUG, *args,
         ],
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         text=True,
-    )
+    )  # fmt: skip
     try:
-        yield Sim(proc, _read_listening(proc))
+        yield Sim(proc, _read_listening(proc), ssl_context)
     finally:
         _stop(proc)
 
 
+@pytest.fixture
+def sim() -> Iterator[Sim]:
+    with running_sim() as s:
+        yield s
+
+
 @contextlib.contextmanager
-def running_receiver(out: Path, secret: str) -> Iterator[Receiver]:
-    """The independent Standard Webhooks receiver in a subprocess, verifying with `secret` into `out`."""
+def running_receiver(out: Path, secret: str, *tls_args: str) -> Iterator[Receiver]:
+    """The independent Standard Webhooks receiver in a subprocess, verifying with `secret` into `out`;
+    `tls_args` are its --tls-* options (HTTPS, mTLS)."""
     proc = subprocess.Popen(
-        [sys.executable, str(RECEIVER_SCRIPT), "--port", "0", "--secret", secret, "--out", str(out)],
+        [
+            sys.executable,
+            str(RECEIVER_SCRIPT),
+            "--port",
+            "0",
+            "--secret",
+            secret,
+            "--out",
+            str(out),
+            *tls_args,
+        ],
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         text=True,
@@ -333,3 +352,9 @@ async def daemon_factory(tmp_path: Path) -> AsyncIterator[Any]:
     for d in made:
         if d.alive():
             d.kill()
+
+
+@pytest.fixture(scope="session")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    """A test CA with a server certificate for loopback and a client certificate (tests/support/certs.py)."""
+    return make_pki(tmp_path_factory.mktemp("pki"))

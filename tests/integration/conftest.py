@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.certs import Pki, make_pki
 from tests.support.pg_clock import FakeNowPostgresStore
 from tests.support.postgres import pg_schema
 from watcher.devtools.receiver import Receiver
@@ -66,3 +67,9 @@ async def receiver() -> AsyncIterator[Receiver]:
     await r.start()
     yield r
     await r.stop()
+
+
+@pytest.fixture(scope="session")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    """A test CA with a server certificate for loopback and a client certificate (tests/support/certs.py)."""
+    return make_pki(tmp_path_factory.mktemp("pki"))

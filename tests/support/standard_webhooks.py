@@ -8,7 +8,8 @@ tests:
     python tests/support/standard_webhooks.py --port 0 --secret whsec_... --out deliveries.jsonl
 
 prints one JSON line `{"event": "listening", "url": ...}`, appends each accepted delivery as a JSON line to
-`--out`, and obeys `PUT /_ctl/status {"status": 503}` (`null` resets) and `GET /_ctl/stats`.
+`--out`, and obeys `PUT /_ctl/status {"status": 503}` (`null` resets) and `GET /_ctl/stats`. With
+`--tls-cert`/`--tls-key` it serves HTTPS, and with `--tls-client-ca` too it requires a client certificate.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import hmac
 import json
 import math
 import signal
+import ssl
 import sys
 import time
 from collections.abc import Mapping, Sequence
@@ -219,9 +221,21 @@ class TestReceiver(Receiver):
         )
 
 
+def _tls(args: argparse.Namespace) -> ssl.SSLContext | None:
+    """HTTPS with --tls-cert/--tls-key; with --tls-client-ca too, only clients with a certificate it signs."""
+    if args.tls_cert is None:
+        return None
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(args.tls_cert, args.tls_key)
+    if args.tls_client_ca is not None:
+        ctx.verify_mode = ssl.CERT_REQUIRED
+        ctx.load_verify_locations(args.tls_client_ca)
+    return ctx
+
+
 async def _serve(args: argparse.Namespace) -> None:
     receiver = TestReceiver(args.secret, out=args.out, tolerance_s=args.tolerance)
-    url = await receiver.start(args.host, args.port)
+    url = await receiver.start(args.host, args.port, _tls(args))
     print(json.dumps({"event": "listening", "url": url}), flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -241,6 +255,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--secret", action="append", required=True, help="whsec_ secret; repeat for rotation")
     parser.add_argument("--out", type=Path, default=None, help="append accepted deliveries as JSON lines")
     parser.add_argument("--tolerance", type=float, default=TOLERANCE_S)
+    parser.add_argument("--tls-cert", type=Path, default=None, help="serve HTTPS with this certificate")
+    parser.add_argument("--tls-key", type=Path, default=None, help="the key of --tls-cert")
+    parser.add_argument("--tls-client-ca", type=Path, default=None, help="require client certificates (mTLS)")
     asyncio.run(_serve(parser.parse_args(argv)))
     return 0
 

@@ -4,7 +4,9 @@ operators at a shell.
 The daemon's address and token come from `--url`/`--token`, else `WATCHER_API_TOKEN` for the token, else the
 configuration (`-c`, `$WATCHER_CONFIG`): `api.listen` and the token of the client named by `--client`, else
 the first of `api.tokens`, else that of the first of `api.clients` (a scoped client can do what its scopes
-allow, in its workspaces; the daemon answers 403 or 404 for the rest). Output is a table for
+allow, in its workspaces; the daemon answers 403 or 404 for the rest). An HTTPS API (`api.tls_cert_file`) is
+verified with the system's trust store, or only with `--ca-file` (else `$WATCHER_API_CA_FILE`): the CA that
+signed the daemon's certificate, or a self-signed certificate itself. Output is a table for
 people, or the API's JSON with `--json`. Exit codes: 0 done, 1 the daemon answered an error (its problem's
 title and detail on one line) or could not be reached, 2 bad usage or configuration.
 """
@@ -15,6 +17,7 @@ import argparse
 import http.client
 import json
 import os
+import ssl
 import sys
 import urllib.error
 import urllib.parse
@@ -44,6 +47,11 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--url", help=f"the daemon's API, e.g. {DEFAULT_URL} (default: from api.listen)")
     common.add_argument("--token", help="bearer token (default: $WATCHER_API_TOKEN, else from -c)")
     common.add_argument("--client", metavar="NAME", help="use the token of this [[api.clients]] entry of -c")
+    common.add_argument(
+        "--ca-file",
+        default=os.environ.get("WATCHER_API_CA_FILE") or None,
+        help="trust only this CA (PEM) for an https:// API (default: $WATCHER_API_CA_FILE, else the system)",
+    )
     common.add_argument("--json", action="store_true", help="print the API's JSON instead of a table")
     common.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the daemon")
     parser = argparse.ArgumentParser(prog="watcher", description="Talk to a running job-watcher daemon.")
@@ -108,7 +116,7 @@ def _endpoint(args: argparse.Namespace) -> tuple[str, str | None]:
         if settings is not None:
             host, port = settings.api.host, settings.api.port
             host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
-            url = url or f"http://{f'[{host}]' if ':' in host else host}:{port}"
+            url = url or f"{settings.api.scheme}://{f'[{host}]' if ':' in host else host}:{port}"
             if token is None:
                 token = _config_token(settings, args.client, args.config)
     url = (url or DEFAULT_URL).rstrip("/")
@@ -141,10 +149,28 @@ def _settings(path: str | None) -> Any:
         raise ClientError(f"configuration is invalid: {'; '.join(exc.problems)}", EXIT_USAGE) from None
 
 
+def tls_context(ca_file: str | None) -> ssl.SSLContext:
+    """What an https:// API is verified with: only `ca_file`'s certificates, else the system's trust store."""
+    try:
+        return ssl.create_default_context(cafile=ca_file)
+    except OSError as exc:
+        raise ClientError(f"--ca-file: cannot read {ca_file}: {exc.strerror or exc}", EXIT_USAGE) from None
+    except ssl.SSLError:
+        raise ClientError(f"--ca-file: {ca_file} holds no PEM certificate", EXIT_USAGE) from None
+
+
 def request(
-    url: str, token: str | None, method: str, path: str, body: Any, timeout: float
+    url: str,
+    token: str | None,
+    method: str,
+    path: str,
+    body: Any,
+    timeout: float,
+    context: ssl.SSLContext | None = None,
 ) -> tuple[int, Any]:
-    """One API call: the status and parsed JSON (None for 204); `ClientError` with the problem in one line."""
+    """One API call: the status and parsed JSON (None for 204); `ClientError` with the problem in one line.
+
+    `context` verifies an https:// URL (default: the system's trust store)."""
     headers = {"Accept": "application/json"}
     data = None
     if body is not None:
@@ -154,7 +180,8 @@ def request(
         headers["Authorization"] = f"Bearer {token}"
     req = urllib.request.Request(url + path, data=data, headers=headers, method=method)  # noqa: S310
     try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp:  # noqa: S310 -- scheme checked above
+        # The scheme is http or https: `_endpoint` checked it.
+        with urllib.request.urlopen(req, timeout=timeout, context=context) as resp:  # noqa: S310
             status, raw = resp.status, resp.read()
     except urllib.error.HTTPError as exc:
         with exc:
@@ -340,7 +367,8 @@ def client_main(argv: Sequence[str]) -> int:
         if query:
             path += "?" + urllib.parse.urlencode({k: v for k, v in query.items() if v is not None})
         url, token = _endpoint(args)
-        status, answer = request(url, token, method, path, body, args.timeout)
+        context = tls_context(args.ca_file) if url.startswith("https:") else None
+        status, answer = request(url, token, method, path, body, args.timeout, context)
     except ClientError as exc:
         print(f"watcher: {exc}", file=sys.stderr)
         return exc.code

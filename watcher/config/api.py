@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import ssl
+from pathlib import Path
 from typing import Annotated, Literal, Self
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SecretStr, model_validator
 
 from watcher.config.fields import PositiveSeconds, SecretFile, problem, secret_from, slug_name
+from watcher.config.tls import TlsFileError, server_context
 
 Scope = Literal["watches:read", "watches:write", "deliveries:read", "deliveries:write"]
 SCOPES: tuple[Scope, ...] = ("watches:read", "watches:write", "deliveries:read", "deliveries:write")
@@ -66,10 +69,21 @@ class ApiConfig(_Section):
     max_connections: int = Field(default=1000, ge=1)
     # Unfinished and finished watches the store may hold; registering past it is 507 (SPEC §14).
     max_watches: int = Field(default=2_000_000, ge=1)
+    # HTTPS: the server's certificate (chain, PEM) and its unencrypted key; both or neither.
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
 
     @model_validator(mode="after")
     def _check(self) -> Self:
         _split_listen(self.listen)  # raises with the key named
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            missing = "tls_key_file" if self.tls_key_file is None else "tls_cert_file"
+            given = "tls_cert_file" if missing == "tls_key_file" else "tls_key_file"
+            raise problem((missing,), f"required with {given} (give both or neither)")
+        try:
+            self.ssl_context()
+        except TlsFileError as e:
+            raise problem((e.key,), str(e)) from None
         seen: dict[str, str] = {}
         for i, token in enumerate(self.tokens):
             if not token.get_secret_value():
@@ -84,6 +98,17 @@ class ApiConfig(_Section):
             if other != f"clients[{i}]":
                 raise problem(("clients", i, "token"), f"is the same token as {other}; give each its own")
         return self
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        """The server context of an HTTPS API, or None for plain HTTP. Raises `TlsFileError`."""
+        if self.tls_cert_file is None or self.tls_key_file is None:
+            return None
+        return server_context(self.tls_cert_file, self.tls_key_file)
+
+    @property
+    def scheme(self) -> str:
+        """`https` when the API serves TLS, else `http`."""
+        return "https" if self.tls_cert_file is not None else "http"
 
     def has_auth(self) -> bool:
         """True if any token is configured: then every `/v1` request needs one."""

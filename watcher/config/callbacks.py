@@ -14,6 +14,7 @@ from pydantic import ConfigDict, Field, model_validator
 
 from watcher.config.endpoint import EndpointKeys
 from watcher.config.fields import PositiveSeconds, SecretFile, SigningSecrets, WebhookSecret, problem
+from watcher.config.tls import ClientTlsKeys
 
 
 def _network(value: str) -> str:
@@ -24,7 +25,7 @@ def _network(value: str) -> str:
     return value
 
 
-class CallbacksConfig(EndpointKeys, SigningSecrets):
+class CallbacksConfig(EndpointKeys, SigningSecrets, ClientTlsKeys):
     """Per-watch callbacks: whether API clients may give one, how they are signed and where they may go."""
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)  # as every section: a typo is an error

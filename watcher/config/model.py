@@ -30,6 +30,7 @@ from watcher.config.fields import (
     slug_name,
     uuid_value,
 )
+from watcher.config.tls import ClientTlsKeys
 from watcher.errors import ConfigError
 from watcher.models import Credentials
 from watcher.statuses import DEFAULT_TERMINAL, config_name, default_events, known_events
@@ -49,8 +50,9 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
-class WorkspaceConfig(_Section):
-    """An extra upstream workspace; credentials it leaves out are the default workspace's."""
+class WorkspaceConfig(_Section, ClientTlsKeys):
+    """An extra upstream workspace; credentials it leaves out are the default workspace's. Its TLS keys,
+    when it sets any of them, replace all three of `[upstream]`'s for its requests."""
 
     token: SecretStr | None = None
     token_file: SecretFile | None = None
@@ -66,8 +68,8 @@ class WorkspaceConfig(_Section):
         return self
 
 
-class UpstreamConfig(_Section):
-    """How to reach the Oration API (SPEC §2)."""
+class UpstreamConfig(_Section, ClientTlsKeys):
+    """How to reach the Oration API (SPEC §2); its TLS keys hold for every workspace that sets none."""
 
     base_url: HttpUrlStr = "https://www.oration.ai/api/v2"
     token: SecretStr | None = None
@@ -181,7 +183,7 @@ GROUPED_FORMATS = ("slack", "msteams", "discord", "pagerduty")
 GROUP_WINDOW_MAX_S = 3600.0
 
 
-class WebhookConfig(_Section, EndpointKeys, SigningSecrets):
+class WebhookConfig(_Section, EndpointKeys, SigningSecrets, ClientTlsKeys):
     """One webhook receiver; its URL comes only from the config, never from API clients."""
 
     name: Annotated[str, AfterValidator(slug_name)]

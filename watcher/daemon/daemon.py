@@ -27,6 +27,7 @@ from prometheus_client import CollectorRegistry
 from watcher import __version__
 from watcher.clock import Clock, SystemClock
 from watcher.config import Settings
+from watcher.config.tls import TlsFileError
 from watcher.daemon.housekeeping import MIN_PAUSE_S, Housekeeping
 from watcher.daemon.limits import budget
 from watcher.daemon.parts import (
@@ -226,14 +227,21 @@ class Daemon:
         await runner.setup()
         cap = budget(self.settings).api_connections
         try:
-            await CappedSite(runner, api.host, api.port, cap=cap, count=runner.count).start()
+            tls = api.ssl_context()  # read again now: checked when the configuration loaded
+            await CappedSite(
+                runner, api.host, api.port, cap=cap, count=runner.count,
+                ssl_context=tls, handshake_timeout_s=api.header_timeout_s,
+            ).start()  # fmt: skip
+        except TlsFileError as exc:
+            await runner.cleanup()
+            raise StartupError(f"api.{exc.key}: {exc}") from exc
         except OSError as exc:
             await runner.cleanup()
             raise StartupError(
                 f"api.listen: cannot listen on {self.settings.api.listen}: {exc.strerror}"
             ) from exc
         for sock in runner.addresses:
-            log.info("api.listening", address=f"{sock[0]}:{sock[1]}", max_connections=cap)
+            log.info("api.listening", address=f"{sock[0]}:{sock[1]}", max_connections=cap, scheme=api.scheme)
         return runner
 
     async def _open_store(self, store: Store) -> int | None:

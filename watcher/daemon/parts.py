@@ -5,9 +5,11 @@ Building one starts nothing."""
 from __future__ import annotations
 
 import random
+import ssl
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import fields
+from pathlib import Path
 
 import aiohttp
 import structlog
@@ -15,6 +17,7 @@ import structlog
 from watcher import __version__
 from watcher.clock import Clock, iso_utc
 from watcher.config import Settings, WebhookConfig
+from watcher.config.tls import ClientTlsKeys, TlsFileError
 from watcher.delivery.breaker import Breakers
 from watcher.delivery.callbacks import CallbackTargets
 from watcher.delivery.formats import FormatSettings, alertmanager, validate_template
@@ -23,6 +26,7 @@ from watcher.delivery.guard import AddressGuard, CallbackUrlError, guarded_conne
 from watcher.delivery.target import WebhookTarget
 from watcher.delivery.webhook import WebhookSender
 from watcher.delivery.worker import DeliveryWorker
+from watcher.errors import ConfigError
 from watcher.events import WebhookFilter, route
 from watcher.health import StoreHealth
 from watcher.metrics import Metrics
@@ -33,6 +37,7 @@ from watcher.polling.policy import PollingPolicy
 from watcher.polling.ratelimit import TokenBucket
 from watcher.polling.scheduler import Scheduler
 from watcher.polling.upstream import UpstreamClient
+from watcher.proxies import Proxy, environment_proxies, proxy_for
 from watcher.statuses import default_events
 from watcher.store.base import Store
 
@@ -70,8 +75,14 @@ def format_settings(hook: WebhookConfig, index: int) -> FormatSettings:
 
 
 def webhook_targets(settings: Settings) -> dict[str, WebhookTarget]:
-    """The configured webhooks as delivery targets, keyed by name; ConfigError for a broken template."""
+    """The configured webhooks as delivery targets, keyed by name; ConfigError for a broken template.
+
+    Webhooks with the same TLS files share one SSL context (aiohttp pools connections per context), read
+    from the files now: a rebuilt set of targets sees renewed certificates.
+    """
     targets = {}
+    contexts: dict[tuple[Path | None, ...], ssl.SSLContext | None] = {}
+    proxies = environment_proxies()
     for i, w in enumerate(settings.webhooks):
         values = w.model_dump(include=_TARGET_KEYS)
         if w.format == "alertmanager":
@@ -82,8 +93,30 @@ def webhook_targets(settings: Settings) -> dict[str, WebhookTarget]:
             events=frozenset(w.events or ()),
             headers=dict(w.headers),
             format_settings=format_settings(w, i),
+            ssl_context=_context(contexts, w, f"webhooks[{i}]"),
+            tls_files=tuple(None if p is None else str(p) for p in w.tls_files()),
+            proxy=proxy_for(values["url"], proxies),
         )
     return targets
+
+
+def _context(
+    contexts: dict[tuple[Path | None, ...], ssl.SSLContext | None], keys: ClientTlsKeys, where: str
+) -> ssl.SSLContext | None:
+    """The SSL context of `keys`, made once per distinct set of files; a file that went bad since the
+    configuration was loaded is a ConfigError naming `where`'s key."""
+    files = keys.tls_files()
+    if files not in contexts:
+        try:
+            contexts[files] = keys.ssl_context()
+        except TlsFileError as e:
+            raise ConfigError([f"{where}.{e.key}: {e}"]) from None
+    return contexts[files]
+
+
+def tls_context(keys: ClientTlsKeys, where: str) -> ssl.SSLContext | None:
+    """The SSL context of one section's TLS keys (`[upstream]`, `[callbacks]`); ConfigError naming `where`."""
+    return _context({}, keys, where)
 
 
 def webhook_filters(settings: Settings, targets: dict[str, WebhookTarget]) -> list[WebhookFilter]:
@@ -122,17 +155,44 @@ def adaptive_settings(settings: Settings) -> AdaptiveSettings:
     )
 
 
+def upstream_proxies(settings: Settings) -> dict[str, Proxy | None]:
+    """Each workspace's forward proxy from the environment (HTTPS_PROXY/HTTP_PROXY/NO_PROXY), by slug."""
+    proxies = environment_proxies()
+    return {slug: proxy_for(c.base_url, proxies) for slug, c in settings.upstream.credentials().items()}
+
+
+def upstream_contexts(settings: Settings) -> dict[str, ssl.SSLContext]:
+    """The SSL contexts of the workspaces that set TLS keys of their own, by slug (the others use the
+    session's, `[upstream]`'s); ConfigError naming the workspace's key for a file that went bad."""
+    contexts: dict[tuple[Path | None, ...], ssl.SSLContext | None] = {}
+    own = {}
+    for slug, ws in settings.upstream.workspaces.items():
+        if ws.has_tls():
+            context = _context(contexts, ws, f"upstream.workspaces.{slug}")
+            if context is not None:
+                own[slug] = context
+    return own
+
+
 def upstream_http(settings: Settings) -> aiohttp.ClientSession:
-    """The session of the upstream polls: as many connections as polls in flight, no cookies."""
+    """The session of the upstream polls: as many connections as polls in flight, no cookies; the
+    `[upstream]` TLS keys (a workspace with its own: `upstream_contexts`, per request; proxies:
+    `upstream_proxies`, per request)."""
+    context = tls_context(settings.upstream, "upstream")
     return aiohttp.ClientSession(
-        connector=aiohttp.TCPConnector(limit=settings.upstream.max_concurrency, limit_per_host=0),
+        connector=aiohttp.TCPConnector(
+            limit=settings.upstream.max_concurrency,
+            limit_per_host=0,
+            ssl=True if context is None else context,
+        ),
         headers={"User-Agent": f"job-watcher/{__version__}"},
         cookie_jar=aiohttp.DummyCookieJar(),  # the API authenticates by header; keep no cookies
     )
 
 
 def webhook_http() -> aiohttp.ClientSession:
-    """The session of the webhook deliveries."""
+    """The session of the configured webhooks' deliveries; each target brings its own SSL context and
+    proxy (`webhook_targets`). Not `trust_env`: see `watcher.proxies`."""
     return aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=100))
 
 
@@ -196,6 +256,8 @@ def workers(
             WebhookSender(callback_session, clock),
             secrets=tuple(cb.all_secrets()),
             concurrency=cb.concurrency_per_endpoint,
+            ssl_context=tls_context(cb, "callbacks"),
+            tls_files=tuple(None if p is None else str(p) for p in cb.tls_files()),
             **cb.model_dump(include=_CALLBACK_KEYS),
         )
     delivery = DeliveryWorker(
@@ -234,6 +296,8 @@ def workers(
         s.upstream.timeout_s,
         clock,
         max_body_bytes=s.upstream.max_body_bytes,
+        proxies=upstream_proxies(s),
+        ssl_contexts=upstream_contexts(s),
     )
     policy = polling_policy(s)
     learner = Learner(

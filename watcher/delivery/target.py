@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 from watcher.delivery.formats.base import FormatSettings
+from watcher.proxies import Proxy
 
 
 def _url_origin(url: str) -> str:
@@ -38,6 +40,12 @@ class WebhookTarget:
     group_window_s: float = 0.0
     # The format's own settings (SPEC §15); its repr hides the routing key and the template.
     format_settings: FormatSettings = field(default_factory=FormatSettings, repr=False)
+    # What its TLS connections trust and present (`ca_file`, mTLS); None: the system's trust, no client cert.
+    # Targets compare by the files the context was read from (`tls_files`), not by the context object.
+    ssl_context: ssl.SSLContext | None = field(default=None, repr=False, compare=False)
+    tls_files: tuple[str | None, ...] = (None, None, None)  # ca_file, client_cert_file, client_key_file
+    # The forward proxy the environment names for `url` (decided at start-up), or None to connect directly.
+    proxy: Proxy | None = field(default=None, repr=False)
 
     def __repr__(self) -> str:
         return (
@@ -48,5 +56,6 @@ class WebhookTarget:
             f"retry_max_s={self.retry_max_s}, headers={sorted(self.headers)!r}, "
             f"concurrency={self.concurrency}, breaker_failures={self.breaker_failures}, "
             f"breaker_open_s={self.breaker_open_s}, breaker_open_max_s={self.breaker_open_max_s}, "
-            f"max_delivery_age_s={self.max_delivery_age_s}, group_window_s={self.group_window_s})"
+            f"max_delivery_age_s={self.max_delivery_age_s}, group_window_s={self.group_window_s}, "
+            f"tls_files={self.tls_files!r})"
         )

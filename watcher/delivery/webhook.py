@@ -92,7 +92,13 @@ class WebhookSender:
         timeout = aiohttp.ClientTimeout(total=target.timeout_s)
         try:
             async with self._session.post(
-                target.url, data=body, headers=headers, timeout=timeout, allow_redirects=False
+                target.url,
+                data=body,
+                headers=headers,
+                timeout=timeout,
+                allow_redirects=False,
+                ssl=True if target.ssl_context is None else target.ssl_context,
+                **({} if target.proxy is None else target.proxy.request_kwargs()),
             ) as resp:
                 status = resp.status
                 reason = resp.reason or ""
@@ -112,6 +118,10 @@ class WebhookSender:
                 )
             # The exception text may name the URL (whose path can be a secret), so only its type is kept.
             detail = f"connection error: {type(exc).__name__}"
+            if isinstance(exc, aiohttp.ClientConnectorCertificateError):
+                detail = "TLS: the receiver's certificate is not trusted (see ca_file)"
+            elif isinstance(exc, aiohttp.ClientSSLError):
+                detail = f"TLS handshake failed: {type(exc).__name__}"
             return SendResult(DeliveryOutcome.RETRY, None, None, detail, self._clock.monotonic() - start)
         duration = self._clock.monotonic() - start
         return classify(status, reason, retry_after_header, self._clock.now(), duration)

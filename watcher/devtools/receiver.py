@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import json
+import ssl
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -84,6 +85,7 @@ class Receiver:
         self.fixed_status: int | None = None
         self.delay_s = 0.0  # answer every verified request only after this long (a slow receiver)
         self._runner: web.AppRunner | None = None
+        self._scheme = "http"
         self._changed = asyncio.Event()
         self.deliveries: list[Any] = []  # what `record` made of each accepted request, in arrival order
         self.attempts: Counter[str] = Counter()  # every verified request by webhook-id, answered 2xx or not
@@ -103,17 +105,21 @@ class Receiver:
         if self._runner is None or not self._runner.addresses:
             return None
         host, port = self._runner.addresses[0][:2]
-        return f"http://{host}:{port}{self._path}"
+        return f"{self._scheme}://{host}:{port}{self._path}"
 
-    async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
-        """Listen on `host:port` (0 picks a free port) and return the URL to post to."""
+    async def start(
+        self, host: str = "127.0.0.1", port: int = 0, ssl_context: ssl.SSLContext | None = None
+    ) -> str:
+        """Listen on `host:port` (0 picks a free port; HTTPS with `ssl_context`) and return the URL to
+        post to."""
         app = web.Application(client_max_size=MAX_BODY_BYTES)
         app.router.add_route("*", REDIRECT_PATH, self._redirected)
         self.extra_routes(app)
         app.router.add_post("/{tail:.*}", self._handle)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
-        await web.TCPSite(self._runner, host, port).start()
+        await web.TCPSite(self._runner, host, port, ssl_context=ssl_context).start()
+        self._scheme = "http" if ssl_context is None else "https"
         url = self.url
         if url is None:
             raise RuntimeError("receiver started but reports no listening address")

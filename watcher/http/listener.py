@@ -16,6 +16,7 @@ import contextlib
 import errno
 import functools
 import socket
+import ssl
 import time
 from collections.abc import Callable
 from typing import Any
@@ -133,19 +134,34 @@ class CappedSite(web.BaseSite):
     """A TCP site that holds at most `cap` connections open at once; the count is kept in `count`, which
     the runner's server updates as its connections open and close."""
 
-    __slots__ = ("_cap", "_connecting", "_count", "_errors", "_host", "_port")
+    __slots__ = (
+        "_cap", "_connecting", "_count", "_errors", "_handshake_s", "_handshakes", "_host", "_port", "_tls",
+    )  # fmt: skip
 
     def __init__(
-        self, runner: web.BaseRunner, host: str, port: int, *, cap: int, count: ConnectionCount
+        self,
+        runner: web.BaseRunner,
+        host: str,
+        port: int,
+        *,
+        cap: int,
+        count: ConnectionCount,
+        ssl_context: ssl.SSLContext | None = None,
+        handshake_timeout_s: float = 10.0,
     ) -> None:
         super().__init__(runner, backlog=BACKLOG)
         self._host, self._port, self._cap, self._count = host, port, cap, count
+        # HTTPS: each accepted connection's TLS handshake must finish within `handshake_timeout_s` (a slow
+        # client holds a connection slot no longer than one whose headers are slow, SPEC §16).
+        self._tls, self._handshake_s = ssl_context, handshake_timeout_s
         self._errors = RateLimitedLog("api.accept_failed", ACCEPT_LOG_EVERY_S)
+        # A client that does not trust the certificate, or a port scanner: bounded like accept errors.
+        self._handshakes = RateLimitedLog("api.tls_handshake_failed", ACCEPT_LOG_EVERY_S)
         self._connecting: set[asyncio.Task[None]] = set()
 
     @property
     def name(self) -> str:
-        return f"http://{self._host}:{self._port}"
+        return f"{'http' if self._tls is None else 'https'}://{self._host}:{self._port}"
 
     async def start(self) -> None:
         """Bind and listen on every address of the host, and start accepting."""
@@ -220,10 +236,14 @@ class CappedSite(web.BaseSite):
                 conn.close()
                 return
             conn.setblocking(False)
-            await asyncio.get_running_loop().connect_accepted_socket(server, conn)
-        except OSError as exc:  # the peer went away between accept() and here
+            tls: dict[str, Any] = {}
+            if self._tls is not None:
+                tls = {"ssl": self._tls, "ssl_handshake_timeout": self._handshake_s}
+            await asyncio.get_running_loop().connect_accepted_socket(server, conn, **tls)
+        except OSError as exc:  # the peer went away between accept() and here, or its TLS handshake failed
             conn.close()
-            self._errors.report(error=exc.strerror or type(exc).__name__, open=self._count.open)
+            errors = self._errors if self._tls is None else self._handshakes
+            errors.report(error=exc.strerror or type(exc).__name__, open=self._count.open)
         except Exception as exc:  # a bug in setting up one connection must not stop the listener
             conn.close()
             self._errors.report(error=type(exc).__name__, open=self._count.open)

@@ -8,6 +8,7 @@ prefix, headers, timeout) is built once per workspace.
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import Mapping
 from typing import Any, Final
 from urllib.parse import quote
@@ -17,6 +18,7 @@ from yarl import URL
 
 from watcher.clock import Clock, SystemClock, parse_retry_after
 from watcher.models import KNOWN_STATUSES, Credentials, PollOutcome, PollResult
+from watcher.proxies import Proxy
 from watcher.statuses import GrownStatusLog, is_grown
 from watcher.strictjson import MAX_DEPTH, TooDeep, parse_body
 
@@ -32,9 +34,11 @@ _MAX_UPDATED_AT: Final = 64
 class _Workspace:
     """Everything about a workspace that is the same for every poll, built once."""
 
-    __slots__ = ("headers", "prefix", "secrets")
+    __slots__ = ("headers", "prefix", "secrets", "transport")
 
-    def __init__(self, creds: Credentials) -> None:
+    def __init__(
+        self, creds: Credentials, proxy: Proxy | None = None, ssl_context: ssl.SSLContext | None = None
+    ) -> None:
         # In yarl's encoded form, so a request URL is this plus a quoted id, taken as already encoded.
         self.prefix = str(URL(creds.base_url.rstrip("/") + "/jobs/"))
         headers = {
@@ -47,6 +51,11 @@ class _Workspace:
             headers["x-workspace-id"] = creds.workspace_id
         self.headers: Mapping[str, str] = headers
         self.secrets = tuple(s for s in (creds.token, creds.api_key) if s)
+        # Per-request arguments: the forward proxy of this workspace's base URL (HTTPS_PROXY, unless
+        # NO_PROXY names its host), and its own SSL context if it has one (else the session's).
+        self.transport: dict[str, Any] = {} if proxy is None else proxy.request_kwargs()
+        if ssl_context is not None:
+            self.transport["ssl"] = ssl_context
 
     def __repr__(self) -> str:
         # The header dict holds the token and key; a repr must never show them.
@@ -68,9 +77,15 @@ class UpstreamClient:
         clock: Clock | None = None,
         *,
         max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+        proxies: Mapping[str, Proxy | None] | None = None,
+        ssl_contexts: Mapping[str, ssl.SSLContext] | None = None,
     ) -> None:
         self._session = session
-        self._workspaces = {name: _Workspace(creds) for name, creds in credentials.items()}
+        proxies, contexts = proxies or {}, ssl_contexts or {}
+        self._workspaces = {
+            name: _Workspace(creds, proxies.get(name), contexts.get(name))
+            for name, creds in credentials.items()
+        }
         self._timeout = aiohttp.ClientTimeout(total=timeout_s)
         self._clock: Clock = clock if clock is not None else SystemClock()
         self._max_body_bytes = max_body_bytes
@@ -94,6 +109,7 @@ class UpstreamClient:
                 timeout=self._timeout,
                 allow_redirects=False,
                 raise_for_status=False,
+                **ws.transport,
             ) as resp:
                 status = resp.status
                 # Read every answer, not only 200s, so the pooled connection can be reused.

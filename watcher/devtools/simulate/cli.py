@@ -7,9 +7,12 @@ import asyncio
 import json
 import random
 import signal
+import ssl
 import sys
+from pathlib import Path
 from typing import Any
 
+from watcher.config.tls import TlsFileError, server_context
 from watcher.devtools.simulate.faults import FAULT_KINDS, POISON_VARIANTS, Faults
 from watcher.devtools.simulate.jobs import random_script
 from watcher.devtools.simulate.jobtypes import parse_scenario
@@ -61,12 +64,29 @@ def _parser() -> OneLineParser:
         help="answer any UUID not created through /_sim/ as a job stuck in STATUS (load tests; default 404)",
     )
     p.add_argument("--max-log", type=int, default=100_000, metavar="N", help="requests kept in the log")
+    p.add_argument("--tls-cert", metavar="FILE", help="serve HTTPS with this certificate (PEM)")
+    p.add_argument("--tls-key", metavar="FILE", help="the certificate's unencrypted private key (PEM)")
     return p
 
 
-def _build(argv: list[str]) -> tuple[Simulator, str, int]:
-    """Parse the command line into a ready simulator; raises UsageError with a one-line reason."""
+def _tls(cert: str | None, key: str | None) -> ssl.SSLContext | None:
+    """The server context of --tls-cert/--tls-key, or None for plain HTTP; UsageError naming the flag."""
+    if cert is None and key is None:
+        return None
+    if cert is None or key is None:
+        raise UsageError("--tls-cert and --tls-key go together")
+    try:
+        return server_context(Path(cert), Path(key))
+    except TlsFileError as exc:
+        flag = "--tls-cert" if exc.key == "tls_cert_file" else "--tls-key"
+        raise UsageError(f"{flag}: {str(exc).replace('tls_cert_file', '--tls-cert')}") from None
+
+
+def _build(argv: list[str]) -> tuple[Simulator, str, int, ssl.SSLContext | None]:
+    """Parse the command line into a ready simulator (and its TLS context, or None); raises UsageError with
+    a one-line reason."""
     args = _parser().parse_args(argv)
+    tls = _tls(args.tls_cert, args.tls_key)
     if args.jobs < 0 or not 0 <= args.port <= 65535:
         raise UsageError("--jobs must be >= 0 and --port in 0..65535")
     try:
@@ -104,17 +124,17 @@ def _build(argv: list[str]) -> tuple[Simulator, str, int]:
             raise UsageError(f"--scenario {args.scenario}: job {i}: {exc}") from None
     for _ in range(args.jobs):
         sim.add_job(script=random_script(rng))
-    return sim, args.host, args.port
+    return sim, args.host, args.port, tls
 
 
-async def _serve(sim: Simulator, host: str, port: int) -> int:
+async def _serve(sim: Simulator, host: str, port: int, tls: ssl.SSLContext | None = None) -> int:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     # Installed before binding so that a SIGTERM right after the "listening" line still exits cleanly.
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     try:
-        url = await sim.start(host, port)
+        url = await sim.start(host, port, tls)
         print(json.dumps({"event": "listening", "url": url}), flush=True)
         await stop.wait()
     finally:
@@ -127,14 +147,14 @@ async def _serve(sim: Simulator, host: str, port: int) -> int:
 def simulate_main(argv: list[str]) -> int:
     """Entry point of `watcher simulate`: 0 after SIGINT/SIGTERM, 2 on bad usage, 1 if it cannot serve."""
     try:
-        sim, host, port = _build(argv)
+        sim, host, port, tls = _build(argv)
     except UsageError as exc:
         print(f"watcher simulate: error: {exc}", file=sys.stderr)
         return 2
     except SystemExit as exc:  # --help
         return exc.code if isinstance(exc.code, int) else 0
     try:
-        return asyncio.run(_serve(sim, host, port))
+        return asyncio.run(_serve(sim, host, port, tls))
     except OSError as exc:
         print(f"watcher simulate: cannot listen on {host}:{port}: {exc.strerror or exc}", file=sys.stderr)
         return 1

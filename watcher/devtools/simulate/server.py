@@ -9,6 +9,7 @@ tests (`watcher simulate`). Time comes from an injected clock, fault decisions f
 from __future__ import annotations
 
 import json
+import ssl
 import uuid
 from typing import Any, Final
 
@@ -39,6 +40,7 @@ class Simulator(SimState):
     """The simulated upstream and the aiohttp app serving it (`start`, `url`, `stop`)."""
 
     _runner: web.AppRunner | None = None
+    _scheme = "http"  # "https" once started with an SSL context
 
     def _authorize(self, request: web.Request) -> web.Response | None:
         auth = request.headers.get("Authorization", "")
@@ -189,10 +191,13 @@ class Simulator(SimState):
             return None
         bound_host, bound_port = self._runner.addresses[0][:2]
         netloc = f"[{bound_host}]" if ":" in bound_host else bound_host
-        return f"http://{netloc}:{bound_port}{API_PREFIX}"
+        return f"{self._scheme}://{netloc}:{bound_port}{API_PREFIX}"
 
-    async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
-        """Serve on host:port (0 = any free port) and return the base URL, e.g. http://127.0.0.1:PORT/api/v2."""
+    async def start(
+        self, host: str = "127.0.0.1", port: int = 0, ssl_context: ssl.SSLContext | None = None
+    ) -> str:
+        """Serve on host:port (0 = any free port; HTTPS with `ssl_context`) and return the base URL, e.g.
+        http://127.0.0.1:PORT/api/v2."""
         if self._runner is not None:
             raise RuntimeError("simulator already started")
         # handler_cancellation: a client that gives up on a slow answer frees its handler at once.
@@ -204,11 +209,12 @@ class Simulator(SimState):
         )
         await runner.setup()
         try:
-            await web.TCPSite(runner, host, port).start()
+            await web.TCPSite(runner, host, port, ssl_context=ssl_context).start()
         except BaseException:
             await runner.cleanup()
             raise
         self._runner = runner
+        self._scheme = "http" if ssl_context is None else "https"
         url = self.url
         if url is None:
             raise RuntimeError("simulator started but reports no listening address")
