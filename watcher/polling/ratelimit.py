@@ -7,6 +7,9 @@ are served in call order without a lock and a caller with a token available neve
 
 A 429 answers with AIMD: `penalize` halves the rate (down to a floor) and holds every acquire until the
 upstream's Retry-After has passed; `reward` on each successful poll adds the rate back linearly over time.
+
+The scheduler keeps one bucket per workspace inside the upstream's (`watcher.polling.buckets`); a poll for
+a workspace whose bucket has no token now is not awaited but deferred (`take_or_defer`).
 """
 
 from __future__ import annotations
@@ -45,6 +48,7 @@ class TokenBucket:
         self._hold_until = start  # no acquire returns before this (a Retry-After)
         self._last_adjust = start  # the last time the rate changed: recovery counts from here
         self._last_penalty: float | None = None
+        self._deferred_until = start  # the end of the queue of callers sent away by `take_or_defer`
 
     @property
     def current_rate(self) -> float:
@@ -55,6 +59,11 @@ class TokenBucket:
     def configured_rate(self) -> float:
         """The rate the bucket was built with and recovers to."""
         return self._configured
+
+    @property
+    def throttled(self) -> bool:
+        """True while a 429 keeps the rate below the configured one (successful polls recover it)."""
+        return self._rate < self._configured
 
     def _slot(self, now: float) -> float:
         """When the next token is free: up to `burst` slots may be taken ahead of the steady schedule."""
@@ -80,6 +89,22 @@ class TokenBucket:
             return False
         self._take(slot)
         return True
+
+    def take_or_defer(self) -> float | None:
+        """Take a token if one is free now and return None; else take nothing and return when to come back.
+
+        The monotonic times handed out form a queue spaced at the current rate, starting at the next free
+        slot: callers sent away together come back one interval apart instead of all at once (each then
+        takes its token like any caller). For a scheduler that must not wait on this bucket.
+        """
+        now = self._clock.monotonic()
+        slot = self._slot(now)
+        if slot <= now + _EPSILON_S:
+            self._take(slot)
+            return None
+        back = max(slot, self._deferred_until)
+        self._deferred_until = back + 1.0 / self._rate
+        return back
 
     async def acquire(self) -> None:
         """Wait for a token: return at once if one is free, else sleep until the reserved slot.
