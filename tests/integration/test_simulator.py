@@ -212,6 +212,19 @@ class TestFaults:
             assert (resp.status, resp.headers["Retry-After"]) == (429, "4")
         assert [(await h.poll(job.id))[0] for _ in range(2)] == [429, 200]
 
+    async def test_faults_of_one_workspace(self, h: Harness) -> None:
+        """`workspace` confines the fractional faults to that workspace's requests; stats count requests per
+        workspace; an unknown workspace is refused."""
+        status, answer = await h.ctl("PUT", "/_sim/faults", {"rate_limit": 1.0, "workspace": "nope"})
+        assert (status, h.sim.faults) == (400, Faults())
+        assert "workspace" in answer["error"]
+        status, faults = await h.ctl("PUT", "/_sim/faults", {"rate_limit": 1.0, "workspace": "other"})
+        assert (status, faults["workspace"]) == (200, "other")
+        mine, theirs = h.sim.add_job(), h.sim.add_job(workspace="other")
+        assert [(await h.poll(mine.id))[0] for _ in range(3)] == [200] * 3
+        assert [(await h.poll(theirs.id, OTHER))[0] for _ in range(3)] == [429] * 3
+        assert h.sim.stats()["by_workspace"] == {"sim": 3, "other": 3}
+
     async def test_drop_closes_the_connection(self, h: Harness) -> None:
         """A dropped request gets no HTTP answer at all."""
         job = h.sim.add_job()
