@@ -57,7 +57,7 @@ class Faults:
         if self.poison_variant not in ("", *POISON_VARIANTS):
             raise ValueError(f'poison_variant: expected one of {", ".join(POISON_VARIANTS)} or ""')
         if not isinstance(self.workspace, str):
-            raise ValueError(f"workspace: expected a workspace slug or \"\", got {self.workspace!r}")
+            raise ValueError(f'workspace: expected a workspace slug or "", got {self.workspace!r}')
         for f in fields(self):
             if f.name in ("poison_variant", "workspace"):
                 continue
