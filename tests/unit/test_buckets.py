@@ -190,6 +190,9 @@ async def test_a_throttled_workspace_does_not_hold_up_the_other(workers: int) ->
     assert buckets.throttled == {"a"}
     assert gauge(m, "a") == 1.0
     first_a = upstream.polls["a"]
+    held = [w for w in [await store.get_watch(j) for j in jobs["a"]] if w is not None and w.polls == 0]
+    assert len(held) == 8 - first_a  # sent away unpolled: nothing counted, due after the Retry-After
+    assert all(w.next_poll_at >= clock.now() + 30.0 for w in held)
     for second in range(1, 11):  # ten more seconds: b on its 1 s interval, a held
         await clock.advance(1.0)
         await burst()

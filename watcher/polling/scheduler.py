@@ -23,12 +23,12 @@ from watcher.errors import StoreUnavailable
 from watcher.health import StoreHealth
 from watcher.loop import StoreLoop
 from watcher.metrics import Metrics, observe_many
-from watcher.models import PollOutcome, PollResult, SavedPoll, Watch
+from watcher.models import PollOutcome, PollResult, Watch
 from watcher.polling.buckets import Buckets
 from watcher.polling.errorlog import ErrorLogLimiter
 from watcher.polling.failures import FailureNotes
 from watcher.polling.learning import Learner
-from watcher.polling.policy import Decision, PollingPolicy, decide, is_expired
+from watcher.polling.policy import Decision, PollingPolicy, decide, is_expired, postpone
 from watcher.polling.record import record_decision
 from watcher.polling.writer import BatchWriter, WriterEvents
 from watcher.store.base import Store
@@ -377,10 +377,7 @@ class Scheduler(StoreLoop):
         if back_at is not None:
             # Its workspace is throttled: due again when its bucket has a token for it, and this worker
             # goes on with other workspaces' polls instead of waiting (no head-of-line blocking).
-            later = self._clock.now() + max(0.0, back_at - self._clock.monotonic())
-            deferred = watch.copy()
-            deferred.next_poll_at = max(watch.next_poll_at, later)
-            self._writer.add(Decision(SavedPoll(deferred), watch.status, False, None, None))
+            self._writer.add(postpone(watch, self._clock.now() + back_at - self._clock.monotonic()))
             return
         self.polls_started += 1
         upstream = buckets.upstream
