@@ -16,10 +16,12 @@ from prometheus_client import CollectorRegistry
 from watcher.devtools.clock import ManualClock
 from watcher.metrics import Metrics
 from watcher.models import PollOutcome, PollResult, Registration, Source
-from watcher.polling.buckets import Buckets
+from watcher.polling.buckets import STALE_RESERVATION_S, Buckets
 from watcher.polling.policy import PollingPolicy
 from watcher.polling.scheduler import Scheduler
 from watcher.store.memory import MemoryStore
+
+IDS = (f"job-{n}" for n in itertools.count())
 
 
 def metrics() -> Metrics:
@@ -37,12 +39,12 @@ class TestNested:
         """`slow` (2/s, a burst of 2) runs out of tokens; `fast` and the upstream (16/s) still have some."""
         clock = ManualClock()
         buckets = Buckets(clock, 16.0, {"slow": 2.0, "fast": None})
-        assert buckets.take("slow") is None
-        assert buckets.take("slow") is None
-        back = buckets.take("slow")
+        assert buckets.take("slow", next(IDS)) is None
+        assert buckets.take("slow", next(IDS)) is None
+        back = buckets.take("slow", next(IDS))
         assert back is not None and back == clock.monotonic() + 0.5
         for _ in range(8):
-            assert buckets.take("fast") is None
+            assert buckets.take("fast", next(IDS)) is None
             assert buckets.upstream.try_acquire()
 
     def test_the_upstream_s_bucket_binds_every_workspace(self) -> None:
@@ -51,7 +53,7 @@ class TestNested:
         buckets = Buckets(clock, 4.0, {"a": 64.0, "b": 64.0})
         taken = 0
         for slug in ("a", "b", "a", "b", "a", "b"):
-            assert buckets.take(slug) is None
+            assert buckets.take(slug, next(IDS)) is None
             taken += buckets.upstream.try_acquire()
         assert taken == 4
 
@@ -71,9 +73,9 @@ class TestThrottling:
         buckets = Buckets(clock, 16.0, {"a": None, "b": None}, throttled_gauge=m.upstream_throttled)
         assert (gauge(m, "a"), gauge(m, "b")) == (0.0, 0.0)
         buckets.penalize("a", 2.0)
-        back = buckets.take("a")
+        back = buckets.take("a", next(IDS))
         assert back is not None and back >= clock.monotonic() + 2.0
-        assert buckets.take("b") is None
+        assert buckets.take("b", next(IDS)) is None
         assert buckets.upstream.try_acquire()
         assert not buckets.upstream.throttled
         assert buckets.throttled == {"a"}
@@ -96,7 +98,7 @@ class TestThrottling:
         buckets.penalize("b", 1.0)
         assert buckets.upstream.current_rate == 8.0
         assert not buckets.upstream.try_acquire()  # its Retry-After holds every poll
-        assert buckets.take("c") is None  # c's own bucket is not throttled
+        assert buckets.take("c", next(IDS)) is None  # c's own bucket is not throttled
 
     def test_with_one_workspace_its_429_slows_the_upstream(self) -> None:
         """One workspace is the whole upstream: the behaviour of the single shared bucket is unchanged."""
@@ -126,11 +128,55 @@ class TestThrottling:
         clock = ManualClock()
         buckets = Buckets(clock, 16.0, {"a": None, "b": None})
         buckets.penalize("a", 1.0)
-        backs = [buckets.take("a") for _ in range(5)]
+        backs = [buckets.take("a", next(IDS)) for _ in range(5)]
         assert all(b is not None for b in backs)
         times = [b for b in backs if b is not None]
         assert times[0] >= clock.monotonic() + 1.0
         assert [t2 - t1 for t1, t2 in itertools.pairwise(times)] == [0.125] * 4
+
+
+class TestReservations:
+    """A postponed poll's token is reserved: it keeps its place in line."""
+
+    async def test_a_watch_that_comes_back_uses_its_reserved_token(self) -> None:
+        """`a` at 2/s, burst used up: `late` reserves the slot 0.5 s ahead; coming back early it is told the
+        same slot; at the slot it goes, and a newcomer then is queued behind it, not before."""
+        clock = ManualClock()
+        buckets = Buckets(clock, 64.0, {"a": 2.0})
+        assert buckets.take("a", "x") is None and buckets.take("a", "y") is None
+        slot = buckets.take("a", "late")
+        assert slot == clock.monotonic() + 0.5
+        await clock.advance(0.25)
+        assert buckets.take("a", "late") == slot
+        await clock.advance(0.25)
+        newcomer = buckets.take("a", "new")
+        assert buckets.take("a", "late") is None
+        assert newcomer == slot + 0.5
+
+    async def test_a_hold_over_a_reservation_makes_it_reserve_again(self) -> None:
+        """A 429 after the reservation, with Retry-After 5 s: the watch coming back inside the hold does not
+        poll; it gets a slot after the hold."""
+        clock = ManualClock()
+        buckets = Buckets(clock, 64.0, {"a": 2.0, "b": None})
+        buckets.take("a", "x")
+        buckets.take("a", "y")
+        slot = buckets.take("a", "late")
+        assert slot is not None
+        buckets.penalize("a", 5.0)
+        await clock.advance(slot - clock.monotonic())
+        again = buckets.take("a", "late")
+        assert again is not None and again >= slot + 5.0 - 0.5
+
+    async def test_stale_reservations_are_forgotten(self) -> None:
+        """Reservations never used (deleted watches) do not pile up."""
+        clock = ManualClock()
+        buckets = Buckets(clock, 64.0, {"a": 1.0})
+        for n in range(50):
+            buckets.take("a", f"gone-{n}")
+        await clock.advance(50 + STALE_RESERVATION_S + 1)
+        buckets.take("a", "x")
+        buckets.take("a", "y")
+        assert buckets.reservations <= 2
 
 
 POLICY = PollingPolicy(
@@ -208,3 +254,28 @@ async def test_a_throttled_workspace_does_not_hold_up_the_other(workers: int) ->
     for job in jobs["a"]:
         watch = await store.get_watch(job)
         assert watch is not None and watch.status == "active"
+
+
+async def test_a_workspace_s_own_rate_paces_its_polls() -> None:
+    """Workspace `a` limited to 2 polls/s (a burst of 2) with 8 watches due every second: over 8 s it gets
+    about 2/s, its postponed watches come back one by one and each is polled; `b` is not limited."""
+    clock = ManualClock()
+    store = MemoryStore()
+    upstream = Upstream()
+    upstream.limited = False
+    buckets = Buckets(clock, 64.0, {"a": 2.0, "b": None})
+    scheduler = Scheduler(
+        store, upstream, POLICY, buckets, metrics(), clock, random.Random(1), lambda _t, _w: (),
+        max_concurrency=4,
+    )  # fmt: skip
+    ids = [f"00000000-0000-4000-8000-{n:012d}" for n in range(16)]
+    regs = [Registration(j, "a" if n < 8 else "b", Source.API) for n, j in enumerate(ids)]
+    await store.register(regs, clock.now())
+    for _ in range(32):
+        await asyncio.wait_for(scheduler.run_until_idle(), 5.0)
+        await clock.advance(0.25)
+    assert 2 * 8 - 2 <= upstream.polls["a"] <= 2 * 8 + 2  # the rate, plus or minus the burst
+    assert upstream.polls["b"] >= 8 * 7  # its 1 s interval, for 8 s
+    for job in ids[:8]:
+        watch = await store.get_watch(job)
+        assert watch is not None and watch.polls >= 1

@@ -10,19 +10,26 @@ workspaces rate-limited together is the upstream's own limit, not a tenant's quo
 down. A 5xx says nothing about a quota: it has the watch's error backoff (never shorter than its
 Retry-After) and touches no bucket. Successful polls recover both buckets, as before.
 
-A workspace's bucket that has no token now does not make the scheduler wait: `take` says when to come
-back, and the scheduler saves the watch due then and moves on to other workspaces' polls (no head-of-line
-blocking). Only the upstream's bucket, which binds every poll alike, is awaited.
+A workspace's bucket that has no token now does not make the scheduler wait: `take` reserves the
+watch's token for a later slot and says when, and the scheduler saves the watch due then and moves on to
+other workspaces' polls (no head-of-line blocking). When the watch comes back it uses its reserved token,
+so postponed watches keep their place in line and a watch that keeps coming due cannot overtake one that
+waits (no starvation). Only the upstream's bucket, which binds every poll alike, is awaited.
 """
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Mapping
 
 from prometheus_client import Gauge
 
 from watcher.clock import Clock
 from watcher.polling.ratelimit import TokenBucket
+
+# A reservation not used this long after its slot is forgotten (its watch was deleted, finished elsewhere,
+# or came back so late that taking a new token is no loss).
+STALE_RESERVATION_S = 60.0
 
 
 class Buckets:
@@ -47,6 +54,10 @@ class Buckets:
         self._gauge = throttled_gauge
         self._workspaces: dict[str, TokenBucket] = {}
         self._throttled: set[str] = set()
+        # Postponed watches: job id -> the monotonic slot its token is reserved for; and in slot order, to
+        # forget the stale ones.
+        self._reserved: dict[str, float] = {}
+        self._reserved_order: deque[tuple[float, str]] = deque()
         for slug, rate in (workspace_rates or {}).items():
             self._add(slug, rate)
 
@@ -62,12 +73,43 @@ class Buckets:
         bucket = self._workspaces.get(slug)
         return bucket if bucket is not None else self._add(slug, None)
 
-    def take(self, slug: str) -> float | None:
-        """Take a token of workspace `slug` if one is free now (None), else the monotonic time to come back.
+    def take(self, slug: str, job_id: str) -> float | None:
+        """A token of workspace `slug` for a poll of `job_id`: None to poll now, else the monotonic time its
+        token is reserved for, when the caller comes back.
 
-        The upstream's token is not taken here: the caller awaits `upstream.acquire` once this said None.
+        A watch that comes back at its reserved slot uses that token; one that comes back early is told the
+        same slot again; one whose slot a later 429's hold covers reserves anew. The upstream's token is
+        not taken here: the caller awaits `upstream.acquire` once this said None.
         """
-        return self.workspace(slug).take_or_defer()
+        bucket = self.workspace(slug)
+        now = self._clock.monotonic()
+        slot = self._reserved.get(job_id)
+        if slot is not None:
+            if bucket.held():
+                del self._reserved[job_id]
+            elif now + 1e-6 >= slot:
+                del self._reserved[job_id]
+                return None
+            else:
+                return slot
+        slot = bucket.reserve()
+        if slot is not None:
+            self._reserved[job_id] = slot
+            self._reserved_order.append((slot, job_id))
+            self._forget_stale(now)
+        return slot
+
+    def _forget_stale(self, now: float) -> None:
+        order, reserved = self._reserved_order, self._reserved
+        while order and order[0][0] < now - STALE_RESERVATION_S:
+            slot, job_id = order.popleft()
+            if reserved.get(job_id) == slot:
+                del reserved[job_id]
+
+    @property
+    def reservations(self) -> int:
+        """Postponed polls holding a reserved token (stale ones are forgotten as new ones come)."""
+        return len(self._reserved)
 
     @property
     def throttled(self) -> frozenset[str]:

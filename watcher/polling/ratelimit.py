@@ -9,7 +9,8 @@ A 429 answers with AIMD: `penalize` halves the rate (down to a floor) and holds 
 upstream's Retry-After has passed; `reward` on each successful poll adds the rate back linearly over time.
 
 The scheduler keeps one bucket per workspace inside the upstream's (`watcher.polling.buckets`); a poll for
-a workspace whose bucket has no token now is not awaited but deferred (`take_or_defer`).
+a workspace whose bucket has no token now is not awaited: it reserves a later slot (`reserve`) and the
+scheduler comes back to it then.
 """
 
 from __future__ import annotations
@@ -48,7 +49,6 @@ class TokenBucket:
         self._hold_until = start  # no acquire returns before this (a Retry-After)
         self._last_adjust = start  # the last time the rate changed: recovery counts from here
         self._last_penalty: float | None = None
-        self._deferred_until = start  # the end of the queue of callers sent away by `take_or_defer`
 
     @property
     def current_rate(self) -> float:
@@ -90,21 +90,20 @@ class TokenBucket:
         self._take(slot)
         return True
 
-    def take_or_defer(self) -> float | None:
-        """Take a token if one is free now and return None; else take nothing and return when to come back.
+    def reserve(self) -> float | None:
+        """Take the next token: None if it is free now, else the monotonic time it is reserved for.
 
-        The monotonic times handed out form a queue spaced at the current rate, starting at the next free
-        slot: callers sent away together come back one interval apart instead of all at once (each then
-        takes its token like any caller). For a scheduler that must not wait on this bucket.
+        `acquire` without the sleep, for a caller that must not wait: it comes back at that time and uses
+        the token then (unless `held` says a later 429 put a hold over it). Reservations queue in call
+        order, one interval apart at the current rate.
         """
         now = self._clock.monotonic()
-        slot = self._slot(now)
-        if slot <= now + _EPSILON_S:
-            self._take(slot)
-            return None
-        back = max(slot, self._deferred_until)
-        self._deferred_until = back + 1.0 / self._rate
-        return back
+        slot = self._reserve(now)
+        return None if slot <= now + _EPSILON_S else slot
+
+    def held(self) -> bool:
+        """True while a 429's Retry-After holds every token."""
+        return self._clock.monotonic() + _EPSILON_S < self._hold_until
 
     async def acquire(self) -> None:
         """Wait for a token: return at once if one is free, else sleep until the reserved slot.
@@ -149,5 +148,9 @@ class TokenBucket:
         if now <= since:
             return
         gained = self._recovery_per_s * self._configured * (now - since)
+        slack = (self._burst - 1.0) / self._rate
         self._rate = min(self._configured, self._rate + gained)
         self._last_adjust = now
+        # The burst allowance shrinks as the rate grows: keep the next free slot where it was, or a recovery
+        # would push it later (with a burst of 400 at a rate of 20/s, by some 19 s).
+        self._next_free -= slack - (self._burst - 1.0) / self._rate

@@ -373,7 +373,7 @@ class Scheduler(StoreLoop):
 
     async def _poll(self, watch: Watch) -> None:
         buckets, workspace = self._buckets, watch.workspace
-        back_at = buckets.take(workspace)
+        back_at = buckets.take(workspace, watch.job_id)
         if back_at is not None:
             # Its workspace is throttled: due again when its bucket has a token for it, and this worker
             # goes on with other workspaces' polls instead of waiting (no head-of-line blocking).
