@@ -19,6 +19,7 @@ from tests.support.eventually import eventually
 from watcher.clock import iso_utc
 from watcher.devtools.clock import ManualClock
 from watcher.devtools.simulate import Faults, Simulator, simulate_main
+from watcher.devtools.simulate.cli import _build
 
 AUTH = {"Authorization": "Bearer sim-token", "x-api-key": "sim-key", "x-workspace-slug": "sim"}
 OTHER = {"Authorization": "Bearer t2", "x-api-key": "k2", "x-workspace-slug": "other"}
@@ -300,6 +301,14 @@ SIM_CMD = [
 ]
 
 
+def test_simulate_cli_serves_more_workspaces_and_confines_faults() -> None:
+    """`--workspace` adds workspaces with the same credentials; `--fault-workspace` confines the faults."""
+    argv = ["--workspace", "other", "--fault-rate-limit", "1", "--fault-workspace", "other"]
+    sim, _, _ = _build(argv)
+    assert sim.workspaces == {"sim", "other"}
+    assert (sim.faults.rate_limit, sim.faults.workspace) == (1.0, "other")
+
+
 def test_simulate_main_serves_until_sigterm(tmp_path: Any) -> None:
     """The CLI prints one listening line, serves the scenario's job, and exits 0 on SIGTERM."""
     job_id = "5135bfe3-b2c7-41f3-a44f-f4b58e7384df"
@@ -342,6 +351,7 @@ def test_simulate_main_serves_until_sigterm(tmp_path: Any) -> None:
         (["--port", "x"], "--port"),
         (["--scenario", os.devnull + "-missing"], "--scenario"),
         (["--bogus"], "unrecognized"),
+        (["--workspace", "other", "--fault-workspace", "nope"], "--fault-workspace"),
     ],
 )
 def test_simulate_main_bad_usage(argv: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
