@@ -234,6 +234,13 @@ class Metrics:
         self.polls = Counter("watcher_polls", "Upstream polls by outcome.", ["outcome"], registry=r)
         for outcome in PollOutcome:
             self.polls.labels(outcome=outcome.value)
+        # Labelled by the configured workspaces (`watcher.polling.buckets.Buckets` sets one per workspace).
+        self.upstream_throttled = Gauge(
+            "watcher_upstream_throttled",
+            "1 while 429s keep a workspace's rate limit below its configured rate, else 0.",
+            ["workspace"],
+            registry=r,
+        )
         self.poll_duration = Histogram(
             "watcher_poll_duration_seconds",
             "Duration of upstream polls.",

@@ -19,6 +19,7 @@ from tests.support.eventually import eventually
 from watcher.clock import iso_utc
 from watcher.devtools.clock import ManualClock
 from watcher.devtools.simulate import Faults, Simulator, simulate_main
+from watcher.devtools.simulate.cli import _build
 
 AUTH = {"Authorization": "Bearer sim-token", "x-api-key": "sim-key", "x-workspace-slug": "sim"}
 OTHER = {"Authorization": "Bearer t2", "x-api-key": "k2", "x-workspace-slug": "other"}
@@ -212,6 +213,19 @@ class TestFaults:
             assert (resp.status, resp.headers["Retry-After"]) == (429, "4")
         assert [(await h.poll(job.id))[0] for _ in range(2)] == [429, 200]
 
+    async def test_faults_of_one_workspace(self, h: Harness) -> None:
+        """`workspace` confines the fractional faults to that workspace's requests; stats count requests per
+        workspace; an unknown workspace is refused."""
+        status, answer = await h.ctl("PUT", "/_sim/faults", {"rate_limit": 1.0, "workspace": "nope"})
+        assert (status, h.sim.faults) == (400, Faults())
+        assert "workspace" in answer["error"]
+        status, faults = await h.ctl("PUT", "/_sim/faults", {"rate_limit": 1.0, "workspace": "other"})
+        assert (status, faults["workspace"]) == (200, "other")
+        mine, theirs = h.sim.add_job(), h.sim.add_job(workspace="other")
+        assert [(await h.poll(mine.id))[0] for _ in range(3)] == [200] * 3
+        assert [(await h.poll(theirs.id, OTHER))[0] for _ in range(3)] == [429] * 3
+        assert h.sim.stats()["by_workspace"] == {"sim": 3, "other": 3}
+
     async def test_drop_closes_the_connection(self, h: Harness) -> None:
         """A dropped request gets no HTTP answer at all."""
         job = h.sim.add_job()
@@ -287,6 +301,14 @@ SIM_CMD = [
 ]
 
 
+def test_simulate_cli_serves_more_workspaces_and_confines_faults() -> None:
+    """`--workspace` adds workspaces with the same credentials; `--fault-workspace` confines the faults."""
+    argv = ["--workspace", "other", "--fault-rate-limit", "1", "--fault-workspace", "other"]
+    sim, _, _ = _build(argv)
+    assert sim.workspaces == {"sim", "other"}
+    assert (sim.faults.rate_limit, sim.faults.workspace) == (1.0, "other")
+
+
 def test_simulate_main_serves_until_sigterm(tmp_path: Any) -> None:
     """The CLI prints one listening line, serves the scenario's job, and exits 0 on SIGTERM."""
     job_id = "5135bfe3-b2c7-41f3-a44f-f4b58e7384df"
@@ -329,6 +351,7 @@ def test_simulate_main_serves_until_sigterm(tmp_path: Any) -> None:
         (["--port", "x"], "--port"),
         (["--scenario", os.devnull + "-missing"], "--scenario"),
         (["--bogus"], "unrecognized"),
+        (["--workspace", "other", "--fault-workspace", "nope"], "--fault-workspace"),
     ],
 )
 def test_simulate_main_bad_usage(argv: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:

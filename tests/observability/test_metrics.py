@@ -13,8 +13,10 @@ from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.core import Metric
 
 from tests.observability.conftest import ALERTS, DASHBOARD, parse_metrics, value
+from watcher.devtools.clock import ManualClock
 from watcher.metrics import Metrics, observe_many
 from watcher.models import FinalState, JobStatus, PollOutcome
+from watcher.polling.buckets import Buckets
 from watcher.store.base import StoreCounts
 from watcher.store.faults import StoreFault
 
@@ -76,6 +78,7 @@ def test_label_values_are_bounded_enums_or_configured_webhooks() -> None:
     """No label value comes from a job: statuses and outcomes are enums, webhooks from config or store."""
     m = _metrics()
     m.update_counts(COUNTS, now=1010.0, polls_due=0)
+    Buckets(ManualClock(), 10.0, {"acme": None}, throttled_gauge=m.upstream_throttled).penalize("acme", 1.0)
     s = parse_metrics(generate_latest(m.registry).decode())
     allowed = {
         "status": {*(x.value for x in JobStatus), *(x.value for x in FinalState), "unknown", "other"},
@@ -83,6 +86,7 @@ def test_label_values_are_bounded_enums_or_configured_webhooks() -> None:
         "webhook": {"ops", "slack", "removed"},
         "loop": {"scheduler", "delivery", "watchlist", "housekeeping"},
         "kind": {x.value for x in StoreFault},
+        "workspace": {"acme"},  # configured workspaces only
         "le": None,
         "version": None,
         "generation": None,
@@ -135,6 +139,7 @@ def _exposed_names() -> set[str]:
     m.update_counts(COUNTS, now=1010.0, polls_due=0)
     m.api_requests.labels(client="ops", route="/v1/watches", code="403").inc()  # exposed once requested
     m.group_members.labels(webhook="slack").observe(14)  # exposed once a grouped message is sent
+    m.upstream_throttled.labels(workspace="acme").set(0)  # one series per configured workspace
 
     async def scrape() -> str:  # as the daemon serves `/metrics`: on its event loop
         return generate_latest(m.registry).decode()

@@ -226,6 +226,16 @@ max_interval_s = 0.2
         assert (beta.token, beta.api_key, beta.workspace_id) == ("tok-S3CRET", "beta-key", ws_id.lower())
         assert beta.base_url == "http://127.0.0.1:9/api"  # trailing slash dropped: paths are appended
 
+    def test_workspace_rates_default_to_the_upstream_s(self) -> None:
+        """A workspace's own `rate_limit_per_s` is optional; None means the upstream's rate."""
+        env = {
+            **BASE_ENV,
+            "WATCHER_UPSTREAM__RATE_LIMIT_PER_S": "40",
+            "WATCHER_UPSTREAM__WORKSPACES": json.dumps({"beta": {"rate_limit_per_s": 5}, "gamma": {}}),
+        }
+        upstream = load_config(None, env).upstream
+        assert upstream.workspace_rates() == {"acme": None, "beta": 5.0, "gamma": None}
+
 
 class TestSecretFiles:
     """`*_file` keys read secrets from mounted files."""
@@ -315,6 +325,8 @@ secret = "{WHSEC_NEW}"
             ({"WATCHER_UPSTREAM__WORKSPACE_ID": "not-a-uuid"}, "upstream.workspace_id"),
             ({"WATCHER_UPSTREAM__WORKSPACE_SLUG": "has space"}, "upstream.workspace_slug"),
             ({"WATCHER_UPSTREAM__WORKSPACES": '{"acme": {}}'}, "upstream.workspaces.acme"),
+            ({"WATCHER_UPSTREAM__WORKSPACES": '{"b": {"rate_limit_per_s": 0}}'},
+             "upstream.workspaces.b.rate_limit_per_s"),
             ({"WATCHER_UPSTREAM__MAX_CONCURRENCY": "0"}, "upstream.max_concurrency"),
             ({"WATCHER_API__LISTEN": "8080"}, "api.listen"),
             ({"WATCHER_API__TOKENS": '["ok", ""]'}, "api.tokens[1]"),

@@ -167,6 +167,20 @@ class TestPenalty:
         bucket.reward()
         assert bucket.current_rate == bucket.configured_rate == 16.0
 
+    async def test_recovery_never_delays_the_next_token(self) -> None:
+        """A big burst allowance at a penalised rate: as the rate recovers, the next token stays free now."""
+        clock = ManualClock()
+        bucket = TokenBucket(64.0, clock, min_rate_fraction=1 / 16)
+        for _ in range(4):
+            bucket.penalize(None)
+            await run_for(clock, PENALTY_WINDOW_S)
+        assert bucket.current_rate == 4.0
+        for _ in range(20):
+            await run_for(clock, 0.5)
+            bucket.reward()
+            assert bucket.try_acquire(), bucket.current_rate
+        assert bucket.current_rate == bucket.configured_rate
+
 
 def test_try_acquire_takes_only_a_free_token() -> None:
     """`try_acquire` is `acquire`'s no-wait path: it takes a token when one is free and nothing otherwise."""

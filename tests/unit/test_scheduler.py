@@ -16,8 +16,8 @@ from watcher.devtools.clock import ManualClock
 from watcher.errors import StoreUnavailable
 from watcher.metrics import Metrics
 from watcher.models import PollOutcome, PollResult, Registration, Source, Watch
+from watcher.polling.buckets import Buckets
 from watcher.polling.policy import PollingPolicy
-from watcher.polling.ratelimit import TokenBucket
 from watcher.polling.scheduler import Scheduler
 from watcher.store.memory import MemoryStore
 
@@ -74,7 +74,7 @@ class Env:
             self.store,
             self.upstream,
             POLICY,
-            TokenBucket(1_000_000.0, self.clock),
+            Buckets(self.clock, 1_000_000.0),
             self.metrics,
             self.clock,
             random.Random(1),

@@ -17,8 +17,8 @@ from watcher.containment import QUARANTINE_AFTER, describe
 from watcher.errors import StoreError
 from watcher.metrics import Metrics
 from watcher.models import PollOutcome, PollResult, Registration, SavedPoll, Source, Watch
+from watcher.polling.buckets import Buckets
 from watcher.polling.policy import PollingPolicy
-from watcher.polling.ratelimit import TokenBucket
 from watcher.polling.scheduler import Scheduler
 from watcher.store.memory import MemoryStore
 
@@ -74,7 +74,7 @@ async def _run_until(store: MemoryStore, route: object, done: object, metrics: M
         store,
         upstream,
         POLICY,
-        TokenBucket(10_000.0, clock),
+        Buckets(clock, 10_000.0),
         metrics,
         clock,
         random.Random(5),

@@ -15,7 +15,7 @@ from tests.unit.test_scheduler import JOBS, POLICY, Upstream
 from watcher.devtools.clock import ManualClock
 from watcher.metrics import Metrics
 from watcher.models import Registration, Source, Watch
-from watcher.polling.ratelimit import TokenBucket
+from watcher.polling.buckets import Buckets
 from watcher.polling.scheduler import CLAIM_WINDOW_S, Scheduler
 from watcher.store.memory import MemoryStore
 
@@ -54,7 +54,7 @@ async def _run(window_s: float) -> tuple[int, int, float]:
     for i, job in enumerate(jobs):
         await store.register([Registration(job, "acme", Source.API)], t0 + 0.0005 + i * SPREAD_S)
     scheduler = Scheduler(
-        store, upstream, POLICY, TokenBucket(1e6, clock),
+        store, upstream, POLICY, Buckets(clock, 1e6),
         Metrics(CollectorRegistry(), default_collectors=False), clock, random.Random(1),
         lambda _t, _w: (), max_concurrency=64, claim_window_s=window_s,
     )  # fmt: skip
@@ -89,7 +89,7 @@ async def test_a_wake_still_claims_at_once(window_s: float) -> None:
     store = MemoryStore()
     upstream = Upstream()
     scheduler = Scheduler(
-        store, upstream, POLICY, TokenBucket(1e6, clock),
+        store, upstream, POLICY, Buckets(clock, 1e6),
         Metrics(CollectorRegistry(), default_collectors=False), clock, random.Random(1),
         lambda _t, _w: (), max_concurrency=4, claim_window_s=window_s,
     )  # fmt: skip

@@ -60,6 +60,8 @@ class WorkspaceConfig(_Section, ClientTlsKeys):
     api_key_file: SecretFile | None = None
     workspace_id: Annotated[str, AfterValidator(uuid_value)] | None = None
     base_url: HttpUrlStr | None = None
+    # This workspace's own token bucket inside the upstream's (SPEC §5); None: the upstream's rate.
+    rate_limit_per_s: float | None = Field(default=None, gt=0)
 
     @model_validator(mode="after")
     def _read_files(self) -> Self:
@@ -119,6 +121,12 @@ class UpstreamConfig(_Section, ClientTlsKeys):
                 ws.workspace_id,
             )
         return creds
+
+    def workspace_rates(self) -> dict[str, float | None]:
+        """Each workspace's own rate limit, keyed by slug (None: the upstream's `rate_limit_per_s`)."""
+        return {self.workspace_slug: None} | {
+            slug: ws.rate_limit_per_s for slug, ws in self.workspaces.items()
+        }
 
 
 class PollingConfig(_Section):

@@ -32,9 +32,9 @@ from watcher.health import StoreHealth
 from watcher.metrics import Metrics
 from watcher.models import CALLBACK, Delivery, DeliveryOutcome, DeliveryState, Event, Watch, WebhookTestResult
 from watcher.polling.adaptive import AdaptiveSettings
+from watcher.polling.buckets import Buckets
 from watcher.polling.learning import Learner
 from watcher.polling.policy import PollingPolicy
-from watcher.polling.ratelimit import TokenBucket
 from watcher.polling.scheduler import Scheduler
 from watcher.polling.upstream import UpstreamClient
 from watcher.proxies import Proxy, environment_proxies, proxy_for
@@ -315,7 +315,12 @@ def workers(
         store,
         upstream,
         policy,
-        TokenBucket(s.upstream.rate_limit_per_s, clock),
+        Buckets(
+            clock,
+            s.upstream.rate_limit_per_s,
+            s.upstream.workspace_rates(),
+            throttled_gauge=metrics.upstream_throttled,
+        ),
         metrics,
         clock,
         rng,

@@ -141,6 +141,13 @@ def decide(
     return _failed(watch, result, now, policy, rng)
 
 
+def postpone(watch: Watch, until: float) -> Decision:
+    """A decision without a poll: the watch unchanged but not due before `until` (a throttled workspace)."""
+    new = watch.copy()
+    new.next_poll_at = max(watch.next_poll_at, until)
+    return Decision(SavedPoll(new), watch.status, False, None, None)
+
+
 def _expire(watch: Watch, now: float, policy: PollingPolicy, route: Route) -> Decision:
     limit = deadline(watch, policy) - watch.registered_at
     new = watch.copy()

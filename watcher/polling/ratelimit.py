@@ -7,6 +7,10 @@ are served in call order without a lock and a caller with a token available neve
 
 A 429 answers with AIMD: `penalize` halves the rate (down to a floor) and holds every acquire until the
 upstream's Retry-After has passed; `reward` on each successful poll adds the rate back linearly over time.
+
+The scheduler keeps one bucket per workspace inside the upstream's (`watcher.polling.buckets`); a poll for
+a workspace whose bucket has no token now is not awaited: it reserves a later slot (`reserve`) and the
+scheduler comes back to it then.
 """
 
 from __future__ import annotations
@@ -56,6 +60,11 @@ class TokenBucket:
         """The rate the bucket was built with and recovers to."""
         return self._configured
 
+    @property
+    def throttled(self) -> bool:
+        """True while a 429 keeps the rate below the configured one (successful polls recover it)."""
+        return self._rate < self._configured
+
     def _slot(self, now: float) -> float:
         """When the next token is free: up to `burst` slots may be taken ahead of the steady schedule."""
         return max(now, self._next_free - (self._burst - 1.0) / self._rate, self._hold_until)
@@ -80,6 +89,21 @@ class TokenBucket:
             return False
         self._take(slot)
         return True
+
+    def reserve(self) -> float | None:
+        """Take the next token: None if it is free now, else the monotonic time it is reserved for.
+
+        `acquire` without the sleep, for a caller that must not wait: it comes back at that time and uses
+        the token then (unless `held` says a later 429 put a hold over it). Reservations queue in call
+        order, one interval apart at the current rate.
+        """
+        now = self._clock.monotonic()
+        slot = self._reserve(now)
+        return None if slot <= now + _EPSILON_S else slot
+
+    def held(self) -> bool:
+        """True while a 429's Retry-After holds every token."""
+        return self._clock.monotonic() + _EPSILON_S < self._hold_until
 
     async def acquire(self) -> None:
         """Wait for a token: return at once if one is free, else sleep until the reserved slot.
@@ -124,5 +148,9 @@ class TokenBucket:
         if now <= since:
             return
         gained = self._recovery_per_s * self._configured * (now - since)
+        slack = (self._burst - 1.0) / self._rate
         self._rate = min(self._configured, self._rate + gained)
         self._last_adjust = now
+        # The burst allowance shrinks as the rate grows: keep the next free slot where it was, or a recovery
+        # would push it later (with a burst of 400 at a rate of 20/s, by some 19 s).
+        self._next_free -= slack - (self._burst - 1.0) / self._rate

@@ -1,7 +1,8 @@
 """The one scheduler for every watch: claim due watches, poll them, decide, save in batches.
 
 There is no sleeping task per job. The store's due index says what is due; at most `max_concurrency` polls
-are in flight; every poll first takes a token from the shared bucket that 429s slow down. Decisions come
+are in flight; every poll first takes a token from its workspace's bucket and from the upstream's, which
+429s slow down (`watcher.polling.buckets`). Decisions come
 from the pure `watcher.polling.policy.decide`; this module only moves data between the store, the client and
 the policy.
 """
@@ -23,11 +24,11 @@ from watcher.health import StoreHealth
 from watcher.loop import StoreLoop
 from watcher.metrics import Metrics, observe_many
 from watcher.models import PollOutcome, PollResult, Watch
+from watcher.polling.buckets import Buckets
 from watcher.polling.errorlog import ErrorLogLimiter
 from watcher.polling.failures import FailureNotes
 from watcher.polling.learning import Learner
-from watcher.polling.policy import Decision, PollingPolicy, decide, is_expired
-from watcher.polling.ratelimit import TokenBucket
+from watcher.polling.policy import Decision, PollingPolicy, decide, is_expired, postpone
 from watcher.polling.record import record_decision
 from watcher.polling.writer import BatchWriter, WriterEvents
 from watcher.store.base import Store
@@ -65,7 +66,7 @@ class Scheduler(StoreLoop):
         store: Store,
         fetcher: JobFetcher,
         policy: PollingPolicy,
-        bucket: TokenBucket,
+        buckets: Buckets,
         metrics: Metrics,
         clock: Clock,
         rng: random.Random,
@@ -83,7 +84,7 @@ class Scheduler(StoreLoop):
         self.learner = learner  # adaptive polling (SPEC §12): learns durations, paces polls, job.slow
         self._fetcher = fetcher
         self._policy = policy
-        self._bucket = bucket
+        self._buckets = buckets
         self._route = route
         self._max_concurrency = max_concurrency
         # Claimed ahead of the workers, so a worker that finishes finds its next watch without a store trip.
@@ -296,9 +297,9 @@ class Scheduler(StoreLoop):
                 watch = got
             self._busy += 1
             try:
-                self.polls_started += 1
                 now = self._clock.now()
                 if is_expired(watch, now, self._policy):
+                    self.polls_started += 1
                     self._writer.add(decide(watch, None, now, self._policy, self._rng, self._route))
                 else:
                     await self._poll(watch)
@@ -371,21 +372,30 @@ class Scheduler(StoreLoop):
                     w.cancel()
 
     async def _poll(self, watch: Watch) -> None:
-        if not self._bucket.try_acquire():
+        buckets, workspace = self._buckets, watch.workspace
+        back_at = buckets.take(workspace, watch.job_id)
+        if back_at is not None:
+            # Its workspace is throttled: due again when its bucket has a token for it, and this worker
+            # goes on with other workspaces' polls instead of waiting (no head-of-line blocking).
+            self._writer.add(postpone(watch, self._clock.now() + back_at - self._clock.monotonic()))
+            return
+        self.polls_started += 1
+        upstream = buckets.upstream
+        if not upstream.try_acquire():  # the upstream's limit binds every workspace alike: wait for it
             self._waiting_tokens += 1
             try:
-                await self._bucket.acquire()
+                await upstream.acquire()
             finally:
                 self._waiting_tokens -= 1
-        result = await self._fetcher.get_job(watch.job_id, watch.workspace)
+        result = await self._fetcher.get_job(watch.job_id, workspace)
         outcome = result.outcome
         self._poll_counts[outcome] += 1
         self._durations.append(result.duration_s)
         if outcome is PollOutcome.OK:
-            self._bucket.reward()
+            buckets.reward(workspace)
         elif outcome is not PollOutcome.NOT_FOUND:  # a 404 is an answer, not an upstream error
             if outcome is PollOutcome.RATE_LIMITED:
-                self._bucket.penalize(result.retry_after_s)
+                buckets.penalize(workspace, result.retry_after_s)
             self._errors.error(watch, result)
         self._errors.settle()
         now, learner = self._clock.now(), self.learner

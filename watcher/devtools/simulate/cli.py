@@ -39,6 +39,13 @@ def _parser() -> OneLineParser:
     p.add_argument("--token", default="sim-token", help="bearer token clients must send (local testing)")
     p.add_argument("--api-key", default="sim-key", help="x-api-key clients must send (local testing)")
     p.add_argument("--workspace-slug", default="sim", help="x-workspace-slug clients must send")
+    p.add_argument(
+        "--workspace",
+        action="append",
+        default=[],
+        metavar="SLUG",
+        help="serve another workspace, with the same token and api key (repeatable)",
+    )
     p.add_argument("--seed", type=int, default=None, help="seed for faults and generated jobs")
     for kind in FAULT_KINDS:
         p.add_argument(f"--fault-{kind.replace('_', '-')}", type=_fraction, default=0.0, metavar="FRACTION")
@@ -47,6 +54,12 @@ def _parser() -> OneLineParser:
         choices=POISON_VARIANTS,
         default="",
         help="the poison body of --fault-poison answers (default: any of them, drawn per answer)",
+    )
+    p.add_argument(
+        "--fault-workspace",
+        default="",
+        metavar="SLUG",
+        help="the --fault-* fractions hit only this workspace's requests (default: every workspace)",
     )
     p.add_argument("--retry-after-s", type=float, default=1.0, help="Retry-After of 429 and 503 answers")
     p.add_argument("--slow-s", type=float, default=5.0, help="delay of slow answers")
@@ -95,9 +108,13 @@ def _build(argv: list[str]) -> tuple[Simulator, str, int, ssl.SSLContext | None]
             retry_after_s=args.retry_after_s,
             slow_s=args.slow_s,
             poison_variant=args.poison_variant,
+            workspace=args.fault_workspace,
         )
     except ValueError as exc:
         raise UsageError(str(exc)) from None
+    served = {args.workspace_slug, *args.workspace}
+    if args.fault_workspace and args.fault_workspace not in served:
+        raise UsageError(f"--fault-workspace {args.fault_workspace!r} is not a served workspace")
     rng = random.Random(args.seed)
     if args.max_log < 0:
         raise UsageError("--max-log must be >= 0")
@@ -105,6 +122,9 @@ def _build(argv: list[str]) -> tuple[Simulator, str, int, ssl.SSLContext | None]
         token=args.token,
         api_key=args.api_key,
         workspace_slug=args.workspace_slug,
+        workspaces={
+            slug: (args.token, args.api_key) for slug in args.workspace if slug != args.workspace_slug
+        },
         rng=rng,
         faults=faults,
         unknown_jobs=args.unknown_jobs,

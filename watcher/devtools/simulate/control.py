@@ -97,9 +97,12 @@ class _Control:
 
     async def put_faults(self, request: web.Request) -> web.Response:
         try:
-            self.sim.faults = Faults.from_json(await self._body(request))
+            faults = Faults.from_json(await self._body(request))
         except (TypeError, ValueError) as exc:
             return error_response(400, str(exc))
+        if faults.workspace and faults.workspace not in self.sim.workspaces:
+            return error_response(400, f"workspace: unknown workspace {faults.workspace[:64]!r}")
+        self.sim.faults = faults
         return json_response(asdict(self.sim.faults))
 
     async def get_requests(self, request: web.Request) -> web.Response:

@@ -51,12 +51,15 @@ class Faults:
     drop: float = 0.0  # connection closed without an answer
     poison: float = 0.0  # answered 200 with a valid job that lenient JSON code chokes on (POISON_VARIANTS)
     poison_variant: str = ""  # the poison to serve; "" draws one of POISON_VARIANTS per answer
+    workspace: str = ""  # only requests for this workspace draw these faults; "" every workspace
 
     def __post_init__(self) -> None:
         if self.poison_variant not in ("", *POISON_VARIANTS):
             raise ValueError(f'poison_variant: expected one of {", ".join(POISON_VARIANTS)} or ""')
+        if not isinstance(self.workspace, str):
+            raise ValueError(f'workspace: expected a workspace slug or "", got {self.workspace!r}')
         for f in fields(self):
-            if f.name == "poison_variant":
+            if f.name in ("poison_variant", "workspace"):
                 continue
             value = getattr(self, f.name)
             if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):

@@ -154,6 +154,7 @@ class SimState:
         self._log: deque[dict[str, Any]] = deque(maxlen=max_log)
         self._by_status: Counter[str] = Counter()
         self._by_fault: Counter[str] = Counter()
+        self._by_workspace: Counter[str] = Counter()
         self._inflight: dict[str, int] = {}
         self._max_inflight = 0
         self._concurrent_jobs: set[str] = set()
@@ -171,6 +172,11 @@ class SimState:
 
     def __repr__(self) -> str:
         return f"Simulator(workspaces={sorted(self._workspaces)!r}, jobs={len(self.jobs)})"
+
+    @property
+    def workspaces(self) -> frozenset[str]:
+        """The slugs of the workspaces the simulator serves."""
+        return frozenset(self._workspaces)
 
     def workspace_id(self, slug: str) -> str:
         """The `workspaceId` the simulator reports for jobs of workspace `slug`."""
@@ -297,17 +303,19 @@ class SimState:
         self._log.clear()
         self._by_status.clear()
         self._by_fault.clear()
+        self._by_workspace.clear()
         self._max_inflight = 0
         self._concurrent_jobs.clear()
 
     def stats(self) -> dict[str, Any]:
-        """Counts by status code and fault, the requests in flight now, and the most ever in flight for one
-        job at once."""
+        """Counts by status code, fault and workspace (authorised requests), the requests in flight now, and
+        the most ever in flight for one job at once."""
         return {
             "requests": sum(self._by_status.values()),
             "inflight": sum(self._inflight.values()),
             "by_status": dict(self._by_status),
             "by_fault": dict(self._by_fault),
+            "by_workspace": dict(self._by_workspace),
             "max_inflight_per_job": self._max_inflight,
             "jobs_polled_concurrently": sorted(self._concurrent_jobs),
         }

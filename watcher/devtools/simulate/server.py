@@ -52,12 +52,14 @@ class Simulator(SimState):
             return error_response(403, "credentials are not valid for this workspace")
         return None
 
-    def _draw(self, job: SimJob | None) -> tuple[str | None, bool, str | None]:
+    def _draw(self, job: SimJob | None, workspace: str) -> tuple[str | None, bool, str | None]:
         """The fault for this request, whether it is also slow, and its body variant if forced."""
         if job is not None and job.forced:
             kind, variant = job.forced.popleft()
             return kind, kind == "slow", variant
         f = self.faults
+        if f.workspace and f.workspace != workspace:
+            return None, False, None
         slow = f.slow > 0 and self.rng.random() < f.slow
         if f.drop + f.server_error + f.rate_limit + f.garbage + f.poison > 0:
             # One draw over adjacent ranges, so each fraction is honoured exactly as configured.
@@ -85,10 +87,12 @@ class Simulator(SimState):
             if denied is not None:
                 code = denied.status
                 return denied
+            workspace = request.headers["x-workspace-slug"]
+            self._by_workspace[workspace] += 1
             job = self.jobs.get(key)
-            if job is not None and job.workspace != request.headers["x-workspace-slug"]:
+            if job is not None and job.workspace != workspace:
                 job = None  # another workspace's job is as invisible as a job that does not exist
-            fault, slow, variant = self._draw(job)
+            fault, slow, variant = self._draw(job, workspace)
             if slow and self.faults.slow_s > 0:
                 await self.clock.sleep(self.faults.slow_s)
             response = self._answer(request, key, job, fault, variant)
