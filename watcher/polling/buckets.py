@@ -10,7 +10,10 @@ workspaces rate-limited together is the upstream's own limit, not a tenant's quo
 down. A 5xx says nothing about a quota: it has the watch's error backoff (never shorter than its
 Retry-After) and touches no bucket. Successful polls recover both buckets, as before.
 
-A workspace's bucket that has no token now does not make the scheduler wait: `take` reserves the
+A workspace's bucket is consulted only while it is tighter than the upstream's: a 429 throttles it, or
+its configured rate is lower. Otherwise the upstream's bucket binds first, and polls wait for it as they
+always did, due in the store (the backlog `watcher_polls_due` counts). A workspace's bucket that has no
+token now does not make the scheduler wait: `take` reserves the
 watch's token for a later slot and says when, and the scheduler saves the watch due then and moves on to
 other workspaces' polls (no head-of-line blocking). When the watch comes back it uses its reserved token,
 so postponed watches keep their place in line and a watch that keeps coming due cannot overtake one that
@@ -54,6 +57,7 @@ class Buckets:
         self._gauge = throttled_gauge
         self._workspaces: dict[str, TokenBucket] = {}
         self._throttled: set[str] = set()
+        self._own_rate: set[str] = set()  # workspaces configured below the upstream's rate
         # Postponed watches: job id -> the monotonic slot its token is reserved for; and in slot order, to
         # forget the stale ones.
         self._reserved: dict[str, float] = {}
@@ -64,6 +68,8 @@ class Buckets:
     def _add(self, slug: str, rate: float | None) -> TokenBucket:
         bucket = TokenBucket(rate if rate is not None else self._rate, self._clock)
         self._workspaces[slug] = bucket
+        if rate is not None and rate < self._rate:
+            self._own_rate.add(slug)
         if self._gauge is not None:
             self._gauge.labels(workspace=slug).set(0)
         return bucket
@@ -92,6 +98,10 @@ class Buckets:
                 return None
             else:
                 return slot
+        if slug not in self._throttled and slug not in self._own_rate:
+            # Its bucket is no tighter than the upstream's, which the caller awaits: that one binds, and
+            # the backlog stays due in the store (`watcher_polls_due`) rather than postponed.
+            return None
         slot = bucket.reserve()
         if slot is not None:
             self._reserved[job_id] = slot
