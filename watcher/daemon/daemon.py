@@ -17,7 +17,7 @@ import asyncio
 import gc
 import random
 import signal
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 import structlog
@@ -30,14 +30,17 @@ from watcher.config import Settings
 from watcher.daemon.housekeeping import MIN_PAUSE_S, Housekeeping
 from watcher.daemon.limits import budget
 from watcher.daemon.parts import (
+    WebhookRoutes,
     callback_http,
     callback_url_check,
     upstream_http,
+    webhook_filters,
     webhook_http,
     webhook_targets,
     webhook_tester,
     workers,
 )
+from watcher.daemon.reload import LiveParts, reload_config
 from watcher.daemon.systemd import Notifier, notify_loop, status_line, watchdog_interval
 from watcher.delivery.worker import DeliveryWorker
 from watcher.errors import StartupError, StoreUnavailable
@@ -117,8 +120,14 @@ class Daemon:
         notifier: Notifier | None = None,
         tune_gc: bool = False,
         housekeeping_pause_s: float = MIN_PAUSE_S,
+        load_config: Callable[[], Settings] | None = None,
     ) -> None:
         self.settings = settings
+        # Re-reads the configuration as at start-up (`watcher run`: the same file and environment); None:
+        # SIGHUP reloads the watch list only.
+        self._load_config = load_config
+        self._live: LiveParts | None = None  # what a configuration reload swaps, once built
+        self._config_reload_requested = False  # a SIGHUP that came before the parts were built
         self._housekeeping_pause_s = housekeeping_pause_s  # the least pause between gauge refreshes
         self.tune_gc = tune_gc  # the process is ours (`watcher run`): tune its garbage collector
         self.clock = clock or SystemClock()
@@ -158,6 +167,29 @@ class Daemon:
             log.info("daemon.stopping")
         self.stop_event.set()
 
+    def reload(self) -> None:
+        """What SIGHUP does: reload the configuration (its tokens, clients and webhooks), then the watch
+        list, whether or not the configuration reloaded."""
+        self.reload_config()
+        self.reload_watchlist()
+
+    def reload_config(self) -> bool:
+        """Re-read the configuration and apply what may change without a restart; False if it was kept
+        (a bad file, no way to re-read it) or the reload waits until the daemon's parts are built."""
+        if self._load_config is None:
+            return False
+        if self._live is None:
+            if not self._config_reload_requested:
+                log.info("config.reload_requested", deferred="until the daemon has started")
+            self._config_reload_requested = True
+            return False
+        log.info("config.reload_requested")
+        r = reload_config(self._load_config, self.settings, self._live, self.metrics, self.clock.now())
+        if r is None:
+            return False
+        self.settings, self.targets = r.settings, r.targets
+        return True
+
     def reload_watchlist(self) -> None:
         """Re-read the watch-list file soon (what SIGHUP does); during start-up, once the daemon runs."""
         if self._watchlist is not None:
@@ -188,10 +220,11 @@ class Daemon:
         callback_session = callback_http(s) if s.callbacks.enabled else None
         runner: web.AppRunner | None = None
         try:
+            routes = WebhookRoutes(webhook_filters(s, self.targets))
             delivery, scheduler = workers(
                 s, store, self.targets, self.metrics, self.clock, self.rng, self.health,
                 upstream_session=upstream_session, webhook_session=webhook_session,
-                callback_session=callback_session,
+                callback_session=callback_session, routes=routes,
             )  # fmt: skip
             self._scheduler = scheduler
             # The API answers (`/healthz`, 503 from `/readyz`) while the store is opened and restored.
@@ -199,8 +232,11 @@ class Daemon:
                 s, store, self.metrics, self.clock, self.health, self._loops, scheduler.wake, delivery.wake,
                 check_callback_url=callback_url_check(s),
                 job_types=scheduler.learner.type_rows if scheduler.learner else list,
-                test_webhook=webhook_tester(self.targets, webhook_session, self.clock, self.rng),
+                test_webhook=webhook_tester(lambda: self.targets, webhook_session, self.clock, self.rng),
             )  # fmt: skip
+            self._live = LiveParts(self.state, delivery, routes)
+            if self._config_reload_requested:
+                self.reload_config()  # the SIGHUP of the start-up, applied now
             runner = await self._start_http(self.state)
             restored = await self._open_store(store)
             if restored is None:
@@ -381,7 +417,7 @@ class Daemon:
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGTERM, self.request_stop)
         loop.add_signal_handler(signal.SIGINT, self.request_stop)
-        loop.add_signal_handler(signal.SIGHUP, self.reload_watchlist)
+        loop.add_signal_handler(signal.SIGHUP, self.reload)
         signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED_SIGNALS)
 
     def _remove_signals(self) -> None:
