@@ -209,7 +209,10 @@ async def test_a_changed_secret_signs_the_next_attempt(
     d.daemon.reload()
     [got] = await receiver.wait_for(1, 15)
     assert got.type == "job.failed"
-    assert sample(d, "watcher_webhook_deliveries_total", webhook="ops", outcome="retry") >= 2
+    status, body = await call(d, "GET", "/v1/deliveries?webhook=ops", TOKEN_A)
+    [delivery] = body["deliveries"]
+    assert delivery["event_id"] == got.webhook_id  # the same delivery, retried, not a new one
+    assert delivery["attempts"] >= 3  # two or more rejected with the old secret, then this one
 
 
 async def test_a_removed_webhook_s_deliveries_are_kept_dead_for_replay(
