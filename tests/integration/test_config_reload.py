@@ -210,6 +210,7 @@ async def test_a_changed_secret_signs_the_next_attempt(
     [got] = await receiver.wait_for(1, 15)
     assert got.type == "job.failed"
     status, body = await call(d, "GET", "/v1/deliveries?webhook=ops", TOKEN_A)
+    assert status == 200
     [delivery] = body["deliveries"]
     assert delivery["event_id"] == got.webhook_id  # the same delivery, retried, not a new one
     assert delivery["attempts"] >= 3  # two or more rejected with the old secret, then this one
