@@ -209,9 +209,14 @@ async def test_a_changed_secret_signs_the_next_attempt(
     d.daemon.reload()
     [got] = await receiver.wait_for(1, 15)
     assert got.type == "job.failed"
-    status, body = await call(d, "GET", "/v1/deliveries?webhook=ops", TOKEN_A)
-    assert status == 200
-    [delivery] = body["deliveries"]
+
+    async def delivered() -> dict[str, Any] | None:
+        status, body = await call(d, "GET", "/v1/deliveries?webhook=ops", TOKEN_A)
+        assert status == 200
+        [delivery] = body["deliveries"]
+        return delivery if delivery["state"] == "delivered" else None
+
+    delivery = await eventually(delivered, 10, "the delivery recorded as delivered")
     assert delivery["event_id"] == got.webhook_id  # the same delivery, retried, not a new one
     assert delivery["attempts"] >= 3  # two or more rejected with the old secret, then this one
 

@@ -40,7 +40,7 @@ from watcher.daemon.parts import (
     webhook_tester,
     workers,
 )
-from watcher.daemon.reload import LiveParts, reload_config
+from watcher.daemon.reload import ConfigReloader, LiveParts
 from watcher.daemon.systemd import Notifier, notify_loop, status_line, watchdog_interval
 from watcher.delivery.worker import DeliveryWorker
 from watcher.errors import StartupError, StoreUnavailable
@@ -123,11 +123,6 @@ class Daemon:
         load_config: Callable[[], Settings] | None = None,
     ) -> None:
         self.settings = settings
-        # Re-reads the configuration as at start-up (`watcher run`: the same file and environment); None:
-        # SIGHUP reloads the watch list only.
-        self._load_config = load_config
-        self._live: LiveParts | None = None  # what a configuration reload swaps, once built
-        self._config_reload_requested = False  # a SIGHUP that came before the parts were built
         self._housekeeping_pause_s = housekeeping_pause_s  # the least pause between gauge refreshes
         self.tune_gc = tune_gc  # the process is ours (`watcher run`): tune its garbage collector
         self.clock = clock or SystemClock()
@@ -143,6 +138,9 @@ class Daemon:
             polls_waiting=self._polls_waiting,
         )
         self.health = StoreHealth(self.clock, self.rng, self.metrics)
+        # `load_config` re-reads the configuration as at start-up (`watcher run`: the same file and
+        # environment); without it SIGHUP reloads the watch list only.
+        self._config = ConfigReloader(load_config, self.metrics, self.clock.now) if load_config else None
         self.handle_signals = handle_signals
         self._store = store  # injected by tests and embedders; otherwise built from store.url
         self.stop_event = asyncio.Event()
@@ -169,26 +167,19 @@ class Daemon:
 
     def reload(self) -> None:
         """What SIGHUP does: reload the configuration (its tokens, clients and webhooks), then the watch
-        list, whether or not the configuration reloaded."""
-        self.reload_config()
-        self.reload_watchlist()
+        list, whatever became of the configuration."""
+        try:
+            self.reload_config()
+        finally:
+            self.reload_watchlist()
 
     def reload_config(self) -> bool:
         """Re-read the configuration and apply what may change without a restart; False if it was kept
         (a bad file, no way to re-read it) or the reload waits until the daemon's parts are built."""
-        if self._load_config is None:
-            return False
-        if self._live is None:
-            if not self._config_reload_requested:
-                log.info("config.reload_requested", deferred="until the daemon has started")
-            self._config_reload_requested = True
-            return False
-        log.info("config.reload_requested")
-        r = reload_config(self._load_config, self.settings, self._live, self.metrics, self.clock.now())
-        if r is None:
-            return False
-        self.settings, self.targets = r.settings, r.targets
-        return True
+        r = None if self._config is None else self._config.reload(self.settings)
+        if r is not None:
+            self.settings, self.targets = r.settings, r.targets
+        return r is not None
 
     def reload_watchlist(self) -> None:
         """Re-read the watch-list file soon (what SIGHUP does); during start-up, once the daemon runs."""
@@ -234,8 +225,7 @@ class Daemon:
                 job_types=scheduler.learner.type_rows if scheduler.learner else list,
                 test_webhook=webhook_tester(lambda: self.targets, webhook_session, self.clock, self.rng),
             )  # fmt: skip
-            self._live = LiveParts(self.state, delivery, routes)
-            if self._config_reload_requested:
+            if self._config is not None and self._config.attach(LiveParts(self.state, delivery, routes)):
                 self.reload_config()  # the SIGHUP of the start-up, applied now
             runner = await self._start_http(self.state)
             restored = await self._open_store(store)

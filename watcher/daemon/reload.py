@@ -136,6 +136,36 @@ def reload_config(
     return r
 
 
+class ConfigReloader:
+    """The configuration half of SIGHUP: re-read with `load`, check, swap into the daemon's live parts.
+
+    A SIGHUP before the parts exist (early in the start-up) is remembered and applied once they do.
+    """
+
+    def __init__(self, load: Callable[[], Settings], metrics: Metrics, now: Callable[[], float]) -> None:
+        self._load = load
+        self._metrics = metrics
+        self._now = now
+        self._parts: LiveParts | None = None
+        self._requested = False
+
+    def attach(self, parts: LiveParts) -> bool:
+        """The daemon's parts are built; True if a reload was asked for before, to be done now."""
+        self._parts = parts
+        return self._requested
+
+    def reload(self, running: Settings) -> Reload | None:
+        """Reload over `running` (see `reload_config`); None if it failed or has to wait for the parts."""
+        if self._parts is None:
+            if not self._requested:
+                log.info("config.reload_requested", deferred="until the daemon has started")
+            self._requested = True
+            return None
+        self._requested = False
+        log.info("config.reload_requested")
+        return reload_config(self._load, running, self._parts, self._metrics, self._now())
+
+
 def changed_keys(running: BaseModel, loaded: BaseModel, prefix: str = "") -> list[str]:
     """The keys outside `RELOADED_KEYS` whose values differ, dotted (`polling.initial_interval_s`,
     `upstream.workspaces.eu.token`); only names, never values (some are secrets)."""
