@@ -356,3 +356,21 @@ async def test_an_api_beyond_loopback_keeps_a_token(start: Callable[..., Any], w
 def _job(sim: Simulator, status: str = "active") -> str:
     job = sim.add_job(status=status, error="boom" if status == "failed" else None)
     return str(job.id)
+
+
+async def test_a_sighup_before_the_daemon_runs_is_applied_once_it_does(write: Write) -> None:
+    """A reload asked for during start-up (before the API's state exists) waits, then applies."""
+    path = write()
+    d = InProcessDaemon(load_config(path, env={}), load_config=lambda: load_config(path, env={}))
+    write(tokens=[TOKEN_B])
+    with capture_logs() as logs:
+        d.daemon.reload()
+    [deferred] = events(logs, "config.reload_requested")
+    assert deferred["deferred"] == "until the daemon has started"
+    await d.start()
+    try:
+        assert (await call(d, "GET", "/v1/watches", TOKEN_B))[0] == 200
+        assert (await call(d, "GET", "/v1/watches", TOKEN_A))[0] == 401
+        assert sample(d, "watcher_config_reloads_total", result="ok") == 1
+    finally:
+        assert await d.stop() == 0
