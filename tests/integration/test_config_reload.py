@@ -9,6 +9,7 @@ file is rewritten as an operator would, and re-read with the same loader as at s
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -177,6 +178,8 @@ async def test_an_added_webhook_gets_the_next_failure(
             0
         ] == 400  # not configured yet
         d.daemon.reload()
+        status, document = await call(d, "GET", "/openapi.json", None)
+        assert status == 200 and '"extra"' in json.dumps(document)  # rebuilt: it names the webhooks
         status, listed = await call(d, "GET", "/v1/webhooks", TOKEN_A)
         assert status == 200 and {w["name"] for w in listed["items"]} >= {"ops", "extra"}
 

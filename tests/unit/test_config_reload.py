@@ -7,8 +7,10 @@ from pathlib import Path
 import pytest
 
 from watcher.config import Settings, load_config
+from watcher.config.api import ApiConfig
 from watcher.daemon.reload import changed_keys, prepare
 from watcher.errors import ConfigError
+from watcher.http.clients import Clients
 
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 
@@ -88,3 +90,27 @@ def test_a_template_that_does_not_render_is_refused(tmp_path: Path, token_file: 
     assert info.value.problems[0].startswith("webhooks[0].template")
     r = prepare(running, load(tmp_path, ""))
     assert (r.targets, r.restart_required, r.webhooks_added) == ({}, [], [])
+
+
+def test_a_client_that_keeps_its_name_and_rate_keeps_its_bucket() -> None:
+    """A reload does not refill a rate limit (a client could otherwise burst past it with every SIGHUP);
+    a changed rate starts a new bucket, and a changed token is the same client under its new token."""
+    before = Clients(
+        ApiConfig.model_validate(
+            {"clients": [{"name": "ci", "token": "ci-0123456789", "rate_limit_per_s": 1}]}
+        )
+    )
+    ci = before.find("ci-0123456789")
+    assert ci is not None and ci.take(100.0) == 0.0 and ci.take(100.0) > 0  # its one request spent
+    same = ApiConfig.model_validate(
+        {"clients": [{"name": "ci", "token": "new-0123456789", "rate_limit_per_s": 1}]}
+    )
+    after = Clients(same, previous=before)
+    assert after.find("ci-0123456789") is None
+    moved = after.find("new-0123456789")
+    assert moved is not None and moved.take(100.0) > 0  # still spent
+    faster = ApiConfig.model_validate(
+        {"clients": [{"name": "ci", "token": "new-0123456789", "rate_limit_per_s": 5}]}
+    )
+    fresh = Clients(faster, previous=before).find("new-0123456789")
+    assert fresh is not None and fresh.take(100.0) == 0.0
