@@ -291,11 +291,7 @@ class Metrics:
             ["webhook"],
             registry=r,
         )
-        for name in webhooks:
-            for result in DeliveryOutcome:
-                self.deliveries.labels(webhook=name, outcome=result)
-            self.delivery_duration.labels(webhook=name)
-            self.endpoint_open.labels(webhook=name)
+        self.track_webhooks(webhooks)
         lag = "Detection time minus the upstream updatedAt of a transition."
         self.detection_lag = Histogram("watcher_detection_lag_seconds", lag, buckets=_LAG_BUCKETS, registry=r)
         notify = "First successful delivery minus detection time."
@@ -329,11 +325,50 @@ class Metrics:
             ["client", "route", "code"],
             registry=r,
         )
+        self.config_reloads = Counter(
+            "watcher_config_reloads",
+            "Configuration reloads (SIGHUP) by result: ok, or failed (the running configuration is kept).",
+            ["result"],
+            registry=r,
+        )
+        for result in ("ok", "failed"):
+            self.config_reloads.labels(result=result)
+        self.config_last_reload_ok = Gauge(
+            "watcher_config_last_reload_successful",
+            "1 if the last configuration reload succeeded (or none was asked for since start-up), else 0.",
+            registry=r,
+        )
+        self.config_last_reload_ok.set(1)
+        self.config_loaded_at = Gauge(
+            "watcher_config_last_reload_success_timestamp_seconds",
+            "When the running configuration was loaded: the start-up, or the last successful reload.",
+            registry=r,
+        )
+        self.config_loaded_at.set(now())
         Info("watcher_build", "Build information.", registry=r).info({"version": __version__})
         r.register(_StoreGauges(self))
         r.register(_LoopGauges())
         if default_collectors:
             _register_default_collectors(r)
+
+    def track_webhooks(self, webhooks: tuple[str, ...]) -> None:
+        """The configured webhooks (at start-up, and after a reload): their series exist from now on.
+
+        The series of a removed webhook stay (a counter must not go back); its gauges follow the store.
+        """
+        self.webhooks = webhooks
+        for name in webhooks:
+            for result in DeliveryOutcome:
+                self.deliveries.labels(webhook=name, outcome=result)
+            self.delivery_duration.labels(webhook=name)
+            self.endpoint_open.labels(webhook=name)
+
+    def config_reloaded(self, ok: bool, now: float) -> None:
+        """Count one configuration reload; a successful one is the running configuration from `now`."""
+        self.config_reloads.labels(result="ok" if ok else "failed").inc()
+        self.config_last_reload_ok.set(1 if ok else 0)
+        if ok:
+            self.config_loaded_at.set(now)
 
     def job_finished(self, final: str, previous_status: str | None) -> None:
         """Count a job that stopped being watched (`final`, as `metric_label` names it); call it as soon as

@@ -42,6 +42,10 @@ SPEC = {
     "watcher_webhook_endpoint_open": ("gauge", {"webhook"}),
     # SPEC §9 (the soak): read where `/metrics` is served, on the event loop
     "watcher_event_loop_tasks": ("gauge", set()),
+    # issue 15 item 5: configuration reloads (SIGHUP)
+    "watcher_config_reloads": ("counter", {"result"}),
+    "watcher_config_last_reload_successful": ("gauge", set()),
+    "watcher_config_last_reload_success_timestamp_seconds": ("gauge", set()),
 }
 COUNTS = StoreCounts(
     watched_by_status={"active": 6, "queued": 4, "unknown": 1},
@@ -87,6 +91,7 @@ def test_label_values_are_bounded_enums_or_configured_webhooks() -> None:
         "loop": {"scheduler", "delivery", "watchlist", "housekeeping"},
         "kind": {x.value for x in StoreFault},
         "workspace": {"acme"},  # configured workspaces only
+        "result": {"ok", "failed"},
         "le": None,
         "version": None,
         "generation": None,
@@ -182,7 +187,7 @@ def test_every_alert_has_a_runbook_and_uses_existing_metrics() -> None:
         "JobWatcherDeliveriesBackingUp", "JobWatcherUpstreamAuthErrors", "JobWatcherUpstreamErrorRatioHigh",
         "JobWatcherSchedulerBacklog", "JobWatcherStoreUnavailable", "JobWatcherWatchesQuarantined",
         "JobWatcherApiClientRefused",
-        "JobWatcherEndpointOpen",
+        "JobWatcherEndpointOpen", "JobWatcherConfigReloadFailed",
     }  # fmt: skip
     exposed = _exposed_names()
     for name, rule in rules.items():

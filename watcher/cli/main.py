@@ -98,7 +98,8 @@ def cmd_run(path: str | None) -> int:
 
     log = structlog.get_logger("watcher.cli")
     try:
-        return asyncio.run(Daemon(settings, tune_gc=True).run())
+        daemon = Daemon(settings, tune_gc=True, load_config=lambda: load_config(path))
+        return asyncio.run(daemon.run())
     except ConfigError as exc:  # a template that does not render its sample event (SPEC §15)
         _print_config_error(exc)
         return EXIT_USAGE

@@ -58,7 +58,7 @@ def load_config(path: str | Path | None, env: Mapping[str, str] | None = None) -
     try:
         settings = Settings(_build_sources=(sources, {}))
     except ValidationError as e:
-        raise ConfigError([_format_error(err) for err in e.errors()]) from None
+        raise ConfigError([format_error(err) for err in e.errors()]) from None
     except SettingsError as e:  # only raised for environment values that are not valid JSON
         field = re.search(r'field "(\w+)"', str(e))
         raise ConfigError(
@@ -72,7 +72,7 @@ def load_config(path: str | Path | None, env: Mapping[str, str] | None = None) -
 _MESSAGES = {"extra_forbidden": "unknown key", "missing": "required"}
 
 
-def _format_error(err: Mapping[str, Any]) -> str:
+def format_error(err: Mapping[str, Any]) -> str:
     """`webhooks[0].url: <message>`; the input value is never included, it may be a secret."""
     ctx = err.get("ctx") or {}
     loc = (*err["loc"], *ctx.get("loc", ()))

@@ -17,7 +17,7 @@ import asyncio
 import gc
 import random
 import signal
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 import structlog
@@ -31,14 +31,17 @@ from watcher.config.tls import TlsFileError
 from watcher.daemon.housekeeping import MIN_PAUSE_S, Housekeeping
 from watcher.daemon.limits import budget
 from watcher.daemon.parts import (
+    WebhookRoutes,
     callback_http,
     callback_url_check,
     upstream_http,
+    webhook_filters,
     webhook_http,
     webhook_targets,
     webhook_tester,
     workers,
 )
+from watcher.daemon.reload import ConfigReloader, LiveParts
 from watcher.daemon.systemd import Notifier, notify_loop, status_line, watchdog_interval
 from watcher.delivery.worker import DeliveryWorker
 from watcher.errors import StartupError, StoreUnavailable
@@ -118,6 +121,7 @@ class Daemon:
         notifier: Notifier | None = None,
         tune_gc: bool = False,
         housekeeping_pause_s: float = MIN_PAUSE_S,
+        load_config: Callable[[], Settings] | None = None,
     ) -> None:
         self.settings = settings
         self._housekeeping_pause_s = housekeeping_pause_s  # the least pause between gauge refreshes
@@ -135,6 +139,9 @@ class Daemon:
             polls_waiting=self._polls_waiting,
         )
         self.health = StoreHealth(self.clock, self.rng, self.metrics)
+        # `load_config` re-reads the configuration as at start-up (`watcher run`: the same file and
+        # environment); without it SIGHUP reloads the watch list only.
+        self._config = ConfigReloader(load_config, self.metrics, self.clock.now) if load_config else None
         self.handle_signals = handle_signals
         self._store = store  # injected by tests and embedders; otherwise built from store.url
         self.stop_event = asyncio.Event()
@@ -158,6 +165,22 @@ class Daemon:
         if not self.stop_event.is_set():
             log.info("daemon.stopping")
         self.stop_event.set()
+
+    def reload(self) -> None:
+        """What SIGHUP does: reload the configuration (its tokens, clients and webhooks), then the watch
+        list, whatever became of the configuration."""
+        try:
+            self.reload_config()
+        finally:
+            self.reload_watchlist()
+
+    def reload_config(self) -> bool:
+        """Re-read the configuration and apply what may change without a restart; False if it was kept
+        (a bad file, no way to re-read it) or the reload waits until the daemon's parts are built."""
+        r = None if self._config is None else self._config.reload(self.settings)
+        if r is not None:
+            self.settings, self.targets = r.settings, r.targets
+        return r is not None
 
     def reload_watchlist(self) -> None:
         """Re-read the watch-list file soon (what SIGHUP does); during start-up, once the daemon runs."""
@@ -189,10 +212,11 @@ class Daemon:
         callback_session = callback_http(s) if s.callbacks.enabled else None
         runner: web.AppRunner | None = None
         try:
+            routes = WebhookRoutes(webhook_filters(s, self.targets))
             delivery, scheduler = workers(
                 s, store, self.targets, self.metrics, self.clock, self.rng, self.health,
                 upstream_session=upstream_session, webhook_session=webhook_session,
-                callback_session=callback_session,
+                callback_session=callback_session, routes=routes,
             )  # fmt: skip
             self._scheduler = scheduler
             # The API answers (`/healthz`, 503 from `/readyz`) while the store is opened and restored.
@@ -200,8 +224,10 @@ class Daemon:
                 s, store, self.metrics, self.clock, self.health, self._loops, scheduler.wake, delivery.wake,
                 check_callback_url=callback_url_check(s),
                 job_types=scheduler.learner.type_rows if scheduler.learner else list,
-                test_webhook=webhook_tester(self.targets, webhook_session, self.clock, self.rng),
+                test_webhook=webhook_tester(lambda: self.targets, webhook_session, self.clock, self.rng),
             )  # fmt: skip
+            if self._config is not None and self._config.attach(LiveParts(self.state, delivery, routes)):
+                self.reload_config()  # the SIGHUP of the start-up, applied now
             runner = await self._start_http(self.state)
             restored = await self._open_store(store)
             if restored is None:
@@ -389,7 +415,7 @@ class Daemon:
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGTERM, self.request_stop)
         loop.add_signal_handler(signal.SIGINT, self.request_stop)
-        loop.add_signal_handler(signal.SIGHUP, self.reload_watchlist)
+        loop.add_signal_handler(signal.SIGHUP, self.reload)
         signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED_SIGNALS)
 
     def _remove_signals(self) -> None:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import random
 import ssl
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import fields
 from pathlib import Path
 
@@ -133,6 +133,17 @@ def webhook_filters(settings: Settings, targets: dict[str, WebhookTarget]) -> li
     ]
 
 
+class WebhookRoutes:
+    """Which configured webhooks an event goes to, by their filters; a reload swaps the filters whole."""
+
+    def __init__(self, filters: list[WebhookFilter]) -> None:
+        self.filters = tuple(filters)
+
+    def __call__(self, event_type: str, watch: Watch) -> tuple[str, ...]:
+        """The names of the webhooks that take an event of `event_type` about `watch`."""
+        return route(event_type, watch, self.filters)
+
+
 def polling_policy(settings: Settings) -> PollingPolicy:
     """The `[polling]` section as the pure policy's parameters."""
     return PollingPolicy(
@@ -243,10 +254,12 @@ def workers(
     upstream_session: aiohttp.ClientSession,
     webhook_session: aiohttp.ClientSession,
     callback_session: aiohttp.ClientSession | None = None,
+    routes: WebhookRoutes | None = None,
 ) -> tuple[DeliveryWorker, Scheduler]:
     """The worker that drains the outbox to `targets` (and, with `callback_session`, to callbacks), and the
-    scheduler that polls every due watch, routes its events to `targets` by their filters (and to the
-    watch's callback by its own) and wakes the worker when it saved some."""
+    scheduler that polls every due watch, routes its events to `targets` by their filters (`routes`, which
+    a reload may change; by default those of `settings`), and to the watch's callback by its own, and
+    wakes the worker when it saved some."""
     s = settings
     cb = s.callbacks
     callbacks = None
@@ -279,11 +292,11 @@ def workers(
             webhooks=(*targets, *((CALLBACK,) if callbacks is not None else ())),
         ),
     )
-    filters = webhook_filters(s, targets)
+    routes = routes or WebhookRoutes(webhook_filters(s, targets))
     callback_default = frozenset(default_events(s.upstream.terminal_statuses))
 
     def route_event(event_type: str, watch: Watch) -> tuple[str, ...]:
-        names = route(event_type, watch, filters)
+        names = routes(event_type, watch)
         callback = watch.callback
         if callbacks is None or callback is None:
             return names
@@ -335,19 +348,23 @@ def workers(
 
 
 def webhook_tester(
-    targets: dict[str, WebhookTarget], session: aiohttp.ClientSession, clock: Clock, rng: random.Random
+    targets: Callable[[], Mapping[str, WebhookTarget]],
+    session: aiohttp.ClientSession,
+    clock: Clock,
+    rng: random.Random,
 ) -> Callable[[str], Awaitable[WebhookTestResult]]:
     """What `POST /v1/webhooks/{name}/test` calls: send a `webhook.test` event to the named webhook now,
     rendered in its format and signed like any delivery, without storing it; what the receiver said.
 
     The event's `data` is the sample job.failed event's (a job, workspace, labels), so a format or a
     template shows what a real alert looks like; `type` is `webhook.test` and its id is new every time.
+    `targets` gives the webhooks as configured now (a reload changes them).
     """
 
     sender = WebhookSender(session, clock)
 
     async def test(name: str) -> WebhookTestResult:
-        target = targets[name]
+        target = targets()[name]
         now = clock.now()
         event_id = str(uuid.UUID(int=rng.getrandbits(128), version=4))
         payload = {**SAMPLE_EVENT.payload, "type": TEST_EVENT, "timestamp": iso_utc(now)}

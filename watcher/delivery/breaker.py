@@ -113,6 +113,12 @@ class Breakers:
         self._cache: dict[str, EndpointHealth] = {}
         self._read_at: float | None = None
 
+    def track(self, webhooks: Iterable[str]) -> None:
+        """The configured webhooks after a reload: each has a gauge sample, a removed one keeps its own
+        while the store still has its breaker."""
+        self._webhooks = tuple(webhooks)
+        self._update_gauge()
+
     def get(self, endpoint: str) -> EndpointHealth | None:
         """The breaker of `endpoint` as last seen (None: never failed)."""
         return self._cache.get(endpoint)

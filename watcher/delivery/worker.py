@@ -77,7 +77,7 @@ class DeliveryWorker(StoreLoop):
             raise ValueError("concurrency must be at least 1")
         super().__init__(store, metrics, clock, rng, health)
         self._sender = sender
-        self._targets = dict(targets)
+        self._targets: dict[str, WebhookTarget] = {}
         self._callbacks = callbacks  # None: callbacks are off, a callback delivery is dead (not configured)
         self._concurrency = concurrency
         self._lease_s = lease_s
@@ -89,10 +89,8 @@ class DeliveryWorker(StoreLoop):
         self._breakers = breakers  # None: no circuit breakers (tests of the plain retry rules)
         # Deliveries in flight per endpoint, and claimed ones waiting for a slot of their endpoint.
         self._slots: EndpointSlots[tuple[Delivery, WebhookTarget, Sender]] = EndpointSlots()
-        budgets = [t.concurrency for t in self._targets.values()]
-        if callbacks is not None:
-            budgets.append(callbacks.template.concurrency)
-        self._claim_max = max([1, *budgets])  # the largest claim (see `_claim_and_start`)
+        self._claim_max = 1  # the largest claim (see `_claim_and_start`), set by `_use`
+        self._use(targets)
         self._stopping = False
         self._swept_at: float | None = None  # monotonic time of the last `max_delivery_age_s` sweep
         # Webhooks that send one message per window (SPEC §15): claimed by `claim_groups`, never one by one.
@@ -102,6 +100,27 @@ class DeliveryWorker(StoreLoop):
     def wake(self) -> None:
         """Look for new deliveries at once (called by the scheduler after it saved events)."""
         self._wake.set()
+
+    def reconfigure(self, targets: Mapping[str, WebhookTarget]) -> None:
+        """Deliver to `targets` from now on (a configuration reload), in one step on the loop.
+
+        Sends in flight finish with the target they started with; every later attempt, a retry or a
+        delivery still waiting for a slot included, uses the new one (a changed secret signs it). The
+        deliveries of a removed webhook become dead (`not_configured`) when they come due, as after a
+        restart; they are kept for replay.
+        """
+        self._use(targets)
+        if self._breakers is not None:
+            self._breakers.track((*self._targets, *((CALLBACK,) if self._callbacks is not None else ())))
+        self._swept_at = None  # the `max_delivery_age_s` of new or changed targets applies at the next claim
+        self._wake.set()
+
+    def _use(self, targets: Mapping[str, WebhookTarget]) -> None:
+        self._targets = dict(targets)
+        budgets = [t.concurrency for t in self._targets.values()]
+        if self._callbacks is not None:
+            budgets.append(self._callbacks.template.concurrency)
+        self._claim_max = max([1, *budgets])
 
     async def run(self, stop: asyncio.Event) -> None:
         """Deliver until `stop` is set, claim what is due one last time, wait for in-flight sends, return.
@@ -265,6 +284,12 @@ class DeliveryWorker(StoreLoop):
     ) -> None:
         """Send unless the endpoint's breaker says wait, or the claim's lease would end during the send."""
         now = self._clock.now()
+        if delivery.webhook != CALLBACK:  # a reload may have changed or removed it while this one waited
+            current = self._targets.get(delivery.webhook)
+            if current is None:
+                await self._finish_dead(delivery, now, DeadReason.NOT_CONFIGURED, NOT_CONFIGURED)
+                return
+            target = current
         if claimed is not None and now + target.timeout_s >= claimed + self._lease_s:
             await self._give_back(delivery, now)  # it waited too long for a slot: claim it again later
             return

@@ -7,7 +7,7 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from watcher.http.clients import Clients, auth_middleware, observe_middleware
+from watcher.http.clients import auth_middleware, observe_middleware
 from watcher.http.openapi import openapi_document
 from watcher.http.problems import problem_middleware
 from watcher.http.state import STATE_KEY, AppState
@@ -56,27 +56,28 @@ async def metrics(request: web.Request) -> web.Response:
 def build_app(state: AppState) -> web.Application:
     """The aiohttp application with every route of the daemon."""
     api = state.settings.api
-    clients = Clients(api)
     # client_max_size backs up problem_middleware's Content-Length check for bodies read by aiohttp itself.
     app = web.Application(
         middlewares=[
             observe_middleware(state.metrics),
             problem_middleware(api.max_body_bytes, body_timeout_s=api.body_timeout_s),
-            auth_middleware(clients, state.clock.monotonic),
+            auth_middleware(lambda: state.clients, state.clock.monotonic),
         ],
         client_max_size=api.max_body_bytes,
     )
     app[STATE_KEY] = state
-    document = openapi_document(state.settings)
+    cached: list[Any] = [state.settings, openapi_document(state.settings)]  # the settings it describes
 
     async def openapi(request: web.Request) -> web.Response:
-        """The OpenAPI 3.1 document of every route."""
-        return web.json_response(document)
+        """The OpenAPI 3.1 document of every route (it names the webhooks: rebuilt after a reload)."""
+        if cached[0] is not state.settings:
+            cached[:] = [state.settings, openapi_document(state.settings)]
+        return web.json_response(cached[1])
 
     app.router.add_get("/openapi.json", openapi)
     add_v1_routes(app)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
-    app.router.add_get("/", status_page(state, clients))
+    app.router.add_get("/", status_page(state))
     return app

@@ -70,13 +70,19 @@ TOKENS_CLIENT = "token"  # the client of a token of `api.tokens`: full access
 
 
 class Clients:
-    """The configured callers, looked up by bearer token."""
+    """The configured callers, looked up by bearer token.
 
-    def __init__(self, api: ApiConfig) -> None:
+    A configuration reload builds a new one and swaps it in (`AppState.reconfigure`): a request already
+    authenticated keeps its client; `previous` hands a client that keeps its name and rate limit its
+    bucket, so a reload does not refill it.
+    """
+
+    def __init__(self, api: ApiConfig, previous: Clients | None = None) -> None:
         self.open = not api.has_auth()  # no token configured: everyone has full access (loopback only)
         self._by_token: list[tuple[bytes, Client]] = [
             (t.get_secret_value().encode(), Client(TOKENS_CLIENT)) for t in api.tokens
         ]
+        before = {c.name: c for _, c in previous._by_token} if previous is not None else {}
         for c in api.clients:
             client = Client(
                 c.name,
@@ -84,6 +90,9 @@ class Clients:
                 None if c.workspaces is None else frozenset(c.workspaces),
                 c.rate_limit_per_s,
             )
+            old = before.get(c.name)
+            if old is not None and old.rate_limit_per_s == client.rate_limit_per_s:
+                client._tokens, client._at = old._tokens, old._at  # a bucket moves to its successor
             self._by_token.append((c.secret().encode(), client))
         self._anonymous = Client(ANONYMOUS)
 
@@ -133,17 +142,18 @@ def _protected(path: str) -> bool:
     return path == PROTECTED or path.startswith(PROTECTED + "/")
 
 
-def auth_middleware(clients: Clients, now: Callable[[], float]) -> Middleware:
+def auth_middleware(clients: Callable[[], Clients], now: Callable[[], float]) -> Middleware:
     """Authenticate `/v1` requests (401), check the route's scope (403) and the client's rate (429).
 
-    Runs inside `problem_middleware`, which renders the problems it raises.
+    `clients` gives the callers as configured now (a reload swaps them). Runs inside `problem_middleware`,
+    which renders the problems it raises.
     """
 
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         if not _protected(request.path):
             return await handler(request)
-        client = clients.of(request)
+        client = clients().of(request)
         if client is None:
             raise Problem(
                 401,

@@ -8,7 +8,7 @@ passed in when the state is built; the supervisor's tasks stay with the supervis
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from aiohttp import web
@@ -16,6 +16,7 @@ from aiohttp import web
 from watcher.clock import Clock
 from watcher.config import Settings
 from watcher.health import StoreHealth
+from watcher.http.clients import Clients
 from watcher.metrics import Metrics
 from watcher.models import WebhookTestResult
 from watcher.store.base import Store
@@ -34,9 +35,12 @@ class LoopStatus(Protocol):
         ...
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class AppState:
-    """Everything a handler may look at or call."""
+    """Everything a handler may look at or call.
+
+    Handlers read it, never change it; only `reconfigure` does (a configuration reload), in one step.
+    """
 
     settings: Settings
     store: Store
@@ -52,6 +56,17 @@ class AppState:
     job_types: Callable[[], list[dict[str, object]]] = list
     # Sends a `webhook.test` event to the named webhook now and says what the receiver answered (SPEC §15).
     test_webhook: Callable[[str], Awaitable[WebhookTestResult]] | None = None
+    # Who may call the API (`api.tokens`, `[[api.clients]]`), built from `settings`.
+    clients: Clients = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.clients = Clients(self.settings.api)
+
+    def reconfigure(self, settings: Settings) -> None:
+        """Serve `settings` from now on (a configuration reload): its tokens, clients and webhooks. Requests
+        already authenticated finish as they began."""
+        self.clients = Clients(settings.api, previous=self.clients)
+        self.settings = settings
 
     @property
     def ready(self) -> bool:

@@ -19,7 +19,7 @@ import structlog
 from aiohttp import web
 
 from watcher import __version__
-from watcher.http.clients import CLIENT_KEY, Client, Clients
+from watcher.http.clients import CLIENT_KEY, Client
 from watcher.http.problems import problem_response
 from watcher.http.state import AppState
 from watcher.http.statuspage.render import CSP, PageView, render
@@ -116,8 +116,8 @@ async def build_view(
     return view
 
 
-def status_page(state: AppState, clients: Clients) -> Handler:
-    """The `GET /` handler for the daemon whose state is `state`, callers known by `clients`."""
+def status_page(state: AppState) -> Handler:
+    """The `GET /` handler for the daemon whose state is `state` (callers known by `state.clients`)."""
 
     async def handle(request: web.Request) -> web.StreamResponse:
         try:
@@ -126,6 +126,7 @@ def status_page(state: AppState, clients: Clients) -> Handler:
             field = str(exc).split(":", 1)[0]
             return _problem(400, str(exc), errors=[{"field": field, "message": str(exc)}])
         client = None
+        clients = state.clients
         if clients.open or request.headers.get("Authorization") is not None:
             client = clients.of(request)
             if client is None:
