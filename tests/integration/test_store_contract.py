@@ -423,24 +423,30 @@ class TestListAndCounts:
 class TestPurgeDeleteRestore:
     """purge_finished, delete_watch, restore and events_for."""
 
-    async def test_purge_keeps_undelivered_events(self, store: Store) -> None:
-        """Old finished watches go; an event with a pending delivery stays and stays claimable."""
+    async def test_purge_waits_for_pending_deliveries_and_leaves_nothing_behind(self, store: Store) -> None:
+        """Old finished watches go with their events; one with a pending delivery stays, claimable, until
+        the delivery is settled, and then goes whole: no event or delivery outlives its watch."""
         await _two_events(store, n=1)  # job 1: active (delivered below), failed (pending)
         (d,) = await store.claim_deliveries(T0 + 20, 10, LEASE)
         await store.finish_delivery(d, _done(DeliveryState.DELIVERED, T0 + 20))
         await store.register([reg(3)], T0 + 100)
         w3 = await claim_one(store, T0 + 100)
         await store.save_polls([polled(w3, "success", T0 + 100, hooks=())])  # finished too recently
+        await store.register([reg(4)], T0)
+        w4 = await claim_one(store, T0)
+        await store.save_polls([polled(w4, "success", T0 + 1, hooks=())])  # finished, nothing to deliver
         await store.register([reg(2)], T0)  # unfinished: never purged
-        assert await store.purge_finished(T0 + 50) == 1
-        assert await store.get_watch(jid(1)) is None
-        assert [e.type for e in await store.events_for(jid(1))] == ["job.failed"]
-        assert await store.get_watch(jid(2)) is not None and await store.get_watch(jid(3)) is not None
+        assert await store.purge_finished(T0 + 50) == 1  # job 4; job 1 still has a pending delivery
+        assert await store.get_watch(jid(4)) is None and await store.events_for(jid(4)) == []
+        assert await store.get_watch(jid(1)) is not None
+        assert [e.type for e in await store.events_for(jid(1))] == ["job.active", "job.failed"]
         (pending,) = await store.claim_deliveries(T0 + 200, 10, LEASE)
         assert pending.event.type == "job.failed"
         assert await store.finish_delivery(pending, _done(DeliveryState.DELIVERED, T0 + 200))
-        assert await store.purge_finished(T0 + 1000) == 1  # job 3
-        assert await store.list_deliveries(state="delivered", limit=10) != []
+        assert await store.purge_finished(T0 + 1000) == 2  # job 1, settled now, and job 3
+        assert await store.get_watch(jid(1)) is None and await store.events_for(jid(1)) == []
+        assert await store.list_deliveries(limit=10) == []
+        assert await store.get_watch(jid(2)) is not None
 
     async def test_delete_watch(self, store: Store) -> None:
         """Delete forgets the watch and its claim but keeps undelivered deliveries."""

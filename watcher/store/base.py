@@ -309,7 +309,11 @@ class Store(ABC):
 
     @abstractmethod
     async def purge_finished(self, before: float) -> int:
-        """Delete finished watches whose `finished_at` is before `before`; undelivered events stay."""
+        """Delete finished watches whose `finished_at` is before `before`, with their events and deliveries.
+
+        A watch with a delivery still pending stays (visible in the API) until the delivery is settled, and
+        goes at the first purge after that: its events never outlive it, so nothing is left behind that no
+        later purge would find."""
 
     # -- events and deliveries ------------------------------------------------------------------------
 

@@ -257,11 +257,12 @@ class MemoryStore(MemoryHealth, MemoryGroups, IndexedStore):
         return True
 
     async def purge_finished(self, before: float) -> int:
-        """Delete old finished watches and their events unless a delivery is still pending."""
+        """Delete old finished watches without a pending delivery, with their events."""
+        pending = {d.event.job_id for d in self._deliveries.values() if d.state is DeliveryState.PENDING}
         old = [
             w.job_id
             for w in self._watches.values()
-            if w.finished and w.finished_at is not None and w.finished_at < before
+            if w.finished and w.finished_at is not None and w.finished_at < before and w.job_id not in pending
         ]
         for job_id in old:
             del self._watches[job_id]

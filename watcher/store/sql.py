@@ -21,6 +21,12 @@ ENDPOINT_NOT_OPEN = (
     "NOT EXISTS (SELECT 1 FROM endpoints b WHERE b.endpoint = coalesce(d.endpoint, d.webhook)"
     " AND b.state <> 'closed' AND b.open_until > {now})"
 )
+# Finished watches to purge: finished before `{before}` (the one parameter), and settled: no delivery of
+# theirs still pending (`deliveries_pair` finds one). Their events then go with them, and none is orphaned.
+FINISHED_SETTLED = (
+    "SELECT w.job_id FROM watches w WHERE w.final IS NOT NULL AND w.finished_at < {before}"
+    " AND NOT EXISTS (SELECT 1 FROM deliveries k WHERE k.job_id = w.job_id AND k.state = 'pending')"
+)
 
 # -- aggregates (`Store.counts`, `Store.watch_counts`) ------------------------------------------------------
 

@@ -16,7 +16,7 @@ from typing import Any
 import asyncpg  # type: ignore[import-untyped]  # asyncpg ships no type information
 
 from watcher.models import Callback, Delivery, DeliveryState, Event, Watch
-from watcher.store.sql import ENDPOINT_NOT_OPEN, LIST_STATUS_SQL, PAIR_HEAD
+from watcher.store.sql import ENDPOINT_NOT_OPEN, FINISHED_SETTLED, LIST_STATUS_SQL, PAIR_HEAD
 
 _NOW = "extract(epoch from now())::float8"
 
@@ -96,7 +96,7 @@ def source_members(lo: str | None, hi: str | None) -> tuple[str, list[str]]:
 
 SOURCE_DROP = "UPDATE watches SET sources = sources & $2 WHERE job_id = ANY($1::text[])"
 DELETE_WATCHES = "DELETE FROM watches WHERE job_id = ANY($1::text[])"
-FINISHED_BEFORE = "SELECT job_id FROM watches WHERE final IS NOT NULL AND finished_at < $1"
+FINISHED_BEFORE = FINISHED_SETTLED.format(before="$1")
 
 # Events of the jobs (and their deliveries) go unless one of their deliveries is in a `$2` state; deliveries
 # first, then the events left without any.

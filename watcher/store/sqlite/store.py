@@ -36,7 +36,7 @@ from watcher.store.base import (
 )
 from watcher.store.faults import StoreOutage
 from watcher.store.indexed import IndexedStore
-from watcher.store.sql import LIST_STATUS_SQL
+from watcher.store.sql import FINISHED_SETTLED, LIST_STATUS_SQL
 from watcher.store.sqlite.connection import Connections, select
 from watcher.store.sqlite.endpoints import SQLiteEndpoints
 from watcher.store.sqlite.groups import SQLiteGroups
@@ -410,11 +410,9 @@ class SQLiteStore(SQLiteEndpoints, SQLiteGroups, SQLiteJobTypes, IndexedStore):
         return True
 
     async def purge_finished(self, before: float) -> int:
-        """Delete finished watches older than `before` and their events that have no pending delivery."""
+        """Delete finished watches older than `before` that have no pending delivery, with their events."""
         async with self.connections.write() as db:
-            rows = await select(
-                db, "SELECT job_id FROM watches WHERE final IS NOT NULL AND finished_at < ?", (before,)
-            )
+            rows = await select(db, FINISHED_SETTLED.format(before="?"), (before,))
             ids = [r[0] for r in rows]
             await self._drop_events(db, ids, keep=("pending",))
             for chunk in chunks(ids):
