@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -173,3 +175,49 @@ async def test_simulator_answers_unknown_ids_only_when_asked() -> None:
             await sim.stop()
     with pytest.raises(ValueError, match="unknown_jobs"):
         Simulator(unknown_jobs="paused")
+
+
+def _descendants(pid: int) -> set[int]:
+    """Every living process below `pid`, from /proc's children lists."""
+    found: set[int] = set()
+    todo = [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            tasks = Path(f"/proc/{p}/task").iterdir()
+            kids = {int(k) for t in tasks for k in (t / "children").read_text().split()}
+        except OSError:
+            continue
+        todo.extend(kids - found)
+        found |= kids
+    return found
+
+
+@pytest.mark.slow
+def test_sigterm_stops_the_run_and_every_process_it_started(tmp_path: Path) -> None:
+    """A bench killed with SIGTERM (a CI timeout) leaves no daemon, simulator or sink behind."""
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "watcher", "bench", "--quick", "soak", "--duration-s", "60"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+    )
+    try:
+        children: set[int] = set()
+        deadline = time.monotonic() + 60
+        while len(children) < 3 and time.monotonic() < deadline:  # the daemon, the simulator, the sink
+            time.sleep(0.2)
+            children = _descendants(proc.pid)
+        assert len(children) >= 3, "the soak started its processes"
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, err[-2000:]
+    assert "stopped; no figures" in err and "Traceback" not in err
+    left = {pid for pid in children if Path(f"/proc/{pid}").exists()}
+    assert not left, f"still running after the bench stopped: {left}"

@@ -12,6 +12,7 @@ import argparse
 import asyncio
 import json
 import shlex
+import signal
 import sys
 import tempfile
 import time
@@ -180,7 +181,14 @@ def bench_main(argv: Sequence[str]) -> int:
             sizes=args.sizes or (QUICK_SIZES if args.quick else Context.sizes),
             duration_s=args.duration_s,
         )
-        results = asyncio.run(_run_all(ctx, names))
+        # SIGTERM (a CI timeout, `kill`) stops the run as Ctrl-C does: the scenarios' blocks unwind and
+        # stop their daemons, simulators and sinks, instead of leaving them running without a parent.
+        signal.signal(signal.SIGTERM, signal.default_int_handler)
+        try:
+            results = asyncio.run(_run_all(ctx, names))
+        except KeyboardInterrupt:
+            print("watcher bench: stopped; no figures", file=sys.stderr)
+            return 130
     print(render_table(results), end="")
     if args.json is not None:
         command = shlex.join(["watcher", "bench", *(stores.mask_password(a) for a in argv)])
