@@ -104,6 +104,18 @@ class TestSyncSource:
         assert survivor is not None and survivor.sources == Source.API
         assert [w.job_id for w in await store.claim_due(T0, 10, LEASE)] == [jid(2)]
 
+    async def test_removed_watch_takes_its_events_along(self, store: Store) -> None:
+        """A watch the file drops goes with its events, except one still to deliver; none is orphaned."""
+        await store.sync_source(Source.FILE, [reg(1, Source.FILE), reg(2, Source.FILE)], T0)
+        for w in await store.claim_due(T0, 10, LEASE):
+            hooks = ("ops",) if w.job_id == jid(2) else ()  # job 2's event waits for a delivery
+            assert await store.save_polls([polled(w, "active", T0, hooks=hooks)]) == [True]
+        assert len(await store.events_for(jid(1))) == 1 and len(await store.events_for(jid(2))) == 1
+        assert await store.sync_source(Source.FILE, [], T0 + 1) == SyncResult(added=0, removed=2)
+        assert await store.events_for(jid(1)) == []
+        assert [e.type for e in await store.events_for(jid(2))] == ["job.active"]
+        assert [d.event.job_id for d in await store.claim_deliveries(T0 + 2, 10, LEASE)] == [jid(2)]
+
     async def test_file_joins_api_watch(self, store: Store) -> None:
         """An API watch listed in the file gains the file source and counts as added."""
         await store.register([reg(1, Source.API)], T0)

@@ -160,6 +160,7 @@ class MemoryStore(MemoryHealth, MemoryGroups, IndexedStore):
             if w.sources == 0 and not w.finished:
                 del self._watches[w.job_id]
                 self._index.discard(w.job_id)
+                self._drop_events(w.job_id, keep={DeliveryState.PENDING, DeliveryState.DEAD})
         return SyncResult(added=len(joining), removed=len(leaving))
 
     async def delete_watch(self, job_id: str) -> bool:

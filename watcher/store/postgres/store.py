@@ -187,6 +187,8 @@ class PostgresStore(PgEndpoints, PgGroups, PgJobTypes, Store):
                 return SyncResult(added=len(joining), removed=0, waiting=len(leaving))
             gone = [j for j in leaving if have[j]["sources"] == bit and have[j]["final"] is None]
             await conn.execute(q.SOURCE_DROP, leaving, ~bit)
+            # As `delete_watch`: the watch goes with its events, except those still to deliver or replay.
+            await self._drop_events(conn, gone, ["pending", "dead"])
             await conn.execute(q.DELETE_WATCHES, gone)
             return SyncResult(added=len(joining), removed=len(leaving))
 

@@ -212,6 +212,8 @@ class SQLiteStore(SQLiteEndpoints, SQLiteGroups, SQLiteJobTypes, IndexedStore):
             await db.executemany(
                 "UPDATE watches SET sources = sources & ? WHERE job_id = ?", [(~bit, j) for j in leaving]
             )
+            # As `delete_watch`: the watch goes with its events, except those still to deliver or replay.
+            await self._drop_events(db, gone, keep=("pending", "dead"))
             for chunk in chunks(gone):
                 await db.execute(f"DELETE FROM watches WHERE job_id IN ({marks(len(chunk))})", chunk)  # noqa: S608
         for jid in created:
