@@ -377,3 +377,25 @@ async def test_a_sighup_before_the_daemon_runs_is_applied_once_it_does(write: Wr
         assert sample(d, "watcher_config_reloads_total", result="ok") == 1
     finally:
         assert await d.stop() == 0
+
+
+async def test_a_storm_of_sighups_costs_a_few_reloads_and_applies_the_last_file(
+    start: Callable[..., Any], write: Write
+) -> None:
+    """200 SIGHUPs in a burst: the first few reload at once, the rest are paced into a few reloads; the
+    file as it was at the last signal applies; the daemon keeps answering meanwhile."""
+    d = await start()
+    new = "token-after-the-storm-0123"
+    with capture_logs() as logs:
+        for i in range(200):
+            if i == 199:
+                write(tokens=[TOKEN_A, new])
+            d.daemon.reload()
+        assert (await call(d, "GET", "/v1/watches", TOKEN_A))[0] == 200
+
+        async def applied() -> bool:
+            return (await call(d, "GET", "/v1/watches", new))[0] == 200
+
+        await eventually(applied, 15, "the last file applied")
+    reloads = len(events(logs, "config.reloaded"))
+    assert 3 <= reloads < 20, reloads

@@ -304,7 +304,7 @@ SIM_CMD = [
 def test_simulate_cli_serves_more_workspaces_and_confines_faults() -> None:
     """`--workspace` adds workspaces with the same credentials; `--fault-workspace` confines the faults."""
     argv = ["--workspace", "other", "--fault-rate-limit", "1", "--fault-workspace", "other"]
-    sim, _, _ = _build(argv)
+    sim, _, _, _ = _build(argv)
     assert sim.workspaces == {"sim", "other"}
     assert (sim.faults.rate_limit, sim.faults.workspace) == (1.0, "other")
 
