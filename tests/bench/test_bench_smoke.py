@@ -194,8 +194,10 @@ def _descendants(pid: int) -> set[int]:
 
 
 @pytest.mark.slow
-def test_sigterm_stops_the_run_and_every_process_it_started(tmp_path: Path) -> None:
-    """A bench killed with SIGTERM (a CI timeout) leaves no daemon, simulator or sink behind."""
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP], ids=["SIGTERM", "SIGHUP"])
+def test_a_signal_stops_the_run_and_every_process_it_started(tmp_path: Path, sig: signal.Signals) -> None:
+    """A bench killed with SIGTERM (a CI timeout) or SIGHUP (its terminal gone) leaves no daemon,
+    simulator or sink behind."""
     env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
     proc = subprocess.Popen(
         [sys.executable, "-m", "watcher", "bench", "--quick", "soak", "--duration-s", "60"],
@@ -212,7 +214,7 @@ def test_sigterm_stops_the_run_and_every_process_it_started(tmp_path: Path) -> N
             time.sleep(0.2)
             children = _descendants(proc.pid)
         assert len(children) >= 3, "the soak started its processes"
-        proc.send_signal(signal.SIGTERM)
+        proc.send_signal(sig)
         _, err = proc.communicate(timeout=30)
     finally:
         if proc.poll() is None:

@@ -181,9 +181,11 @@ def bench_main(argv: Sequence[str]) -> int:
             sizes=args.sizes or (QUICK_SIZES if args.quick else Context.sizes),
             duration_s=args.duration_s,
         )
-        # SIGTERM (a CI timeout, `kill`) stops the run as Ctrl-C does: the scenarios' blocks unwind and
-        # stop their daemons, simulators and sinks, instead of leaving them running without a parent.
-        signal.signal(signal.SIGTERM, signal.default_int_handler)
+        # SIGTERM (a CI timeout, `kill`) and SIGHUP (the terminal went away) stop the run as Ctrl-C does:
+        # the scenarios' blocks unwind and stop their daemons, simulators and sinks, instead of leaving
+        # them running without a parent.
+        for sig in (signal.SIGTERM, signal.SIGHUP):
+            signal.signal(sig, signal.default_int_handler)
         try:
             results = asyncio.run(_run_all(ctx, names))
         except KeyboardInterrupt:
