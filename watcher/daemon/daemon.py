@@ -41,7 +41,7 @@ from watcher.daemon.parts import (
     webhook_tester,
     workers,
 )
-from watcher.daemon.reload import ConfigReloader, LiveParts
+from watcher.daemon.reload import ConfigReloader, LiveParts, ReloadPacer
 from watcher.daemon.systemd import Notifier, notify_loop, status_line, watchdog_interval
 from watcher.delivery.worker import DeliveryWorker
 from watcher.errors import StartupError, StoreUnavailable
@@ -81,10 +81,6 @@ async def _cancel(tasks: set[asyncio.Task[None]]) -> None:
 # benchmark: less CPU per poll. Memory is not held longer: refcounting frees them.
 GC_THRESHOLDS = (50_000, 20, 20)
 HANDLED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
-# SIGHUP pacing (see `Daemon.reload`): a few reloads in a row at once, then one per this many times as
-# long as a reload takes.
-RELOAD_BURST = 3.0
-RELOAD_SPACING = 10.0
 CANCEL_ROUNDS = 3
 CANCEL_WAIT_S = 1.0
 # While the store is out at start-up, each retry tells systemd to wait this much longer for READY=1.
@@ -155,11 +151,7 @@ class Daemon:
         self.state: AppState | None = None  # what the HTTP handlers read, once `run` has built it
         self._watchlist: WatchlistReloader | None = None
         self._reload_requested = False  # a SIGHUP that came before the reloader existed
-        # SIGHUP pacing (see `reload`): reloads in hand, when the last one ended, the spacing it earned.
-        self._reload_credit = RELOAD_BURST
-        self._reload_at = 0.0
-        self._reload_unit = 0.0
-        self._reload_later: asyncio.TimerHandle | None = None
+        self._pacer = ReloadPacer(self.clock, self._reload_now)  # SIGHUPs, paced
         self.notifier = notifier or Notifier.from_env()  # sd_notify; a no-op outside systemd
 
     def is_ready(self) -> bool:
@@ -179,39 +171,16 @@ class Daemon:
         """What SIGHUP does: reload the configuration (its tokens, clients and webhooks), then the watch
         list, whatever became of the configuration.
 
-        At once, as long as reloads come no faster than a few in a row (RELOAD_BURST); beyond that, one
-        reload for all the SIGHUPs that came meanwhile, RELOAD_SPACING times the last reload's duration
-        after it. A storm of signals costs the event loop about a tenth of its time in reloads, never the
-        start-up or the polls.
+        Paced (`ReloadPacer`): a storm of signals costs the event loop about a tenth of its time in
+        reloads, never the start-up or the polls.
         """
-        if self._reload_later is not None:
-            return  # the deferred reload will read what this SIGHUP asks for
-        now = self.clock.monotonic()
-        if self._reload_unit > 0:  # credit earned since the last reload, one per unit of spacing
-            self._reload_credit = min(
-                RELOAD_BURST, self._reload_credit + (now - self._reload_at) / self._reload_unit
-            )
-        else:
-            self._reload_credit = RELOAD_BURST
-        if self._reload_credit < 1:
-            wait = (1 - self._reload_credit) * self._reload_unit
-            self._reload_later = asyncio.get_running_loop().call_later(wait, self._reload_deferred)
-            return
-        self._reload_now()
-
-    def _reload_deferred(self) -> None:
-        self._reload_later = None
-        self._reload_now()
+        self._pacer.request()
 
     def _reload_now(self) -> None:
-        started = self.clock.monotonic()
         try:
             self.reload_config()
         finally:
             self.reload_watchlist()
-            self._reload_at = self.clock.monotonic()
-            self._reload_unit = RELOAD_SPACING * (self._reload_at - started)
-            self._reload_credit = max(0.0, self._reload_credit - 1)
 
     def reload_config(self) -> bool:
         """Re-read the configuration and apply what may change without a restart; False if it was kept
@@ -237,8 +206,7 @@ class Daemon:
             return await self._run()
         finally:
             self._remove_signals()
-            if self._reload_later is not None:
-                self._reload_later.cancel()
+            self._pacer.cancel()
 
     async def _run(self) -> int:
         s = self.settings
