@@ -106,7 +106,10 @@ class Receiver:
     def deliveries(self) -> list[dict[str, Any]]:
         if not self.out.exists():
             return []
-        return [json.loads(line) for line in self.out.read_text().splitlines() if line.strip()]
+        text = self.out.read_text()
+        # The receiver may be half-way through appending a line: only lines ending in a newline are whole.
+        whole = text[: text.rfind("\n") + 1]
+        return [json.loads(line) for line in whole.splitlines() if line.strip()]
 
     async def set_status(self, status: int | None) -> None:
         async with (

@@ -78,8 +78,10 @@ async def readyz_is(api: str, status: int) -> bool:
 
 
 def log_lines(path: Path) -> list[str]:
-    """Every non-empty line the daemon wrote (stdout and stderr go to the same file)."""
-    return [ln for ln in path.read_text(errors="replace").splitlines() if ln.strip()]
+    """Every non-empty whole line the daemon wrote (stdout and stderr go to the same file); a line still being
+    written (no newline yet) is left for the next read."""
+    text = path.read_text(errors="replace")
+    return [ln for ln in text[: text.rfind("\n") + 1].splitlines() if ln.strip()]
 
 
 def assert_all_json(path: Path) -> list[dict[str, Any]]:
