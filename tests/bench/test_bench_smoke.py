@@ -223,3 +223,36 @@ def test_a_signal_stops_the_run_and_every_process_it_started(tmp_path: Path, sig
     assert "stopped; no figures" in err and "Traceback" not in err
     left = {pid for pid in children if Path(f"/proc/{pid}").exists()}
     assert not left, f"still running after the bench stopped: {left}"
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
+async def test_an_observed_store_has_every_watch_seen(tmp_path: Path, kind: str) -> None:
+    """`build_store(observed=True)` in several batches leaves every watch seen `active` once, and due
+    before `now`, on both stores. On a shared PostgreSQL store it once saw only the first batch (the others
+    were registered at the database's clock, due after the seen ones), so `scale` at a million watches
+    timed first observations."""
+    from tests.support.postgres import pg_schema
+    from watcher.bench.harness import build_store
+    from watcher.store import open_store
+
+    ids = [str(uuid.UUID(int=n, version=4)) for n in range(1, 351)]
+    now = time.time()
+
+    async def check(url: str) -> None:
+        await build_store(url, ids, now, batch=100, observed=True)
+        store = open_store(url)
+        await store.open()
+        try:
+            # Every watch is overdue, so a restore (as a daemon's start-up) takes each one.
+            assert await store.restore(now, lambda _w: now - 1.0) == len(ids)
+            due = await store.claim_due(now, 1_000, 60.0)
+        finally:
+            await store.close()
+        assert sorted(w.job_id for w in due) == sorted(ids)
+        assert {(w.status, w.polls) for w in due} == {("active", 1)}
+
+    if kind == "sqlite":
+        await check(f"sqlite:///{tmp_path / 'observed.db'}")
+    else:
+        async with pg_schema("observed") as url:
+            await check(url)

@@ -305,7 +305,11 @@ async def build_store(
     # Observed watches are registered and seen in the past, and due again before `now`: a daemon's restore
     # spreads overdue watches (on PostgreSQL it leaves the others alone), and the loop below ends.
     at = now - 2 * _SEEN_DUE_S if observed else now
-    store = open_store(url)
+    # On PostgreSQL a store that is not shared takes every time as given: a shared one registers at the
+    # database's clock, so the watches it had not seen yet were due after the ones it had (saved due at
+    # `at + _SEEN_DUE_S`), and the loop below met a seen watch again after its first batch: at a million
+    # watches only the first 50,000 were seen, and the daemon's windows timed first observations.
+    store = PostgresStore(url, shared=False) if stores.is_postgres(url) else open_store(url)
     await store.open()
     try:
         for i in range(0, len(ordered), batch):
@@ -313,8 +317,8 @@ async def build_store(
             await store.register(regs, at)
         seen: set[str] = set()
         while observed and len(seen) < len(ordered):
-            # A shared PostgreSQL store keeps time by the database's clock, not `at`: stop at the first
-            # watch seen twice rather than trust the due times.
+            # Seen watches are due after `at`, so they are not claimed again; stop at the first one seen
+            # twice all the same rather than loop.
             claimed = await store.claim_due(at, batch, _SEEN_DUE_S)
             fresh = [w for w in claimed if w.job_id not in seen]
             if len(fresh) < len(claimed):
@@ -326,6 +330,8 @@ async def build_store(
                 w.next_poll_at = at + _SEEN_DUE_S
                 seen.add(w.job_id)
             await store.save_polls([SavedPoll(w) for w in fresh])
+        if observed and len(seen) < len(ordered):
+            raise BenchError(f"building the store: only {len(seen):,} of {len(ordered):,} watches were seen")
     finally:
         await store.close()
     return time.monotonic() - started
