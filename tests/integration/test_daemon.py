@@ -58,7 +58,10 @@ async def test_endpoints_and_graceful_stop(tmp_path: Path, sim: Simulator, recei
         async def refreshed() -> str | None:  # the store-derived gauges count the finished job
             async with http.get(base + "/metrics") as r:
                 text = await r.text()
-            return text if 'watcher_watched_jobs{status="active"} 0.0' in text else None
+            # The receiver notes the delivery before its answer reaches the daemon, which counts the
+            # delivery once the answer is in and the store has it: wait for that too.
+            delivered = 'watcher_webhook_deliveries_total{outcome="success",webhook="ops"} 1.0' in text
+            return text if delivered and 'watcher_watched_jobs{status="active"} 0.0' in text else None
 
         text = await eventually(refreshed, 15, "the gauges refreshed")
     assert 'watcher_jobs_finished_total{status="success"} 1.0' in text
