@@ -21,6 +21,7 @@ import pytest
 from tests.support import config
 from tests.support.certs import Pki, make_pki
 from tests.support.eventually import eventually
+from tests.support.lines import whole_lines
 
 ROOT = Path(__file__).resolve().parents[2]
 RECEIVER_SCRIPT = ROOT / "tests" / "support" / "standard_webhooks.py"
@@ -106,10 +107,7 @@ class Receiver:
     def deliveries(self) -> list[dict[str, Any]]:
         if not self.out.exists():
             return []
-        text = self.out.read_text()
-        # The receiver may be half-way through appending a line: only lines ending in a newline are whole.
-        whole = text[: text.rfind("\n") + 1]
-        return [json.loads(line) for line in whole.splitlines() if line.strip()]
+        return [json.loads(line) for line in whole_lines(self.out)]
 
     async def set_status(self, status: int | None) -> None:
         async with (

@@ -17,6 +17,7 @@ import aiohttp
 
 from tests.e2e.conftest import DaemonProc, Receiver, Sim
 from tests.support.eventually import eventually
+from tests.support.lines import whole_lines
 
 
 async def probe(api: str, path: str, timeout: float = 5.0) -> tuple[int, Any, float]:
@@ -78,10 +79,8 @@ async def readyz_is(api: str, status: int) -> bool:
 
 
 def log_lines(path: Path) -> list[str]:
-    """Every non-empty whole line the daemon wrote (stdout and stderr go to the same file); a line still being
-    written (no newline yet) is left for the next read."""
-    text = path.read_text(errors="replace")
-    return [ln for ln in text[: text.rfind("\n") + 1].splitlines() if ln.strip()]
+    """Every non-empty whole line the daemon wrote (stdout and stderr go to the same file)."""
+    return whole_lines(path)
 
 
 def assert_all_json(path: Path) -> list[dict[str, Any]]:

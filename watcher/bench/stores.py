@@ -110,8 +110,8 @@ async def leases(url: str) -> dict[str, int]:
     return {str(r["job_id"]): int(r["lease"]) for r in rows}
 
 
-async def vacuum_watches(url: str) -> bool:
-    """`VACUUM (ANALYZE) watches` in a PostgreSQL store; True if it ran (a SQLite store: False).
+async def vacuum_watches(url: str) -> None:
+    """`VACUUM (ANALYZE) watches` in a PostgreSQL store; nothing for a SQLite store.
 
     A benchmark rewrites every watch in bulk outside any daemon's steady state (building the store, making
     every watch overdue, a daemon's restore): each rewrite leaves a dead row version per watch, a million
@@ -121,7 +121,7 @@ async def vacuum_watches(url: str) -> bool:
     and its windows time the daemon on a table as a long-running deployment has it.
     """
     if not is_postgres(url):
-        return False
+        return
     conn = await _connect(url)
     try:
         await conn.execute("VACUUM (ANALYZE) watches")
@@ -129,4 +129,3 @@ async def vacuum_watches(url: str) -> bool:
         raise StoreError(f"cannot vacuum the watch table of {parse_url(url).where}: {e}") from e
     finally:
         await conn.close()
-    return True
