@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import signal
 import subprocess
@@ -15,9 +16,11 @@ import aiohttp
 import asyncpg  # type: ignore[import-untyped]
 import pytest
 
+from tests.support.eventually import eventually
 from tests.support.postgres import PG_URL, require_postgres
 from watcher.bench import SCENARIOS, selected
 from watcher.bench.report import ScenarioResult, render_table
+from watcher.bench.throughput import GatedLoop
 from watcher.devtools.simulate import Simulator
 
 HEADERS = {"Authorization": "Bearer sim-token", "x-api-key": "sim-key", "x-workspace-slug": "sim"}
@@ -104,11 +107,14 @@ async def _schemas_left(names: list[str]) -> list[str]:
 @pytest.mark.slow
 @pytest.mark.postgres
 @pytest.mark.timeout(240)
-@pytest.mark.parametrize("scenario", ["replicas", "throughput"])
+@pytest.mark.parametrize("scenario", ["replicas", "throughput", "scale"])
 async def test_store_postgres_runs_in_fresh_schemas_dropped_afterwards(tmp_path: Path, scenario: str) -> None:
     """`--store postgresql://…`: the scenario runs in schemas of its own, which are gone afterwards."""
     await require_postgres()
-    proc, doc = bench(tmp_path, scenario, "--store", PG_URL, "--workdir", str(tmp_path / "w"), timeout=200.0)
+    args = [scenario, "--store", PG_URL, "--workdir", str(tmp_path / "w")]
+    if scenario == "scale":
+        args += ["--sizes", "500,1000", "--window-s", "1"]
+    proc, doc = bench(tmp_path, *args, timeout=200.0)
     assert proc.returncode in (0, 1), proc.stderr[-2000:]
     assert doc is not None, proc.stderr[-2000:]
     (result,) = doc["scenarios"]
@@ -121,6 +127,10 @@ async def test_store_postgres_runs_in_fresh_schemas_dropped_afterwards(tmp_path:
             f["value"] for f in result["figures"] if f["name"] == "watches held by the killed replica"
         )
         assert held >= 1
+    if scenario == "scale":  # the claims of both sizes, taking turns, carry the SPEC §9 target
+        (turns,) = [f for f in result["figures"] if "taking turns" in f["name"]]
+        assert turns["name"].startswith("claims per second saturated, 1,000 / 500") and turns["value"] > 0
+        assert turns["passed"] is not None
     store = doc["store"]
     assert store["kind"] == "postgresql" and "@" not in store["where"] and store["server_version"]
     assert store["schemas"] and all(s.startswith("watcher_bench_") for s in store["schemas"])
@@ -175,6 +185,32 @@ async def test_simulator_answers_unknown_ids_only_when_asked() -> None:
             await sim.stop()
     with pytest.raises(ValueError, match="unknown_jobs"):
         Simulator(unknown_jobs="paused")
+
+
+async def test_the_bare_loop_sends_only_while_its_gate_is_open() -> None:
+    """The throughput baseline: no request while its gate is closed, requests while it is open, and once
+    `close` returns nothing is in flight and nothing more goes out (the daemon's slice follows at once)."""
+    sim = Simulator(unknown_jobs="active")
+    base = await sim.start()
+    loop = GatedLoop(base, [str(uuid.uuid4()) for _ in range(20)], 4)
+    task = asyncio.ensure_future(loop.run())
+    try:
+        await asyncio.sleep(0.2)
+        assert sim.stats()["requests"] == 0, "closed at first"
+        for _ in range(2):
+            before = sim.stats()["requests"]
+            loop.open()
+            await eventually(lambda b=before: sim.stats()["requests"] >= b + 50, 15, "requests while open")
+            await loop.close()
+            closed_at = sim.stats()
+            assert closed_at["inflight"] == 0
+            await asyncio.sleep(0.2)
+            assert sim.stats()["requests"] == closed_at["requests"], "a request after the gate closed"
+    finally:
+        await loop.stop()
+        await asyncio.wait_for(task, 10)
+        await sim.stop()
+    assert loop.failed == 0
 
 
 def _descendants(pid: int) -> set[int]:
