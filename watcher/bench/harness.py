@@ -340,24 +340,6 @@ async def build_store(
 _SEEN_DUE_S = 600.0
 
 
-async def all_overdue(url: str, now: float) -> None:
-    """Make every unfinished watch of a PostgreSQL store due before `now`, so that the next daemon's restore
-    spreads them all by its own `initial_interval_s`, as a SQLite daemon's restore always does.
-
-    A shared PostgreSQL store's restore leaves watches that are not yet due alone (another replica may be
-    polling them), so between two benchmark daemons with different intervals the later one would inherit the
-    earlier one's schedule. A non-shared store's restore takes every watch.
-    """
-    if not stores.is_postgres(url):
-        return
-    store = PostgresStore(url, shared=False)
-    await store.open()
-    try:
-        await store.restore(now, lambda _w: now - 1.0)
-    finally:
-        await store.close()
-
-
 def fresh_store_url(store: str, workdir: Path, name: str) -> str:
     """A new, empty store for one benchmark daemon: a SQLite file, or a fresh schema in `--store`'s database.
 

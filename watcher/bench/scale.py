@@ -66,7 +66,7 @@ async def run(ctx: harness.Context) -> ScenarioResult:
         sizes = [await _measure(ctx, sim, n, rate) for n in ctx.sizes]
         reload = await scale_reload.measure(ctx, sim, max(ctx.sizes))
         claims = (
-            await scale_claims.measure(ctx, _saturated(ctx, sim, sizes[0]), _saturated(ctx, sim, sizes[-1]))
+            await scale_claims.measure(ctx, _turns(ctx, sim, sizes[0]), _turns(ctx, sim, sizes[-1]))
             if on_postgres and len(sizes) > 1
             else None
         )
@@ -190,11 +190,15 @@ async def _window(
     return polls1 - polls0, cpu1 - cpu0, t1 - t0
 
 
-def _saturated(ctx: harness.Context, sim: harness.Child, size: _Size) -> scale_claims.Side:
-    """A saturated daemon on `size`'s store (every watch always due, the rate limit out of the way)."""
+def _saturated(ctx: harness.Context, sim: harness.Child, store_url: str, name: str) -> tuple[Path, int]:
+    """A saturated daemon's configuration: every watch always due, the rate limit out of the way."""
+    return _config(ctx, sim, store_url, name, 0.001, 1e6)
+
+
+def _turns(ctx: harness.Context, sim: harness.Child, size: _Size) -> scale_claims.Side:
+    """The saturated daemon on `size`'s store for the claims taking turns."""
     name = f"scale-{size.watches}-turns"
-    config, port = _config(ctx, sim, size.store_url, name, 0.001, 1e6)
-    return scale_claims.Side(size.store_url, config, port, f"{name}-daemon")
+    return scale_claims.Side(size.store_url, *_saturated(ctx, sim, size.store_url, name), f"{name}-daemon")
 
 
 def _config(
@@ -242,8 +246,8 @@ async def _measure(
     if not watches or steady_only:
         return out
     # Saturated: every watch always due and the rate limit out of the way, as in `throughput`.
-    config, port = _config(ctx, sim, store_url, f"{name}-saturated", 0.001, 1e6)  # as `_saturated` does
-    await harness.all_overdue(store_url, time.time())
+    config, port = _saturated(ctx, sim, store_url, f"{name}-saturated")
+    await stores.all_overdue(store_url, time.time())
     ctx.say(f"scale: {watches:,} watches, saturated")
     async with (
         harness.daemon(ctx.workdir, config, port, name=f"{name}-saturated-daemon") as d,
@@ -256,7 +260,7 @@ async def _measure(
         out.saturated_rate = polls / wall
     # Idle: the first polls spread over IDLE_SPREAD_S, so hardly any poll is due in the window.
     config, port = _config(ctx, sim, store_url, f"{name}-idle", IDLE_SPREAD_S, 4 * rate)
-    await harness.all_overdue(store_url, time.time())
+    await stores.all_overdue(store_url, time.time())
     ctx.say(f"scale: {watches:,} watches, idle")
     async with (
         harness.daemon(ctx.workdir, config, port, name=f"{name}-idle-daemon") as d,

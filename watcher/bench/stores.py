@@ -98,19 +98,23 @@ async def drop_fresh_schemas() -> list[str]:
     return failed
 
 
-async def all_due_now(url: str) -> None:
-    """Every unfinished watch of a PostgreSQL store due now, in one statement (nothing for SQLite).
+async def all_overdue(url: str, now: float) -> None:
+    """Make every unfinished watch of a PostgreSQL store due before `now` and unclaimed, in one statement
+    (nothing for SQLite, whose restore always takes every watch).
 
-    For daemons already running on the store (it is shared, so they claim whatever the table says is due):
-    a restart to the same end would rewrite every watch twice, page by page, minutes at a million watches.
+    A shared PostgreSQL store's restore leaves watches that are not yet due alone (another replica may be
+    polling them), so between two benchmark daemons with different intervals the later one would inherit
+    the earlier one's schedule; after this its restore spreads them all by its own `initial_interval_s`.
+    Daemons already running on the store (paused, with nothing claimed) simply find every watch due.
     """
     if not is_postgres(url):
         return
     conn = await _connect(url)
     try:
         await conn.execute(
-            "UPDATE watches SET next_poll_at = extract(epoch from now())::float8"
-            " WHERE final IS NULL AND quarantined_at IS NULL"
+            "UPDATE watches SET next_poll_at = $1, lease = NULL"
+            " WHERE final IS NULL AND quarantined_at IS NULL",
+            now - 1.0,
         )
     except asyncpg.PostgresError as e:
         raise StoreError(f"cannot make the watches of {parse_url(url).where} due: {e}") from e
